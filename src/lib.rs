@@ -1,0 +1,10 @@
+//! ped: the positive-energy district controller.
+//!
+//! Rooms (lower never import higher): ground (`time`, `units`, `ids`), data in
+//! (`config`, `registers`, `modbus`, `devices`), decisions (`forecast`, `plan`,
+//! `allocation`), data out (`ledger`, `dso`, `metrics`, `http`), top
+//! (`simulator`, `daemon`). See README, "Architecture".
+
+pub mod ids;
+pub mod time;
+pub mod units;
