@@ -5,6 +5,8 @@
 //! `allocation`), data out (`ledger`, `dso`, `metrics`, `http`), top
 //! (`simulator`, `daemon`). See README, "Architecture".
 
+pub mod clock;
+pub mod config;
 pub mod ids;
 pub mod time;
 pub mod units;

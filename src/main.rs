@@ -1,1 +1,301 @@
-fn main() {}
+//! The `ped` command line: `run`, `simulate`, `check`, `scan`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ped::clock::Clock;
+use ped::config;
+use ped::daemon::{Daemon, Options};
+use ped::registers::ModelLibrary;
+use ped::simulator::Simulator;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_SITE: &str = "site-configs/fontaine-douche.toml";
+
+#[derive(Parser)]
+#[command(name = "ped", version, about = "Positive-energy district controller")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon against the devices of a site.
+    Run {
+        #[arg(long, default_value = DEFAULT_SITE)]
+        site: PathBuf,
+        /// Log the setpoints instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Serve the site's devices from the built-in simulator and run the daemon against them.
+    Simulate {
+        #[arg(long, default_value = DEFAULT_SITE)]
+        site: PathBuf,
+        /// Simulated seconds per real second (300: a day in under 5 minutes).
+        #[arg(long, default_value_t = 300.0)]
+        speed: f64,
+        /// Simulated start, RFC 3339, or "now".
+        #[arg(long, default_value = "2025-06-21T05:00:00+02:00")]
+        start: String,
+        /// Stop after this much simulated time (e.g. 6h, 2d); runs until Ctrl-C if absent.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Listen on free ports instead of the ones in the site config.
+        #[arg(long)]
+        ephemeral_ports: bool,
+        /// Where keys, records and plans go (default: the site's output_dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// HTTP listen address (default: the site's http.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long, default_value_t = 2025)]
+        seed: u64,
+        /// Serve the devices only, without the daemon (for other Modbus clients).
+        #[arg(long)]
+        devices_only: bool,
+    },
+    /// Validate a site config: prints every problem with its key and a fix.
+    Check {
+        #[arg(long, default_value = DEFAULT_SITE)]
+        site: PathBuf,
+    },
+    /// Scan a Modbus TCP device for SunSpec models and print the main values.
+    Scan {
+        /// host:port
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+    },
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn library(site_models: Option<&Path>) -> Result<ModelLibrary> {
+    let mut lib = ModelLibrary::embedded().context("built-in register maps")?;
+    if let Some(dir) = site_models {
+        let extra = ModelLibrary::load_dir(dir)
+            .with_context(|| format!("register maps in {}", dir.display()))?;
+        lib.extend(extra);
+    }
+    Ok(lib)
+}
+
+fn load_site(path: &Path) -> Result<(config::Site, Arc<ModelLibrary>)> {
+    let raw = config::load_unvalidated(path)?;
+    let lib = library(raw.site.models_dir.as_deref())?;
+    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+    let site = config::validate(raw, path, &known)?;
+    Ok((site, Arc::new(lib)))
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().with_context(|| format!("duration `{s}`: expected e.g. 6h, 90m, 2d"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" | "" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => bail!("duration `{s}`: unit must be s, m, h or d"),
+    })
+}
+
+async fn wait_for_stop(clock: Clock, until: Option<chrono::DateTime<chrono::Utc>>) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let end = async {
+        match until {
+            Some(t) => clock.sleep_until(t).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("interrupted"),
+        _ = term => tracing::info!("terminated"),
+        _ = end => tracing::info!("simulated duration reached"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.cmd {
+        Cmd::Check { site } => {
+            let raw = match config::load_unvalidated(&site) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            };
+            let lib = library(raw.site.models_dir.as_deref())?;
+            let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+            let problems = config::check(&raw, &known);
+            if problems.is_empty() {
+                println!(
+                    "{}: ok ({} devices, {} participants, {}-minute settlement in {})",
+                    site.display(),
+                    raw.devices.len(),
+                    raw.participants.len(),
+                    raw.site.settlement_minutes,
+                    raw.site.timezone
+                );
+                Ok(())
+            } else {
+                println!("{}: {} problem(s)", site.display(), problems.len());
+                for p in &problems {
+                    println!("  {}\n      {}\n      fix: {}", p.key, p.message, p.fix);
+                }
+                std::process::exit(1);
+            }
+        }
+        Cmd::Run { site, dry_run } => {
+            let (site, lib) = load_site(&site)?;
+            let clock = Clock::System;
+            let daemon = Daemon::start(
+                site,
+                lib,
+                clock,
+                Options {
+                    dry_run,
+                    output_dir: None,
+                    http_listen: None,
+                },
+            )
+            .await?;
+            wait_for_stop(clock, None).await;
+            daemon.shutdown().await;
+            Ok(())
+        }
+        Cmd::Simulate {
+            site,
+            speed,
+            start,
+            duration,
+            ephemeral_ports,
+            out,
+            listen,
+            seed,
+            devices_only,
+        } => {
+            let (site, lib) = load_site(&site)?;
+            let origin = if start == "now" {
+                chrono::Utc::now()
+            } else {
+                chrono::DateTime::parse_from_rfc3339(&start)
+                    .with_context(|| format!("--start `{start}`: expected RFC 3339 such as 2025-06-21T05:00:00+02:00, or now"))?
+                    .with_timezone(&chrono::Utc)
+            };
+            if !(speed.is_finite() && speed > 0.0 && speed <= 10_000.0) {
+                bail!("--speed {speed}: must be in (0, 10000]");
+            }
+            let until = duration.as_deref().map(parse_duration).transpose()?.map(|d| origin + d);
+            let clock = Clock::simulated(origin, speed);
+            let sim = Simulator::start(&site, lib.clone(), clock, seed, ephemeral_ports).await?;
+            eprintln!(
+                "ped simulate: {} devices of {} served on 127.0.0.1 ({} endpoints), clock x{speed} from {}",
+                sim.site.config.devices.len(),
+                sim.site.config.site.name,
+                sim.endpoints.len(),
+                origin.with_timezone(&sim.site.grid.tz()).to_rfc3339()
+            );
+            if devices_only {
+                for (from, to) in &sim.endpoints {
+                    eprintln!("  endpoint {from} -> {to}");
+                }
+                wait_for_stop(clock, until).await;
+                return Ok(());
+            }
+            let daemon = Daemon::start(
+                sim.site.clone(),
+                lib,
+                clock,
+                Options {
+                    dry_run: false,
+                    output_dir: out,
+                    http_listen: listen,
+                },
+            )
+            .await?;
+            eprintln!(
+                "  metrics  http://{0}/metrics\n  status   http://{0}/\n  keys     {1}/keys/<day>/  records {1}/ledger/periods.jsonl",
+                daemon.http_addr,
+                daemon.shared.output_dir.display()
+            );
+            wait_for_stop(clock, until).await;
+            daemon.shutdown().await;
+            // Give the released setpoints a moment to land before the devices disappear.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(sim);
+            Ok(())
+        }
+        Cmd::Scan { target, unit } => {
+            let lib = library(None)?;
+            scan(&target, unit, &lib).await
+        }
+    }
+}
+
+async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
+    use ped::modbus::{sunspec, ModbusClient};
+    let addr = tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("{target}: not host:port"))?
+        .next()
+        .with_context(|| format!("{target} does not resolve"))?;
+    let mut c = ModbusClient::connect(addr, Duration::from_secs(2)).await?;
+    let models = sunspec::discover(&mut c, unit).await?;
+    println!("{target} unit {unit}: {} SunSpec model(s)", models.len());
+    for m in models {
+        let Some(map) = lib.sunspec(m.id) else {
+            println!("  model {:>4} at {} (len {}): no map in models/", m.id, m.addr, m.len);
+            continue;
+        };
+        println!("  model {:>4} {} at {} (len {})", m.id, map.name, m.addr, m.len);
+        let len = map.block_len().min(m.len.saturating_add(2));
+        let words = c.read(unit, map.table, m.addr, len).await?;
+        for p in map.points.iter().filter(|p| {
+            matches!(p.name.as_str(), "Mn" | "Md" | "SN" | "W" | "WH" | "SoC" | "TotWhImp" | "TotWhExp" | "WRtg" | "WSet" | "WMaxLimPct" | "ChaState" | "Hz")
+        }) {
+            let v = if matches!(p.ty, ped::registers::PointType::String) {
+                map.decode_string(&words, &p.name)?.unwrap_or_else(|| "-".into())
+            } else {
+                map.decode_f64(&words, &p.name)?
+                    .map(|v| format!("{v} {}", p.unit.clone().unwrap_or_default()))
+                    .unwrap_or_else(|| "not implemented".into())
+            };
+            println!("      {:<12} {v}", p.name);
+        }
+    }
+    Ok(())
+}

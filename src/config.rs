@@ -1,0 +1,841 @@
+//! Site configuration: schema (serde), loading (`config` crate: the file, then
+//! `PED__…` environment overrides) and validation that names the key and the fix.
+//!
+//! Validation happens once, at start: every later stage receives a [`Site`]
+//! that is known to be coherent (unique ids and PRMs, resolvable addresses,
+//! known register maps, meters that exist).
+
+use crate::ids::{validate_id, Prm};
+use crate::time::Grid;
+use crate::units::SignConvention;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+/// One problem found in a site config: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (fix: {})", self.key, self.message, self.fix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read site config {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("site config {file} cannot be parsed: {message} (fix: {fix})")]
+    Parse {
+        file: PathBuf,
+        message: String,
+        fix: String,
+    },
+    #[error("site config {file} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub site: SiteSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub polling: PollingSection,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default)]
+    pub plan: PlanSection,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub participants: Vec<ParticipantConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    #[serde(default = "default_step")]
+    pub settlement_minutes: u32,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// Where keys, period records and plans are written (relative to the working directory).
+    #[serde(default = "default_output")]
+    pub output_dir: PathBuf,
+    /// Extra register maps, read at start on top of the ones built into the binary.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+}
+
+fn default_tz() -> String {
+    "Europe/Paris".into()
+}
+fn default_step() -> u32 {
+    15
+}
+fn default_output() -> PathBuf {
+    PathBuf::from("out")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_listen(),
+        }
+    }
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollingSection {
+    /// Real-time interval between two polls of a device.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Longest wait between reconnect attempts of a failing endpoint.
+    #[serde(default = "default_backoff")]
+    pub max_backoff_ms: u64,
+}
+impl Default for PollingSection {
+    fn default() -> Self {
+        PollingSection {
+            interval_ms: default_interval(),
+            timeout_ms: default_timeout(),
+            max_backoff_ms: default_backoff(),
+        }
+    }
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    1000
+}
+fn default_backoff() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Master switch: without it ped never writes to a device, whatever the devices allow.
+    #[serde(default)]
+    pub writes_allowed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSection {
+    #[serde(default = "default_horizon")]
+    pub horizon_hours: u32,
+    /// Wall-clock budget of one solve.
+    #[serde(default = "default_budget")]
+    pub budget_ms: u64,
+    #[serde(default = "default_local_price")]
+    pub local_price_eur_per_kwh: f64,
+    #[serde(default = "default_export_price")]
+    pub export_price_eur_per_kwh: f64,
+    #[serde(default = "default_import_price")]
+    pub import_price_eur_per_kwh: f64,
+    /// Price of the network heat that power-to-heat displaces.
+    #[serde(default = "default_heat_price")]
+    pub heat_price_eur_per_kwh: f64,
+}
+impl Default for PlanSection {
+    fn default() -> Self {
+        PlanSection {
+            horizon_hours: default_horizon(),
+            budget_ms: default_budget(),
+            local_price_eur_per_kwh: default_local_price(),
+            export_price_eur_per_kwh: default_export_price(),
+            import_price_eur_per_kwh: default_import_price(),
+            heat_price_eur_per_kwh: default_heat_price(),
+        }
+    }
+}
+fn default_horizon() -> u32 {
+    24
+}
+fn default_budget() -> u64 {
+    5000
+}
+fn default_local_price() -> f64 {
+    0.10
+}
+fn default_export_price() -> f64 {
+    0.06
+}
+fn default_import_price() -> f64 {
+    0.2516
+}
+fn default_heat_price() -> f64 {
+    0.09
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPolicy {
+    #[default]
+    Prorata,
+    Static,
+    Optimised,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    #[serde(default)]
+    pub policy: KeyPolicy,
+    /// Export precision in units per 100 %: 1000 = 0.1 %.
+    #[serde(default = "default_precision")]
+    pub units_per_one: u32,
+}
+impl Default for KeysSection {
+    fn default() -> Self {
+        KeysSection {
+            policy: KeyPolicy::default(),
+            units_per_one: default_precision(),
+        }
+    }
+}
+fn default_precision() -> u32 {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    PvInverter,
+    Battery,
+    HeatSubstation,
+    HeatMeter,
+    PowerToHeat,
+    Meter,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::PvInverter => "pv_inverter",
+            DeviceKind::Battery => "battery",
+            DeviceKind::HeatSubstation => "heat_substation",
+            DeviceKind::HeatMeter => "heat_meter",
+            DeviceKind::PowerToHeat => "power_to_heat",
+            DeviceKind::Meter => "meter",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub kind: DeviceKind,
+    pub label: Option<String>,
+    /// `host:port` of the Modbus TCP endpoint (a device or a gateway).
+    pub address: String,
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// `sunspec` (discovered at 40000, 0, 50000) or the key of a vendor map, e.g. `vendor/trovis5576`.
+    #[serde(default = "default_map")]
+    pub map: String,
+    #[serde(default)]
+    pub sign: SignConvention,
+    /// Points ped may write on this device (also needs `control.writes_allowed`).
+    #[serde(default)]
+    pub writes: Vec<String>,
+    /// Producer PRM (PV plants, batteries).
+    pub prm: Option<Prm>,
+    /// For meters: the participant whose consumption this meter measures.
+    pub participant: Option<String>,
+    /// Substation this device belongs to (heat meters, power-to-heat).
+    pub substation: Option<String>,
+    // PV nameplate and orientation.
+    pub kwp: Option<f64>,
+    pub tilt_deg: Option<f64>,
+    pub azimuth_deg: Option<f64>,
+    // Battery and heat store ratings.
+    pub capacity_kwh: Option<f64>,
+    pub max_charge_kw: Option<f64>,
+    pub max_discharge_kw: Option<f64>,
+    pub min_soc_ratio: Option<f64>,
+    pub max_power_kw: Option<f64>,
+    /// Annual heat delivered (substations), for the simulator and forecasts.
+    pub annual_heat_kwh: Option<f64>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+fn default_map() -> String {
+    "sunspec".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipantKind {
+    Household,
+    School,
+    Gym,
+    Public,
+    Office,
+    Shop,
+    CareHome,
+    Lighting,
+    SubstationAux,
+    Battery,
+    PowerToHeat,
+}
+
+impl ParticipantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantKind::Household => "household",
+            ParticipantKind::School => "school",
+            ParticipantKind::Gym => "gym",
+            ParticipantKind::Public => "public",
+            ParticipantKind::Office => "office",
+            ParticipantKind::Shop => "shop",
+            ParticipantKind::CareHome => "care_home",
+            ParticipantKind::Lighting => "lighting",
+            ParticipantKind::SubstationAux => "substation_aux",
+            ParticipantKind::Battery => "battery",
+            ParticipantKind::PowerToHeat => "power_to_heat",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    pub id: String,
+    pub kind: ParticipantKind,
+    pub label: Option<String>,
+    /// Group for dashboards, e.g. the building of a dwelling.
+    pub group: Option<String>,
+    pub prm: Prm,
+    /// Device id of the meter that measures this participant.
+    pub meter: String,
+    #[serde(default = "default_tariff")]
+    pub tariff_eur_per_kwh: f64,
+    /// 1 = served first (e.g. social housing).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Static share (0..1) used by the `static` key policy.
+    #[serde(default)]
+    pub static_share: f64,
+    /// Expected annual consumption, for the simulator's profiles and forecasts' priors.
+    #[serde(default)]
+    pub annual_kwh: f64,
+}
+
+fn default_tariff() -> f64 {
+    0.2516
+}
+fn default_priority() -> u8 {
+    2
+}
+
+/// A validated site: the config plus what validation resolved.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub config: SiteConfig,
+    pub grid: Grid,
+    pub source: PathBuf,
+}
+
+impl Site {
+    pub fn device(&self, id: &str) -> Option<&DeviceConfig> {
+        self.config.devices.iter().find(|d| d.id == id)
+    }
+    pub fn devices_of(&self, kind: DeviceKind) -> impl Iterator<Item = &DeviceConfig> {
+        self.config.devices.iter().filter(move |d| d.kind == kind)
+    }
+    /// Producers in file order: PV plants then batteries (batteries produce while discharging).
+    pub fn producers(&self) -> Vec<&DeviceConfig> {
+        let mut v: Vec<&DeviceConfig> = self.devices_of(DeviceKind::PvInverter).collect();
+        v.extend(self.devices_of(DeviceKind::Battery));
+        v
+    }
+    /// Devices grouped by Modbus endpoint: one connection per endpoint.
+    pub fn endpoints(&self) -> BTreeMap<String, Vec<&DeviceConfig>> {
+        let mut m: BTreeMap<String, Vec<&DeviceConfig>> = BTreeMap::new();
+        for d in &self.config.devices {
+            m.entry(d.address.clone()).or_default().push(d);
+        }
+        m
+    }
+}
+
+/// Loads a site config: the TOML file, then `PED__SECTION__KEY` environment
+/// overrides (e.g. `PED__SITE__SETTLEMENT_MINUTES=30`), then validation.
+/// `known_maps` are the register-map keys available (built in and `models_dir`).
+pub fn load(path: &Path, known_maps: &BTreeSet<String>) -> Result<Site, ConfigError> {
+    let config = load_unvalidated(path)?;
+    validate(config, path, known_maps)
+}
+
+pub fn load_unvalidated(path: &Path) -> Result<SiteConfig, ConfigError> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(ConfigError::Read {
+            file: path.to_path_buf(),
+            source: e,
+        });
+    }
+    let built = ::config::Config::builder()
+        .add_source(::config::File::from(path).format(::config::FileFormat::Toml))
+        .add_source(
+            ::config::Environment::with_prefix("PED")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+            fix: "check the TOML syntax at the place named (quotes, brackets, one value per key)"
+                .into(),
+        })?;
+    built
+        .try_deserialize::<SiteConfig>()
+        .map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            fix: parse_fix(&e.to_string()),
+            message: e.to_string(),
+        })
+}
+
+fn parse_fix(msg: &str) -> String {
+    if msg.contains("unknown field") {
+        "remove or rename the key; the accepted keys are listed in the message and in site-configs/README.md".into()
+    } else if msg.contains("missing field") {
+        "add the missing key (see site-configs/README.md for its meaning and unit)".into()
+    } else if msg.contains("unknown variant") {
+        "use one of the values listed in the message".into()
+    } else if msg.contains("PRM") {
+        "a PRM is exactly 14 digits, written as a quoted string".into()
+    } else {
+        "correct the value's type (number, string, list) as documented in site-configs/README.md"
+            .into()
+    }
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Checks everything that serde cannot: returns every problem at once.
+pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let s = &config.site;
+    if let Err(e) = validate_id(&s.id) {
+        p.push(problem("site.id", e.to_string(), "use letters, digits, '-' or '_'"));
+    }
+    let tz: Option<chrono_tz::Tz> = s.timezone.parse().ok();
+    if tz.is_none() {
+        p.push(problem(
+            "site.timezone",
+            format!("`{}` is not an IANA time zone", s.timezone),
+            "use e.g. \"Europe/Paris\"",
+        ));
+    }
+    if ![15, 30].contains(&s.settlement_minutes) {
+        p.push(problem(
+            "site.settlement_minutes",
+            format!(
+                "{} is not a settlement step the DSO uses",
+                s.settlement_minutes
+            ),
+            "use 15 (default since 2025) or 30",
+        ));
+    }
+    if !(-90.0..=90.0).contains(&s.latitude) {
+        p.push(problem(
+            "site.latitude",
+            format!("{} is outside -90..90", s.latitude),
+            "give the site's latitude in decimal degrees, e.g. 47.32",
+        ));
+    }
+    if !(-180.0..=180.0).contains(&s.longitude) {
+        p.push(problem(
+            "site.longitude",
+            format!("{} is outside -180..180", s.longitude),
+            "give the site's longitude in decimal degrees, e.g. 5.00",
+        ));
+    }
+    if config.http.listen.parse::<SocketAddr>().is_err() {
+        p.push(problem(
+            "http.listen",
+            format!("`{}` is not an ip:port", config.http.listen),
+            "use e.g. \"127.0.0.1:9464\"",
+        ));
+    }
+    if config.polling.interval_ms < 50 || config.polling.timeout_ms < 10 {
+        p.push(problem(
+            "polling",
+            "interval_ms below 50 or timeout_ms below 10",
+            "use interval_ms ≥ 50 and timeout_ms ≥ 10",
+        ));
+    }
+    let pl = &config.plan;
+    if !(1..=72).contains(&pl.horizon_hours) {
+        p.push(problem(
+            "plan.horizon_hours",
+            format!("{} is outside 1..72", pl.horizon_hours),
+            "use 24 to 48",
+        ));
+    }
+    for (k, v) in [
+        ("plan.local_price_eur_per_kwh", pl.local_price_eur_per_kwh),
+        ("plan.export_price_eur_per_kwh", pl.export_price_eur_per_kwh),
+        ("plan.import_price_eur_per_kwh", pl.import_price_eur_per_kwh),
+        ("plan.heat_price_eur_per_kwh", pl.heat_price_eur_per_kwh),
+    ] {
+        if !v.is_finite() || v.abs() > 10.0 {
+            p.push(problem(k, format!("{v} is not a plausible price"), "give €/kWh, e.g. 0.10"));
+        }
+    }
+    if ![100, 1000, 10000].contains(&config.keys.units_per_one) {
+        p.push(problem(
+            "keys.units_per_one",
+            format!("{} is not a supported precision", config.keys.units_per_one),
+            "use 1000 (0.1 %, default), 100 (1 %) or 10000 (0.01 %)",
+        ));
+    }
+
+    // Devices.
+    let mut device_ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut endpoint_units: BTreeMap<(String, u8), usize> = BTreeMap::new();
+    let mut prms: BTreeMap<&str, String> = BTreeMap::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let key = |f: &str| format!("devices[{i}].{f} (id `{}`)", d.id);
+        if let Err(e) = validate_id(&d.id) {
+            p.push(problem(key("id"), e.to_string(), "use letters, digits, '-' or '_'"));
+        }
+        if let Some(j) = device_ids.insert(&d.id, i) {
+            p.push(problem(
+                key("id"),
+                format!("duplicate device id, also devices[{j}]"),
+                "give every device its own id",
+            ));
+        }
+        match resolve_address(&d.address) {
+            Ok(_) => {
+                if let Some(j) = endpoint_units.insert((d.address.clone(), d.unit), i) {
+                    p.push(problem(
+                        key("unit"),
+                        format!(
+                            "unit {} at {} is also devices[{j}]",
+                            d.unit, d.address
+                        ),
+                        "give each device behind one gateway its own unit id",
+                    ));
+                }
+            }
+            Err(m) => p.push(problem(
+                key("address"),
+                m,
+                "write host:port with a port in 1..65535, e.g. \"192.168.10.21:502\"",
+            )),
+        }
+        if d.map != "sunspec" && !known_maps.contains(&d.map) {
+            let list: Vec<&str> = known_maps
+                .iter()
+                .filter(|k| k.starts_with("vendor/"))
+                .map(|s| s.as_str())
+                .collect();
+            p.push(problem(
+                key("map"),
+                format!("unknown device model `{}`", d.map),
+                format!(
+                    "use \"sunspec\" or one of: {} (or add a file to models/)",
+                    list.join(", ")
+                ),
+            ));
+        }
+        let need = |p: &mut Vec<Problem>, f: &str, v: Option<f64>, hint: &str| match v {
+            None => p.push(problem(key(f), format!("a {} needs `{f}`", d.kind.as_str()), hint)),
+            Some(x) if !x.is_finite() || x < 0.0 => {
+                p.push(problem(key(f), format!("{x} must be ≥ 0"), hint))
+            }
+            _ => {}
+        };
+        match d.kind {
+            DeviceKind::PvInverter => {
+                need(&mut p, "kwp", d.kwp, "give the plant's peak power in kWp");
+                if d.prm.is_none() {
+                    p.push(problem(key("prm"), "a PV plant needs its producer PRM", "add prm = \"14 digits\""));
+                }
+            }
+            DeviceKind::Battery => {
+                need(&mut p, "capacity_kwh", d.capacity_kwh, "give the usable capacity in kWh");
+                need(&mut p, "max_charge_kw", d.max_charge_kw, "give the charge limit in kW");
+                need(&mut p, "max_discharge_kw", d.max_discharge_kw, "give the discharge limit in kW");
+                if d.prm.is_none() {
+                    p.push(problem(key("prm"), "a battery is a producer and needs its PRM", "add prm = \"14 digits\""));
+                }
+                if d.participant.is_none() {
+                    p.push(problem(key("participant"), "a battery is a consumer while charging and needs its participant", "add participant = \"<participant id>\""));
+                }
+            }
+            DeviceKind::PowerToHeat => {
+                need(&mut p, "max_power_kw", d.max_power_kw, "give the electrical rating in kW");
+                need(&mut p, "capacity_kwh", d.capacity_kwh, "give the heat store's capacity in kWh_th");
+            }
+            _ => {}
+        }
+        if let Some(r) = d.min_soc_ratio {
+            if !(0.0..1.0).contains(&r) {
+                p.push(problem(key("min_soc_ratio"), format!("{r} is outside 0..1"), "e.g. 0.1 for a 10 % reserve"));
+            }
+        }
+        if let Some(prm) = &d.prm {
+            if let Some(other) = prms.insert(prm.as_str(), format!("devices[{i}]")) {
+                p.push(problem(key("prm"), format!("duplicate PRM {prm}, also {other}"), "every metering point has its own PRM"));
+            }
+        }
+    }
+
+    // Participants.
+    let mut part_ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut static_sum = 0.0;
+    for (i, q) in config.participants.iter().enumerate() {
+        let key = |f: &str| format!("participants[{i}].{f} (id `{}`)", q.id);
+        if let Err(e) = validate_id(&q.id) {
+            p.push(problem(key("id"), e.to_string(), "use letters, digits, '-' or '_'"));
+        }
+        if let Some(j) = part_ids.insert(&q.id, i) {
+            p.push(problem(key("id"), format!("duplicate participant id, also participants[{j}]"), "give every participant its own id"));
+        }
+        if let Some(other) = prms.insert(q.prm.as_str(), format!("participants[{i}]")) {
+            // A battery legitimately shares one PRM between its producer and consumer roles.
+            let is_battery_pair = q.kind == ParticipantKind::Battery
+                && config.devices.iter().any(|d| {
+                    d.kind == DeviceKind::Battery
+                        && d.prm.as_ref() == Some(&q.prm)
+                        && d.participant.as_deref() == Some(q.id.as_str())
+                });
+            if !is_battery_pair {
+                p.push(problem(key("prm"), format!("duplicate PRM {}, also {other}", q.prm), "every metering point has its own PRM"));
+            }
+        }
+        match config.devices.iter().find(|d| d.id == q.meter) {
+            None => p.push(problem(key("meter"), format!("no device `{}`", q.meter), "name the id of the meter device that measures this participant")),
+            Some(d) if !matches!(d.kind, DeviceKind::Meter | DeviceKind::Battery) => p.push(problem(
+                key("meter"),
+                format!("device `{}` is a {}, not a meter", q.meter, d.kind.as_str()),
+                "point at a device of kind \"meter\" (or the battery itself for a battery participant)",
+            )),
+            _ => {}
+        }
+        if !q.tariff_eur_per_kwh.is_finite() || !(0.0..=5.0).contains(&q.tariff_eur_per_kwh) {
+            p.push(problem(key("tariff_eur_per_kwh"), format!("{} is not a plausible retail price", q.tariff_eur_per_kwh), "give €/kWh, e.g. 0.2516"));
+        }
+        if !(0.0..=1.0).contains(&q.static_share) {
+            p.push(problem(key("static_share"), format!("{} is outside 0..1", q.static_share), "give a share such as 0.0123"));
+        }
+        static_sum += q.static_share;
+    }
+    if config.keys.policy == KeyPolicy::Static && static_sum > 1.0 + 1e-9 {
+        p.push(problem("participants[*].static_share", format!("static shares add up to {static_sum:.6} > 1"), "scale the shares so that they add up to at most 1"));
+    }
+    for (i, d) in config.devices.iter().enumerate() {
+        if let Some(pid) = &d.participant {
+            if !part_ids.contains_key(pid.as_str()) {
+                p.push(problem(format!("devices[{i}].participant (id `{}`)", d.id), format!("no participant `{pid}`"), "name an id from [[participants]]"));
+            }
+        }
+    }
+    if config.participants.is_empty() {
+        p.push(problem("participants", "no participant", "add [[participants]] entries"));
+    }
+    if !config.devices.iter().any(|d| d.kind == DeviceKind::PvInverter) {
+        p.push(problem("devices", "no PV plant: nothing to share", "add a device of kind \"pv_inverter\""));
+    }
+    p
+}
+
+fn resolve_address(a: &str) -> Result<SocketAddr, String> {
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{a}` has no :port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{a}` is not a port number"))?;
+    if port == 0 {
+        return Err(format!("port 0 in `{a}`"));
+    }
+    if host.is_empty() {
+        return Err(format!("`{a}` has no host"));
+    }
+    // Only literal addresses and `localhost` are resolved here: validation must not
+    // wait on DNS, and a name that does not resolve yet is a run-time fault, not a typo.
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return (host, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut i| i.next())
+            .ok_or_else(|| format!("host `{host}` does not resolve"))
+            .or_else(|_| Ok(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    Err(format!("`{host}` is not a host name or IP address"))
+}
+
+pub fn validate(
+    config: SiteConfig,
+    path: &Path,
+    known_maps: &BTreeSet<String>,
+) -> Result<Site, ConfigError> {
+    let problems = check(&config, known_maps);
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            file: path.to_path_buf(),
+            problems,
+        });
+    }
+    let tz: chrono_tz::Tz = config
+        .site
+        .timezone
+        .parse()
+        .map_err(|_| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            problems: vec![problem("site.timezone", "not a time zone", "use \"Europe/Paris\"")],
+        })?;
+    let grid = Grid::new(config.site.settlement_minutes, tz).map_err(|e| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        problems: vec![problem("site.settlement_minutes", e.to_string(), "use 15 or 30")],
+    })?;
+    Ok(Site {
+        config,
+        grid,
+        source: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maps() -> BTreeSet<String> {
+        ["vendor/trovis5576".to_string()].into_iter().collect()
+    }
+
+    const MINIMAL: &str = r#"
+[site]
+id = "t"
+name = "test"
+latitude = 47.3
+longitude = 5.0
+
+[[devices]]
+id = "PV-1"
+kind = "pv_inverter"
+address = "127.0.0.1:1502"
+kwp = 10.0
+prm = "99990000000001"
+
+[[devices]]
+id = "M-1"
+kind = "meter"
+address = "127.0.0.1:1503"
+participant = "H-1"
+
+[[participants]]
+id = "H-1"
+kind = "household"
+prm = "99990000000002"
+meter = "M-1"
+"#;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let (_d, path) = write(MINIMAL);
+        let site = load(&path, &maps()).unwrap();
+        assert_eq!(site.grid.step_minutes(), 15);
+        assert_eq!(site.config.http.listen, "127.0.0.1:9464");
+        assert_eq!(site.producers().len(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let bad = MINIMAL
+            .replace("address = \"127.0.0.1:1503\"", "address = \"127.0.0.1:99999\"")
+            .replace("prm = \"99990000000002\"", "prm = \"99990000000001\"")
+            + "\n[[devices]]\nid = \"X\"\nkind = \"heat_substation\"\naddress = \"127.0.0.1:1504\"\nmap = \"vendor/nope\"\n";
+        let (_d, path) = write(&bad);
+        let err = load(&path, &maps()).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.iter().any(|k| k.starts_with("devices[1].address")), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("participants[0].prm")), "{keys:?}");
+        assert!(keys.iter().any(|k| k.starts_with("devices[2].map")), "{keys:?}");
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
+    }
+
+    #[test]
+    fn unknown_key_is_a_parse_error_naming_it() {
+        let (_d, path) = write(&MINIMAL.replace("latitude = 47.3", "latitude = 47.3\nlattitude = 1"));
+        let err = load(&path, &maps()).unwrap_err().to_string();
+        assert!(err.contains("lattitude"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let (_d, path) = write(MINIMAL);
+        // Only this test sets this variable, so parallel tests are unaffected.
+        std::env::set_var("PED__HTTP__LISTEN", "127.0.0.1:19999");
+        let site = load(&path, &maps());
+        std::env::remove_var("PED__HTTP__LISTEN");
+        assert_eq!(site.unwrap().config.http.listen, "127.0.0.1:19999");
+    }
+}

@@ -1,0 +1,307 @@
+//! Wires the stages as tokio tasks with one shutdown signal:
+//!
+//! - one **endpoint task** per Modbus endpoint (one connection shared by every
+//!   unit id behind it): polls its devices, sends [`Snapshot`]s, writes setpoints;
+//! - the **aggregator**: readings → metrics and status; energy counters →
+//!   energies per settlement period; at each closed period: keys, DSO files,
+//!   the period record;
+//! - the **planner**: at each period start, forecasts + state → LP → setpoints.
+//!
+//! Data moves one way through channels; the only shared state is the status
+//! snapshot that the HTTP server reads.
+
+mod aggregate;
+mod endpoint;
+mod planner;
+
+use crate::clock::Clock;
+use crate::config::Site;
+use crate::devices::{Command, Readings};
+use crate::metrics::Metrics;
+use crate::registers::ModelLibrary;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen for HTTP on {addr}: {source} (set http.listen or PED__HTTP__LISTEN to a free port)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create output folder {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Log setpoints instead of writing them.
+    pub dry_run: bool,
+    /// Overrides `site.output_dir`.
+    pub output_dir: Option<PathBuf>,
+    /// Overrides `http.listen` (e.g. `127.0.0.1:0` in tests).
+    pub http_listen: Option<String>,
+}
+
+/// Readings of one device at one clock instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub device: String,
+    pub at: DateTime<Utc>,
+    pub readings: Readings,
+}
+
+/// Device health reported by an endpoint task.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Snapshot(Snapshot),
+    Down { device: String, kind: &'static str },
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DeviceStatus {
+    pub id: String,
+    pub kind: String,
+    pub up: bool,
+    pub readings: BTreeMap<String, f64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PlanView {
+    pub status: String,
+    pub computed_at: Option<DateTime<Utc>>,
+    pub objective_eur: f64,
+    pub solve_seconds: f64,
+    pub pv_kw: Vec<f64>,
+    pub battery_kw: Vec<f64>,
+    pub p2h_kw: Vec<f64>,
+}
+
+/// A closed settlement period, as archived.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeriodRecord {
+    pub start: DateTime<Utc>,
+    pub start_local: String,
+    pub production_kwh: BTreeMap<String, f64>,
+    pub consumption_kwh: BTreeMap<String, f64>,
+    pub allocated_kwh: BTreeMap<String, f64>,
+    pub key_units: Vec<u32>,
+    pub total_production_kwh: f64,
+    pub total_consumption_kwh: f64,
+    pub self_consumed_kwh: f64,
+    pub surplus_kwh: f64,
+    /// `measured`, or why not (missing counters, fallback to the default rule).
+    pub quality: String,
+    pub policy: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Status {
+    pub now: Option<DateTime<Utc>>,
+    pub devices: BTreeMap<String, DeviceStatus>,
+    pub polled_once: bool,
+    pub last_period: Option<PeriodRecord>,
+    pub plan: Option<PlanView>,
+    pub periods_closed: u64,
+}
+
+pub struct Shared {
+    pub site: Site,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub status: Mutex<Status>,
+    pub output_dir: PathBuf,
+}
+
+impl Shared {
+    pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl crate::http::Backend for Shared {
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+    fn ready(&self) -> Result<(), String> {
+        let st = self.status();
+        if !st.polled_once {
+            return Err("no successful poll yet".into());
+        }
+        match &st.plan {
+            None => Err("no plan yet".into()),
+            Some(p) => {
+                let age = p
+                    .computed_at
+                    .map(|t| self.clock.now() - t)
+                    .unwrap_or(chrono::Duration::MAX);
+                if age > self.site.grid.step() * 3 {
+                    Err(format!("plan is stale ({} s old)", age.num_seconds()))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+    fn status_json(&self) -> String {
+        let st = self.status();
+        let sum = |key: &str, kind: &str| -> f64 {
+            st.devices
+                .values()
+                .filter(|d| d.kind == kind)
+                .filter_map(|d| d.readings.get(key))
+                .sum()
+        };
+        let v = serde_json::json!({
+            "site": self.site.config.site.name,
+            "now": self.clock.now().with_timezone(&self.site.grid.tz()).to_rfc3339(),
+            "last_period": st.last_period.as_ref().map(|p| p.start_local.clone()),
+            "pv_kw": sum("production_kw", "pv_inverter"),
+            "load_kw": sum("power_kw", "meter"),
+            "self_consumption_ratio": st.last_period.as_ref().and_then(|p| (p.total_production_kwh > 0.0).then(|| p.self_consumed_kwh / p.total_production_kwh)),
+            "self_sufficiency_ratio": st.last_period.as_ref().and_then(|p| (p.total_consumption_kwh > 0.0).then(|| p.self_consumed_kwh / p.total_consumption_kwh)),
+            "last_keys": st.last_period.as_ref().map(|p| &p.key_units),
+            "plan_status": st.plan.as_ref().map(|p| p.status.clone()),
+            "plan": st.plan,
+            "periods_closed": st.periods_closed,
+            "devices": st.devices.values().collect::<Vec<_>>(),
+        });
+        v.to_string()
+    }
+}
+
+/// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
+pub struct Daemon {
+    pub shared: Arc<Shared>,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start(
+        site: Site,
+        lib: Arc<ModelLibrary>,
+        clock: Clock,
+        opts: Options,
+    ) -> Result<Daemon, DaemonError> {
+        let metrics = Metrics::new(&site.config.site.id)?;
+        let output_dir = opts
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| site.config.site.output_dir.clone());
+        std::fs::create_dir_all(&output_dir).map_err(|e| DaemonError::Output {
+            path: output_dir.clone(),
+            source: e,
+        })?;
+        let listen = opts
+            .http_listen
+            .clone()
+            .unwrap_or_else(|| site.config.http.listen.clone());
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| DaemonError::Listen {
+                addr: listen.clone(),
+                source: e,
+            })?;
+        let http_addr = listener.local_addr().map_err(|e| DaemonError::Listen {
+            addr: listen.clone(),
+            source: e,
+        })?;
+        let mut status = Status::default();
+        for d in &site.config.devices {
+            status.devices.insert(
+                d.id.clone(),
+                DeviceStatus {
+                    id: d.id.clone(),
+                    kind: d.kind.as_str().into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let shared = Arc::new(Shared {
+            site: site.clone(),
+            clock,
+            metrics,
+            status: Mutex::new(status),
+            output_dir,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
+        let (periods_tx, periods_rx) = mpsc::channel::<PeriodRecord>(64);
+        let (setpoints_tx, setpoints_rx) = watch::channel(BTreeMap::<String, Command>::new());
+        let mut tasks = Vec::new();
+
+        {
+            let shared = shared.clone();
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                crate::http::serve(listener, shared, stop).await;
+            }));
+        }
+        for (addr, devs) in site.endpoints() {
+            let devs: Vec<_> = devs.into_iter().cloned().collect();
+            tasks.push(tokio::spawn(endpoint::run(
+                endpoint::EndpointTask {
+                    addr,
+                    devices: devs,
+                    lib: lib.clone(),
+                    shared: shared.clone(),
+                    events: events_tx.clone(),
+                    setpoints: setpoints_rx.clone(),
+                    dry_run: opts.dry_run || !site.config.control.writes_allowed,
+                },
+                shutdown_rx.clone(),
+            )));
+        }
+        drop(events_tx);
+        tasks.push(tokio::spawn(aggregate::run(
+            shared.clone(),
+            events_rx,
+            periods_tx,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(planner::run(
+            shared.clone(),
+            periods_rx,
+            setpoints_tx,
+            shutdown_rx,
+        )));
+        tracing::info!(
+            site = %site.config.site.id,
+            devices = site.config.devices.len(),
+            participants = site.config.participants.len(),
+            http = %http_addr,
+            "ped daemon started"
+        );
+        Ok(Daemon {
+            shared,
+            http_addr,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    /// Stops every task; endpoint tasks release their setpoints first.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+        tracing::info!("ped daemon stopped");
+    }
+}

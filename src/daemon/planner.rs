@@ -1,0 +1,254 @@
+//! At each settlement step: forecasts + current state → the rolling LP →
+//! setpoints for the current step. The solve runs on a blocking thread under
+//! the configured wall-clock budget; past it, the rule-based plan is used, so
+//! there is always a plan.
+
+use super::{PeriodRecord, PlanView, Shared};
+use crate::config::{DeviceKind, ParticipantKind};
+use crate::devices::Command;
+use crate::forecast::{self, SeriesHistory};
+use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput, PlanStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+pub async fn run(
+    shared: Arc<Shared>,
+    mut periods: mpsc::Receiver<PeriodRecord>,
+    setpoints: watch::Sender<BTreeMap<String, Command>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let site = &shared.site;
+    let grid = site.grid;
+    let clock = shared.clock;
+    let capacity = 3 * 24 * 60 / grid.step_minutes() as usize;
+    let mut load_hist: HashMap<String, SeriesHistory> = site
+        .config
+        .participants
+        .iter()
+        .map(|p| (p.id.clone(), SeriesHistory::new(capacity)))
+        .collect();
+    // Let the first polls land before the first plan.
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(3 * site.config.polling.interval_ms)) => {}
+        _ = shutdown.changed() => return,
+    }
+    loop {
+        while let Ok(rec) = periods.try_recv() {
+            for (pid, kwh) in &rec.consumption_kwh {
+                if let Some(h) = load_hist.get_mut(pid) {
+                    h.push(rec.start, kwh / grid.step_hours());
+                }
+            }
+        }
+        let now = clock.now();
+        let start = grid.period_start(now);
+        let input = build_input(&shared, start, &load_hist);
+        let budget = Duration::from_millis(site.config.plan.budget_ms);
+        let started = Instant::now();
+        let solving = {
+            let input = input.clone();
+            tokio::task::spawn_blocking(move || plan::solve(&input, budget))
+        };
+        let result = match tokio::time::timeout(budget + Duration::from_millis(500), solving).await {
+            Ok(Ok(Ok(p))) => Ok(p),
+            Ok(Ok(Err(e))) => Err(format!("plan error: {e}")),
+            Ok(Err(e)) => Err(format!("solver thread failed: {e}")),
+            Err(_) => Err(format!("solver exceeded its {} ms budget", budget.as_millis())),
+        };
+        let p = match result {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(reason = %why, "falling back to the rule-based plan");
+                plan::rule_based(&input, &why)
+            }
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        publish(&shared, &input, &p, &setpoints, elapsed);
+        // Re-plan at the next step.
+        let next = grid.next_period(start);
+        tokio::select! {
+            _ = clock.sleep_until(next) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn reading(shared: &Shared, device: &str, name: &str) -> Option<f64> {
+    shared
+        .status()
+        .devices
+        .get(device)
+        .and_then(|d| d.readings.get(name).copied())
+}
+
+fn build_input(
+    shared: &Shared,
+    start: chrono::DateTime<chrono::Utc>,
+    load_hist: &HashMap<String, SeriesHistory>,
+) -> PlanInput {
+    let site = &shared.site;
+    let cfg = &site.config;
+    let grid = site.grid;
+    let steps = (cfg.plan.horizon_hours * 60 / grid.step_minutes()) as usize;
+    // Recent clearness: measured PV against the clear-sky estimate of the same plants.
+    let now = shared.clock.now();
+    let mut measured = 0.0;
+    let mut clear = 0.0;
+    let mut pv = vec![0.0; steps];
+    let plants: Vec<_> = site.devices_of(DeviceKind::PvInverter).collect();
+    for d in &plants {
+        let (kwp, tilt, az) = (d.kwp.unwrap_or(0.0), d.tilt_deg.unwrap_or(20.0), d.azimuth_deg.unwrap_or(180.0));
+        measured += reading(shared, &d.id, "production_kw").unwrap_or(0.0);
+        clear += forecast::clear_sky_kw(kwp, tilt, az, cfg.site.latitude, cfg.site.longitude, now);
+    }
+    let clearness = if clear > 0.05 * plants.len() as f64 {
+        (measured / clear).clamp(0.1, 1.2)
+    } else {
+        0.8
+    };
+    for d in &plants {
+        let f = forecast::pv_forecast(
+            d.kwp.unwrap_or(0.0),
+            d.tilt_deg.unwrap_or(20.0),
+            d.azimuth_deg.unwrap_or(180.0),
+            cfg.site.latitude,
+            cfg.site.longitude,
+            start,
+            steps,
+            &grid,
+            clearness,
+        );
+        for (a, b) in pv.iter_mut().zip(f) {
+            *a += b;
+        }
+    }
+    let participants = cfg
+        .participants
+        .iter()
+        .filter(|p| !matches!(p.kind, ParticipantKind::Battery | ParticipantKind::PowerToHeat))
+        .map(|p| {
+            let hist = load_hist.get(&p.id);
+            let mut load = hist
+                .map(|h| h.forecast(start, steps, &grid))
+                .unwrap_or_else(|| vec![0.0; steps]);
+            if load.iter().all(|x| *x == 0.0) {
+                // No history yet: hold the current power.
+                let now_kw = reading(shared, &p.meter, "power_kw").unwrap_or(p.annual_kwh / 8760.0);
+                load = vec![now_kw.max(0.0); steps];
+            }
+            ParticipantForecast {
+                id: p.id.clone(),
+                load_kw: load,
+                tariff_eur_per_kwh: p.tariff_eur_per_kwh,
+                priority: p.priority,
+            }
+        })
+        .collect();
+    let batteries = site
+        .devices_of(DeviceKind::Battery)
+        .map(|d| {
+            let cap = d.capacity_kwh.unwrap_or(0.0);
+            let soc = reading(shared, &d.id, "soc_pct").map(|s| s / 100.0 * cap).unwrap_or(cap * 0.5);
+            BatteryModel {
+                id: d.id.clone(),
+                capacity_kwh: cap,
+                soc_kwh: soc.clamp(0.0, cap),
+                min_soc_kwh: cap * d.min_soc_ratio.unwrap_or(0.1),
+                max_charge_kw: d.max_charge_kw.unwrap_or(0.0),
+                max_discharge_kw: d.max_discharge_kw.unwrap_or(0.0),
+                charge_eff: 0.95,
+                discharge_eff: 0.95,
+                end_value_eur_per_kwh: cfg.plan.local_price_eur_per_kwh * 0.9,
+            }
+        })
+        .collect();
+    let heat = site
+        .devices_of(DeviceKind::PowerToHeat)
+        .map(|d| {
+            let demand_now = site
+                .devices_of(DeviceKind::HeatMeter)
+                .filter(|h| h.substation == d.substation)
+                .filter_map(|h| reading(shared, &h.id, "heat_kw"))
+                .sum::<f64>();
+            let cap = d.capacity_kwh.unwrap_or(0.0);
+            HeatUnitModel {
+                id: d.id.clone(),
+                p2h_max_kw: d.max_power_kw.unwrap_or(0.0),
+                efficiency: 0.98,
+                store_capacity_kwh: cap,
+                store_kwh: reading(shared, &d.id, "store_kwh").unwrap_or(0.0).clamp(0.0, cap),
+                loss_ratio_per_hour: 0.005,
+                // The store may feed up to half the substation's demand.
+                heat_demand_kw: vec![demand_now * 0.5; steps],
+                heat_price_eur_per_kwh: cfg.plan.heat_price_eur_per_kwh,
+            }
+        })
+        .collect();
+    PlanInput {
+        start,
+        step_hours: grid.step_hours(),
+        pv_kw: pv,
+        participants,
+        batteries,
+        heat,
+        local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
+        export_price_eur_per_kwh: vec![cfg.plan.export_price_eur_per_kwh; steps],
+        import_price_eur_per_kwh: vec![cfg.plan.import_price_eur_per_kwh; steps],
+    }
+}
+
+fn publish(
+    shared: &Shared,
+    input: &PlanInput,
+    p: &plan::Plan,
+    setpoints: &watch::Sender<BTreeMap<String, Command>>,
+    elapsed: f64,
+) {
+    let m = &shared.metrics;
+    let status = match &p.status {
+        PlanStatus::Optimal => "optimal".to_string(),
+        PlanStatus::RuleBased { .. } => "rule_based".to_string(),
+    };
+    for s in ["optimal", "rule_based"] {
+        m.plan_status.with_label_values(&[s]).set(i64::from(s == status));
+    }
+    m.plans.with_label_values(&[&status]).inc();
+    m.plan_solve_seconds.observe(elapsed);
+    m.plan_objective.set(p.objective_eur);
+    let mut sp = BTreeMap::new();
+    for (b, kw) in input.batteries.iter().zip(&p.battery_kw) {
+        let first = kw.first().copied().unwrap_or(0.0);
+        sp.insert(b.id.clone(), Command::BatteryPower(first));
+    }
+    for (h, kw) in input.heat.iter().zip(&p.p2h_kw) {
+        let first = kw.first().copied().unwrap_or(0.0);
+        sp.insert(h.id.clone(), Command::PowerToHeat(first));
+    }
+    tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = ?sp, "plan published");
+    let _ = setpoints.send(sp);
+    let sum_rows = |rows: &Vec<Vec<f64>>| -> Vec<f64> {
+        let n = rows.first().map(|r| r.len()).unwrap_or(0);
+        (0..n).map(|t| rows.iter().map(|r| r[t]).sum()).collect()
+    };
+    let view = PlanView {
+        status,
+        computed_at: Some(shared.clock.now()),
+        objective_eur: p.objective_eur,
+        solve_seconds: elapsed,
+        pv_kw: input.pv_kw.clone(),
+        battery_kw: sum_rows(&p.battery_kw),
+        p2h_kw: sum_rows(&p.p2h_kw),
+    };
+    let dir = shared.output_dir.join("plans");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        if let Ok(text) = serde_json::to_string_pretty(&view) {
+            let tmp = dir.join("latest.json.tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, dir.join("latest.json"));
+            }
+        }
+    }
+    shared.status().plan = Some(view);
+}

@@ -1,0 +1,318 @@
+//! Device kinds as typed readings and commands over register maps. No I/O here:
+//! `daemon` reads the blocks and hands them to [`decode_readings`]; commands
+//! become register words with [`command_writes`].
+//!
+//! Which point of which map feeds which reading is a table per kind
+//! ([`bindings`]): a SunSpec device is bound through the models it exposes, a
+//! vendor device through the map named in the site config, so a new vendor
+//! model is a file in `models/` that uses the same point names.
+
+use crate::config::{DeviceConfig, DeviceKind};
+use crate::registers::{ModelLibrary, RegisterMap};
+use crate::units::SignConvention;
+use std::collections::BTreeMap;
+
+/// Where a reading comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum MapSel {
+    /// The first of these SunSpec models the device exposes.
+    SunSpec(&'static [u16]),
+    /// The vendor map named in the device's config.
+    Configured,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    /// Reading name inside ped (stable: metrics and the ledger use it).
+    pub reading: &'static str,
+    pub map: MapSel,
+    pub point: &'static str,
+    /// Multiplier from the point's engineering unit to ped's (W → kW: 0.001).
+    pub factor: f64,
+    /// Power readings follow the device's sign convention.
+    pub signed_power: bool,
+    /// Monotonic energy counters (used for period energies).
+    pub counter: bool,
+}
+
+const fn b(reading: &'static str, map: MapSel, point: &'static str, factor: f64) -> Binding {
+    Binding {
+        reading,
+        map,
+        point,
+        factor,
+        signed_power: false,
+        counter: false,
+    }
+}
+const fn counter(reading: &'static str, map: MapSel, point: &'static str, factor: f64) -> Binding {
+    Binding {
+        reading,
+        map,
+        point,
+        factor,
+        signed_power: false,
+        counter: true,
+    }
+}
+const fn power(reading: &'static str, map: MapSel, point: &'static str, factor: f64) -> Binding {
+    Binding {
+        reading,
+        map,
+        point,
+        factor,
+        signed_power: true,
+        counter: false,
+    }
+}
+
+const INVERTER: &[u16] = &[103, 102, 101];
+const METER: &[u16] = &[203, 202, 201, 204];
+
+static PV: &[Binding] = &[
+    b("production_kw", MapSel::SunSpec(INVERTER), "W", 0.001),
+    counter("production_kwh", MapSel::SunSpec(INVERTER), "WH", 0.001),
+    b("dc_kw", MapSel::SunSpec(INVERTER), "DCW", 0.001),
+    b("cabinet_c", MapSel::SunSpec(INVERTER), "TmpCab", 1.0),
+    b("rated_kw", MapSel::SunSpec(&[120]), "WRtg", 0.001),
+    b("limit_pct", MapSel::SunSpec(&[123]), "WMaxLimPct", 1.0),
+];
+static BATTERY: &[Binding] = &[
+    b("soc_pct", MapSel::SunSpec(&[802]), "SoC", 1.0),
+    power("power_kw", MapSel::SunSpec(&[802]), "W", 0.001),
+    b("capacity_kwh", MapSel::SunSpec(&[802]), "WHRtg", 0.001),
+    b("setpoint_kw", MapSel::SunSpec(&[704]), "WSet", 0.001),
+    counter("import_kwh", MapSel::SunSpec(METER), "TotWhImp", 0.001),
+    counter("export_kwh", MapSel::SunSpec(METER), "TotWhExp", 0.001),
+];
+static METER_B: &[Binding] = &[
+    b("power_kw", MapSel::SunSpec(METER), "W", 0.001),
+    counter("import_kwh", MapSel::SunSpec(METER), "TotWhImp", 0.001),
+    counter("export_kwh", MapSel::SunSpec(METER), "TotWhExp", 0.001),
+];
+static SUBSTATION: &[Binding] = &[
+    b("outdoor_c", MapSel::Configured, "outdoor_temp", 1.0),
+    b("flow_c", MapSel::Configured, "flow_temp", 1.0),
+    b("return_c", MapSel::Configured, "return_temp", 1.0),
+    b("valve_pct", MapSel::Configured, "valve_pct", 1.0),
+];
+static HEAT_METER: &[Binding] = &[
+    b("heat_kw", MapSel::Configured, "power_kw", 1.0),
+    counter("heat_kwh", MapSel::Configured, "energy_kwh", 1.0),
+    b("flow_m3h", MapSel::Configured, "flow_m3h", 1.0),
+    b("flow_c", MapSel::Configured, "t1", 1.0),
+    b("return_c", MapSel::Configured, "t2", 1.0),
+];
+static P2H: &[Binding] = &[
+    b("power_kw", MapSel::Configured, "power_kw", 1.0),
+    b("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
+    b("store_kwh", MapSel::Configured, "store_energy_kwh", 1.0),
+    b("store_capacity_kwh", MapSel::Configured, "store_capacity_kwh", 1.0),
+    b("store_c", MapSel::Configured, "store_temp", 1.0),
+    counter("elec_kwh", MapSel::Configured, "elec_energy_kwh", 1.0),
+    counter("heat_kwh", MapSel::Configured, "heat_energy_kwh", 1.0),
+];
+
+pub fn bindings(kind: DeviceKind) -> &'static [Binding] {
+    match kind {
+        DeviceKind::PvInverter => PV,
+        DeviceKind::Battery => BATTERY,
+        DeviceKind::Meter => METER_B,
+        DeviceKind::HeatSubstation => SUBSTATION,
+        DeviceKind::HeatMeter => HEAT_METER,
+        DeviceKind::PowerToHeat => P2H,
+    }
+}
+
+/// A block of registers ped reads from one device: one map placed at one address.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub map_key: String,
+    pub sunspec_id: Option<u16>,
+    pub addr: u16,
+    pub len: u16,
+}
+
+/// The blocks to poll for a device, given the SunSpec models discovered on it
+/// (`(model id, address of its ID register)`), or its configured vendor map.
+pub fn blocks_for(
+    dev: &DeviceConfig,
+    lib: &ModelLibrary,
+    discovered: &[(u16, u16)],
+) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for bind in bindings(dev.kind) {
+        let block = match bind.map {
+            MapSel::SunSpec(ids) => ids.iter().find_map(|id| {
+                let (_, addr) = discovered.iter().find(|(m, _)| m == id)?;
+                let map = lib.sunspec(*id)?;
+                Some(Block {
+                    map_key: map.key.clone(),
+                    sunspec_id: Some(*id),
+                    addr: *addr,
+                    len: map.block_len(),
+                })
+            }),
+            MapSel::Configured => lib.get(&dev.map).map(|map| Block {
+                map_key: map.key.clone(),
+                sunspec_id: None,
+                addr: map.base,
+                len: map.block_len(),
+            }),
+        };
+        if let Some(bl) = block {
+            if !out.iter().any(|o| o.map_key == bl.map_key) {
+                out.push(bl);
+            }
+        }
+    }
+    out
+}
+
+/// Decoded readings of one device, in ped's units and sign convention.
+pub type Readings = BTreeMap<&'static str, f64>;
+
+/// Decodes every bound reading that the given blocks cover. Sentinels ("not
+/// implemented") leave the reading out: a missing value is never a number.
+pub fn decode_readings(
+    dev: &DeviceConfig,
+    lib: &ModelLibrary,
+    blocks: &[(Block, Vec<u16>)],
+) -> Result<Readings, crate::registers::RegisterError> {
+    let mut out = Readings::new();
+    for bind in bindings(dev.kind) {
+        if out.contains_key(bind.reading) {
+            continue;
+        }
+        let found = blocks.iter().find(|(bl, _)| match bind.map {
+            MapSel::SunSpec(ids) => bl.sunspec_id.is_some_and(|id| ids.contains(&id)),
+            MapSel::Configured => bl.sunspec_id.is_none(),
+        });
+        let Some((bl, words)) = found else { continue };
+        let Some(map) = lib.get(&bl.map_key) else {
+            continue;
+        };
+        if map.point(bind.point).is_none() {
+            continue;
+        }
+        if let Some(v) = map.decode_f64(words, bind.point)? {
+            let mut v = v * bind.factor;
+            if bind.signed_power {
+                v = dev.sign.to_ped(v);
+            }
+            out.insert(bind.reading, v);
+        }
+    }
+    Ok(out)
+}
+
+/// A setpoint in ped's units and convention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Command {
+    /// Battery power, kW, positive = charge.
+    BatteryPower(f64),
+    /// Power-to-heat electrical power, kW.
+    PowerToHeat(f64),
+    /// Back to the device's own safe behaviour (no remote setpoint).
+    Release,
+}
+
+/// One register write: address, words, and the point it sets (for logs and the envelope).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub point: String,
+    pub addr: u16,
+    pub words: Vec<u16>,
+    pub value: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("device {device} has no {what}")]
+    NoMap { device: String, what: String },
+    #[error("device {device}: writing `{point}` is not allowed by the site config (add it to `writes`)")]
+    NotAllowed { device: String, point: String },
+    #[error(transparent)]
+    Register(#[from] crate::registers::RegisterError),
+}
+
+/// Register writes for a command, with scale factors taken from the last block
+/// read from the device (scale factors apply to writes too). Each written point
+/// must be listed in the device's `writes`.
+pub fn command_writes(
+    dev: &DeviceConfig,
+    lib: &ModelLibrary,
+    blocks: &[(Block, Vec<u16>)],
+    cmd: Command,
+) -> Result<Vec<Write>, CommandError> {
+    let (map_sel, points): (MapSel, Vec<(&str, f64)>) = match (dev.kind, cmd) {
+        (DeviceKind::Battery, Command::BatteryPower(kw)) => (
+            MapSel::SunSpec(&[704]),
+            // 704's WSet is in W, positive = discharge: the device's own convention.
+            vec![("WSetEna", 1.0), ("WSet", dev.sign.to_device(kw) * 1000.0)],
+        ),
+        (DeviceKind::Battery, Command::Release) => (MapSel::SunSpec(&[704]), vec![("WSetEna", 0.0)]),
+        (DeviceKind::PowerToHeat, Command::PowerToHeat(kw)) => (
+            MapSel::Configured,
+            vec![("mode", 1.0), ("power_setpoint_kw", kw)],
+        ),
+        (DeviceKind::PowerToHeat, Command::Release) => (MapSel::Configured, vec![("mode", 0.0)]),
+        (k, c) => {
+            return Err(CommandError::NoMap {
+                device: dev.id.clone(),
+                what: format!("command {c:?} for a {}", k.as_str()),
+            })
+        }
+    };
+    let (bl, words) = blocks
+        .iter()
+        .find(|(bl, _)| match map_sel {
+            MapSel::SunSpec(ids) => bl.sunspec_id.is_some_and(|id| ids.contains(&id)),
+            MapSel::Configured => bl.sunspec_id.is_none(),
+        })
+        .ok_or_else(|| CommandError::NoMap {
+            device: dev.id.clone(),
+            what: "control block (not read yet, or not exposed)".into(),
+        })?;
+    let map = lib.get(&bl.map_key).ok_or_else(|| CommandError::NoMap {
+        device: dev.id.clone(),
+        what: format!("register map {}", bl.map_key),
+    })?;
+    let mut out = Vec::new();
+    for (point, value) in points {
+        if !dev.writes.iter().any(|w| w == point) {
+            return Err(CommandError::NotAllowed {
+                device: dev.id.clone(),
+                point: point.into(),
+            });
+        }
+        let exp = scale_exponent(map, words, point);
+        let (offset, w) = map.setpoint_words(point, value, exp)?;
+        out.push(Write {
+            point: point.into(),
+            addr: bl.addr.wrapping_add(offset),
+            words: w,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
+    use crate::registers::Scale;
+    match map.point(point).and_then(|p| p.scale.clone()) {
+        Some(Scale::Exponent(e)) => e,
+        Some(Scale::Point(sf)) => map
+            .point(&sf)
+            .and_then(|p| words.get(usize::from(p.offset)))
+            .map(|w| *w as i16)
+            .filter(|e| (-10..=10).contains(e))
+            .unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// ped's sign convention for a device's configured one (re-exported for callers).
+pub fn sign_of(dev: &DeviceConfig) -> SignConvention {
+    dev.sign
+}

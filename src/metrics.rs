@@ -1,0 +1,207 @@
+//! Prometheus registry and metric names. Base units (watts, joules, celsius,
+//! ratios, seconds), `_total` for counters, labels only where bounded (`device`
+//! and `participant` are bounded by the site config).
+
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metric registration failed: {0}")]
+    Prometheus(#[from] prometheus::Error),
+}
+
+/// Every metric ped exports. Cheap to clone (the prometheus types are handles).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    // Devices.
+    pub device_up: IntGaugeVec,
+    pub device_reads: IntCounterVec,
+    pub device_errors: IntCounterVec,
+    pub device_last_success: GaugeVec,
+    pub device_read_seconds: HistogramVec,
+    pub device_backoff_seconds: GaugeVec,
+    pub device_power: GaugeVec,
+    pub device_energy: CounterVec,
+    pub battery_soc: GaugeVec,
+    pub heat_store_energy: GaugeVec,
+    pub temperature: GaugeVec,
+    pub valve_ratio: GaugeVec,
+    pub heat_flow: GaugeVec,
+    // Settlement.
+    pub periods_closed: IntCounter,
+    pub period_start: Gauge,
+    pub period_production: Gauge,
+    pub period_consumption: Gauge,
+    pub period_self_consumed: Gauge,
+    pub period_surplus: Gauge,
+    pub self_consumption_ratio: Gauge,
+    pub self_sufficiency_ratio: Gauge,
+    pub participant_allocated: CounterVec,
+    pub participant_consumed: CounterVec,
+    pub period_fallbacks: IntCounterVec,
+    pub production_total: prometheus::Counter,
+    pub self_consumed_total: prometheus::Counter,
+    // Plan.
+    pub plan_solve_seconds: Histogram,
+    pub plan_objective: Gauge,
+    pub plan_status: IntGaugeVec,
+    pub plans: IntCounterVec,
+    pub plan_age_seconds: Gauge,
+    pub setpoint: GaugeVec,
+    pub setpoint_writes: IntCounterVec,
+    // Keys.
+    pub key_files: IntCounterVec,
+    pub key_sum_max_ratio: Gauge,
+}
+
+impl Metrics {
+    pub fn new(site: &str) -> Result<Metrics, MetricsError> {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("site".to_string(), site.to_string());
+        let registry = Registry::new_custom(Some("ped".into()), Some(labels))?;
+        let r = &registry;
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(
+            r: &Registry,
+            c: T,
+        ) -> Result<T, MetricsError> {
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let gv = |name: &str, help: &str, l: &[&str]| -> Result<GaugeVec, MetricsError> {
+            reg(r, GaugeVec::new(Opts::new(name, help), l)?)
+        };
+        let g = |name: &str, help: &str| -> Result<Gauge, MetricsError> {
+            reg(r, Gauge::new(name, help)?)
+        };
+        let icv = |name: &str, help: &str, l: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            reg(r, IntCounterVec::new(Opts::new(name, help), l)?)
+        };
+        let igv = |name: &str, help: &str, l: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            reg(r, IntGaugeVec::new(Opts::new(name, help), l)?)
+        };
+        let cv = |name: &str, help: &str, l: &[&str]| -> Result<CounterVec, MetricsError> {
+            reg(r, CounterVec::new(Opts::new(name, help), l)?)
+        };
+        let m = Metrics {
+            build_info: igv("build_info", "Always 1; labels carry the version.", &["version"])?,
+            device_up: igv("device_up", "1 if the device's last poll succeeded.", &["device", "kind"])?,
+            device_reads: icv("device_reads_total", "Successful polls of a device.", &["device"])?,
+            device_errors: icv(
+                "device_errors_total",
+                "Failed polls by kind: timeout, connection, exception, protocol, decode.",
+                &["device", "kind"],
+            )?,
+            device_last_success: gv(
+                "device_last_success_timestamp_seconds",
+                "Unix time of the device's last successful poll.",
+                &["device"],
+            )?,
+            device_read_seconds: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("device_read_duration_seconds", "Duration of one device poll.")
+                        .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                    &["device"],
+                )?,
+            )?,
+            device_backoff_seconds: gv(
+                "device_backoff_seconds",
+                "Current reconnect backoff of a device's endpoint (0 when connected).",
+                &["device"],
+            )?,
+            device_power: gv(
+                "device_power_watts",
+                "Active power of a device; ped's sign: positive = consumption or charging, PV production positive.",
+                &["device", "kind"],
+            )?,
+            device_energy: cv(
+                "device_energy_joules_total",
+                "Energy counted by a device's own counter since ped started, by direction.",
+                &["device", "direction"],
+            )?,
+            battery_soc: gv("battery_state_of_charge_ratio", "Battery state of charge, 0..1.", &["device"])?,
+            heat_store_energy: gv("heat_store_energy_joules", "Heat stored in a thermal store.", &["device"])?,
+            temperature: gv("temperature_celsius", "Temperatures read from devices.", &["device", "point"])?,
+            valve_ratio: gv("valve_position_ratio", "Control valve position, 0..1.", &["device"])?,
+            heat_flow: gv("heat_power_watts", "Thermal power delivered by a substation.", &["device"])?,
+            periods_closed: reg(r, IntCounter::new("periods_closed_total", "Settlement periods closed.")?)?,
+            period_start: g("period_start_timestamp_seconds", "Start of the last closed settlement period.")?,
+            period_production: g("period_production_joules", "Local production (PV + battery discharge) in the last closed period.")?,
+            period_consumption: g("period_consumption_joules", "Participants' consumption in the last closed period.")?,
+            period_self_consumed: g("period_self_consumed_joules", "Energy allocated to participants in the last closed period.")?,
+            period_surplus: g("period_surplus_joules", "Production not allocated (sold as surplus) in the last closed period.")?,
+            self_consumption_ratio: g("self_consumption_ratio", "Self-consumed over produced, last closed period.")?,
+            self_sufficiency_ratio: g("self_sufficiency_ratio", "Self-consumed over consumed, last closed period.")?,
+            participant_allocated: cv(
+                "participant_allocated_energy_joules_total",
+                "Local energy allocated to a participant by the exported keys.",
+                &["participant"],
+            )?,
+            participant_consumed: cv(
+                "participant_consumed_energy_joules_total",
+                "Energy a participant consumed in closed periods.",
+                &["participant"],
+            )?,
+            period_fallbacks: icv(
+                "period_fallbacks_total",
+                "Periods whose keys fell back to the default rule, by reason.",
+                &["reason"],
+            )?,
+            production_total: reg(r, prometheus::Counter::new("production_energy_joules_total", "Local production over closed periods.")?)?,
+            self_consumed_total: reg(r, prometheus::Counter::new("self_consumed_energy_joules_total", "Self-consumed energy over closed periods.")?)?,
+            plan_solve_seconds: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("plan_solve_duration_seconds", "Wall-clock time of one plan solve.")
+                        .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+                )?,
+            )?,
+            plan_objective: g("plan_objective_euros", "Objective value of the current plan over its horizon.")?,
+            plan_status: igv("plan_status", "1 for the status of the current plan.", &["status"])?,
+            plans: icv("plans_total", "Plans published, by status.", &["status"])?,
+            plan_age_seconds: g("plan_age_seconds", "Age of the current plan, clock seconds.")?,
+            setpoint: gv("setpoint_watts", "Setpoint currently sent to a device (ped's sign).", &["device"])?,
+            setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
+            key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
+            key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            registry,
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(m)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Used by `/ready`.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub polled_once: IntGauge,
+    pub plan_fresh: IntGauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn registry_renders_with_prefix_and_site_label() {
+        let m = Metrics::new("test-site").unwrap();
+        m.device_up.with_label_values(&["PV-01", "pv_inverter"]).set(1);
+        let text = m.render();
+        assert!(text.contains("ped_device_up{device=\"PV-01\",kind=\"pv_inverter\",site=\"test-site\"} 1"), "{text}");
+        assert!(text.contains("ped_build_info"));
+    }
+}
