@@ -6,5 +6,7 @@
 //! (`simulator`, `daemon`). See README, "Architecture".
 
 pub mod ids;
+pub mod modbus;
+pub mod registers;
 pub mod time;
 pub mod units;

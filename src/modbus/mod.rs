@@ -1,0 +1,1 @@
+//! Modbus transport: TCP client, SunSpec discovery and a register-bank server.
