@@ -359,11 +359,10 @@ impl RegisterMap {
                         p.name, p.ty
                     ));
                 }
-                Some(Scale::Exponent(e)) => {
-                    if e.abs() > MAX_SCALE_EXPONENT {
-                        return Err(format!("point {}: scale {e} outside -10..=10", p.name));
-                    }
+                Some(Scale::Exponent(e)) if e.abs() > MAX_SCALE_EXPONENT => {
+                    return Err(format!("point {}: scale {e} outside -10..=10", p.name));
                 }
+                Some(Scale::Exponent(_)) => {}
                 Some(Scale::Point(sf)) => match self.point(sf) {
                     Some(sfp) if sfp.ty == PointType::Sunssf => {}
                     Some(sfp) => {
