@@ -397,3 +397,29 @@ async fn server_stops_when_shutdown_resolves() {
         .err();
     assert!(matches!(err, Some(ModbusError::Connect(_))), "{err:?}");
 }
+
+#[tokio::test]
+async fn runaway_chains_are_protocol_errors() {
+    // 65 empty models then an end marker: longer than any real device.
+    let mut image = vec![0x5375, 0x6E53];
+    for _ in 0..65 {
+        image.extend_from_slice(&[64000, 0]);
+    }
+    image.extend_from_slice(&[0xFFFF, 0]);
+    let mut long = Bank::new();
+    long.map_range(Table::Holding, 40000, image.len() as u16, false);
+    long.set(Table::Holding, 40000, &image);
+
+    // A model whose L runs past register 65535.
+    let mut past = Bank::new();
+    past.map_range(Table::Holding, 50000, 4, false);
+    past.set(Table::Holding, 50000, &[0x5375, 0x6E53, 1, 20000]);
+
+    for bank in [long, past] {
+        let (u, _) = units(bank);
+        let server = start(u, SharedFaults::default()).await;
+        let mut client = connect(server.addr).await;
+        let err = discover(&mut client, UNIT).await.err();
+        assert!(matches!(err, Some(ModbusError::Protocol(_))), "{err:?}");
+    }
+}
