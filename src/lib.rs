@@ -8,5 +8,7 @@
 pub mod clock;
 pub mod config;
 pub mod ids;
+pub mod modbus;
+pub mod registers;
 pub mod time;
 pub mod units;

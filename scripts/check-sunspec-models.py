@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Cross-check models/sunspec/*.toml against the SunSpec Alliance JSON models.
+
+Usage: scripts/check-sunspec-models.py [REFERENCE_DIR]
+REFERENCE_DIR holds model_<id>.json (default: ../shared/reference/sunspec-models,
+relative to the repository root). Python 3.11+ standard library only.
+
+Checks, per model: L, and for every point of the fixed block (non-repeating
+groups flattened as <group>_<point>) its offset, size, type, scale link and
+access; points present on one side only are failures too. Exits non-zero on
+any mismatch or when the reference directory is missing.
+"""
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reference_points(group):
+    """(name, offset, size, type, sf, access) for the fixed block of a model."""
+    out = []
+    offset = 0
+    for p in group["points"]:
+        out.append((p["name"], offset, p))
+        offset += p["size"]
+    for sub in group.get("groups", []):
+        # count 0 (or a point name) means repeating: not part of the fixed block.
+        if sub.get("count", 1) != 1:
+            continue
+        for p in sub["points"]:
+            out.append((f'{sub["name"]}_{p["name"]}', offset, p))
+            offset += p["size"]
+    return out, offset - 2
+
+
+def main():
+    default = ROOT.parent / "shared" / "reference" / "sunspec-models"
+    ref_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default
+    if not ref_dir.is_dir():
+        print(f"reference directory not found: {ref_dir}", file=sys.stderr)
+        return 2
+    passed = failed = 0
+    files = sorted((ROOT / "models" / "sunspec").glob("*.toml"))
+    if not files:
+        print("no models/sunspec/*.toml found", file=sys.stderr)
+        return 2
+    for path in files:
+        ours = tomllib.loads(path.read_text())
+        mid = ours.get("sunspec_id")
+        ref_path = ref_dir / f"model_{mid}.json"
+        problems = []
+        if not ref_path.is_file():
+            problems.append(f"no reference {ref_path.name}")
+        else:
+            group = json.loads(ref_path.read_text())["group"]
+            ref, length = reference_points(group)
+            if ours.get("length") != length:
+                problems.append(f"length {ours.get('length')} != L {length}")
+            if ours.get("name") != group["name"]:
+                problems.append(f"name {ours.get('name')!r} != {group['name']!r}")
+            mine = {p["name"]: p for p in ours.get("points", [])}
+            for name, offset, rp in ref:
+                p = mine.pop(name, None)
+                if p is None:
+                    problems.append(f"{name}: missing")
+                    continue
+                size = p.get("size", rp["size"] if rp["type"] != "string" else None)
+                checks = [
+                    ("offset", p.get("offset"), offset),
+                    ("type", p.get("type"), rp["type"]),
+                    ("size", size, rp["size"]),
+                    ("scale", p.get("scale"), rp.get("sf")),
+                    ("access", p.get("access", "r"), rp.get("access", "R").lower()),
+                ]
+                for what, got, want in checks:
+                    if got != want:
+                        problems.append(f"{name}: {what} {got!r} != {want!r}")
+            for name in mine:
+                problems.append(f"{name}: not in the reference")
+        if problems:
+            failed += 1
+            print(f"FAIL {path.relative_to(ROOT)}")
+            for pr in problems:
+                print(f"  {pr}")
+        else:
+            passed += 1
+            print(f"ok   {path.relative_to(ROOT)}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

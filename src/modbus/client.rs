@@ -1,0 +1,226 @@
+//! One Modbus TCP connection with a timeout on every request.
+//!
+//! After a [`ModbusError::Timeout`] or [`ModbusError::Io`] the connection is
+//! unusable: a late response to the abandoned request would otherwise be taken
+//! for the answer to the next one. The client refuses further requests with
+//! [`ModbusError::Io`]; the caller must drop it and [`ModbusClient::connect`]
+//! again. Exceptions and protocol errors leave the connection usable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_modbus::client::{Context, Reader as _, Writer as _};
+use tokio_modbus::prelude::SlaveContext as _;
+use tokio_modbus::Slave;
+
+use super::{MAX_READ_WORDS, MAX_WRITE_WORDS};
+use crate::registers::{Table, WriteMode};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModbusError {
+    #[error("request timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("i/o error: {0}")]
+    Io(String),
+    #[error("device answered function {function:#04x} with exception {code:#04x}")]
+    Exception { function: u8, code: u8 },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ModbusError {
+    /// Short label for metrics: "timeout", "connection", "exception" or "protocol".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModbusError::Timeout => "timeout",
+            ModbusError::Connect(_) | ModbusError::Io(_) => "connection",
+            ModbusError::Exception { .. } => "exception",
+            ModbusError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// Whether the connection must be dropped after this error.
+    pub fn breaks_connection(&self) -> bool {
+        matches!(
+            self,
+            ModbusError::Timeout | ModbusError::Connect(_) | ModbusError::Io(_)
+        )
+    }
+}
+
+/// One TCP connection; callers serialise access through `&mut self`.
+pub struct ModbusClient {
+    ctx: Context,
+    peer: SocketAddr,
+    timeout: Duration,
+    broken: bool,
+}
+
+impl std::fmt::Debug for ModbusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModbusClient")
+            .field("peer", &self.peer)
+            .field("timeout", &self.timeout)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl ModbusClient {
+    /// Connects within `timeout`, which also becomes the per-request timeout.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ModbusError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ModbusError::Connect(format!("{addr}: timed out"))),
+            Ok(Err(e)) => return Err(ModbusError::Connect(format!("{addr}: {e}"))),
+            Ok(Ok(s)) => s,
+        };
+        // Requests are small and latency-bound; Nagle would hold them back.
+        let _ = stream.set_nodelay(true);
+        Ok(ModbusClient {
+            ctx: tokio_modbus::client::tcp::attach_slave(stream, Slave(1)),
+            peer: addr,
+            timeout,
+            broken: false,
+        })
+    }
+
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// False once a timeout or I/O error made the connection unusable.
+    pub fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
+    /// Reads `count` registers, split into requests of at most 125, each under the timeout.
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        if u32::from(addr) + u32::from(count) > 0x1_0000 {
+            return Err(ModbusError::Protocol(format!(
+                "read of {count} registers from {addr} runs past 65535"
+            )));
+        }
+        let mut out = Vec::with_capacity(usize::from(count));
+        let mut done = 0u16;
+        while done < count {
+            let n = (count - done).min(MAX_READ_WORDS);
+            let start = addr + done;
+            let words = self.read_chunk(unit, table, start, n).await?;
+            if words.len() != usize::from(n) {
+                return Err(ModbusError::Protocol(format!(
+                    "asked for {n} registers at {start}, got {}",
+                    words.len()
+                )));
+            }
+            out.extend_from_slice(&words);
+            done += n;
+        }
+        Ok(out)
+    }
+
+    async fn read_chunk(
+        &mut self,
+        unit: u8,
+        table: Table,
+        addr: u16,
+        n: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        self.usable()?;
+        self.ctx.set_slave(Slave(unit));
+        let (function, res) = match table {
+            Table::Holding => (
+                0x03,
+                tokio::time::timeout(self.timeout, self.ctx.read_holding_registers(addr, n)).await,
+            ),
+            Table::Input => (
+                0x04,
+                tokio::time::timeout(self.timeout, self.ctx.read_input_registers(addr, n)).await,
+            ),
+        };
+        self.settle(function, res)
+    }
+
+    /// Writes `words` from `addr`: function 16 (in chunks of 123), or function 06
+    /// one word at a time when the device only supports that or there is one word.
+    pub async fn write(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        words: &[u16],
+        mode: WriteMode,
+    ) -> Result<(), ModbusError> {
+        if addr as usize + words.len() > 0x1_0000 {
+            return Err(ModbusError::Protocol(format!(
+                "write of {} registers from {addr} runs past 65535",
+                words.len()
+            )));
+        }
+        if mode == WriteMode::SingleOnly || words.len() == 1 {
+            for (i, w) in words.iter().enumerate() {
+                self.usable()?;
+                self.ctx.set_slave(Slave(unit));
+                let a = addr + i as u16;
+                let res =
+                    tokio::time::timeout(self.timeout, self.ctx.write_single_register(a, *w)).await;
+                self.settle(0x06, res)?;
+            }
+            return Ok(());
+        }
+        for (i, chunk) in words.chunks(usize::from(MAX_WRITE_WORDS)).enumerate() {
+            self.usable()?;
+            self.ctx.set_slave(Slave(unit));
+            let a = addr + (i * usize::from(MAX_WRITE_WORDS)) as u16;
+            let res =
+                tokio::time::timeout(self.timeout, self.ctx.write_multiple_registers(a, chunk))
+                    .await;
+            self.settle(0x10, res)?;
+        }
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<(), ModbusError> {
+        if self.broken {
+            return Err(ModbusError::Io(format!(
+                "connection to {} is unusable after an earlier timeout or i/o error; reconnect",
+                self.peer
+            )));
+        }
+        Ok(())
+    }
+
+    fn settle<T>(
+        &mut self,
+        function: u8,
+        res: Result<tokio_modbus::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ModbusError> {
+        let out = match res {
+            Err(_) => Err(ModbusError::Timeout),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ModbusError::Io(e.to_string())),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ModbusError::Protocol(e.to_string())),
+            Ok(Ok(Err(code))) => Err(ModbusError::Exception {
+                function,
+                code: code.into(),
+            }),
+            Ok(Ok(Ok(v))) => Ok(v),
+        };
+        if let Err(e) = &out {
+            if e.breaks_connection() {
+                self.broken = true;
+            }
+        }
+        out
+    }
+}

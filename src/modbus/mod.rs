@@ -1,0 +1,15 @@
+//! Modbus transport: a TCP client ([`ModbusClient`]), SunSpec discovery
+//! ([`sunspec::discover`]) and a register-bank server ([`server::serve`]) used by
+//! the simulator and tests.
+
+pub mod client;
+pub mod server;
+pub mod sunspec;
+
+pub use client::{ModbusClient, ModbusError};
+pub use sunspec::{discover, DiscoveredModel};
+
+/// Most registers one read request may ask for (Modbus application protocol, functions 03/04).
+pub const MAX_READ_WORDS: u16 = 125;
+/// Most registers one function 16 request may carry.
+pub const MAX_WRITE_WORDS: u16 = 123;

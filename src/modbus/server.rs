@@ -1,0 +1,299 @@
+//! A generic register bank served over real Modbus TCP, for the simulator and tests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
+
+use super::{MAX_READ_WORDS, MAX_WRITE_WORDS};
+use crate::registers::Table;
+
+const MAPPED: u8 = 1;
+const WRITABLE: u8 = 2;
+const WORDS: usize = 0x1_0000;
+
+/// One unit id's registers: holding and input tables of 65536 words each, with
+/// the ranges that exist and the ones that accept writes.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    holding: Vec<u16>,
+    input: Vec<u16>,
+    holding_flags: Vec<u8>,
+    input_flags: Vec<u8>,
+    writes: Vec<(u16, Vec<u16>)>,
+}
+
+impl Default for Bank {
+    fn default() -> Self {
+        Bank::new()
+    }
+}
+
+impl Bank {
+    pub fn new() -> Bank {
+        Bank {
+            holding: vec![0; WORDS],
+            input: vec![0; WORDS],
+            holding_flags: vec![0; WORDS],
+            input_flags: vec![0; WORDS],
+            writes: Vec::new(),
+        }
+    }
+
+    fn words(&self, table: Table) -> (&[u16], &[u8]) {
+        match table {
+            Table::Holding => (&self.holding, &self.holding_flags),
+            Table::Input => (&self.input, &self.input_flags),
+        }
+    }
+
+    fn words_mut(&mut self, table: Table) -> (&mut [u16], &mut [u8]) {
+        match table {
+            Table::Holding => (&mut self.holding, &mut self.holding_flags),
+            Table::Input => (&mut self.input, &mut self.input_flags),
+        }
+    }
+
+    /// Marks `len` registers from `start` as existing (and writable over Modbus
+    /// if `writable`). Requests touching anything else get exception 0x02, as a
+    /// real device answers for registers it does not have.
+    pub fn map_range(&mut self, table: Table, start: u16, len: u16, writable: bool) {
+        let (_, flags) = self.words_mut(table);
+        let end = (usize::from(start) + usize::from(len)).min(WORDS);
+        let flag = if writable { MAPPED | WRITABLE } else { MAPPED };
+        for f in &mut flags[usize::from(start)..end] {
+            *f = flag;
+        }
+    }
+
+    /// Sets registers locally (not recorded as a write); stops at register 65535.
+    pub fn set(&mut self, table: Table, addr: u16, words: &[u16]) {
+        let (regs, _) = self.words_mut(table);
+        let start = usize::from(addr);
+        let n = words.len().min(WORDS - start);
+        regs[start..start + n].copy_from_slice(&words[..n]);
+    }
+
+    /// Registers from `addr`, mapped or not; stops at register 65535.
+    pub fn get(&self, table: Table, addr: u16, len: u16) -> Vec<u16> {
+        let (regs, _) = self.words(table);
+        let start = usize::from(addr);
+        let end = (start + usize::from(len)).min(WORDS);
+        regs[start..end].to_vec()
+    }
+
+    /// Writes received over Modbus since the last call, as (address, words).
+    pub fn take_writes(&mut self) -> Vec<(u16, Vec<u16>)> {
+        std::mem::take(&mut self.writes)
+    }
+
+    fn check(&self, table: Table, addr: u16, len: usize, need: u8) -> Result<(), ExceptionCode> {
+        let (_, flags) = self.words(table);
+        let start = usize::from(addr);
+        let end = start + len;
+        if end > WORDS || flags[start..end].iter().any(|f| f & need != need) {
+            return Err(ExceptionCode::IllegalDataAddress);
+        }
+        Ok(())
+    }
+
+    fn read(&self, table: Table, addr: u16, n: u16) -> Result<Vec<u16>, ExceptionCode> {
+        if n == 0 || n > MAX_READ_WORDS {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        self.check(table, addr, usize::from(n), MAPPED)?;
+        Ok(self.get(table, addr, n))
+    }
+
+    fn write(&mut self, addr: u16, words: &[u16]) -> Result<(), ExceptionCode> {
+        if words.is_empty() || words.len() > usize::from(MAX_WRITE_WORDS) {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        self.check(Table::Holding, addr, words.len(), MAPPED | WRITABLE)?;
+        self.set(Table::Holding, addr, words);
+        self.writes.push((addr, words.to_vec()));
+        Ok(())
+    }
+
+    /// Answers one request; `Err` is the exception to send.
+    fn handle(&mut self, request: &Request<'_>) -> Result<Response, ExceptionCode> {
+        match request {
+            Request::ReadHoldingRegisters(a, n) => self
+                .read(Table::Holding, *a, *n)
+                .map(Response::ReadHoldingRegisters),
+            Request::ReadInputRegisters(a, n) => self
+                .read(Table::Input, *a, *n)
+                .map(Response::ReadInputRegisters),
+            Request::WriteSingleRegister(a, w) => self
+                .write(*a, &[*w])
+                .map(|()| Response::WriteSingleRegister(*a, *w)),
+            Request::WriteMultipleRegisters(a, ws) => {
+                let n = ws.len() as u16;
+                self.write(*a, ws)
+                    .map(|()| Response::WriteMultipleRegisters(*a, n))
+            }
+            _ => Err(ExceptionCode::IllegalFunction),
+        }
+    }
+}
+
+pub type SharedBank = Arc<Mutex<Bank>>;
+
+/// Faults to inject into a served endpoint, changeable while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Answer every request this late (a delay beyond the client's timeout is a timeout).
+    pub delay: Option<Duration>,
+    /// Refuse new connections and close open ones at their next request.
+    pub drop_connections: bool,
+    /// Answer every request with this exception code.
+    pub exception: Option<u8>,
+}
+
+pub type SharedFaults = Arc<Mutex<Faults>>;
+
+/// A poisoned lock only means another holder panicked; the registers are still
+/// plain data, so keep serving rather than cascade the panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct BankService {
+    units: Arc<HashMap<u8, SharedBank>>,
+    faults: SharedFaults,
+}
+
+type Answer = Result<Option<Response>, ExceptionCode>;
+
+impl tokio_modbus::server::Service for BankService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let faults = lock(&self.faults).clone();
+        let bank = self.units.get(&req.slave).cloned();
+        Box::pin(async move {
+            if let Some(d) = faults.delay {
+                tokio::time::sleep(d).await;
+            }
+            if let Some(code) = faults.exception {
+                return Err(ExceptionCode::new(code));
+            }
+            // The bank is locked only after the delay so that a slow answer
+            // reflects the registers as they are when it is sent.
+            let Some(bank) = bank else {
+                return Err(ExceptionCode::GatewayTargetDevice);
+            };
+            let answer = lock(&bank).handle(&req.request);
+            answer.map(Some)
+        })
+    }
+}
+
+/// A TCP stream that reports end-of-file once `drop_connections` is set, so the
+/// server closes connections that were open before the fault was injected.
+struct FaultyStream {
+    inner: TcpStream,
+    faults: SharedFaults,
+}
+
+impl AsyncRead for FaultyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if lock(&self.faults).drop_connections {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FaultyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves `units` (unit id → bank) on an already-bound listener until
+/// `shutdown` resolves. Functions 03, 04, 06 and 16; an unknown unit id gets
+/// exception 0x0B (gateway target device failed to respond).
+pub async fn serve(
+    listener: TcpListener,
+    units: HashMap<u8, SharedBank>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with_faults(listener, units, SharedFaults::default(), shutdown).await
+}
+
+/// [`serve`], with faults that can be changed through `faults` while it runs.
+pub async fn serve_with_faults(
+    listener: TcpListener,
+    units: HashMap<u8, SharedBank>,
+    faults: SharedFaults,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let units = Arc::new(units);
+    let server = Server::new(listener);
+    let on_connected = move |stream: TcpStream, _peer: SocketAddr| {
+        let units = Arc::clone(&units);
+        let faults = Arc::clone(&faults);
+        async move {
+            if lock(&faults).drop_connections {
+                return Ok(None);
+            }
+            let _ = stream.set_nodelay(true);
+            let service = BankService {
+                units,
+                faults: Arc::clone(&faults),
+            };
+            Ok(Some((
+                service,
+                FaultyStream {
+                    inner: stream,
+                    faults,
+                },
+            )))
+        }
+    };
+    let on_process_error = |e: io::Error| tracing::debug!("modbus server connection ended: {e}");
+    // Box the shutdown future: serve_until wants it Sync, which callers' futures
+    // (e.g. holding a oneshot receiver) need not be.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    let abort = async move {
+        let _ = rx.await;
+    };
+    let result = server
+        .serve_until(&on_connected, on_process_error, abort)
+        .await;
+    relay.abort();
+    result.map(|_| ())
+}
