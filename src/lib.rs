@@ -7,6 +7,11 @@
 
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod simulator;
+pub mod devices;
+pub mod http;
+pub mod metrics;
 pub mod ids;
 pub mod modbus;
 pub mod registers;

@@ -4,7 +4,7 @@
 
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -184,13 +184,6 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// Used by `/ready`.
-#[derive(Clone, Default)]
-pub struct Readiness {
-    pub polled_once: IntGauge,
-    pub plan_fresh: IntGauge,
 }
 
 #[cfg(test)]

@@ -787,6 +787,20 @@ impl ModelLibrary {
         Ok(())
     }
 
+    /// Adds a site's own maps; a site map with the key of a built-in one replaces
+    /// it, so a site can correct a vendor map without rebuilding ped.
+    pub fn extend(&mut self, other: ModelLibrary) {
+        for (key, map) in other.maps {
+            if let Some(id) = map.sunspec_id {
+                self.sunspec.insert(id, key.clone());
+            }
+            if let Some(origin) = other.origins.get(&key) {
+                self.origins.insert(key.clone(), origin.clone());
+            }
+            self.maps.insert(key, map);
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&RegisterMap> {
         self.maps.get(key)
     }
