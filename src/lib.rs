@@ -5,6 +5,10 @@
 //! `allocation`), data out (`ledger`, `dso`, `metrics`, `http`), top
 //! (`simulator`, `daemon`). See README, "Architecture".
 
+pub mod allocation;
+pub mod dso;
+pub mod forecast;
 pub mod ids;
+pub mod plan;
 pub mod time;
 pub mod units;

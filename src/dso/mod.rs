@@ -1,0 +1,1 @@
+//! DSO file formats, one module per format.
