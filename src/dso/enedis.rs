@@ -195,11 +195,7 @@ pub fn write_simple_dynamic(
     }
     let mut seen = HashSet::new();
     if let Some(dup) = producers.iter().find(|p| !seen.insert(*p)) {
-        return Err(DsoError::invalid(
-            0,
-            0,
-            format!("producer PRM {dup} appears twice"),
-        ));
+        return Err(DsoError::DuplicateProducer(dup.clone()));
     }
     let text = render(grid, consumers, rows, precision)?;
     validate(&text, grid, precision)?;
@@ -212,12 +208,17 @@ pub fn write_simple_dynamic(
             let path = path.to_path_buf();
             move |source| DsoError::Io { path, source }
         };
-        {
+        let written = (|| {
             let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
             f.write_all(text.as_bytes()).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))
+        })();
+        if let Err(e) = written {
+            // Best effort: the error that matters is the one returned.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
         paths.push(path);
     }
     Ok(paths)
@@ -545,6 +546,11 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         rows[10].units[0] = 999;
         assert!(write_simple_dynamic(dir2.path(), &g, &producers, &prms(3), &rows, prec).is_err());
+        let twice = vec![producers[0].clone(), producers[0].clone()];
+        assert!(matches!(
+            write_simple_dynamic(dir2.path(), &g, &twice, &prms(3), &rows, prec),
+            Err(DsoError::DuplicateProducer(_))
+        ));
         assert_eq!(fs::read_dir(dir2.path()).unwrap().count(), 0);
     }
 }

@@ -25,6 +25,8 @@ pub enum DsoError {
     },
     #[error("precision of {0} units per one has no fixed number of percent decimals")]
     Precision(u32),
+    #[error("producer PRM {0} appears twice")]
+    DuplicateProducer(crate::ids::Prm),
     #[error("nothing to write: {0}")]
     Empty(&'static str),
     #[error("{path}: {source}")]
