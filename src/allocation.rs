@@ -7,7 +7,8 @@
 //! (1000 units = 100 % at 0.1 %), so every policy ends with the same
 //! quantisation: floor, then hand the residue to whoever can still absorb it.
 //!
-//! Degenerate steps are valid and defined:
+//! Degenerate steps are valid and defined (pro rata and optimised; static
+//! keys stay the declared shares whatever the step):
 //! - zero production: every key is 0 (no key changes the outcome, and all-zero
 //!   rows make such steps easy to spot in the exported files);
 //! - zero total consumption: every key is 0 and all production is surplus.
