@@ -5,15 +5,19 @@
 //! `allocation`), data out (`ledger`, `dso`, `metrics`, `http`), top
 //! (`simulator`, `daemon`). See README, "Architecture".
 
+pub mod allocation;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod simulator;
 pub mod devices;
+pub mod dso;
+pub mod forecast;
 pub mod http;
-pub mod metrics;
 pub mod ids;
+pub mod metrics;
 pub mod modbus;
+pub mod plan;
 pub mod registers;
+pub mod simulator;
 pub mod time;
 pub mod units;

@@ -1,0 +1,556 @@
+//! Enedis key file for *simple dynamic* keys (layout of DOMAIN.md §1, seen in
+//! an open-source PMO tool; the official specification is unconfirmed).
+//!
+//! One CSV per producer PRM, `;`-separated, UTF-8 without BOM, LF endings:
+//! `Horodate;<consumer PRM>;…` then one row per step, `Horodate` being the
+//! local time with offset of the step **start**, each key in percent with a
+//! decimal comma (one decimal at 1000 units per one, two at 10000).
+//! A simple dynamic key applies to the pooled production, so the same rows go
+//! into every producer's file: applying one key to each producer equals
+//! applying it to the pool.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::{DsoError, KeyRow};
+use crate::allocation::Precision;
+use crate::ids::Prm;
+use crate::time::Grid;
+
+/// What a parsed and checked key file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationReport {
+    pub consumers: Vec<Prm>,
+    pub rows: Vec<KeyRow>,
+    pub first_day: NaiveDate,
+    pub last_day: NaiveDate,
+}
+
+fn decimals(precision: Precision) -> Result<u32, DsoError> {
+    precision
+        .percent_decimals()
+        .ok_or(DsoError::Precision(precision.units_per_one))
+}
+
+/// `123` units at 1000 per one → `12,3`.
+fn format_units(u: u32, decimals: u32) -> String {
+    if decimals == 0 {
+        return u.to_string();
+    }
+    let scale = 10u32.pow(decimals);
+    format!(
+        "{},{:0width$}",
+        u / scale,
+        u % scale,
+        width = decimals as usize
+    )
+}
+
+/// Checks rows against the grid and the consumers before anything is
+/// rendered; `line` in errors is the line the row would occupy.
+fn check_rows(
+    grid: &Grid,
+    consumers: &[Prm],
+    rows: &[KeyRow],
+    precision: Precision,
+) -> Result<(), DsoError> {
+    if consumers.is_empty() {
+        return Err(DsoError::Empty("no consumer PRM"));
+    }
+    if rows.is_empty() {
+        return Err(DsoError::Empty("no key row"));
+    }
+    let mut seen = HashSet::new();
+    for (k, prm) in consumers.iter().enumerate() {
+        if !seen.insert(prm) {
+            return Err(DsoError::invalid(
+                1,
+                k + 2,
+                format!("consumer PRM {prm} appears twice"),
+            ));
+        }
+    }
+    let mut prev: Option<DateTime<Utc>> = None;
+    for (k, row) in rows.iter().enumerate() {
+        let line = k + 2;
+        if row.units.len() != consumers.len() {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!("{} keys for {} consumers", row.units.len(), consumers.len()),
+            ));
+        }
+        check_step(grid, prev, row.start, line)?;
+        let sum: u64 = row.units.iter().map(|&u| u64::from(u)).sum();
+        if sum > u64::from(precision.units_per_one) {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!(
+                    "keys sum to {} units, more than 100 % ({} units)",
+                    sum, precision.units_per_one
+                ),
+            ));
+        }
+        prev = Some(row.start);
+    }
+    Ok(())
+}
+
+fn check_step(
+    grid: &Grid,
+    prev: Option<DateTime<Utc>>,
+    start: DateTime<Utc>,
+    line: usize,
+) -> Result<(), DsoError> {
+    if grid.period_start(start) != start {
+        return Err(DsoError::invalid(
+            line,
+            1,
+            format!(
+                "{} is not on the {}-minute grid",
+                grid.format_local(start),
+                grid.step_minutes()
+            ),
+        ));
+    }
+    if let Some(p) = prev {
+        let expected = grid.next_period(p);
+        if start != expected {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!(
+                    "expected step {} after {}, found {}",
+                    grid.format_local(expected),
+                    grid.format_local(p),
+                    grid.format_local(start)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Renders the file text (same for every producer of a simple dynamic key).
+pub fn render(
+    grid: &Grid,
+    consumers: &[Prm],
+    rows: &[KeyRow],
+    precision: Precision,
+) -> Result<String, DsoError> {
+    let d = decimals(precision)?;
+    check_rows(grid, consumers, rows, precision)?;
+    let width = 26 + consumers.len() * 7;
+    let mut out = String::with_capacity(width * (rows.len() + 1));
+    out.push_str("Horodate");
+    for prm in consumers {
+        out.push(';');
+        out.push_str(prm.as_str());
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&grid.format_local(row.start));
+        for &u in &row.units {
+            out.push(';');
+            out.push_str(&format_units(u, d));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `<producer PRM>_<YYYYMMDD first day>_<YYYYMMDD last day>.csv`, days local.
+pub fn file_name(grid: &Grid, producer: &Prm, rows: &[KeyRow]) -> Result<String, DsoError> {
+    let (first, last) = match (rows.first(), rows.last()) {
+        (Some(f), Some(l)) => (grid.local_day(f.start), grid.local_day(l.start)),
+        _ => return Err(DsoError::Empty("no key row")),
+    };
+    Ok(format!(
+        "{}_{}_{}.csv",
+        producer.as_str(),
+        first.format("%Y%m%d"),
+        last.format("%Y%m%d")
+    ))
+}
+
+/// Writes one file per producer into `dir`. The text is validated by parsing
+/// it back before any file is written, and each file goes to a temporary name
+/// in the same directory, is synced, then renamed, so a reader never sees a
+/// half-written key file.
+pub fn write_simple_dynamic(
+    dir: &Path,
+    grid: &Grid,
+    producers: &[Prm],
+    consumers: &[Prm],
+    rows: &[KeyRow],
+    precision: Precision,
+) -> Result<Vec<PathBuf>, DsoError> {
+    if producers.is_empty() {
+        return Err(DsoError::Empty("no producer PRM"));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = producers.iter().find(|p| !seen.insert(*p)) {
+        return Err(DsoError::DuplicateProducer(dup.clone()));
+    }
+    let text = render(grid, consumers, rows, precision)?;
+    validate(&text, grid, precision)?;
+    let mut paths = Vec::with_capacity(producers.len());
+    for producer in producers {
+        let name = file_name(grid, producer, rows)?;
+        let path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DsoError::Io { path, source }
+        };
+        let written = (|| {
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io(&path))
+        })();
+        if let Err(e) = written {
+            // Best effort: the error that matters is the one returned.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Parses a value such as `12,3` into units; `None` if it breaks the layout.
+fn parse_units(s: &str, decimals: u32) -> Option<u32> {
+    let (int, frac) = match s.split_once(',') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || int.len() > 3 {
+        return None;
+    }
+    let int: u32 = int.parse().ok()?;
+    let frac_units = match (frac, decimals) {
+        (None, 0) => 0,
+        (Some(f), d) if d > 0 && f.len() == d as usize && digits(f) => f.parse().ok()?,
+        _ => return None,
+    };
+    Some(int * 10u32.pow(decimals) + frac_units)
+}
+
+/// Parses a key file back and checks it: no BOM, LF only, header PRMs valid
+/// and unique, every row complete, `Horodate` with the zone's offset for that
+/// instant, steps on the grid and contiguous, values >= 0 with exactly the
+/// precision's decimals, and each row summing to at most 100 %.
+pub fn validate(
+    text: &str,
+    grid: &Grid,
+    precision: Precision,
+) -> Result<ValidationReport, DsoError> {
+    let d = decimals(precision)?;
+    if text.starts_with('\u{feff}') {
+        return Err(DsoError::invalid(
+            1,
+            1,
+            "file starts with a byte-order mark",
+        ));
+    }
+    if text.is_empty() {
+        return Err(DsoError::invalid(1, 1, "empty file"));
+    }
+    let Some(body) = text.strip_suffix('\n') else {
+        let line = text.lines().count();
+        return Err(DsoError::invalid(line, 1, "last line does not end with LF"));
+    };
+    let mut lines = body.split('\n').enumerate().map(|(k, l)| (k + 1, l));
+    let Some((_, header)) = lines.next() else {
+        return Err(DsoError::invalid(1, 1, "empty file"));
+    };
+    if let Some(col) = header.find('\r') {
+        return Err(DsoError::invalid(
+            1,
+            col + 1,
+            "carriage return (CRLF line ending)",
+        ));
+    }
+    let mut fields = header.split(';');
+    if fields.next() != Some("Horodate") {
+        return Err(DsoError::invalid(
+            1,
+            1,
+            "first header field must be `Horodate`",
+        ));
+    }
+    let mut consumers = Vec::new();
+    let mut seen = HashSet::new();
+    for (k, f) in fields.enumerate() {
+        let col = k + 2;
+        let prm: Prm = f
+            .parse()
+            .map_err(|e| DsoError::invalid(1, col, format!("{e}")))?;
+        if !seen.insert(prm.clone()) {
+            return Err(DsoError::invalid(
+                1,
+                col,
+                format!("consumer PRM {prm} appears twice"),
+            ));
+        }
+        consumers.push(prm);
+    }
+    if consumers.is_empty() {
+        return Err(DsoError::invalid(1, 2, "no consumer PRM in the header"));
+    }
+
+    let mut rows: Vec<KeyRow> = Vec::new();
+    for (line, l) in lines {
+        if l.contains('\r') {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                "carriage return (CRLF line ending)",
+            ));
+        }
+        let fields: Vec<&str> = l.split(';').collect();
+        if fields.len() != consumers.len() + 1 {
+            return Err(DsoError::invalid(
+                line,
+                fields.len().min(consumers.len() + 1),
+                format!(
+                    "{} fields where the header has {}",
+                    fields.len(),
+                    consumers.len() + 1
+                ),
+            ));
+        }
+        let stamp = fields[0];
+        let start = DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%:z")
+            .map_err(|e| {
+                DsoError::invalid(
+                    line,
+                    1,
+                    format!("`{stamp}` is not a local time with offset: {e}"),
+                )
+            })?
+            .with_timezone(&Utc);
+        let canonical = grid.format_local(start);
+        if canonical != stamp {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!("`{stamp}` should read `{canonical}` in {}", grid.tz()),
+            ));
+        }
+        check_step(grid, rows.last().map(|r| r.start), start, line)?;
+        let mut units = Vec::with_capacity(consumers.len());
+        for (k, v) in fields[1..].iter().enumerate() {
+            let col = k + 2;
+            let u = parse_units(v, d).ok_or_else(|| {
+                DsoError::invalid(
+                    line,
+                    col,
+                    format!(
+                        "`{v}` is not a percentage >= 0 with {d} decimal(s) and a decimal comma"
+                    ),
+                )
+            })?;
+            units.push(u);
+        }
+        let sum: u64 = units.iter().map(|&u| u64::from(u)).sum();
+        if sum > u64::from(precision.units_per_one) {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!(
+                    "keys sum to {} %, more than 100 %",
+                    format_units(sum.min(u64::from(u32::MAX)) as u32, d)
+                ),
+            ));
+        }
+        rows.push(KeyRow { start, units });
+    }
+    let (first_day, last_day) = match (rows.first(), rows.last()) {
+        (Some(f), Some(l)) => (grid.local_day(f.start), grid.local_day(l.start)),
+        _ => return Err(DsoError::invalid(2, 1, "no key row")),
+    };
+    Ok(ValidationReport {
+        consumers,
+        rows,
+        first_day,
+        last_day,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(step: u32) -> Grid {
+        Grid::new(step, chrono_tz::Europe::Paris).unwrap()
+    }
+    fn prms(n: usize) -> Vec<Prm> {
+        (0..n)
+            .map(|k| {
+                format!("{:014}", 12_345_678_900_000u64 + k as u64)
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+    fn day_rows(g: &Grid, day: &str, n: usize) -> Vec<KeyRow> {
+        let day = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+        g.periods_of_local_day(day)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(k, start)| KeyRow {
+                start,
+                units: (0..n).map(|j| ((k * 7 + j * 13) % 250) as u32).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn formats_percent_with_decimal_comma() {
+        assert_eq!(format_units(123, 1), "12,3");
+        assert_eq!(format_units(0, 1), "0,0");
+        assert_eq!(format_units(1000, 1), "100,0");
+        assert_eq!(format_units(5, 2), "0,05");
+        assert_eq!(format_units(42, 0), "42");
+        assert_eq!(parse_units("12,3", 1), Some(123));
+        assert_eq!(parse_units("100,0", 1), Some(1000));
+        assert_eq!(parse_units("12,30", 1), None);
+        assert_eq!(parse_units("12.3", 1), None);
+        assert_eq!(parse_units("-1,0", 1), None);
+        assert_eq!(parse_units(",5", 1), None);
+        assert_eq!(parse_units("0,05", 2), Some(5));
+    }
+
+    #[test]
+    fn quarter_hour_dst_days_have_92_and_100_rows() {
+        let g = grid(15);
+        let prec = Precision::default();
+        for (day, n) in [("2025-03-30", 92), ("2025-10-26", 100), ("2025-06-21", 96)] {
+            let rows = day_rows(&g, day, 4);
+            let text = render(&g, &prms(4), &rows, prec).unwrap();
+            assert_eq!(text.lines().count(), n + 1);
+            let rep = validate(&text, &g, prec).unwrap();
+            assert_eq!(rep.rows, rows);
+            assert_eq!(rep.first_day, rep.last_day);
+        }
+    }
+
+    #[test]
+    fn render_rejects_gaps_and_sums_over_100() {
+        let g = grid(30);
+        let prec = Precision::default();
+        let mut rows = day_rows(&g, "2025-06-21", 2);
+        rows.remove(3);
+        let e = render(&g, &prms(2), &rows, prec).unwrap_err();
+        assert!(matches!(e, DsoError::Invalid { line: 5, .. }), "{e}");
+        let mut rows = day_rows(&g, "2025-06-21", 2);
+        rows[0].units = vec![600, 401];
+        assert!(render(&g, &prms(2), &rows, prec).is_err());
+        assert!(render(
+            &g,
+            &prms(2),
+            &rows,
+            Precision {
+                units_per_one: 1500
+            }
+        )
+        .is_err());
+    }
+
+    fn err_at(text: &str, g: &Grid) -> (usize, usize) {
+        match validate(text, g, Precision::default()) {
+            Err(DsoError::Invalid { line, column, .. }) => (line, column),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_names_line_and_column() {
+        let g = grid(30);
+        let ok = "Horodate;12345678900000;12345678900001\n\
+                  2025-10-26T02:00:00+02:00;50,0;50,0\n\
+                  2025-10-26T02:30:00+02:00;10,0;0,0\n\
+                  2025-10-26T02:00:00+01:00;100,0;0,0\n";
+        assert_eq!(
+            validate(ok, &g, Precision::default()).unwrap().rows.len(),
+            3
+        );
+        assert_eq!(err_at(&ok.replace("10,0;0,0", "10,0;0,00"), &g), (3, 3));
+        assert_eq!(err_at(&ok.replace("50,0;50,0", "50,0;50,1"), &g), (2, 1));
+        assert_eq!(err_at(&ok.replace("10,0;0,0", "10,0;-0,0"), &g), (3, 3));
+        // The repeated autumn hour with the wrong offset is not the next step.
+        assert_eq!(
+            err_at(&ok.replace("02:00:00+01:00", "02:00:00+02:00"), &g),
+            (4, 1)
+        );
+        // An offset the zone does not have at that instant.
+        assert_eq!(
+            err_at(&ok.replace("02:30:00+02:00", "01:30:00+01:00"), &g),
+            (3, 1)
+        );
+        assert_eq!(
+            err_at(&ok.replace(";12345678900001", ";12345678900000"), &g),
+            (1, 3)
+        );
+        assert_eq!(err_at(&ok.replace(";12345678900001", ";1234"), &g), (1, 3));
+        assert_eq!(err_at(&ok.replace('\n', "\r\n"), &g).0, 1);
+        assert_eq!(err_at(&format!("\u{feff}{ok}"), &g), (1, 1));
+        assert_eq!(err_at(ok.trim_end(), &g).0, 4);
+        assert_eq!(err_at(&ok.replace(";10,0;0,0", ";10,0"), &g), (3, 2));
+        assert_eq!(
+            err_at(&ok.replace("02:30:00+02:00", "02:40:00+02:00"), &g),
+            (3, 1)
+        );
+    }
+
+    #[test]
+    fn writes_one_file_per_producer_atomically() {
+        let g = grid(30);
+        let prec = Precision::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = day_rows(&g, "2025-10-26", 3);
+        rows.extend(day_rows(&g, "2025-10-27", 3));
+        let producers = vec![
+            "30000000000001".parse().unwrap(),
+            "30000000000002".parse().unwrap(),
+        ];
+        let paths =
+            write_simple_dynamic(dir.path(), &g, &producers, &prms(3), &rows, prec).unwrap();
+        let names: Vec<_> = paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "30000000000001_20251026_20251027.csv",
+                "30000000000002_20251026_20251027.csv"
+            ]
+        );
+        let a = fs::read(&paths[0]).unwrap();
+        assert_eq!(a, fs::read(&paths[1]).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        let rep = validate(std::str::from_utf8(&a).unwrap(), &g, prec).unwrap();
+        assert_eq!(rep.rows.len(), 50 + 48);
+
+        // Invalid rows: nothing is written.
+        let dir2 = tempfile::tempdir().unwrap();
+        rows[10].units[0] = 999;
+        assert!(write_simple_dynamic(dir2.path(), &g, &producers, &prms(3), &rows, prec).is_err());
+        let twice = vec![producers[0].clone(), producers[0].clone()];
+        assert!(matches!(
+            write_simple_dynamic(dir2.path(), &g, &twice, &prms(3), &rows, prec),
+            Err(DsoError::DuplicateProducer(_))
+        ));
+        assert_eq!(fs::read_dir(dir2.path()).unwrap().count(), 0);
+    }
+}

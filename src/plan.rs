@@ -1,0 +1,1113 @@
+//! Rolling dispatch plan: a linear programme over the forecast horizon that
+//! schedules batteries and power-to-heat and the intended allocation of local
+//! production, solved with clarabel under a wall-clock budget. If the solver
+//! fails, overruns its budget or returns something that does not pass
+//! [`check`], a greedy rule-based plan takes its place, so a plan is always
+//! published.
+//!
+//! Model choices worth knowing:
+//! - Batteries and power-to-heat charge **only from local production** (PV and
+//!   other batteries' discharge), never from the grid: ped's purpose is to
+//!   raise self-consumption, and grid charging would need the import price in
+//!   the objective (kept in [`PlanInput`] for that later step).
+//! - Local production that nobody uses is exported (no curtailment), so
+//!   `export = PV + discharge − allocation − charge − P2H` per step.
+//! - Priorities: a lower number is served first (0 before 1), as in
+//!   [`crate::allocation::Policy::Optimised`]; they enter the objective only
+//!   as a tie-break far below any price.
+//!
+//! Power in kW (averages over a step), energy in kWh, positive = consumption.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use good_lp::{
+    clarabel, constraint, variable, Expression, ProblemVariables, Solution, SolverModel, Variable,
+};
+
+/// Small cost on discharged energy so the battery never cycles for nothing.
+pub const CYCLING_COST_EUR_PER_KWH: f64 = 0.005;
+/// Tie-break weight of priorities (€/kWh), far below any real price.
+const PRIORITY_WEIGHT_EUR_PER_KWH: f64 = 1e-4;
+/// Tolerance of [`check`]: absolute kWh plus a part of the magnitude, looser
+/// than the solver's own feasibility tolerance (1e-9).
+const TOL_ABS: f64 = 1e-6;
+const TOL_REL: f64 = 1e-7;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("invalid plan input: {0}")]
+    Invalid(String),
+    #[error("plan fails its check at step {step}: {what}")]
+    Check { step: usize, what: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatteryModel {
+    pub id: String,
+    pub capacity_kwh: f64,
+    pub soc_kwh: f64,
+    pub min_soc_kwh: f64,
+    pub max_charge_kw: f64,
+    pub max_discharge_kw: f64,
+    pub charge_eff: f64,
+    pub discharge_eff: f64,
+    pub end_value_eur_per_kwh: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatUnitModel {
+    pub id: String,
+    pub p2h_max_kw: f64,
+    /// kWh thermal per kWh electric.
+    pub efficiency: f64,
+    pub store_capacity_kwh: f64,
+    pub store_kwh: f64,
+    pub loss_ratio_per_hour: f64,
+    /// Thermal demand the store may cover, per step (kW).
+    pub heat_demand_kw: Vec<f64>,
+    /// Price of the network heat that stored heat displaces.
+    pub heat_price_eur_per_kwh: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantForecast {
+    pub id: String,
+    pub load_kw: Vec<f64>,
+    pub tariff_eur_per_kwh: f64,
+    pub priority: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanInput {
+    pub start: DateTime<Utc>,
+    pub step_hours: f64,
+    pub pv_kw: Vec<f64>,
+    pub participants: Vec<ParticipantForecast>,
+    pub batteries: Vec<BatteryModel>,
+    pub heat: Vec<HeatUnitModel>,
+    pub local_price_eur_per_kwh: f64,
+    pub export_price_eur_per_kwh: Vec<f64>,
+    /// Not in the objective yet: nothing in the model imports (see module doc).
+    pub import_price_eur_per_kwh: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanStatus {
+    Optimal,
+    RuleBased { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub start: DateTime<Utc>,
+    pub step_hours: f64,
+    pub status: PlanStatus,
+    /// Value of the plan by the LP's objective, whichever way it was made.
+    pub objective_eur: f64,
+    pub solve_seconds: f64,
+    /// [battery][step], + charge, − discharge (kW).
+    pub battery_kw: Vec<Vec<f64>>,
+    /// [battery][step], state of charge at the **end** of the step.
+    pub battery_soc_kwh: Vec<Vec<f64>>,
+    pub p2h_kw: Vec<Vec<f64>>,
+    /// [heat unit][step], heat taken from the store to cover demand (kW thermal).
+    pub heat_served_kw: Vec<Vec<f64>>,
+    /// [heat unit][step], store content at the end of the step.
+    pub store_kwh: Vec<Vec<f64>>,
+    /// [participant][step].
+    pub allocation_kwh: Vec<Vec<f64>>,
+    pub import_kwh: Vec<f64>,
+    pub export_kwh: Vec<f64>,
+}
+
+/// Element `t` of a series, 0 past its end or when not finite: `rule_based`
+/// must not panic on input that failed validation.
+fn at(v: &[f64], t: usize) -> f64 {
+    v.get(t)
+        .copied()
+        .filter(|x| x.is_finite())
+        .unwrap_or(0.0)
+        .max(0.0)
+}
+
+fn invalid(msg: impl Into<String>) -> PlanError {
+    PlanError::Invalid(msg.into())
+}
+
+fn check_series(name: &str, v: &[f64], len: usize, nonneg: bool) -> Result<(), PlanError> {
+    if v.len() != len {
+        return Err(invalid(format!(
+            "{name} has {} steps, expected {len}",
+            v.len()
+        )));
+    }
+    if let Some(k) = v
+        .iter()
+        .position(|x| !x.is_finite() || (nonneg && *x < 0.0))
+    {
+        let what = if nonneg { "finite and >= 0" } else { "finite" };
+        return Err(invalid(format!("{name}[{k}] = {} must be {what}", v[k])));
+    }
+    Ok(())
+}
+
+fn check_scalar(name: &str, x: f64, lo: f64, hi: f64) -> Result<(), PlanError> {
+    if !(x.is_finite() && x >= lo && x <= hi) {
+        return Err(invalid(format!("{name} = {x} must be within {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// Lengths, finiteness and ranges of everything the LP reads.
+pub fn validate(input: &PlanInput) -> Result<(), PlanError> {
+    let n = input.pv_kw.len();
+    if n == 0 {
+        return Err(invalid("empty horizon (pv_kw has no step)"));
+    }
+    check_scalar("step_hours", input.step_hours, 1e-6, 24.0)?;
+    check_series("pv_kw", &input.pv_kw, n, true)?;
+    check_series(
+        "export_price_eur_per_kwh",
+        &input.export_price_eur_per_kwh,
+        n,
+        false,
+    )?;
+    check_series(
+        "import_price_eur_per_kwh",
+        &input.import_price_eur_per_kwh,
+        n,
+        false,
+    )?;
+    check_scalar(
+        "local_price_eur_per_kwh",
+        input.local_price_eur_per_kwh,
+        f64::MIN,
+        f64::MAX,
+    )?;
+    for p in &input.participants {
+        check_series(
+            &format!("participant {} load_kw", p.id),
+            &p.load_kw,
+            n,
+            true,
+        )?;
+        check_scalar(
+            &format!("participant {} tariff", p.id),
+            p.tariff_eur_per_kwh,
+            f64::MIN,
+            f64::MAX,
+        )?;
+    }
+    for b in &input.batteries {
+        let name = |f: &str| format!("battery {} {f}", b.id);
+        check_scalar(&name("capacity_kwh"), b.capacity_kwh, 0.0, f64::MAX)?;
+        check_scalar(&name("min_soc_kwh"), b.min_soc_kwh, 0.0, b.capacity_kwh)?;
+        check_scalar(&name("soc_kwh"), b.soc_kwh, 0.0, b.capacity_kwh)?;
+        check_scalar(&name("max_charge_kw"), b.max_charge_kw, 0.0, f64::MAX)?;
+        check_scalar(&name("max_discharge_kw"), b.max_discharge_kw, 0.0, f64::MAX)?;
+        check_scalar(&name("charge_eff"), b.charge_eff, 1e-3, 1.0)?;
+        check_scalar(&name("discharge_eff"), b.discharge_eff, 1e-3, 1.0)?;
+        check_scalar(
+            &name("end_value_eur_per_kwh"),
+            b.end_value_eur_per_kwh,
+            f64::MIN,
+            f64::MAX,
+        )?;
+    }
+    for h in &input.heat {
+        let name = |f: &str| format!("heat unit {} {f}", h.id);
+        check_scalar(&name("p2h_max_kw"), h.p2h_max_kw, 0.0, f64::MAX)?;
+        check_scalar(&name("efficiency"), h.efficiency, 0.0, 10.0)?;
+        check_scalar(
+            &name("store_capacity_kwh"),
+            h.store_capacity_kwh,
+            0.0,
+            f64::MAX,
+        )?;
+        check_scalar(&name("store_kwh"), h.store_kwh, 0.0, h.store_capacity_kwh)?;
+        // The loss over one step must stay below the whole store.
+        check_scalar(
+            &name("loss_ratio_per_hour"),
+            h.loss_ratio_per_hour,
+            0.0,
+            0.999 / input.step_hours,
+        )?;
+        check_series(&name("heat_demand_kw"), &h.heat_demand_kw, n, true)?;
+        check_scalar(
+            &name("heat_price_eur_per_kwh"),
+            h.heat_price_eur_per_kwh,
+            f64::MIN,
+            f64::MAX,
+        )?;
+    }
+    Ok(())
+}
+
+/// A battery may start below its minimum (after a deep discharge): it may
+/// then stay there, which keeps the LP feasible.
+fn soc_floor(b: &BatteryModel) -> f64 {
+    b.min_soc_kwh.min(b.soc_kwh)
+}
+
+fn priority_bonus(priority: u8) -> f64 {
+    PRIORITY_WEIGHT_EUR_PER_KWH / (1.0 + f64::from(priority))
+}
+
+/// Raw decisions per step, in kW, before repair and accounting.
+struct Decisions {
+    charge: Vec<Vec<f64>>,
+    discharge: Vec<Vec<f64>>,
+    p2h: Vec<Vec<f64>>,
+    served: Vec<Vec<f64>>,
+    alloc: Vec<Vec<f64>>,
+}
+
+/// Solves the LP within `budget`; falls back to [`rule_based`] on failure.
+/// Only invalid input is an error.
+pub fn solve(input: &PlanInput, budget: Duration) -> Result<Plan, PlanError> {
+    validate(input)?;
+    let began = Instant::now();
+    let outcome = solve_lp(input, budget);
+    let elapsed = began.elapsed();
+    let fallback = |reason: String| {
+        tracing::warn!(%reason, "plan: LP replaced by the rule-based plan");
+        let mut plan = rule_based(input, &reason);
+        plan.solve_seconds = elapsed.as_secs_f64();
+        plan
+    };
+    match outcome {
+        Err(why) => Ok(fallback(format!("solver failed: {why}"))),
+        Ok(_) if elapsed > budget => Ok(fallback(format!(
+            "solver overran its budget ({:.3} s > {:.3} s)",
+            elapsed.as_secs_f64(),
+            budget.as_secs_f64()
+        ))),
+        Ok(d) => {
+            let mut plan = assemble(input, PlanStatus::Optimal, d);
+            plan.solve_seconds = elapsed.as_secs_f64();
+            match check(&plan, input) {
+                Ok(()) => Ok(plan),
+                Err(e) => Ok(fallback(format!("LP solution rejected: {e}"))),
+            }
+        }
+    }
+}
+
+fn solve_lp(input: &PlanInput, budget: Duration) -> Result<Decisions, String> {
+    let n = input.pv_kw.len();
+    let h = input.step_hours;
+    let nb = input.batteries.len();
+    let np = input.participants.len();
+    let mut vars = ProblemVariables::new();
+    let mut obj = Expression::with_capacity(np * n + 4 * (nb + input.heat.len()) * n + n);
+    let mut constraints = Vec::with_capacity(n * (2 + nb + input.heat.len()));
+
+    // Participants: a_it in [0, load]; worth (tariff − local price) per kWh.
+    let alloc: Vec<Vec<Variable>> = input
+        .participants
+        .iter()
+        .map(|p| {
+            let w = (p.tariff_eur_per_kwh - input.local_price_eur_per_kwh
+                + priority_bonus(p.priority))
+                * h;
+            p.load_kw
+                .iter()
+                .map(|&l| {
+                    let v = vars.add(variable().min(0.0).max(l));
+                    obj.add_mul(w, v);
+                    v
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut charge = Vec::with_capacity(nb);
+    let mut discharge = Vec::with_capacity(nb);
+    for b in &input.batteries {
+        let c: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(0.0).max(b.max_charge_kw)))
+            .collect();
+        let d: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(0.0).max(b.max_discharge_kw)))
+            .collect();
+        let soc: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(soc_floor(b)).max(b.capacity_kwh)))
+            .collect();
+        for t in 0..n {
+            // soc_t − soc_{t−1} − (η_c c − d/η_d) h = 0
+            let mut e = Expression::with_capacity(4);
+            e.add_mul(1.0, soc[t]);
+            e.add_mul(-b.charge_eff * h, c[t]);
+            e.add_mul(h / b.discharge_eff, d[t]);
+            let rhs = if t == 0 {
+                b.soc_kwh
+            } else {
+                e.add_mul(-1.0, soc[t - 1]);
+                0.0
+            };
+            constraints.push(constraint::eq(e, rhs));
+            obj.add_mul(-CYCLING_COST_EUR_PER_KWH * h, d[t]);
+        }
+        obj.add_mul(b.end_value_eur_per_kwh, soc[n - 1]);
+        charge.push(c);
+        discharge.push(d);
+    }
+
+    let mut p2h = Vec::with_capacity(input.heat.len());
+    let mut served = Vec::with_capacity(input.heat.len());
+    for u in &input.heat {
+        let keep = 1.0 - u.loss_ratio_per_hour * h;
+        let p: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(0.0).max(u.p2h_max_kw)))
+            .collect();
+        let s: Vec<Variable> = u
+            .heat_demand_kw
+            .iter()
+            .map(|&dem| vars.add(variable().min(0.0).max(dem)))
+            .collect();
+        let store: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(0.0).max(u.store_capacity_kwh)))
+            .collect();
+        for t in 0..n {
+            // store_t − keep·store_{t−1} − (eff·p − s) h = 0
+            let mut e = Expression::with_capacity(4);
+            e.add_mul(1.0, store[t]);
+            e.add_mul(-u.efficiency * h, p[t]);
+            e.add_mul(h, s[t]);
+            let rhs = if t == 0 {
+                keep * u.store_kwh
+            } else {
+                e.add_mul(-keep, store[t - 1]);
+                0.0
+            };
+            constraints.push(constraint::eq(e, rhs));
+            obj.add_mul(u.heat_price_eur_per_kwh * h, s[t]);
+        }
+        p2h.push(p);
+        served.push(s);
+    }
+
+    // Local use ≤ local production; the difference is exported.
+    for t in 0..n {
+        let mut e = Expression::with_capacity(np + 2 * nb + input.heat.len());
+        for a in &alloc {
+            e.add_mul(1.0, a[t]);
+        }
+        for b in 0..nb {
+            e.add_mul(1.0, charge[b][t]);
+            e.add_mul(-1.0, discharge[b][t]);
+        }
+        for p in &p2h {
+            e.add_mul(1.0, p[t]);
+        }
+        // export_t = pv_t − e  ⇒  its value is price·h·(pv_t − e); the pv part is constant.
+        let price_h = input.export_price_eur_per_kwh[t] * h;
+        for a in &alloc {
+            obj.add_mul(-price_h, a[t]);
+        }
+        for b in 0..nb {
+            obj.add_mul(-price_h, charge[b][t]);
+            obj.add_mul(price_h, discharge[b][t]);
+        }
+        for p in &p2h {
+            obj.add_mul(-price_h, p[t]);
+        }
+        constraints.push(constraint::leq(e, input.pv_kw[t]));
+    }
+
+    let mut model = vars.maximise(obj).using(clarabel);
+    model.settings().time_limit(budget.as_secs_f64().max(1e-3));
+    for c in constraints {
+        model.add_constraint(c);
+    }
+    let sol = model.solve().map_err(|e| e.to_string())?;
+    let read = |vs: &Vec<Vec<Variable>>| -> Vec<Vec<f64>> {
+        vs.iter()
+            .map(|row| row.iter().map(|&v| sol.value(v)).collect())
+            .collect()
+    };
+    Ok(Decisions {
+        charge: read(&charge),
+        discharge: read(&discharge),
+        p2h: read(&p2h),
+        served: read(&served),
+        alloc: read(&alloc),
+    })
+}
+
+/// Rounds away solver noise (clarabel returns values a hair outside their
+/// bounds), then walks the horizon forward repairing what rounding broke, so
+/// the published plan satisfies its physics exactly: SoC and store from the
+/// dynamics, export from the balance.
+fn assemble(input: &PlanInput, status: PlanStatus, mut d: Decisions) -> Plan {
+    let n = input.pv_kw.len();
+    let h = input.step_hours;
+    let tidy = |x: f64, hi: f64| {
+        let x = if x.is_finite() {
+            (x * 1e7).round() / 1e7
+        } else {
+            0.0
+        };
+        x.clamp(0.0, hi.max(0.0))
+    };
+
+    let mut battery_kw = Vec::with_capacity(input.batteries.len());
+    let mut battery_soc = Vec::with_capacity(input.batteries.len());
+    for (k, b) in input.batteries.iter().enumerate() {
+        let floor = soc_floor(b);
+        let mut soc = b.soc_kwh;
+        let mut net_row = Vec::with_capacity(n);
+        let mut soc_row = Vec::with_capacity(n);
+        for t in 0..n {
+            let c = tidy(d.charge[k][t], b.max_charge_kw);
+            let dis = tidy(d.discharge[k][t], b.max_discharge_kw);
+            // Netting simultaneous charge and discharge: the battery does one.
+            let mut net = c - dis;
+            if net > 0.0 {
+                net = net.min((b.capacity_kwh - soc).max(0.0) / (b.charge_eff * h));
+                soc += b.charge_eff * net * h;
+            } else {
+                let most = (soc - floor).max(0.0) * b.discharge_eff / h;
+                net = -(-net).min(most);
+                soc += net * h / b.discharge_eff;
+            }
+            soc = soc.min(b.capacity_kwh);
+            d.charge[k][t] = net.max(0.0);
+            d.discharge[k][t] = (-net).max(0.0);
+            net_row.push(net);
+            soc_row.push(soc);
+        }
+        battery_kw.push(net_row);
+        battery_soc.push(soc_row);
+    }
+
+    let mut p2h_kw = Vec::with_capacity(input.heat.len());
+    let mut served_kw = Vec::with_capacity(input.heat.len());
+    let mut store_kwh = Vec::with_capacity(input.heat.len());
+    for (k, u) in input.heat.iter().enumerate() {
+        let keep = 1.0 - u.loss_ratio_per_hour * h;
+        let mut store = u.store_kwh;
+        let (mut pr, mut sr, mut st) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for t in 0..n {
+            let kept = store * keep;
+            let s = tidy(d.served[k][t], at(&u.heat_demand_kw, t));
+            let p_room = if u.efficiency > 0.0 {
+                (u.store_capacity_kwh - kept + s * h).max(0.0) / (u.efficiency * h)
+            } else {
+                u.p2h_max_kw
+            };
+            let p = tidy(d.p2h[k][t], u.p2h_max_kw).min(p_room);
+            let s = s.min((kept + u.efficiency * p * h) / h);
+            store = (kept + (u.efficiency * p - s) * h).clamp(0.0, u.store_capacity_kwh);
+            d.p2h[k][t] = p;
+            pr.push(p);
+            sr.push(s);
+            st.push(store);
+        }
+        p2h_kw.push(pr);
+        served_kw.push(sr);
+        store_kwh.push(st);
+    }
+
+    let mut allocation_kwh = vec![Vec::with_capacity(n); input.participants.len()];
+    let mut import_kwh = Vec::with_capacity(n);
+    let mut export_kwh = Vec::with_capacity(n);
+    for t in 0..n {
+        let discharge: f64 = d.discharge.iter().map(|r| r[t]).sum();
+        let charge: f64 = d.charge.iter().map(|r| r[t]).sum();
+        let heat: f64 = d.p2h.iter().map(|r| r[t]).sum();
+        let mut a: Vec<f64> = input
+            .participants
+            .iter()
+            .enumerate()
+            .map(|(i, p)| tidy(d.alloc[i][t], at(&p.load_kw, t)))
+            .collect();
+        let pv = at(&input.pv_kw, t);
+        let room = (pv + discharge - charge - heat).max(0.0);
+        let total: f64 = a.iter().sum();
+        if total > room {
+            let f = if total > 0.0 { room / total } else { 0.0 };
+            a.iter_mut().for_each(|x| *x *= f);
+        }
+        let total: f64 = a.iter().sum();
+        let load: f64 = input.participants.iter().map(|p| at(&p.load_kw, t)).sum();
+        for (i, x) in a.iter().enumerate() {
+            allocation_kwh[i].push(x * h);
+        }
+        import_kwh.push(((load - total) * h).max(0.0));
+        export_kwh.push(((pv + discharge - charge - heat - total) * h).max(0.0));
+    }
+
+    let mut plan = Plan {
+        start: input.start,
+        step_hours: h,
+        status,
+        objective_eur: 0.0,
+        solve_seconds: 0.0,
+        battery_kw,
+        battery_soc_kwh: battery_soc,
+        p2h_kw,
+        heat_served_kw: served_kw,
+        store_kwh,
+        allocation_kwh,
+        import_kwh,
+        export_kwh,
+    };
+    plan.objective_eur = objective(&plan, input);
+    plan
+}
+
+/// The LP's objective evaluated on a plan (constant export of PV included).
+pub fn objective(plan: &Plan, input: &PlanInput) -> f64 {
+    let h = input.step_hours;
+    let mut v = 0.0;
+    for (p, row) in input.participants.iter().zip(&plan.allocation_kwh) {
+        let w = p.tariff_eur_per_kwh - input.local_price_eur_per_kwh + priority_bonus(p.priority);
+        v += w * row.iter().sum::<f64>();
+    }
+    for (e, price) in plan.export_kwh.iter().zip(&input.export_price_eur_per_kwh) {
+        v += e * price;
+    }
+    for (u, row) in input.heat.iter().zip(&plan.heat_served_kw) {
+        v += u.heat_price_eur_per_kwh * h * row.iter().sum::<f64>();
+    }
+    for ((b, kw), soc) in input
+        .batteries
+        .iter()
+        .zip(&plan.battery_kw)
+        .zip(&plan.battery_soc_kwh)
+    {
+        let discharged: f64 = kw.iter().map(|x| (-x).max(0.0) * h).sum();
+        v -= CYCLING_COST_EUR_PER_KWH * discharged;
+        v += b.end_value_eur_per_kwh * soc.last().copied().unwrap_or(b.soc_kwh);
+    }
+    v
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= TOL_ABS + TOL_REL * a.abs().max(b.abs())
+}
+
+fn fail(step: usize, what: String) -> PlanError {
+    PlanError::Check { step, what }
+}
+
+/// Checks a plan against its input: shapes, energy balance per step, SoC and
+/// store dynamics and bounds, allocation ≤ load and ≤ local production.
+pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
+    validate(input)?;
+    let n = input.pv_kw.len();
+    let h = input.step_hours;
+    let shape_ok = plan.battery_kw.len() == input.batteries.len()
+        && plan.battery_soc_kwh.len() == input.batteries.len()
+        && plan.p2h_kw.len() == input.heat.len()
+        && plan.heat_served_kw.len() == input.heat.len()
+        && plan.store_kwh.len() == input.heat.len()
+        && plan.allocation_kwh.len() == input.participants.len()
+        && plan.import_kwh.len() == n
+        && plan.export_kwh.len() == n
+        && plan
+            .battery_kw
+            .iter()
+            .chain(&plan.battery_soc_kwh)
+            .chain(&plan.p2h_kw)
+            .chain(&plan.heat_served_kw)
+            .chain(&plan.store_kwh)
+            .chain(&plan.allocation_kwh)
+            .all(|r| r.len() == n);
+    if !shape_ok {
+        return Err(fail(0, "plan and input shapes differ".into()));
+    }
+    let all_finite = plan
+        .battery_kw
+        .iter()
+        .chain(&plan.battery_soc_kwh)
+        .chain(&plan.p2h_kw)
+        .chain(&plan.heat_served_kw)
+        .chain(&plan.store_kwh)
+        .chain(&plan.allocation_kwh)
+        .flatten()
+        .chain(&plan.import_kwh)
+        .chain(&plan.export_kwh)
+        .all(|x| x.is_finite());
+    if !all_finite {
+        return Err(fail(0, "a value is not finite".into()));
+    }
+
+    for (k, b) in input.batteries.iter().enumerate() {
+        let mut soc = b.soc_kwh;
+        for t in 0..n {
+            let net = plan.battery_kw[k][t];
+            if net > b.max_charge_kw + TOL_ABS || -net > b.max_discharge_kw + TOL_ABS {
+                return Err(fail(
+                    t,
+                    format!("battery {} power {net} kW beyond its limits", b.id),
+                ));
+            }
+            soc += if net > 0.0 {
+                b.charge_eff * net * h
+            } else {
+                net * h / b.discharge_eff
+            };
+            let got = plan.battery_soc_kwh[k][t];
+            if !close(got, soc) {
+                return Err(fail(
+                    t,
+                    format!("battery {} SoC {got} kWh, dynamics give {soc}", b.id),
+                ));
+            }
+            if got < soc_floor(b) - TOL_ABS || got > b.capacity_kwh + TOL_ABS {
+                return Err(fail(
+                    t,
+                    format!("battery {} SoC {got} kWh out of bounds", b.id),
+                ));
+            }
+            soc = got;
+        }
+    }
+    for (k, u) in input.heat.iter().enumerate() {
+        let keep = 1.0 - u.loss_ratio_per_hour * h;
+        let mut store = u.store_kwh;
+        for t in 0..n {
+            let p = plan.p2h_kw[k][t];
+            let s = plan.heat_served_kw[k][t];
+            if p < -TOL_ABS || p > u.p2h_max_kw + TOL_ABS {
+                return Err(fail(
+                    t,
+                    format!("heat unit {} P2H {p} kW beyond its limit", u.id),
+                ));
+            }
+            if s < -TOL_ABS || s > u.heat_demand_kw[t] + TOL_ABS {
+                return Err(fail(
+                    t,
+                    format!("heat unit {} serves {s} kW beyond demand", u.id),
+                ));
+            }
+            store = store * keep + (u.efficiency * p - s) * h;
+            let got = plan.store_kwh[k][t];
+            if !close(got, store) {
+                return Err(fail(
+                    t,
+                    format!("heat unit {} store {got} kWh, dynamics give {store}", u.id),
+                ));
+            }
+            if got < -TOL_ABS || got > u.store_capacity_kwh + TOL_ABS {
+                return Err(fail(
+                    t,
+                    format!("heat unit {} store {got} kWh out of bounds", u.id),
+                ));
+            }
+            store = got;
+        }
+    }
+    for t in 0..n {
+        let mut alloc = 0.0;
+        let mut load = 0.0;
+        for (i, p) in input.participants.iter().enumerate() {
+            let a = plan.allocation_kwh[i][t];
+            let l = p.load_kw[t] * h;
+            if a < -TOL_ABS || a > l + TOL_ABS + TOL_REL * l {
+                return Err(fail(
+                    t,
+                    format!("participant {} allocated {a} kWh for a load of {l}", p.id),
+                ));
+            }
+            alloc += a;
+            load += l;
+        }
+        let discharge: f64 = plan.battery_kw.iter().map(|r| (-r[t]).max(0.0) * h).sum();
+        let charge: f64 = plan.battery_kw.iter().map(|r| r[t].max(0.0) * h).sum();
+        let heat: f64 = plan.p2h_kw.iter().map(|r| r[t] * h).sum();
+        let pv = input.pv_kw[t] * h;
+        if alloc > pv + discharge + TOL_ABS + TOL_REL * (pv + discharge) {
+            return Err(fail(
+                t,
+                format!(
+                    "allocated {alloc} kWh > local production {}",
+                    pv + discharge
+                ),
+            ));
+        }
+        let export = plan.export_kwh[t];
+        if export < -TOL_ABS || !close(alloc + charge + heat + export, pv + discharge) {
+            return Err(fail(
+                t,
+                format!(
+                    "local balance: allocation {alloc} + charge {charge} + P2H {heat} + export {export} ≠ PV {pv} + discharge {discharge}"
+                ),
+            ));
+        }
+        if !close(plan.import_kwh[t], load - alloc) {
+            return Err(fail(
+                t,
+                format!(
+                    "import {} kWh ≠ load {load} − allocation {alloc}",
+                    plan.import_kwh[t]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Greedy plan: surplus charges batteries then feeds P2H, deficit is covered
+/// by discharging, allocation is pro rata of load; heat stores cover demand
+/// whenever they hold heat.
+pub fn rule_based(input: &PlanInput, reason: &str) -> Plan {
+    let n = input.pv_kw.len();
+    let h = input.step_hours;
+    let nb = input.batteries.len();
+    let nh = input.heat.len();
+    let np = input.participants.len();
+    let mut d = Decisions {
+        charge: vec![vec![0.0; n]; nb],
+        discharge: vec![vec![0.0; n]; nb],
+        p2h: vec![vec![0.0; n]; nh],
+        served: vec![vec![0.0; n]; nh],
+        alloc: vec![vec![0.0; n]; np],
+    };
+    let mut soc: Vec<f64> = input.batteries.iter().map(|b| b.soc_kwh).collect();
+    let mut store: Vec<f64> = input.heat.iter().map(|u| u.store_kwh).collect();
+    for t in 0..n {
+        let pv = at(&input.pv_kw, t);
+        let load: f64 = input.participants.iter().map(|p| at(&p.load_kw, t)).sum();
+        let mut spare = pv - load;
+        for (k, b) in input.batteries.iter().enumerate() {
+            if spare > 0.0 {
+                let room = (b.capacity_kwh - soc[k]).max(0.0) / (b.charge_eff * h);
+                let c = spare.min(b.max_charge_kw).min(room).max(0.0);
+                soc[k] += b.charge_eff * c * h;
+                spare -= c;
+                d.charge[k][t] = c;
+            } else if spare < 0.0 {
+                let most = (soc[k] - soc_floor(b)).max(0.0) * b.discharge_eff / h;
+                let dis = (-spare).min(b.max_discharge_kw).min(most).max(0.0);
+                soc[k] -= dis * h / b.discharge_eff;
+                spare += dis;
+                d.discharge[k][t] = dis;
+            }
+        }
+        for (k, u) in input.heat.iter().enumerate() {
+            let keep = 1.0 - u.loss_ratio_per_hour * h;
+            let kept = store[k] * keep;
+            let demand = at(&u.heat_demand_kw, t);
+            let mut p = 0.0;
+            if spare > 0.0 && u.efficiency > 0.0 {
+                let room = (u.store_capacity_kwh - kept + demand * h).max(0.0) / (u.efficiency * h);
+                p = spare.min(u.p2h_max_kw).min(room);
+                spare -= p;
+            }
+            let s = demand.min((kept + u.efficiency * p * h) / h);
+            store[k] = (kept + (u.efficiency * p - s) * h).clamp(0.0, u.store_capacity_kwh);
+            d.p2h[k][t] = p;
+            d.served[k][t] = s;
+        }
+        let produced = pv + d.discharge.iter().map(|r| r[t]).sum::<f64>();
+        let used =
+            d.charge.iter().map(|r| r[t]).sum::<f64>() + d.p2h.iter().map(|r| r[t]).sum::<f64>();
+        let share = if load > 0.0 {
+            ((produced - used).max(0.0) / load).min(1.0)
+        } else {
+            0.0
+        };
+        for (i, p) in input.participants.iter().enumerate() {
+            d.alloc[i][t] = at(&p.load_kw, t) * share;
+        }
+    }
+    assemble(
+        input,
+        PlanStatus::RuleBased {
+            reason: reason.to_string(),
+        },
+        d,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-06-21T00:00:00+02:00")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    /// A PV bell between 06:00 and 20:00 local, peaking at `peak` kW.
+    fn pv_day(steps: usize, peak: f64) -> Vec<f64> {
+        (0..steps)
+            .map(|k| {
+                let hour = (k as f64 + 0.5) * 24.0 / steps as f64;
+                let x = (hour - 6.0) / 14.0;
+                if (0.0..=1.0).contains(&x) {
+                    peak * (std::f64::consts::PI * x).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    fn battery(cap: f64, kw: f64) -> BatteryModel {
+        BatteryModel {
+            id: "bat-1".into(),
+            capacity_kwh: cap,
+            soc_kwh: 0.0,
+            min_soc_kwh: 0.0,
+            max_charge_kw: kw,
+            max_discharge_kw: kw,
+            charge_eff: 0.95,
+            discharge_eff: 0.95,
+            end_value_eur_per_kwh: 0.0,
+        }
+    }
+
+    fn input(steps: usize, pv: Vec<f64>, loads: Vec<Vec<f64>>) -> PlanInput {
+        PlanInput {
+            start: t0(),
+            step_hours: 24.0 / steps as f64,
+            pv_kw: pv,
+            participants: loads
+                .into_iter()
+                .enumerate()
+                .map(|(i, load_kw)| ParticipantForecast {
+                    id: format!("p{i}"),
+                    load_kw,
+                    tariff_eur_per_kwh: 0.20 + 0.001 * i as f64,
+                    priority: (i % 3) as u8,
+                })
+                .collect(),
+            batteries: vec![],
+            heat: vec![],
+            local_price_eur_per_kwh: 0.10,
+            export_price_eur_per_kwh: vec![0.05; steps],
+            import_price_eur_per_kwh: vec![0.25; steps],
+        }
+    }
+
+    #[test]
+    fn battery_stores_midday_surplus_for_the_evening() {
+        let mut inp = input(24, pv_day(24, 10.0), vec![vec![3.0; 24]]);
+        inp.batteries.push(battery(10.0, 5.0));
+        let plan = solve(&inp, Duration::from_secs(10)).unwrap();
+        assert_eq!(plan.status, PlanStatus::Optimal);
+        check(&plan, &inp).unwrap();
+        let b = &plan.battery_kw[0];
+        // Interior point spreads a degenerate optimum over equivalent steps,
+        // so compare energies, not single steps.
+        let charged: f64 = b[7..19].iter().filter(|x| **x > 0.0).sum();
+        let discharged: f64 = -b[19..24].iter().filter(|x| **x < 0.0).sum::<f64>();
+        assert!(charged > 9.0, "no midday charge: {b:?}");
+        assert!(discharged > 8.0, "no evening discharge: {b:?}");
+        // It never charges at night: there is no surplus then.
+        assert!(b[0..5].iter().all(|&x| x <= 1e-6));
+        let max_soc = plan.battery_soc_kwh[0].iter().cloned().fold(0.0, f64::max);
+        assert!(max_soc > 9.0 && max_soc <= 10.0 + 1e-9);
+        // Evening load is met from the battery: more allocated than PV gives.
+        let pv_only: f64 = (19..24).map(|t| inp.pv_kw[t].min(3.0)).sum();
+        let alloc: f64 = plan.allocation_kwh[0][19..24].iter().sum();
+        assert!(alloc > pv_only + 4.0);
+        for (a, l) in plan.allocation_kwh[0]
+            .iter()
+            .zip(&inp.participants[0].load_kw)
+        {
+            assert!(*a <= l * inp.step_hours + 1e-9);
+        }
+    }
+
+    #[test]
+    fn p2h_absorbs_surplus_the_battery_cannot() {
+        let mut inp = input(24, pv_day(24, 20.0), vec![vec![2.0; 24]]);
+        inp.heat.push(HeatUnitModel {
+            id: "hs-1".into(),
+            p2h_max_kw: 6.0,
+            efficiency: 0.98,
+            store_capacity_kwh: 40.0,
+            store_kwh: 5.0,
+            loss_ratio_per_hour: 0.01,
+            heat_demand_kw: vec![2.0; 24],
+            heat_price_eur_per_kwh: 0.09,
+        });
+        let plan = solve(&inp, Duration::from_secs(10)).unwrap();
+        assert_eq!(plan.status, PlanStatus::Optimal);
+        check(&plan, &inp).unwrap();
+        assert!(plan.p2h_kw[0].iter().sum::<f64>() > 20.0);
+        assert!(plan.heat_served_kw[0].iter().sum::<f64>() > 20.0);
+    }
+
+    #[test]
+    fn zero_budget_falls_back_to_rules() {
+        let mut inp = input(24, pv_day(24, 10.0), vec![vec![3.0; 24], vec![1.0; 24]]);
+        inp.batteries.push(battery(10.0, 5.0));
+        let plan = solve(&inp, Duration::ZERO).unwrap();
+        assert!(matches!(plan.status, PlanStatus::RuleBased { .. }));
+        check(&plan, &inp).unwrap();
+        let b = &plan.battery_kw[0];
+        assert!(b.iter().any(|&x| x > 0.0) && b.iter().any(|&x| x < 0.0));
+    }
+
+    #[test]
+    fn invalid_input_is_an_error() {
+        let mut inp = input(4, vec![1.0; 4], vec![vec![1.0; 3]]);
+        assert!(matches!(
+            solve(&inp, Duration::from_secs(1)),
+            Err(PlanError::Invalid(_))
+        ));
+        inp.participants[0].load_kw.push(f64::NAN);
+        assert!(solve(&inp, Duration::from_secs(1)).is_err());
+        inp.participants[0].load_kw[3] = 1.0;
+        inp.pv_kw[0] = -1.0;
+        assert!(solve(&inp, Duration::from_secs(1)).is_err());
+        inp.pv_kw[0] = 1.0;
+        let mut b = battery(10.0, 5.0);
+        b.soc_kwh = 11.0;
+        inp.batteries.push(b);
+        assert!(solve(&inp, Duration::from_secs(1)).is_err());
+        // rule_based never panics, even on input that failed validation.
+        let _ = rule_based(&input(4, vec![1.0; 2], vec![vec![1.0; 3]]), "test");
+    }
+
+    #[test]
+    fn check_catches_a_broken_plan() {
+        let inp = input(8, vec![2.0; 8], vec![vec![1.0; 8]]);
+        let mut plan = solve(&inp, Duration::from_secs(5)).unwrap();
+        check(&plan, &inp).unwrap();
+        plan.allocation_kwh[0][3] += 0.5;
+        assert!(matches!(
+            check(&plan, &inp),
+            Err(PlanError::Check { step: 3, .. })
+        ));
+    }
+
+    /// The size of a large operation on a quarter-hour grid, solved in the
+    /// normal test run to keep the cost of the model visible.
+    #[test]
+    fn solves_120_participants_by_96_steps() {
+        let steps = 96;
+        let loads: Vec<Vec<f64>> = (0..120)
+            .map(|i| {
+                (0..steps)
+                    .map(|k| 0.3 + 0.2 * ((k as f64 / 8.0 + i as f64).sin() + 1.0))
+                    .collect()
+            })
+            .collect();
+        let mut inp = input(steps, pv_day(steps, 90.0), loads);
+        inp.batteries.push(battery(100.0, 40.0));
+        inp.batteries.push(battery(50.0, 25.0));
+        let began = Instant::now();
+        let plan = solve(&inp, Duration::from_secs(20)).unwrap();
+        let secs = began.elapsed().as_secs_f64();
+        println!("120 x 96 solved in {secs:.2} s (status {:?})", plan.status);
+        assert_eq!(plan.status, PlanStatus::Optimal);
+        check(&plan, &inp).unwrap();
+        assert!(secs < 5.0, "{secs} s");
+    }
+
+    fn arb_input() -> impl Strategy<Value = PlanInput> {
+        (1usize..12, 0usize..4, 0usize..3, 0usize..2).prop_flat_map(|(steps, np, nb, nh)| {
+            let series =
+                move |hi: f64| prop::collection::vec(prop_oneof![Just(0.0), 0.0..hi], steps);
+            (
+                series(20.0),
+                prop::collection::vec((series(6.0), 0.0..0.4f64, 0u8..3), np),
+                prop::collection::vec(
+                    (
+                        0.0..20.0f64,
+                        0.0..1.0f64,
+                        0.0..0.3f64,
+                        0.0..8.0f64,
+                        0.0..8.0f64,
+                        0.7..1.0f64,
+                        0.7..1.0f64,
+                        -0.1..0.2f64,
+                    ),
+                    nb,
+                ),
+                prop::collection::vec(
+                    (
+                        0.0..5.0f64,
+                        0.5..3.0f64,
+                        0.0..30.0f64,
+                        0.0..1.0f64,
+                        0.0..0.1f64,
+                        series(4.0),
+                        0.0..0.15f64,
+                    ),
+                    nh,
+                ),
+                series(0.15),
+                prop_oneof![Just(0.25), Just(0.5), Just(1.0)],
+            )
+                .prop_map(move |(pv, parts, bats, heats, export, h)| PlanInput {
+                    start: t0(),
+                    step_hours: h,
+                    pv_kw: pv,
+                    participants: parts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (load_kw, tariff, priority))| ParticipantForecast {
+                            id: format!("p{i}"),
+                            load_kw,
+                            tariff_eur_per_kwh: tariff,
+                            priority,
+                        })
+                        .collect(),
+                    batteries: bats
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (cap, soc, min, c, d, ce, de, end))| BatteryModel {
+                            id: format!("b{k}"),
+                            capacity_kwh: cap,
+                            soc_kwh: cap * soc,
+                            min_soc_kwh: cap * min,
+                            max_charge_kw: c,
+                            max_discharge_kw: d,
+                            charge_eff: ce,
+                            discharge_eff: de,
+                            end_value_eur_per_kwh: end,
+                        })
+                        .collect(),
+                    heat: heats
+                        .into_iter()
+                        .enumerate()
+                        .map(
+                            |(k, (pmax, eff, cap, fill, loss, demand, price))| HeatUnitModel {
+                                id: format!("h{k}"),
+                                p2h_max_kw: pmax,
+                                efficiency: eff,
+                                store_capacity_kwh: cap,
+                                store_kwh: cap * fill,
+                                loss_ratio_per_hour: loss,
+                                heat_demand_kw: demand,
+                                heat_price_eur_per_kwh: price,
+                            },
+                        )
+                        .collect(),
+                    local_price_eur_per_kwh: 0.1,
+                    export_price_eur_per_kwh: export,
+                    import_price_eur_per_kwh: vec![0.2; steps],
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn solutions_pass_check(inp in arb_input()) {
+            let plan = solve(&inp, Duration::from_secs(5)).unwrap();
+            prop_assert!(check(&plan, &inp).is_ok(), "{:?}: {:?}", plan.status, check(&plan, &inp));
+            prop_assert_eq!(&plan.status, &PlanStatus::Optimal);
+            let rules = rule_based(&inp, "test");
+            prop_assert!(check(&rules, &inp).is_ok(), "{:?}", check(&rules, &inp));
+            // The LP never does worse than the rules by its own measure.
+            prop_assert!(plan.objective_eur >= rules.objective_eur - 1e-4,
+                "lp {} < rules {}", plan.objective_eur, rules.objective_eur);
+        }
+    }
+}
