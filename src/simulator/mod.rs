@@ -109,11 +109,6 @@ impl Writer<'_> {
             }
         }
     }
-    fn s(&mut self, key: &str, point: &str, v: &str) {
-        if let Some((map, block)) = self.image.block_mut(self.lib, key) {
-            let _ = map.encode_string(block, point, v);
-        }
-    }
     fn get(&mut self, key: &str, point: &str) -> Option<f64> {
         let (map, block) = self.image.block_mut(self.lib, key)?;
         map.decode_f64(block, point).ok().flatten()
