@@ -167,7 +167,7 @@ async fn poll_device(
                 d.cfg.kind.as_str()
             )));
         }
-        tracing::info!(device = %d.cfg.id, blocks = ?d.blocks.iter().map(|b| b.map_key.as_str()).collect::<Vec<_>>(), "device discovered");
+        tracing::debug!(device = %d.cfg.id, blocks = ?d.blocks.iter().map(|b| b.map_key.as_str()).collect::<Vec<_>>(), "device discovered");
     }
     let table = |b: &Block| {
         task.lib

@@ -221,6 +221,11 @@ impl Daemon {
         })?;
         let mut status = Status::default();
         for d in &site.config.devices {
+            // Series exist from the start, so that rate() and absent() behave before the first fault.
+            for kind in ["timeout", "connection", "exception", "protocol"] {
+                metrics.device_errors.with_label_values(&[&d.id, kind]).inc_by(0);
+            }
+            metrics.device_up.with_label_values(&[&d.id, d.kind.as_str()]).set(0);
             status.devices.insert(
                 d.id.clone(),
                 DeviceStatus {

@@ -51,7 +51,11 @@ pub async fn run(
             let input = input.clone();
             tokio::task::spawn_blocking(move || plan::solve(&input, budget))
         };
-        let result = match tokio::time::timeout(budget + Duration::from_millis(500), solving).await {
+        let waited = tokio::select! {
+            r = tokio::time::timeout(budget + Duration::from_millis(500), solving) => r,
+            _ = shutdown.changed() => return,
+        };
+        let result = match waited {
             Ok(Ok(Ok(p))) => Ok(p),
             Ok(Ok(Err(e))) => Err(format!("plan error: {e}")),
             Ok(Err(e)) => Err(format!("solver thread failed: {e}")),
