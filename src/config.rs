@@ -464,7 +464,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     let mut p = Vec::new();
     let s = &config.site;
     if let Err(e) = validate_id(&s.id) {
-        p.push(problem("site.id", e.to_string(), "use letters, digits, '-' or '_'"));
+        p.push(problem(
+            "site.id",
+            e.to_string(),
+            "use letters, digits, '-' or '_'",
+        ));
     }
     let tz: Option<chrono_tz::Tz> = s.timezone.parse().ok();
     if tz.is_none() {
@@ -527,7 +531,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
         ("plan.heat_price_eur_per_kwh", pl.heat_price_eur_per_kwh),
     ] {
         if !v.is_finite() || v.abs() > 10.0 {
-            p.push(problem(k, format!("{v} is not a plausible price"), "give €/kWh, e.g. 0.10"));
+            p.push(problem(
+                k,
+                format!("{v} is not a plausible price"),
+                "give €/kWh, e.g. 0.10",
+            ));
         }
     }
     if ![100, 1000, 10000].contains(&config.keys.units_per_one) {
@@ -545,7 +553,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     for (i, d) in config.devices.iter().enumerate() {
         let key = |f: &str| format!("devices[{i}].{f} (id `{}`)", d.id);
         if let Err(e) = validate_id(&d.id) {
-            p.push(problem(key("id"), e.to_string(), "use letters, digits, '-' or '_'"));
+            p.push(problem(
+                key("id"),
+                e.to_string(),
+                "use letters, digits, '-' or '_'",
+            ));
         }
         if let Some(j) = device_ids.insert(&d.id, i) {
             p.push(problem(
@@ -559,10 +571,7 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                 if let Some(j) = endpoint_units.insert((d.address.clone(), d.unit), i) {
                     p.push(problem(
                         key("unit"),
-                        format!(
-                            "unit {} at {} is also devices[{j}]",
-                            d.unit, d.address
-                        ),
+                        format!("unit {} at {} is also devices[{j}]", d.unit, d.address),
                         "give each device behind one gateway its own unit id",
                     ));
                 }
@@ -589,7 +598,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             ));
         }
         let need = |p: &mut Vec<Problem>, f: &str, v: Option<f64>, hint: &str| match v {
-            None => p.push(problem(key(f), format!("a {} needs `{f}`", d.kind.as_str()), hint)),
+            None => p.push(problem(
+                key(f),
+                format!("a {} needs `{f}`", d.kind.as_str()),
+                hint,
+            )),
             Some(x) if !x.is_finite() || x < 0.0 => {
                 p.push(problem(key(f), format!("{x} must be ≥ 0"), hint))
             }
@@ -599,34 +612,79 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             DeviceKind::PvInverter => {
                 need(&mut p, "kwp", d.kwp, "give the plant's peak power in kWp");
                 if d.prm.is_none() {
-                    p.push(problem(key("prm"), "a PV plant needs its producer PRM", "add prm = \"14 digits\""));
+                    p.push(problem(
+                        key("prm"),
+                        "a PV plant needs its producer PRM",
+                        "add prm = \"14 digits\"",
+                    ));
                 }
             }
             DeviceKind::Battery => {
-                need(&mut p, "capacity_kwh", d.capacity_kwh, "give the usable capacity in kWh");
-                need(&mut p, "max_charge_kw", d.max_charge_kw, "give the charge limit in kW");
-                need(&mut p, "max_discharge_kw", d.max_discharge_kw, "give the discharge limit in kW");
+                need(
+                    &mut p,
+                    "capacity_kwh",
+                    d.capacity_kwh,
+                    "give the usable capacity in kWh",
+                );
+                need(
+                    &mut p,
+                    "max_charge_kw",
+                    d.max_charge_kw,
+                    "give the charge limit in kW",
+                );
+                need(
+                    &mut p,
+                    "max_discharge_kw",
+                    d.max_discharge_kw,
+                    "give the discharge limit in kW",
+                );
                 if d.prm.is_none() {
-                    p.push(problem(key("prm"), "a battery is a producer and needs its PRM", "add prm = \"14 digits\""));
+                    p.push(problem(
+                        key("prm"),
+                        "a battery is a producer and needs its PRM",
+                        "add prm = \"14 digits\"",
+                    ));
                 }
                 if d.participant.is_none() {
-                    p.push(problem(key("participant"), "a battery is a consumer while charging and needs its participant", "add participant = \"<participant id>\""));
+                    p.push(problem(
+                        key("participant"),
+                        "a battery is a consumer while charging and needs its participant",
+                        "add participant = \"<participant id>\"",
+                    ));
                 }
             }
             DeviceKind::PowerToHeat => {
-                need(&mut p, "max_power_kw", d.max_power_kw, "give the electrical rating in kW");
-                need(&mut p, "capacity_kwh", d.capacity_kwh, "give the heat store's capacity in kWh_th");
+                need(
+                    &mut p,
+                    "max_power_kw",
+                    d.max_power_kw,
+                    "give the electrical rating in kW",
+                );
+                need(
+                    &mut p,
+                    "capacity_kwh",
+                    d.capacity_kwh,
+                    "give the heat store's capacity in kWh_th",
+                );
             }
             _ => {}
         }
         if let Some(r) = d.min_soc_ratio {
             if !(0.0..1.0).contains(&r) {
-                p.push(problem(key("min_soc_ratio"), format!("{r} is outside 0..1"), "e.g. 0.1 for a 10 % reserve"));
+                p.push(problem(
+                    key("min_soc_ratio"),
+                    format!("{r} is outside 0..1"),
+                    "e.g. 0.1 for a 10 % reserve",
+                ));
             }
         }
         if let Some(prm) = &d.prm {
             if let Some(other) = prms.insert(prm.as_str(), format!("devices[{i}]")) {
-                p.push(problem(key("prm"), format!("duplicate PRM {prm}, also {other}"), "every metering point has its own PRM"));
+                p.push(problem(
+                    key("prm"),
+                    format!("duplicate PRM {prm}, also {other}"),
+                    "every metering point has its own PRM",
+                ));
             }
         }
     }
@@ -637,10 +695,18 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     for (i, q) in config.participants.iter().enumerate() {
         let key = |f: &str| format!("participants[{i}].{f} (id `{}`)", q.id);
         if let Err(e) = validate_id(&q.id) {
-            p.push(problem(key("id"), e.to_string(), "use letters, digits, '-' or '_'"));
+            p.push(problem(
+                key("id"),
+                e.to_string(),
+                "use letters, digits, '-' or '_'",
+            ));
         }
         if let Some(j) = part_ids.insert(&q.id, i) {
-            p.push(problem(key("id"), format!("duplicate participant id, also participants[{j}]"), "give every participant its own id"));
+            p.push(problem(
+                key("id"),
+                format!("duplicate participant id, also participants[{j}]"),
+                "give every participant its own id",
+            ));
         }
         if let Some(other) = prms.insert(q.prm.as_str(), format!("participants[{i}]")) {
             // A battery legitimately shares one PRM between its producer and consumer roles.
@@ -651,7 +717,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                         && d.participant.as_deref() == Some(q.id.as_str())
                 });
             if !is_battery_pair {
-                p.push(problem(key("prm"), format!("duplicate PRM {}, also {other}", q.prm), "every metering point has its own PRM"));
+                p.push(problem(
+                    key("prm"),
+                    format!("duplicate PRM {}, also {other}", q.prm),
+                    "every metering point has its own PRM",
+                ));
             }
         }
         match config.devices.iter().find(|d| d.id == q.meter) {
@@ -664,28 +734,56 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             _ => {}
         }
         if !q.tariff_eur_per_kwh.is_finite() || !(0.0..=5.0).contains(&q.tariff_eur_per_kwh) {
-            p.push(problem(key("tariff_eur_per_kwh"), format!("{} is not a plausible retail price", q.tariff_eur_per_kwh), "give €/kWh, e.g. 0.2516"));
+            p.push(problem(
+                key("tariff_eur_per_kwh"),
+                format!("{} is not a plausible retail price", q.tariff_eur_per_kwh),
+                "give €/kWh, e.g. 0.2516",
+            ));
         }
         if !(0.0..=1.0).contains(&q.static_share) {
-            p.push(problem(key("static_share"), format!("{} is outside 0..1", q.static_share), "give a share such as 0.0123"));
+            p.push(problem(
+                key("static_share"),
+                format!("{} is outside 0..1", q.static_share),
+                "give a share such as 0.0123",
+            ));
         }
         static_sum += q.static_share;
     }
     if config.keys.policy == KeyPolicy::Static && static_sum > 1.0 + 1e-9 {
-        p.push(problem("participants[*].static_share", format!("static shares add up to {static_sum:.6} > 1"), "scale the shares so that they add up to at most 1"));
+        p.push(problem(
+            "participants[*].static_share",
+            format!("static shares add up to {static_sum:.6} > 1"),
+            "scale the shares so that they add up to at most 1",
+        ));
     }
     for (i, d) in config.devices.iter().enumerate() {
         if let Some(pid) = &d.participant {
             if !part_ids.contains_key(pid.as_str()) {
-                p.push(problem(format!("devices[{i}].participant (id `{}`)", d.id), format!("no participant `{pid}`"), "name an id from [[participants]]"));
+                p.push(problem(
+                    format!("devices[{i}].participant (id `{}`)", d.id),
+                    format!("no participant `{pid}`"),
+                    "name an id from [[participants]]",
+                ));
             }
         }
     }
     if config.participants.is_empty() {
-        p.push(problem("participants", "no participant", "add [[participants]] entries"));
+        p.push(problem(
+            "participants",
+            "no participant",
+            "add [[participants]] entries",
+        ));
     }
-    if !config.devices.iter().any(|d| d.kind == DeviceKind::PvInverter) {
-        p.push(problem("devices", "no PV plant: nothing to share", "add a device of kind \"pv_inverter\""));
+    if !config
+        .devices
+        .iter()
+        .any(|d| d.kind == DeviceKind::PvInverter)
+    {
+        p.push(problem(
+            "devices",
+            "no PV plant: nothing to share",
+            "add a device of kind \"pv_inverter\"",
+        ));
     }
     p
 }
@@ -740,11 +838,19 @@ pub fn validate(
         .parse()
         .map_err(|_| ConfigError::Invalid {
             file: path.to_path_buf(),
-            problems: vec![problem("site.timezone", "not a time zone", "use \"Europe/Paris\"")],
+            problems: vec![problem(
+                "site.timezone",
+                "not a time zone",
+                "use \"Europe/Paris\"",
+            )],
         })?;
     let grid = Grid::new(config.site.settlement_minutes, tz).map_err(|e| ConfigError::Invalid {
         file: path.to_path_buf(),
-        problems: vec![problem("site.settlement_minutes", e.to_string(), "use 15 or 30")],
+        problems: vec![problem(
+            "site.settlement_minutes",
+            e.to_string(),
+            "use 15 or 30",
+        )],
     })?;
     Ok(Site {
         config,
@@ -816,15 +922,25 @@ meter = "M-1"
             panic!("expected Invalid, got {err}")
         };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.iter().any(|k| k.starts_with("devices[1].address")), "{keys:?}");
-        assert!(keys.iter().any(|k| k.starts_with("participants[0].prm")), "{keys:?}");
-        assert!(keys.iter().any(|k| k.starts_with("devices[2].map")), "{keys:?}");
+        assert!(
+            keys.iter().any(|k| k.starts_with("devices[1].address")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter().any(|k| k.starts_with("participants[0].prm")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter().any(|k| k.starts_with("devices[2].map")),
+            "{keys:?}"
+        );
         assert!(problems.iter().all(|p| !p.fix.is_empty()));
     }
 
     #[test]
     fn unknown_key_is_a_parse_error_naming_it() {
-        let (_d, path) = write(&MINIMAL.replace("latitude = 47.3", "latitude = 47.3\nlattitude = 1"));
+        let (_d, path) =
+            write(&MINIMAL.replace("latitude = 47.3", "latitude = 47.3\nlattitude = 1"));
         let err = load(&path, &maps()).unwrap_err().to_string();
         assert!(err.contains("lattitude"), "{err}");
     }

@@ -107,7 +107,12 @@ static P2H: &[Binding] = &[
     b("power_kw", MapSel::Configured, "power_kw", 1.0),
     b("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
     b("store_kwh", MapSel::Configured, "store_energy_kwh", 1.0),
-    b("store_capacity_kwh", MapSel::Configured, "store_capacity_kwh", 1.0),
+    b(
+        "store_capacity_kwh",
+        MapSel::Configured,
+        "store_capacity_kwh",
+        1.0,
+    ),
     b("store_c", MapSel::Configured, "store_temp", 1.0),
     counter("elec_kwh", MapSel::Configured, "elec_energy_kwh", 1.0),
     counter("heat_kwh", MapSel::Configured, "heat_energy_kwh", 1.0),
@@ -135,11 +140,7 @@ pub struct Block {
 
 /// The blocks to poll for a device, given the SunSpec models discovered on it
 /// (`(model id, address of its ID register)`), or its configured vendor map.
-pub fn blocks_for(
-    dev: &DeviceConfig,
-    lib: &ModelLibrary,
-    discovered: &[(u16, u16)],
-) -> Vec<Block> {
+pub fn blocks_for(dev: &DeviceConfig, lib: &ModelLibrary, discovered: &[(u16, u16)]) -> Vec<Block> {
     let mut out: Vec<Block> = Vec::new();
     for bind in bindings(dev.kind) {
         let block = match bind.map {
@@ -230,7 +231,9 @@ pub struct Write {
 pub enum CommandError {
     #[error("device {device} has no {what}")]
     NoMap { device: String, what: String },
-    #[error("device {device}: writing `{point}` is not allowed by the site config (add it to `writes`)")]
+    #[error(
+        "device {device}: writing `{point}` is not allowed by the site config (add it to `writes`)"
+    )]
     NotAllowed { device: String, point: String },
     #[error(transparent)]
     Register(#[from] crate::registers::RegisterError),
@@ -251,7 +254,9 @@ pub fn command_writes(
             // 704's WSet is in W, positive = discharge: the device's own convention.
             vec![("WSetEna", 1.0), ("WSet", dev.sign.to_device(kw) * 1000.0)],
         ),
-        (DeviceKind::Battery, Command::Release) => (MapSel::SunSpec(&[704]), vec![("WSetEna", 0.0)]),
+        (DeviceKind::Battery, Command::Release) => {
+            (MapSel::SunSpec(&[704]), vec![("WSetEna", 0.0)])
+        }
         (DeviceKind::PowerToHeat, Command::PowerToHeat(kw)) => (
             MapSel::Configured,
             vec![("mode", 1.0), ("power_setpoint_kw", kw)],

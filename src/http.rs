@@ -59,7 +59,13 @@ async fn handle<B: Backend>(sock: &mut tokio::net::TcpStream, b: &B) -> std::io:
     }
     match path {
         "/metrics" => {
-            respond(sock, 200, "text/plain; version=0.0.4; charset=utf-8", &b.metrics()).await
+            respond(
+                sock,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &b.metrics(),
+            )
+            .await
         }
         "/health" => respond(sock, 200, "text/plain", "ok\n").await,
         "/ready" => match b.ready() {

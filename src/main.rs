@@ -79,7 +79,9 @@ enum Cmd {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -107,7 +109,9 @@ fn load_site(path: &Path) -> Result<(config::Site, Arc<ModelLibrary>)> {
 
 fn parse_duration(s: &str) -> Result<chrono::Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().with_context(|| format!("duration `{s}`: expected e.g. 6h, 90m, 2d"))?;
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("duration `{s}`: expected e.g. 6h, 90m, 2d"))?;
     Ok(match unit {
         "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),
@@ -219,7 +223,11 @@ async fn main() -> Result<()> {
             if !(speed.is_finite() && speed > 0.0 && speed <= 10_000.0) {
                 bail!("--speed {speed}: must be in (0, 10000]");
             }
-            let until = duration.as_deref().map(parse_duration).transpose()?.map(|d| origin + d);
+            let until = duration
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .map(|d| origin + d);
             let clock = Clock::simulated(origin, speed);
             let sim = Simulator::start(&site, lib.clone(), clock, seed, ephemeral_ports).await?;
             eprintln!(
@@ -278,17 +286,38 @@ async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
     println!("{target} unit {unit}: {} SunSpec model(s)", models.len());
     for m in models {
         let Some(map) = lib.sunspec(m.id) else {
-            println!("  model {:>4} at {} (len {}): no map in models/", m.id, m.addr, m.len);
+            println!(
+                "  model {:>4} at {} (len {}): no map in models/",
+                m.id, m.addr, m.len
+            );
             continue;
         };
-        println!("  model {:>4} {} at {} (len {})", m.id, map.name, m.addr, m.len);
+        println!(
+            "  model {:>4} {} at {} (len {})",
+            m.id, map.name, m.addr, m.len
+        );
         let len = map.block_len().min(m.len.saturating_add(2));
         let words = c.read(unit, map.table, m.addr, len).await?;
         for p in map.points.iter().filter(|p| {
-            matches!(p.name.as_str(), "Mn" | "Md" | "SN" | "W" | "WH" | "SoC" | "TotWhImp" | "TotWhExp" | "WRtg" | "WSet" | "WMaxLimPct" | "ChaState" | "Hz")
+            matches!(
+                p.name.as_str(),
+                "Mn" | "Md"
+                    | "SN"
+                    | "W"
+                    | "WH"
+                    | "SoC"
+                    | "TotWhImp"
+                    | "TotWhExp"
+                    | "WRtg"
+                    | "WSet"
+                    | "WMaxLimPct"
+                    | "ChaState"
+                    | "Hz"
+            )
         }) {
             let v = if matches!(p.ty, ped::registers::PointType::String) {
-                map.decode_string(&words, &p.name)?.unwrap_or_else(|| "-".into())
+                map.decode_string(&words, &p.name)?
+                    .unwrap_or_else(|| "-".into())
             } else {
                 map.decode_f64(&words, &p.name)?
                     .map(|v| format!("{v} {}", p.unit.clone().unwrap_or_default()))

@@ -171,7 +171,9 @@ impl Metrics {
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
             registry,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Ok(m)
     }
 
@@ -192,9 +194,16 @@ mod tests {
     #[test]
     fn registry_renders_with_prefix_and_site_label() {
         let m = Metrics::new("test-site").unwrap();
-        m.device_up.with_label_values(&["PV-01", "pv_inverter"]).set(1);
+        m.device_up
+            .with_label_values(&["PV-01", "pv_inverter"])
+            .set(1);
         let text = m.render();
-        assert!(text.contains("ped_device_up{device=\"PV-01\",kind=\"pv_inverter\",site=\"test-site\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "ped_device_up{device=\"PV-01\",kind=\"pv_inverter\",site=\"test-site\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("ped_build_info"));
     }
 }

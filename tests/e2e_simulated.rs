@@ -54,7 +54,9 @@ async fn simulated_district_end_to_end() {
         .with_timezone(&chrono::Utc);
     let speed = 900.0; // a quarter-hour per second
     let clock = Clock::simulated(origin, speed);
-    let sim = Simulator::start(&site, lib.clone(), clock, 2025, true).await.unwrap();
+    let sim = Simulator::start(&site, lib.clone(), clock, 2025, true)
+        .await
+        .unwrap();
     let daemon = Daemon::start(
         sim.site.clone(),
         lib,
@@ -81,7 +83,9 @@ async fn simulated_district_end_to_end() {
         .await
         .unwrap();
     assert_eq!(code, 200);
-    let (ready, _) = tokio::task::spawn_blocking(move || http_get(http, "/ready")).await.unwrap();
+    let (ready, _) = tokio::task::spawn_blocking(move || http_get(http, "/ready"))
+        .await
+        .unwrap();
     let (_, status) = tokio::task::spawn_blocking(move || http_get(http, "/status.json"))
         .await
         .unwrap();
@@ -89,29 +93,46 @@ async fn simulated_district_end_to_end() {
 
     // Every device was read over TCP.
     for d in &site.config.devices {
-        let reads = metric_value(&metrics, "ped_device_reads_total", &format!("device=\"{}\"", d.id))
-            .unwrap_or(0.0);
+        let reads = metric_value(
+            &metrics,
+            "ped_device_reads_total",
+            &format!("device=\"{}\"", d.id),
+        )
+        .unwrap_or(0.0);
         assert!(reads >= 1.0, "device {} never read", d.id);
     }
     assert_eq!(ready, 200, "/ready should be 200 after polls and a plan");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert!(status["pv_kw"].as_f64().unwrap() > 100.0, "midday PV: {status}");
+    assert!(
+        status["pv_kw"].as_f64().unwrap() > 100.0,
+        "midday PV: {status}"
+    );
 
     // The batteries followed the plan's setpoints (written over Modbus).
     assert!(battery_moved, "no battery ever moved");
-    assert!(metric_value(&metrics, "ped_setpoint_writes_total", "result=\"ok\"").unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric_value(&metrics, "ped_setpoint_writes_total", "result=\"ok\"").unwrap_or(0.0) >= 1.0
+    );
 
     // Period records: energies add up and the keys respect the DSO's rule.
     let ledger = std::fs::read_to_string(out.path().join("ledger/periods.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = ledger.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = ledger
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(records.len() >= 10, "only {} periods closed", records.len());
-    let precision = Precision { units_per_one: 1000 };
+    let precision = Precision {
+        units_per_one: 1000,
+    };
     let mut measured = 0;
     for r in &records {
         let p = r["total_production_kwh"].as_f64().unwrap();
         let sc = r["self_consumed_kwh"].as_f64().unwrap();
         let sp = r["surplus_kwh"].as_f64().unwrap();
-        assert!((p - sc - sp).abs() < 1e-6, "production {p} != self-consumed {sc} + surplus {sp}");
+        assert!(
+            (p - sc - sp).abs() < 1e-6,
+            "production {p} != self-consumed {sc} + surplus {sp}"
+        );
         assert!(sc <= r["total_consumption_kwh"].as_f64().unwrap() + 1e-9);
         let units: Vec<u32> = r["key_units"]
             .as_array()
@@ -128,25 +149,41 @@ async fn simulated_district_end_to_end() {
             .collect();
         let alloc = apply_rule(&units, precision, p, &cons);
         let total: f64 = alloc.iter().sum();
-        assert!((total - sc).abs() < 1e-6, "DSO rule gives {total}, record says {sc}");
+        assert!(
+            (total - sc).abs() < 1e-6,
+            "DSO rule gives {total}, record says {sc}"
+        );
         for (a, c) in alloc.iter().zip(&cons) {
             assert!(*a <= c + 1e-9);
         }
         // Floor rounding costs at most one unit of production per consumer.
         let bound = p * cons.len() as f64 / 1000.0;
-        assert!(sc + bound + 1e-9 >= p.min(cons.iter().sum()), "rounding lost more than its bound");
+        assert!(
+            sc + bound + 1e-9 >= p.min(cons.iter().sum()),
+            "rounding lost more than its bound"
+        );
         if r["quality"] == "measured" {
             measured += 1;
         }
     }
-    assert!(measured * 10 >= records.len() * 9, "{measured} of {} periods measured", records.len());
+    assert!(
+        measured * 10 >= records.len() * 9,
+        "{measured} of {} periods measured",
+        records.len()
+    );
     // Real production: midday in June on 1.9 MWp.
-    let pv_total: f64 = records.iter().map(|r| r["total_production_kwh"].as_f64().unwrap()).sum();
+    let pv_total: f64 = records
+        .iter()
+        .map(|r| r["total_production_kwh"].as_f64().unwrap())
+        .sum();
     assert!(pv_total > 500.0, "only {pv_total} kWh produced");
 
     // One key file per producer, a row per closed period, valid by the format's own validator.
     let day_dir = out.path().join("keys/2025-06-21");
-    let files: Vec<_> = std::fs::read_dir(&day_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&day_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), site.producers().len());
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();

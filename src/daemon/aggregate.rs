@@ -32,9 +32,18 @@ struct Counters {
 }
 
 impl Counters {
-    fn sample(&mut self, device: &str, reading: &'static str, t: DateTime<Utc>, v: f64) -> Option<f64> {
+    fn sample(
+        &mut self,
+        device: &str,
+        reading: &'static str,
+        t: DateTime<Utc>,
+        v: f64,
+    ) -> Option<f64> {
         let grid = self.grid;
-        let tr = self.tracks.entry((device.to_string(), reading)).or_default();
+        let tr = self
+            .tracks
+            .entry((device.to_string(), reading))
+            .or_default();
         let mut delta = None;
         if let Some((t0, v0)) = tr.last {
             if t <= t0 {
@@ -69,7 +78,12 @@ impl Counters {
     }
 
     /// Energy of `[start, start + step)`, or why it is unknown.
-    fn energy(&self, device: &str, reading: &'static str, start: DateTime<Utc>) -> Result<f64, String> {
+    fn energy(
+        &self,
+        device: &str,
+        reading: &'static str,
+        start: DateTime<Utc>,
+    ) -> Result<f64, String> {
         let end = self.grid.next_period(start);
         let tr = self
             .tracks
@@ -108,7 +122,9 @@ pub async fn run(
     // The first whole period after start; the one running at start is incomplete.
     let mut next = grid.next_period(grid.period_start(clock.now()));
     let poll = &site.config.polling;
-    let grace = clock.clock_duration(Duration::from_millis(3 * poll.interval_ms + 2 * poll.timeout_ms));
+    let grace = clock.clock_duration(Duration::from_millis(
+        3 * poll.interval_ms + 2 * poll.timeout_ms,
+    ));
     let mut day_rows: BTreeMap<NaiveDate, Vec<KeyRow>> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -151,11 +167,20 @@ fn on_event(
             for (name, v) in &s.readings {
                 let dev = s.device.as_str();
                 match *name {
-                    "production_kw" => m.device_power.with_label_values(&[dev, kind_s]).set(v * 1000.0),
-                    "power_kw" => m.device_power.with_label_values(&[dev, kind_s]).set(v * 1000.0),
+                    "production_kw" => m
+                        .device_power
+                        .with_label_values(&[dev, kind_s])
+                        .set(v * 1000.0),
+                    "power_kw" => m
+                        .device_power
+                        .with_label_values(&[dev, kind_s])
+                        .set(v * 1000.0),
                     "heat_kw" => m.heat_flow.with_label_values(&[dev]).set(v * 1000.0),
                     "soc_pct" => m.battery_soc.with_label_values(&[dev]).set(v / 100.0),
-                    "store_kwh" => m.heat_store_energy.with_label_values(&[dev]).set(v * JOULES_PER_KWH),
+                    "store_kwh" => m
+                        .heat_store_energy
+                        .with_label_values(&[dev])
+                        .set(v * JOULES_PER_KWH),
                     "valve_pct" => m.valve_ratio.with_label_values(&[dev]).set(v / 100.0),
                     n if n.ends_with("_c") => m
                         .temperature
@@ -186,7 +211,11 @@ fn on_event(
             if let Some(d) = st.devices.get_mut(&s.device) {
                 d.up = true;
                 d.last_error = None;
-                d.readings = s.readings.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                d.readings = s
+                    .readings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect();
             }
         }
     }
@@ -211,19 +240,23 @@ fn close_period(
         } else {
             "production_kwh"
         };
-        let e = counters.energy(&d.id, reading, start).unwrap_or_else(|why| {
-            problems.push(why);
-            0.0
-        });
+        let e = counters
+            .energy(&d.id, reading, start)
+            .unwrap_or_else(|why| {
+                problems.push(why);
+                0.0
+            });
         total_p += e;
         production.insert(d.id.clone(), e);
     }
     let mut consumption = Vec::with_capacity(cfg.participants.len());
     for p in &cfg.participants {
-        let e = counters.energy(&p.meter, "import_kwh", start).unwrap_or_else(|why| {
-            problems.push(why);
-            0.0
-        });
+        let e = counters
+            .energy(&p.meter, "import_kwh", start)
+            .unwrap_or_else(|why| {
+                problems.push(why);
+                0.0
+            });
         consumption.push(e);
     }
     let precision = Precision {
@@ -234,9 +267,15 @@ fn close_period(
     } else {
         match cfg.keys.policy {
             KeyPolicy::Prorata => Policy::ProRata,
-            KeyPolicy::Static => Policy::Static(cfg.participants.iter().map(|p| p.static_share).collect()),
+            KeyPolicy::Static => {
+                Policy::Static(cfg.participants.iter().map(|p| p.static_share).collect())
+            }
             KeyPolicy::Optimised => Policy::Optimised {
-                tariffs_eur_per_kwh: cfg.participants.iter().map(|p| p.tariff_eur_per_kwh).collect(),
+                tariffs_eur_per_kwh: cfg
+                    .participants
+                    .iter()
+                    .map(|p| p.tariff_eur_per_kwh)
+                    .collect(),
                 priority: cfg.participants.iter().map(|p| p.priority).collect(),
             },
         }
@@ -281,9 +320,16 @@ fn close_period(
         units: units.clone(),
     });
     day_rows.retain(|d, _| *d >= day - chrono::Duration::days(1));
-    let producers: Vec<Prm> = site.producers().iter().filter_map(|d| d.prm.clone()).collect();
+    let producers: Vec<Prm> = site
+        .producers()
+        .iter()
+        .filter_map(|d| d.prm.clone())
+        .collect();
     let consumers: Vec<Prm> = cfg.participants.iter().map(|p| p.prm.clone()).collect();
-    let dir = shared.output_dir.join("keys").join(day.format("%Y-%m-%d").to_string());
+    let dir = shared
+        .output_dir
+        .join("keys")
+        .join(day.format("%Y-%m-%d").to_string());
     if let Some(rows) = day_rows.get(&day) {
         match std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
@@ -292,7 +338,9 @@ fn close_period(
                     .map_err(|e| e.to_string())
             }) {
             Ok(files) => {
-                m.key_files.with_label_values(&["enedis"]).inc_by(files.len() as u64);
+                m.key_files
+                    .with_label_values(&["enedis"])
+                    .inc_by(files.len() as u64);
             }
             Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
         }
@@ -333,15 +381,26 @@ fn close_period(
     m.period_self_consumed.set(self_consumed * JOULES_PER_KWH);
     m.period_surplus.set(surplus * JOULES_PER_KWH);
     m.production_total.inc_by(total_p.max(0.0) * JOULES_PER_KWH);
-    m.self_consumed_total.inc_by(self_consumed.max(0.0) * JOULES_PER_KWH);
-    m.self_consumption_ratio
-        .set(if total_p > 0.0 { self_consumed / total_p } else { 0.0 });
-    m.self_sufficiency_ratio
-        .set(if total_c > 0.0 { self_consumed / total_c } else { 0.0 });
+    m.self_consumed_total
+        .inc_by(self_consumed.max(0.0) * JOULES_PER_KWH);
+    m.self_consumption_ratio.set(if total_p > 0.0 {
+        self_consumed / total_p
+    } else {
+        0.0
+    });
+    m.self_sufficiency_ratio.set(if total_c > 0.0 {
+        self_consumed / total_c
+    } else {
+        0.0
+    });
     let key_sum: u32 = rec.key_units.iter().sum();
     m.key_sum_max_ratio
         .set(f64::from(key_sum) / f64::from(precision.units_per_one));
-    for (p, (a, c)) in cfg.participants.iter().zip(allocated.iter().zip(&consumption)) {
+    for (p, (a, c)) in cfg
+        .participants
+        .iter()
+        .zip(allocated.iter().zip(&consumption))
+    {
         m.participant_allocated
             .with_label_values(&[&p.id])
             .inc_by(a.max(0.0) * JOULES_PER_KWH);

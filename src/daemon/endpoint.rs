@@ -67,20 +67,27 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
         }
         let client = match addr {
             Some(a) => ModbusClient::connect(a, timeout).await,
-            None => Err(ModbusError::Connect(format!("{} does not resolve", task.addr))),
+            None => Err(ModbusError::Connect(format!(
+                "{} does not resolve",
+                task.addr
+            ))),
         };
         let mut client = match client {
             Ok(c) => {
                 backoff = Duration::from_millis(250);
                 for d in &devs {
-                    m.device_backoff_seconds.with_label_values(&[&d.cfg.id]).set(0.0);
+                    m.device_backoff_seconds
+                        .with_label_values(&[&d.cfg.id])
+                        .set(0.0);
                 }
                 c
             }
             Err(e) => {
                 tracing::warn!(endpoint = %task.addr, error = %e, backoff_ms = backoff.as_millis() as u64, "endpoint unreachable");
                 for d in &devs {
-                    m.device_errors.with_label_values(&[&d.cfg.id, e.kind()]).inc();
+                    m.device_errors
+                        .with_label_values(&[&d.cfg.id, e.kind()])
+                        .inc();
                     m.device_backoff_seconds
                         .with_label_values(&[&d.cfg.id])
                         .set(backoff.as_secs_f64());
@@ -113,7 +120,9 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             let setpoints = task.setpoints.borrow().clone();
             for d in devs.iter_mut() {
                 if let Err(e) = poll_device(&task, &mut client, d).await {
-                    m.device_errors.with_label_values(&[&d.cfg.id, e.kind()]).inc();
+                    m.device_errors
+                        .with_label_values(&[&d.cfg.id, e.kind()])
+                        .inc();
                     m.device_up
                         .with_label_values(&[&d.cfg.id, d.cfg.kind.as_str()])
                         .set(0);
@@ -189,7 +198,9 @@ async fn poll_device(
         .with_label_values(&[id])
         .observe(started.elapsed().as_secs_f64());
     m.device_reads.with_label_values(&[id]).inc();
-    m.device_up.with_label_values(&[id, d.cfg.kind.as_str()]).set(1);
+    m.device_up
+        .with_label_values(&[id, d.cfg.kind.as_str()])
+        .set(1);
     m.device_last_success
         .with_label_values(&[id])
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
@@ -221,7 +232,9 @@ async fn actuate(
     let writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, cmd) {
         Ok(w) => w,
         Err(e) => {
-            m.setpoint_writes.with_label_values(&[&d.cfg.id, "refused"]).inc();
+            m.setpoint_writes
+                .with_label_values(&[&d.cfg.id, "refused"])
+                .inc();
             tracing::warn!(device = %d.cfg.id, error = %e, "setpoint refused by the safety envelope");
             d.written = Some((cmd, Instant::now()));
             return Ok(());
@@ -231,7 +244,9 @@ async fn actuate(
         for w in &writes {
             tracing::info!(device = %d.cfg.id, point = %w.point, value = w.value, addr = w.addr, "dry run: would write");
         }
-        m.setpoint_writes.with_label_values(&[&d.cfg.id, "dry_run"]).inc();
+        m.setpoint_writes
+            .with_label_values(&[&d.cfg.id, "dry_run"])
+            .inc();
         d.written = Some((cmd, Instant::now()));
         return Ok(());
     }
@@ -248,13 +263,20 @@ async fn actuate(
         .map(|(b, _)| b.map_key.clone())
         .unwrap_or_default();
     for w in &writes {
-        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, mode(&map_key)).await {
-            m.setpoint_writes.with_label_values(&[&d.cfg.id, "error"]).inc();
+        if let Err(e) = client
+            .write(d.cfg.unit, w.addr, &w.words, mode(&map_key))
+            .await
+        {
+            m.setpoint_writes
+                .with_label_values(&[&d.cfg.id, "error"])
+                .inc();
             tracing::warn!(device = %d.cfg.id, point = %w.point, error = %e, "setpoint write failed");
             return Err(e);
         }
     }
-    m.setpoint_writes.with_label_values(&[&d.cfg.id, "ok"]).inc();
+    m.setpoint_writes
+        .with_label_values(&[&d.cfg.id, "ok"])
+        .inc();
     let watts = match cmd {
         Command::BatteryPower(kw) | Command::PowerToHeat(kw) => kw * 1000.0,
         Command::Release => 0.0,
@@ -267,7 +289,9 @@ async fn actuate(
 /// On stop: hand controlled devices back to their own safe behaviour.
 async fn release_all(task: &EndpointTask, client: &mut ModbusClient, devs: &mut [DevState]) {
     for d in devs.iter_mut() {
-        if d.written.is_some() && matches!(d.cfg.kind, DeviceKind::Battery | DeviceKind::PowerToHeat) {
+        if d.written.is_some()
+            && matches!(d.cfg.kind, DeviceKind::Battery | DeviceKind::PowerToHeat)
+        {
             d.written = None;
             if let Err(e) = actuate(task, client, d, Command::Release).await {
                 tracing::warn!(device = %d.cfg.id, error = %e, "could not release device on stop");

@@ -209,12 +209,13 @@ impl Daemon {
             .http_listen
             .clone()
             .unwrap_or_else(|| site.config.http.listen.clone());
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| DaemonError::Listen {
-                addr: listen.clone(),
-                source: e,
-            })?;
+        let listener =
+            tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| DaemonError::Listen {
+                    addr: listen.clone(),
+                    source: e,
+                })?;
         let http_addr = listener.local_addr().map_err(|e| DaemonError::Listen {
             addr: listen.clone(),
             source: e,
@@ -223,9 +224,15 @@ impl Daemon {
         for d in &site.config.devices {
             // Series exist from the start, so that rate() and absent() behave before the first fault.
             for kind in ["timeout", "connection", "exception", "protocol"] {
-                metrics.device_errors.with_label_values(&[&d.id, kind]).inc_by(0);
+                metrics
+                    .device_errors
+                    .with_label_values(&[&d.id, kind])
+                    .inc_by(0);
             }
-            metrics.device_up.with_label_values(&[&d.id, d.kind.as_str()]).set(0);
+            metrics
+                .device_up
+                .with_label_values(&[&d.id, d.kind.as_str()])
+                .set(0);
             status.devices.insert(
                 d.id.clone(),
                 DeviceStatus {

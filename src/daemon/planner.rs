@@ -59,7 +59,10 @@ pub async fn run(
             Ok(Ok(Ok(p))) => Ok(p),
             Ok(Ok(Err(e))) => Err(format!("plan error: {e}")),
             Ok(Err(e)) => Err(format!("solver thread failed: {e}")),
-            Err(_) => Err(format!("solver exceeded its {} ms budget", budget.as_millis())),
+            Err(_) => Err(format!(
+                "solver exceeded its {} ms budget",
+                budget.as_millis()
+            )),
         };
         let p = match result {
             Ok(p) => p,
@@ -103,7 +106,11 @@ fn build_input(
     let mut pv = vec![0.0; steps];
     let plants: Vec<_> = site.devices_of(DeviceKind::PvInverter).collect();
     for d in &plants {
-        let (kwp, tilt, az) = (d.kwp.unwrap_or(0.0), d.tilt_deg.unwrap_or(20.0), d.azimuth_deg.unwrap_or(180.0));
+        let (kwp, tilt, az) = (
+            d.kwp.unwrap_or(0.0),
+            d.tilt_deg.unwrap_or(20.0),
+            d.azimuth_deg.unwrap_or(180.0),
+        );
         measured += reading(shared, &d.id, "production_kw").unwrap_or(0.0);
         clear += forecast::clear_sky_kw(kwp, tilt, az, cfg.site.latitude, cfg.site.longitude, now);
     }
@@ -131,7 +138,12 @@ fn build_input(
     let participants = cfg
         .participants
         .iter()
-        .filter(|p| !matches!(p.kind, ParticipantKind::Battery | ParticipantKind::PowerToHeat))
+        .filter(|p| {
+            !matches!(
+                p.kind,
+                ParticipantKind::Battery | ParticipantKind::PowerToHeat
+            )
+        })
         .map(|p| {
             let hist = load_hist.get(&p.id);
             let mut load = hist
@@ -154,7 +166,9 @@ fn build_input(
         .devices_of(DeviceKind::Battery)
         .map(|d| {
             let cap = d.capacity_kwh.unwrap_or(0.0);
-            let soc = reading(shared, &d.id, "soc_pct").map(|s| s / 100.0 * cap).unwrap_or(cap * 0.5);
+            let soc = reading(shared, &d.id, "soc_pct")
+                .map(|s| s / 100.0 * cap)
+                .unwrap_or(cap * 0.5);
             BatteryModel {
                 id: d.id.clone(),
                 capacity_kwh: cap,
@@ -182,7 +196,9 @@ fn build_input(
                 p2h_max_kw: d.max_power_kw.unwrap_or(0.0),
                 efficiency: 0.98,
                 store_capacity_kwh: cap,
-                store_kwh: reading(shared, &d.id, "store_kwh").unwrap_or(0.0).clamp(0.0, cap),
+                store_kwh: reading(shared, &d.id, "store_kwh")
+                    .unwrap_or(0.0)
+                    .clamp(0.0, cap),
                 loss_ratio_per_hour: 0.005,
                 // The store may feed up to half the substation's demand.
                 heat_demand_kw: vec![demand_now * 0.5; steps],
@@ -216,7 +232,9 @@ fn publish(
         PlanStatus::RuleBased { .. } => "rule_based".to_string(),
     };
     for s in ["optimal", "rule_based"] {
-        m.plan_status.with_label_values(&[s]).set(i64::from(s == status));
+        m.plan_status
+            .with_label_values(&[s])
+            .set(i64::from(s == status));
     }
     m.plans.with_label_values(&[&status]).inc();
     m.plan_solve_seconds.observe(elapsed);

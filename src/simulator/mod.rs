@@ -23,7 +23,9 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("cannot listen on {addr}: {source} (another ped simulate running? use --ephemeral-ports)")]
+    #[error(
+        "cannot listen on {addr}: {source} (another ped simulate running? use --ephemeral-ports)"
+    )]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -76,7 +78,11 @@ impl Image {
         }
     }
 
-    fn block_mut<'a>(&'a mut self, lib: &'a ModelLibrary, key: &str) -> Option<(&'a RegisterMap, &'a mut [u16])> {
+    fn block_mut<'a>(
+        &'a mut self,
+        lib: &'a ModelLibrary,
+        key: &str,
+    ) -> Option<(&'a RegisterMap, &'a mut [u16])> {
         let (_, off) = self.models.iter().find(|(k, _)| k == key)?;
         let map = lib.get(key)?;
         let end = off + usize::from(map.block_len());
@@ -211,7 +217,8 @@ fn participant_kw(
     let who = profiles::name_hash(&p.id);
     let mean_kw = p.annual_kwh / 8760.0;
     let local = t.with_timezone(&site.grid.tz());
-    let (elev, _) = profiles::sun_position(t, site.config.site.latitude, site.config.site.longitude);
+    let (elev, _) =
+        profiles::sun_position(t, site.config.site.latitude, site.config.site.longitude);
     let shape = profiles::load_shape(p.kind, local, elev);
     let noise = profiles::load_noise(seed, who, t, p.kind == ParticipantKind::Household);
     let kw = match p.kind {
@@ -278,10 +285,12 @@ impl Simulator {
             } else {
                 addr.clone()
             };
-            let listener = TcpListener::bind(&bind_to).await.map_err(|e| SimError::Bind {
-                addr: bind_to.clone(),
-                source: e,
-            })?;
+            let listener = TcpListener::bind(&bind_to)
+                .await
+                .map_err(|e| SimError::Bind {
+                    addr: bind_to.clone(),
+                    source: e,
+                })?;
             let actual = listener
                 .local_addr()
                 .map(|a| a.to_string())
@@ -317,7 +326,15 @@ impl Simulator {
                 let now = clock.now();
                 let dt_h = (now - last).num_microseconds().unwrap_or(0) as f64 / 3.6e9;
                 last = now;
-                step_all(&tick_site, &lib, seed, now, dt_h.max(0.0), &mut devices, &tx);
+                step_all(
+                    &tick_site,
+                    &lib,
+                    seed,
+                    now,
+                    dt_h.max(0.0),
+                    &mut devices,
+                    &tx,
+                );
             }
         }));
         Ok(Simulator {
@@ -346,8 +363,10 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             map.encode_string(block, "Mn", "ped-sim").map_err(reg)?;
             map.encode_string(block, "Md", model).map_err(reg)?;
             map.encode_string(block, "SN", &d.id).map_err(reg)?;
-            map.encode_string(block, "Vr", env!("CARGO_PKG_VERSION")).map_err(reg)?;
-            map.encode_raw(block, "DA", i64::from(d.unit)).map_err(reg)?;
+            map.encode_string(block, "Vr", env!("CARGO_PKG_VERSION"))
+                .map_err(reg)?;
+            map.encode_raw(block, "DA", i64::from(d.unit))
+                .map_err(reg)?;
         }
         Ok(())
     };
@@ -367,10 +386,49 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             let mut img = Image::sunspec(lib, &[1, 103, 120, 123, 160])?;
             common(&mut img, "PV inverter")?;
             let kwp = d.kwp.unwrap_or(100.0);
-            set_sf(&mut img, "sunspec/103", &[("A_SF", -1), ("V_SF", -1), ("W_SF", 1), ("Hz_SF", -2), ("VA_SF", 1), ("VAr_SF", 1), ("PF_SF", -2), ("WH_SF", 0), ("DCA_SF", -1), ("DCV_SF", -1), ("DCW_SF", 1), ("Tmp_SF", -1)])?;
-            set_sf(&mut img, "sunspec/120", &[("WRtg_SF", 1), ("VARtg_SF", 1), ("VArRtg_SF", 1), ("ARtg_SF", -1), ("PFRtg_SF", -2), ("WHRtg_SF", 0), ("AhrRtg_SF", 0), ("MaxChaRte_SF", 0), ("MaxDisChaRte_SF", 0)])?;
-            set_sf(&mut img, "sunspec/123", &[("WMaxLimPct_SF", 0), ("OutPFSet_SF", -3), ("VArPct_SF", 0)])?;
-            let mut w = Writer { lib, image: &mut img, device: &d.id };
+            set_sf(
+                &mut img,
+                "sunspec/103",
+                &[
+                    ("A_SF", -1),
+                    ("V_SF", -1),
+                    ("W_SF", 1),
+                    ("Hz_SF", -2),
+                    ("VA_SF", 1),
+                    ("VAr_SF", 1),
+                    ("PF_SF", -2),
+                    ("WH_SF", 0),
+                    ("DCA_SF", -1),
+                    ("DCV_SF", -1),
+                    ("DCW_SF", 1),
+                    ("Tmp_SF", -1),
+                ],
+            )?;
+            set_sf(
+                &mut img,
+                "sunspec/120",
+                &[
+                    ("WRtg_SF", 1),
+                    ("VARtg_SF", 1),
+                    ("VArRtg_SF", 1),
+                    ("ARtg_SF", -1),
+                    ("PFRtg_SF", -2),
+                    ("WHRtg_SF", 0),
+                    ("AhrRtg_SF", 0),
+                    ("MaxChaRte_SF", 0),
+                    ("MaxDisChaRte_SF", 0),
+                ],
+            )?;
+            set_sf(
+                &mut img,
+                "sunspec/123",
+                &[("WMaxLimPct_SF", 0), ("OutPFSet_SF", -3), ("VArPct_SF", 0)],
+            )?;
+            let mut w = Writer {
+                lib,
+                image: &mut img,
+                device: &d.id,
+            };
             w.raw("sunspec/120", "DERTyp", 4);
             w.f("sunspec/120", "WRtg", kwp * 850.0);
             w.f("sunspec/120", "VARtg", kwp * 850.0);
@@ -390,14 +448,69 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
         DeviceKind::Battery => {
             let mut img = Image::sunspec(lib, &[1, 802, 704, 203])?;
             common(&mut img, "Battery system")?;
-            set_sf(&mut img, "sunspec/802", &[("AHRtg_SF", 0), ("WHRtg_SF", 2), ("WChaDisChaMax_SF", 1), ("DisChaRte_SF", 0), ("SoC_SF", -1), ("DoD_SF", -1), ("SoH_SF", -1), ("V_SF", -1), ("CellV_SF", -3), ("A_SF", -1), ("AMax_SF", 0), ("W_SF", 1)])?;
-            set_sf(&mut img, "sunspec/704", &[("PF_SF", -3), ("WMaxLimPct_SF", 0), ("WSet_SF", 0), ("WSetPct_SF", 0), ("VarSet_SF", 0), ("VarSetPct_SF", 0)])?;
-            set_sf(&mut img, "sunspec/203", &[("A_SF", -1), ("V_SF", -1), ("Hz_SF", -2), ("W_SF", 1), ("VA_SF", 1), ("VAR_SF", 1), ("PF_SF", -2), ("TotWh_SF", 0), ("TotVAh_SF", 0), ("TotVArh_SF", 0)])?;
+            set_sf(
+                &mut img,
+                "sunspec/802",
+                &[
+                    ("AHRtg_SF", 0),
+                    ("WHRtg_SF", 2),
+                    ("WChaDisChaMax_SF", 1),
+                    ("DisChaRte_SF", 0),
+                    ("SoC_SF", -1),
+                    ("DoD_SF", -1),
+                    ("SoH_SF", -1),
+                    ("V_SF", -1),
+                    ("CellV_SF", -3),
+                    ("A_SF", -1),
+                    ("AMax_SF", 0),
+                    ("W_SF", 1),
+                ],
+            )?;
+            set_sf(
+                &mut img,
+                "sunspec/704",
+                &[
+                    ("PF_SF", -3),
+                    ("WMaxLimPct_SF", 0),
+                    ("WSet_SF", 0),
+                    ("WSetPct_SF", 0),
+                    ("VarSet_SF", 0),
+                    ("VarSetPct_SF", 0),
+                ],
+            )?;
+            set_sf(
+                &mut img,
+                "sunspec/203",
+                &[
+                    ("A_SF", -1),
+                    ("V_SF", -1),
+                    ("Hz_SF", -2),
+                    ("W_SF", 1),
+                    ("VA_SF", 1),
+                    ("VAR_SF", 1),
+                    ("PF_SF", -2),
+                    ("TotWh_SF", 0),
+                    ("TotVAh_SF", 0),
+                    ("TotVArh_SF", 0),
+                ],
+            )?;
             let cap = d.capacity_kwh.unwrap_or(100.0);
-            let mut w = Writer { lib, image: &mut img, device: &d.id };
+            let mut w = Writer {
+                lib,
+                image: &mut img,
+                device: &d.id,
+            };
             w.f("sunspec/802", "WHRtg", cap * 1000.0);
-            w.f("sunspec/802", "WChaRteMax", d.max_charge_kw.unwrap_or(50.0) * 1000.0);
-            w.f("sunspec/802", "WDisChaRteMax", d.max_discharge_kw.unwrap_or(50.0) * 1000.0);
+            w.f(
+                "sunspec/802",
+                "WChaRteMax",
+                d.max_charge_kw.unwrap_or(50.0) * 1000.0,
+            );
+            w.f(
+                "sunspec/802",
+                "WDisChaRteMax",
+                d.max_discharge_kw.unwrap_or(50.0) * 1000.0,
+            );
             w.f("sunspec/802", "SoCMax", 100.0);
             w.f("sunspec/802", "SoCMin", 0.0);
             w.f("sunspec/802", "SoH", 97.0);
@@ -420,7 +533,22 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
         DeviceKind::Meter => {
             let mut img = Image::sunspec(lib, &[1, 203])?;
             common(&mut img, "AC meter")?;
-            set_sf(&mut img, "sunspec/203", &[("A_SF", -1), ("V_SF", -1), ("Hz_SF", -2), ("W_SF", 0), ("VA_SF", 0), ("VAR_SF", 0), ("PF_SF", -2), ("TotWh_SF", 0), ("TotVAh_SF", 0), ("TotVArh_SF", 0)])?;
+            set_sf(
+                &mut img,
+                "sunspec/203",
+                &[
+                    ("A_SF", -1),
+                    ("V_SF", -1),
+                    ("Hz_SF", -2),
+                    ("W_SF", 0),
+                    ("VA_SF", 0),
+                    ("VAR_SF", 0),
+                    ("PF_SF", -2),
+                    ("TotWh_SF", 0),
+                    ("TotVAh_SF", 0),
+                    ("TotVArh_SF", 0),
+                ],
+            )?;
             (
                 img,
                 State::Meter {
@@ -447,7 +575,11 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             let mut img = vendor()?;
             let max_kw = d.max_power_kw.unwrap_or(100.0);
             let cap = d.capacity_kwh.unwrap_or(500.0);
-            let mut w = Writer { lib, image: &mut img, device: &d.id };
+            let mut w = Writer {
+                lib,
+                image: &mut img,
+                device: &d.id,
+            };
             w.f(&d.map, "max_power_kw", max_kw);
             w.f(&d.map, "store_capacity_kwh", cap);
             w.raw(&d.map, "revert_seconds", REVERT_AFTER.as_secs() as i64);
@@ -486,7 +618,10 @@ fn step_all(
     for d in site.devices_of(DeviceKind::HeatSubstation) {
         if let Some(sub) = &d.substation {
             let annual = d.annual_heat_kwh.unwrap_or(1.0e6);
-            heat_by_sub.insert(sub.clone(), (profiles::heat_kw(seed, t, annual), annual / 8760.0));
+            heat_by_sub.insert(
+                sub.clone(),
+                (profiles::heat_kw(seed, t, annual), annual / 8760.0),
+            );
         }
     }
     let mut tr = SimTruth {
@@ -514,7 +649,13 @@ fn step_all(
             device: &id,
         };
         match &mut dev.state {
-            State::Pv { kwp, tilt, az, wh, kw } => {
+            State::Pv {
+                kwp,
+                tilt,
+                az,
+                wh,
+                kw,
+            } => {
                 *wh += *kw * 1000.0 * dt_h;
                 let mut p = profiles::pv_kw(seed, t, lat, lon, *kwp, *tilt, *az);
                 let ena = w.get("sunspec/123", "WMaxLim_Ena").unwrap_or(0.0);
@@ -583,7 +724,17 @@ fn step_all(
                 w.f("sunspec/802", "W", -p * 1000.0);
                 w.f("sunspec/802", "V", 760.0);
                 w.f("sunspec/802", "A", -p * 1000.0 / 760.0);
-                w.raw("sunspec/802", "ChaSt", if p > 0.0 { 6 } else if p < 0.0 { 5 } else { 4 });
+                w.raw(
+                    "sunspec/802",
+                    "ChaSt",
+                    if p > 0.0 {
+                        6
+                    } else if p < 0.0 {
+                        5
+                    } else {
+                        4
+                    },
+                );
                 w.raw("sunspec/802", "State", 3);
                 w.f("sunspec/203", "W", p * 1000.0);
                 w.f("sunspec/203", "Hz", 50.0);
@@ -617,7 +768,11 @@ fn step_all(
                 let flow = (75.0 - 1.1 * outdoor).clamp(55.0, 90.0);
                 w.f(&key, "outdoor_temp", outdoor);
                 w.f(&key, "flow_temp", flow);
-                w.f(&key, "return_temp", flow - 20.0 * (heat / peak).clamp(0.3, 1.0));
+                w.f(
+                    &key,
+                    "return_temp",
+                    flow - 20.0 * (heat / peak).clamp(0.3, 1.0),
+                );
                 w.f(&key, "valve_pct", (heat / peak * 100.0).clamp(0.0, 100.0));
                 w.raw(&key, "operating_mode", 1);
             }
@@ -673,7 +828,11 @@ fn step_all(
                 let fresh = last_cmd.is_some_and(|t0| t0.elapsed() < REVERT_AFTER);
                 let mode = w.get(&key, "mode").unwrap_or(0.0);
                 let set = w.get(&key, "power_setpoint_kw").unwrap_or(0.0);
-                let mut p = if fresh && mode == 1.0 { set.clamp(0.0, *max_kw) } else { 0.0 };
+                let mut p = if fresh && mode == 1.0 {
+                    set.clamp(0.0, *max_kw)
+                } else {
+                    0.0
+                };
                 if *store_kwh >= *cap_kwh * 0.999 {
                     p = 0.0;
                 }

@@ -25,8 +25,9 @@ pub fn unit(seed: u64, a: u64, b: u64) -> f64 {
 }
 
 pub fn name_hash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, c| (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        (h ^ u64::from(c)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn day_index(t: DateTime<Utc>) -> u64 {
@@ -143,7 +144,11 @@ pub fn load_shape(kind: ParticipantKind, local: DateTime<Tz>, sun_elev: f64) -> 
             0.45 + 1.1 * gauss(h, 7.5, 1.0)
                 + 0.6 * gauss(h, 12.5, 1.2)
                 + 2.0 * gauss(h, 19.5, 1.6)
-                + if weekend { 0.25 * gauss(h, 11.0, 2.5) } else { 0.0 }
+                + if weekend {
+                    0.25 * gauss(h, 11.0, 2.5)
+                } else {
+                    0.0
+                }
         }
         ParticipantKind::School => {
             let open = !weekend && (7.5..17.5).contains(&h) && !(wd == 2 && h >= 12.0);
@@ -201,7 +206,11 @@ pub fn load_noise(seed: u64, who: u64, t: DateTime<Utc>, household: bool) -> f64
     let day = unit(seed, who ^ 0xDA7, day_index(t));
     if household {
         // Appliance events: a few slots a day run two to four times the shape.
-        let event = if u > 0.93 { 1.0 + 3.0 * (u - 0.93) / 0.07 } else { 1.0 };
+        let event = if u > 0.93 {
+            1.0 + 3.0 * (u - 0.93) / 0.07
+        } else {
+            1.0
+        };
         (0.75 + 0.5 * unit(seed, who ^ 0x5EED, slot)) * event * (0.8 + 0.4 * day)
     } else {
         0.9 + 0.2 * u
@@ -242,6 +251,9 @@ mod tests {
         let t = at("2025-03-30T10:00:00Z");
         assert_eq!(clearness(1, t), clearness(1, t));
         assert_eq!(outdoor_c(1, t), outdoor_c(1, t));
-        assert!(heat_kw(1, at("2025-01-15T06:00:00Z"), 1e6) > heat_kw(1, at("2025-07-15T14:00:00Z"), 1e6));
+        assert!(
+            heat_kw(1, at("2025-01-15T06:00:00Z"), 1e6)
+                > heat_kw(1, at("2025-07-15T14:00:00Z"), 1e6)
+        );
     }
 }

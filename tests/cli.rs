@@ -1,0 +1,86 @@
+//! The binary's edge: `ped check` names every problem with its key and a fix.
+
+use std::process::Command;
+
+fn ped() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ped"))
+}
+
+fn manifest(p: &str) -> String {
+    format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_the_fontaine_douche_site() {
+    let out = ped()
+        .args([
+            "check",
+            "--site",
+            &manifest("site-configs/fontaine-douche.toml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("135 devices, 120 participants"), "{stdout}");
+}
+
+#[test]
+fn check_names_each_problem_and_fails() {
+    let out = ped()
+        .args(["check", "--site", &manifest("tests/data/broken-site.toml")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for needle in [
+        "site.settlement_minutes",
+        "devices[0].address (id `PV-1`)",
+        "devices[1].map (id `HEAT-1`)",
+        "unknown device model `vendor/no_such_controller`",
+        "participants[0].prm (id `H-1`)",
+        "duplicate PRM 99990000000001",
+        "participants[1].meter (id `H-2`)",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+    assert!(stdout.matches("fix:").count() >= 5, "{stdout}");
+}
+
+#[test]
+fn check_reports_a_parse_error_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("typo.toml");
+    std::fs::write(
+        &f,
+        "[site]\nid = \"x\"\nname = \"x\"\nlatitude = 1\nlongitude = 1\nlattitude = 2\n",
+    )
+    .unwrap();
+    let out = ped()
+        .args(["check", "--site", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("typo.toml") && stderr.contains("lattitude"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let out = ped()
+        .args(["check", "--site", "/nonexistent/site.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/site.toml"));
+}
