@@ -61,6 +61,10 @@ enum Cmd {
         /// Serve the devices only, without the daemon (for other Modbus clients).
         #[arg(long)]
         devices_only: bool,
+        /// Real-time poll interval; default: a tenth of a settlement step at this speed
+        /// (at least 100 ms, at most the site's), so every period sees several samples.
+        #[arg(long)]
+        poll_ms: Option<u64>,
     },
     /// Validate a site config: prints every problem with its key and a fix.
     Check {
@@ -211,8 +215,9 @@ async fn main() -> Result<()> {
             listen,
             seed,
             devices_only,
+            poll_ms,
         } => {
-            let (site, lib) = load_site(&site)?;
+            let (mut site, lib) = load_site(&site)?;
             let origin = if start == "now" {
                 chrono::Utc::now()
             } else {

@@ -84,3 +84,41 @@ fn check_reports_a_missing_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/site.toml"));
 }
+
+#[test]
+fn simulate_runs_the_demo_and_stops_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ped()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "simulate",
+            "--duration",
+            "150m",
+            "--speed",
+            "1800",
+            "--start",
+            "2025-10-26T01:00:00+02:00",
+            "--ephemeral-ports",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("135 devices"), "{stderr}");
+    assert!(stderr.contains("period closed"), "{stderr}");
+    // Autumn DST night: the repeated 02:00 hour is in the files with both offsets.
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("keys/2025-10-26"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 10, "8 PV plants and 2 batteries");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        text.contains("2025-10-26T02:00:00+02:00") || text.contains("2025-10-26T02:15:00+02:00"),
+        "{text}"
+    );
+}

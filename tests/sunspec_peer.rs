@@ -1,8 +1,9 @@
 //! Our client against an independently written SunSpec peer (pymodbus serving an
 //! image built from the official JSON models): `reference/sunspec_peer_check.py
 //! --serve --port N`, then
-//! `PED_SUNSPEC_PEER=127.0.0.1:N cargo test --test sunspec_peer -- --ignored`.
-//! Ignored by default because it needs Python, pymodbus and that script.
+//! `PED_SUNSPEC_PEER=127.0.0.1:N cargo test --features peer-tests --test sunspec_peer`.
+//! Built only with the `peer-tests` feature because it needs Python, pymodbus and
+//! that script: `scripts/sunspec-peer.sh` installs them and runs it (from `.ci/run`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use ped::modbus::{discover, ModbusClient};
 use ped::registers::{ModelLibrary, Table, WriteMode};
 
 #[tokio::test]
-#[ignore = "needs PED_SUNSPEC_PEER=host:port of sunspec_peer_check.py --serve"]
 async fn scan_external_sunspec_peer() {
     let Some(addr) = std::env::var("PED_SUNSPEC_PEER")
         .ok()
