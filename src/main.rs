@@ -233,6 +233,11 @@ async fn main() -> Result<()> {
                 .map(parse_duration)
                 .transpose()?
                 .map(|d| origin + d);
+            let step_real_ms = site.grid.step().num_milliseconds() as f64 / speed;
+            let polling = &mut site.config.polling;
+            polling.interval_ms = poll_ms.unwrap_or_else(|| {
+                ((step_real_ms / 10.0) as u64).clamp(100, polling.interval_ms.max(100))
+            });
             let clock = Clock::simulated(origin, speed);
             let sim = Simulator::start(&site, lib.clone(), clock, seed, ephemeral_ports).await?;
             eprintln!(
