@@ -205,6 +205,7 @@ async fn simulated_district_end_to_end() {
         "ped_heat_power_watts",
         "ped_plan_solve_duration_seconds_bucket",
         "ped_plan_objective_euros",
+        "ped_plan_age_seconds",
         "ped_self_consumption_ratio",
         "ped_self_sufficiency_ratio",
         "ped_period_production_joules",

@@ -139,7 +139,12 @@ pub async fn run(
                     let _ = periods.try_send(rec);
                     next = grid.next_period(next);
                 }
-                shared.status().now = Some(clock.now());
+                let now = clock.now();
+                let mut st = shared.status();
+                st.now = Some(now);
+                if let Some(at) = st.plan.as_ref().and_then(|p| p.computed_at) {
+                    shared.metrics.plan_age_seconds.set((now - at).num_milliseconds() as f64 / 1000.0);
+                }
             }
             _ = shutdown.changed() => break,
         }
