@@ -563,6 +563,29 @@ impl RegisterMap {
 
     /// Writes a raw integer (e.g. a scale factor or an enum), unscaled. Sentinels
     /// are allowed here: building a "not implemented" register is legitimate.
+    /// Fills every point of `block` except `ID`, `L` and pads with its SunSpec
+    /// "not implemented" value (0x8000, 0xFFFF, ..., NaN for floats, NUL strings;
+    /// accumulators and counts stay 0), as a device leaves the points it lacks.
+    pub(crate) fn fill_unimplemented(&self, block: &mut [u16]) {
+        let order = self.word_order;
+        for p in &self.points {
+            if matches!(p.name.as_str(), "ID" | "L") || p.ty == PointType::Pad {
+                continue;
+            }
+            let Ok(dst) = self.slice_mut(block, p) else {
+                continue;
+            };
+            match p.ty {
+                PointType::Float32 => split_words(u64::from(f32::NAN.to_bits()), order, dst),
+                PointType::Float64 => split_words(f64::NAN.to_bits(), order, dst),
+                ty => match ty.sentinel() {
+                    Some(s) => split_words(s as u64, order, dst),
+                    None => dst.fill(0),
+                },
+            }
+        }
+    }
+
     pub fn encode_raw(&self, block: &mut [u16], name: &str, raw: i64) -> Result<(), RegisterError> {
         let p = self.lookup(name)?;
         let Some((lo, hi)) = p.ty.raw_range() else {

@@ -59,6 +59,9 @@ impl Image {
             words.push(*id);
             words.push(map.length);
             words.extend(std::iter::repeat(0).take(usize::from(map.length)));
+            // Points the simulator never writes read as "not implemented", not as a measured 0.
+            let end = (off + usize::from(map.block_len())).min(words.len());
+            map.fill_unimplemented(&mut words[off..end]);
             models.push((map.key.clone(), off));
         }
         words.push(0xFFFF);
@@ -432,6 +435,24 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             w.raw("sunspec/120", "DERTyp", 4);
             w.f("sunspec/120", "WRtg", kwp * 850.0);
             w.f("sunspec/120", "VARtg", kwp * 850.0);
+            // Mandatory nameplate points: reactive capability ±44 % (PF 0.9), 400 V three-phase current.
+            for (q, sign) in [("Q1", 1.0), ("Q2", 1.0), ("Q3", -1.0), ("Q4", -1.0)] {
+                w.f(
+                    "sunspec/120",
+                    &format!("VArRtg{q}"),
+                    sign * kwp * 850.0 * 0.44,
+                );
+                w.f("sunspec/120", &format!("PFRtg{q}"), sign * 0.9);
+            }
+            w.f("sunspec/120", "ARtg", kwp * 850.0 / 400.0 / 3f64.sqrt());
+            w.raw("sunspec/123", "Conn", 1);
+            w.f("sunspec/123", "OutPFSet", 1.0);
+            w.raw("sunspec/123", "OutPFSet_Ena", 0);
+            w.raw("sunspec/123", "VArPct_Ena", 0);
+            for p in ["Evt1", "Evt2", "EvtVnd1", "EvtVnd2", "EvtVnd3", "EvtVnd4"] {
+                w.raw("sunspec/103", p, 0);
+            }
+            w.raw("sunspec/160", "N", 0);
             w.f("sunspec/123", "WMaxLimPct", 100.0);
             w.raw("sunspec/123", "WMaxLim_Ena", 0);
             (
@@ -515,6 +536,14 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             w.f("sunspec/802", "SoCMin", 0.0);
             w.f("sunspec/802", "SoH", 97.0);
             w.raw("sunspec/802", "Typ", 4);
+            // Mandatory status and control points: no alarms, remote control, connected and started.
+            w.f("sunspec/802", "AHRtg", cap * 1000.0 / 760.0);
+            for p in ["Evt1", "Evt2", "EvtVnd1", "EvtVnd2", "AlmRst", "LocRemCtl"] {
+                w.raw("sunspec/802", p, 0);
+            }
+            w.raw("sunspec/802", "SetOp", 1);
+            w.raw("sunspec/802", "SetInvState", 3);
+            w.raw("sunspec/203", "Evt", 0);
             (
                 img,
                 State::Battery {
@@ -533,6 +562,9 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
         DeviceKind::Meter => {
             let mut img = Image::sunspec(lib, &[1, 203])?;
             common(&mut img, "AC meter")?;
+            if let Some((map, block)) = img.block_mut(lib, "sunspec/203") {
+                map.encode_raw(block, "Evt", 0).map_err(reg)?;
+            }
             set_sf(
                 &mut img,
                 "sunspec/203",
@@ -540,9 +572,10 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
                     ("A_SF", -1),
                     ("V_SF", -1),
                     ("Hz_SF", -2),
-                    ("W_SF", 0),
-                    ("VA_SF", 0),
-                    ("VAR_SF", 0),
+                    // 10 W steps: the largest tertiary loads exceed int16 in watts.
+                    ("W_SF", 1),
+                    ("VA_SF", 1),
+                    ("VAR_SF", 1),
                     ("PF_SF", -2),
                     ("TotWh_SF", 0),
                     ("TotVAh_SF", 0),
@@ -598,6 +631,21 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             )
         }
     })
+}
+
+/// Model 203's mandatory voltages and currents for a balanced three-phase 230/400 V load of `w` watts.
+fn meter_voltages_currents(w: &mut Writer<'_>, watts: f64) {
+    let phase_a = watts.abs() / 230.0 / 3.0;
+    w.f("sunspec/203", "A", 3.0 * phase_a);
+    for p in ["AphA", "AphB", "AphC"] {
+        w.f("sunspec/203", p, phase_a);
+    }
+    for p in ["PhV", "PhVphA", "PhVphB", "PhVphC"] {
+        w.f("sunspec/203", p, 230.0);
+    }
+    for p in ["PPV", "PhVphAB", "PhVphBC", "PhVphCA"] {
+        w.f("sunspec/203", p, 400.0);
+    }
 }
 
 /// Advances every device by `dt_h` hours ending at `t`.
@@ -668,7 +716,11 @@ fn step_all(
                 w.f("sunspec/103", "W", p * 1000.0);
                 w.f("sunspec/103", "VA", p * 1000.0);
                 w.f("sunspec/103", "WH", wh.floor());
-                w.f("sunspec/103", "A", p * 1000.0 / 400.0 / 1.732);
+                let a = p * 1000.0 / 400.0 / 3f64.sqrt();
+                w.f("sunspec/103", "A", 3.0 * a);
+                for ph in ["AphA", "AphB", "AphC"] {
+                    w.f("sunspec/103", ph, a);
+                }
                 w.f("sunspec/103", "PhVphA", 230.0);
                 w.f("sunspec/103", "PhVphB", 230.0);
                 w.f("sunspec/103", "PhVphC", 230.0);
@@ -738,7 +790,7 @@ fn step_all(
                 w.raw("sunspec/802", "State", 3);
                 w.f("sunspec/203", "W", p * 1000.0);
                 w.f("sunspec/203", "Hz", 50.0);
-                w.f("sunspec/203", "PhV", 230.0);
+                meter_voltages_currents(&mut w, p * 1000.0);
                 w.f("sunspec/203", "TotWhImp", imp_wh.floor());
                 w.f("sunspec/203", "TotWhExp", exp_wh.floor());
             }
@@ -756,8 +808,7 @@ fn step_all(
                 tr.load_kw += p;
                 w.f("sunspec/203", "W", p * 1000.0);
                 w.f("sunspec/203", "Hz", 50.0);
-                w.f("sunspec/203", "PhV", 230.0);
-                w.f("sunspec/203", "A", p * 1000.0 / 230.0 / 3.0);
+                meter_voltages_currents(&mut w, p * 1000.0);
                 w.f("sunspec/203", "TotWhImp", imp_wh.floor());
                 w.f("sunspec/203", "TotWhExp", 0.0);
             }
