@@ -9,7 +9,6 @@
 
 use crate::config::{DeviceConfig, DeviceKind};
 use crate::registers::{ModelLibrary, RegisterMap};
-use crate::units::SignConvention;
 use std::collections::BTreeMap;
 
 /// Where a reading comes from.
@@ -315,9 +314,4 @@ fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
             .unwrap_or(0),
         None => 0,
     }
-}
-
-/// ped's sign convention for a device's configured one (re-exported for callers).
-pub fn sign_of(dev: &DeviceConfig) -> SignConvention {
-    dev.sign
 }
