@@ -5,6 +5,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY models ./models
+# Explicit [[test]] and [[bench]] targets must exist for cargo to read the manifest.
+COPY tests ./tests
+COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/ped
 
 FROM debian:bookworm-slim
