@@ -250,7 +250,7 @@ impl Simulator {
         let mut devices: Vec<SimDevice> = Vec::new();
         let mut by_endpoint: BTreeMap<String, HashMap<u8, SharedBank>> = BTreeMap::new();
         for d in &site.config.devices {
-            let (image, state) = build_device(d, &lib)?;
+            let (image, state) = build_device(d, &lib, &site)?;
             let bank = Arc::new(Mutex::new(Bank::new()));
             {
                 let mut b = bank.lock().unwrap_or_else(|e| e.into_inner());
@@ -349,7 +349,34 @@ impl Simulator {
     }
 }
 
-fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), SimError> {
+/// Annual heat of the substation a device belongs to (its controller carries it).
+fn substation_annual_heat(site: &Site, d: &DeviceConfig) -> f64 {
+    site.devices_of(DeviceKind::HeatSubstation)
+        .find(|s| s.substation == d.substation)
+        .and_then(|s| s.annual_heat_kwh)
+        .unwrap_or(1.0e6)
+}
+
+/// Scale factors of the simulated AC meters (model 203). W in 10 W steps: the
+/// largest tertiary loads exceed int16 in watts.
+const METER_203_SF: &[(&str, i64)] = &[
+    ("A_SF", -1),
+    ("V_SF", -1),
+    ("Hz_SF", -2),
+    ("W_SF", 1),
+    ("VA_SF", 1),
+    ("VAR_SF", 1),
+    ("PF_SF", -2),
+    ("TotWh_SF", 0),
+    ("TotVAh_SF", 0),
+    ("TotVArh_SF", 0),
+];
+
+fn build_device(
+    d: &DeviceConfig,
+    lib: &ModelLibrary,
+    site: &Site,
+) -> Result<(Image, State), SimError> {
     // Real meters carry lifetime totals; an accumulator at 0 also means "not implemented" in SunSpec.
     let lifetime_wh = 100_000.0 + (profiles::name_hash(&d.id) % 5_000_000) as f64;
     let reg = |e| SimError::Register {
@@ -499,22 +526,7 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
                     ("VarSetPct_SF", 0),
                 ],
             )?;
-            set_sf(
-                &mut img,
-                "sunspec/203",
-                &[
-                    ("A_SF", -1),
-                    ("V_SF", -1),
-                    ("Hz_SF", -2),
-                    ("W_SF", 1),
-                    ("VA_SF", 1),
-                    ("VAR_SF", 1),
-                    ("PF_SF", -2),
-                    ("TotWh_SF", 0),
-                    ("TotVAh_SF", 0),
-                    ("TotVArh_SF", 0),
-                ],
-            )?;
+            set_sf(&mut img, "sunspec/203", METER_203_SF)?;
             let cap = d.capacity_kwh.unwrap_or(100.0);
             let mut w = Writer {
                 lib,
@@ -565,23 +577,7 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
             if let Some((map, block)) = img.block_mut(lib, "sunspec/203") {
                 map.encode_raw(block, "Evt", 0).map_err(reg)?;
             }
-            set_sf(
-                &mut img,
-                "sunspec/203",
-                &[
-                    ("A_SF", -1),
-                    ("V_SF", -1),
-                    ("Hz_SF", -2),
-                    // 10 W steps: the largest tertiary loads exceed int16 in watts.
-                    ("W_SF", 1),
-                    ("VA_SF", 1),
-                    ("VAR_SF", 1),
-                    ("PF_SF", -2),
-                    ("TotWh_SF", 0),
-                    ("TotVAh_SF", 0),
-                    ("TotVArh_SF", 0),
-                ],
-            )?;
+            set_sf(&mut img, "sunspec/203", METER_203_SF)?;
             (
                 img,
                 State::Meter {
@@ -600,7 +596,7 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
         DeviceKind::HeatMeter => (
             vendor()?,
             State::HeatMeter {
-                annual_heat: 0.0,
+                annual_heat: substation_annual_heat(site, d),
                 wh: lifetime_wh * 10.0,
             },
         ),
@@ -625,7 +621,7 @@ fn build_device(d: &DeviceConfig, lib: &ModelLibrary) -> Result<(Image, State), 
                     kw: 0.0,
                     elec_wh: lifetime_wh,
                     heat_wh: lifetime_wh,
-                    annual_heat: 0.0,
+                    annual_heat: substation_annual_heat(site, d),
                     last_cmd: None,
                 },
             )
@@ -829,13 +825,6 @@ fn step_all(
             }
             State::HeatMeter { annual_heat, wh } => {
                 let key = dev.cfg.map.clone();
-                if *annual_heat == 0.0 {
-                    *annual_heat = site
-                        .devices_of(DeviceKind::HeatSubstation)
-                        .find(|s| s.substation == dev.cfg.substation)
-                        .and_then(|s| s.annual_heat_kwh)
-                        .unwrap_or(1.0e6);
-                }
                 let heat = profiles::heat_kw(seed, t, *annual_heat);
                 *wh += heat * 1000.0 * dt_h;
                 let flow = (75.0 - 1.1 * outdoor).clamp(55.0, 90.0);
@@ -858,13 +847,6 @@ fn step_all(
                 last_cmd,
             } => {
                 let key = dev.cfg.map.clone();
-                if *annual_heat == 0.0 {
-                    *annual_heat = site
-                        .devices_of(DeviceKind::HeatSubstation)
-                        .find(|s| s.substation == dev.cfg.substation)
-                        .and_then(|s| s.annual_heat_kwh)
-                        .unwrap_or(1.0e6);
-                }
                 // The store feeds the substation's return up to half of its demand.
                 let demand = profiles::heat_kw(seed, t, *annual_heat);
                 let out_kw = (demand * 0.5).min(*store_kwh / dt_h.max(1e-6)).max(0.0);
