@@ -36,8 +36,20 @@ struct DevState {
 /// Setpoints are re-sent at least this often, well inside the devices' revert timers.
 const REFRESH: Duration = Duration::from_secs(5);
 
-fn fatal(e: &ModbusError) -> bool {
-    matches!(e.kind(), "timeout" | "connection" | "protocol")
+/// A failed poll degrades its device: metrics, and the aggregator is told.
+async fn report_down(task: &EndpointTask, d: &DeviceConfig, e: &ModbusError) {
+    let m = &task.shared.metrics;
+    m.device_errors.with_label_values(&[&d.id, e.kind()]).inc();
+    m.device_up
+        .with_label_values(&[&d.id, d.kind.as_str()])
+        .set(0);
+    let _ = task
+        .events
+        .send(Event::Down {
+            device: d.id.clone(),
+            kind: e.kind(),
+        })
+        .await;
 }
 
 pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
@@ -85,19 +97,10 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             Err(e) => {
                 tracing::warn!(endpoint = %task.addr, error = %e, backoff_ms = backoff.as_millis() as u64, "endpoint unreachable");
                 for d in &devs {
-                    m.device_errors
-                        .with_label_values(&[&d.cfg.id, e.kind()])
-                        .inc();
+                    report_down(&task, &d.cfg, &e).await;
                     m.device_backoff_seconds
                         .with_label_values(&[&d.cfg.id])
                         .set(backoff.as_secs_f64());
-                    let _ = task
-                        .events
-                        .send(Event::Down {
-                            device: d.cfg.id.clone(),
-                            kind: e.kind(),
-                        })
-                        .await;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -120,28 +123,18 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             let setpoints = task.setpoints.borrow().clone();
             for d in devs.iter_mut() {
                 if let Err(e) = poll_device(&task, &mut client, d).await {
-                    m.device_errors
-                        .with_label_values(&[&d.cfg.id, e.kind()])
-                        .inc();
-                    m.device_up
-                        .with_label_values(&[&d.cfg.id, d.cfg.kind.as_str()])
-                        .set(0);
                     tracing::debug!(device = %d.cfg.id, error = %e, "poll failed");
-                    let _ = task
-                        .events
-                        .send(Event::Down {
-                            device: d.cfg.id.clone(),
-                            kind: e.kind(),
-                        })
-                        .await;
-                    if fatal(&e) {
+                    report_down(&task, &d.cfg, &e).await;
+                    // A broken link (the client refuses further requests) is re-opened; an
+                    // exception or a decode error degrades this device only.
+                    if e.breaks_connection() || !client.is_usable() {
                         continue 'outer;
                     }
                     continue;
                 }
                 if let Some(cmd) = setpoints.get(&d.cfg.id) {
                     if let Err(e) = actuate(&task, &mut client, d, *cmd).await {
-                        if fatal(&e) {
+                        if e.breaks_connection() || !client.is_usable() {
                             continue 'outer;
                         }
                     }
