@@ -212,6 +212,7 @@ fn participant_kw(
     seed: u64,
     t: DateTime<Utc>,
     pid: &str,
+    sun_elev: f64,
     heat_by_sub: &HashMap<String, (f64, f64)>,
 ) -> f64 {
     let Some(p) = site.config.participants.iter().find(|p| p.id == pid) else {
@@ -220,9 +221,7 @@ fn participant_kw(
     let who = profiles::name_hash(&p.id);
     let mean_kw = p.annual_kwh / 8760.0;
     let local = t.with_timezone(&site.grid.tz());
-    let (elev, _) =
-        profiles::sun_position(t, site.config.site.latitude, site.config.site.longitude);
-    let shape = profiles::load_shape(p.kind, local, elev);
+    let shape = profiles::load_shape(p.kind, local, sun_elev);
     let noise = profiles::load_noise(seed, who, t, p.kind == ParticipantKind::Household);
     let kw = match p.kind {
         ParticipantKind::SubstationAux => {
@@ -657,6 +656,8 @@ fn step_all(
     let lat = site.config.site.latitude;
     let lon = site.config.site.longitude;
     let outdoor = profiles::outdoor_c(seed, t);
+    // One sun position per tick serves every participant's lighting shape.
+    let (sun_elev, _) = profiles::sun_position(t, lat, lon);
     // Heat per substation (now, annual mean), shared by controllers, meters, P2H and aux loads.
     let mut heat_by_sub: HashMap<String, (f64, f64)> = HashMap::new();
     for d in site.devices_of(DeviceKind::HeatSubstation) {
@@ -798,7 +799,7 @@ fn step_all(
                 *imp_wh += *kw * 1000.0 * dt_h;
                 let p = match controlled_kw.get(participant.as_str()) {
                     Some(c) => *c,
-                    None => participant_kw(site, seed, t, participant, &heat_by_sub),
+                    None => participant_kw(site, seed, t, participant, sun_elev, &heat_by_sub),
                 };
                 *kw = p;
                 tr.load_kw += p;
