@@ -1,6 +1,7 @@
 //! DSO file formats, one module per format, so a layout can change without
 //! touching the allocation that produced the keys.
 
+pub mod delivery;
 pub mod enedis;
 
 use chrono::{DateTime, Utc};
