@@ -57,6 +57,12 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
+    // Issue 6: what the dashboards and alerts need beyond the skeleton.
+    pub plan_next_setpoint: GaugeVec,
+    pub key_files_validated: IntCounterVec,
+    pub key_files_last_written: Gauge,
+    pub participant_key_ratio: GaugeVec,
+    pub ready: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -169,6 +175,26 @@ impl Metrics {
             setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
             key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            plan_next_setpoint: gv(
+                "plan_next_setpoint_watts",
+                "First step of the current plan for a controllable device (ped's sign), before the safety envelope.",
+                &["device"],
+            )?,
+            key_files_validated: icv(
+                "key_files_validated_total",
+                "DSO key files checked against the layout before writing, by result (ok, invalid).",
+                &["result"],
+            )?,
+            key_files_last_written: g(
+                "key_files_last_written_timestamp_seconds",
+                "Unix time at which key files were last written.",
+            )?,
+            participant_key_ratio: gv(
+                "participant_key_ratio",
+                "Key of a participant in the last step of the last closed period, 0..1.",
+                &["participant"],
+            )?,
+            ready: reg(r, prometheus::IntGauge::new("ready", "1 when /ready answers 200: config loaded, a poll done, the plan fresh.")?)?,
             registry,
         };
         m.build_info

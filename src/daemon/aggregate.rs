@@ -336,16 +336,28 @@ fn close_period(
         .join("keys")
         .join(day.format("%Y-%m-%d").to_string());
     if let Some(rows) = day_rows.get(&day) {
-        match std::fs::create_dir_all(&dir)
+        // The text is validated before any file is written: a layout error means no file.
+        let written = std::fs::create_dir_all(&dir)
             .map_err(|e| e.to_string())
             .and_then(|_| {
                 enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, rows, precision)
-                    .map_err(|e| e.to_string())
-            }) {
+                    .map_err(|e| {
+                        if matches!(e, crate::dso::DsoError::Invalid { .. }) {
+                            m.key_files_validated.with_label_values(&["invalid"]).inc();
+                        }
+                        e.to_string()
+                    })
+            });
+        match written {
             Ok(files) => {
                 m.key_files
                     .with_label_values(&["enedis"])
                     .inc_by(files.len() as u64);
+                m.key_files_validated
+                    .with_label_values(&["ok"])
+                    .inc_by(files.len() as u64);
+                m.key_files_last_written
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
             }
             Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
         }
@@ -401,6 +413,11 @@ fn close_period(
     let key_sum: u32 = rec.key_units.iter().sum();
     m.key_sum_max_ratio
         .set(f64::from(key_sum) / f64::from(precision.units_per_one));
+    for (p, u) in cfg.participants.iter().zip(&rec.key_units) {
+        m.participant_key_ratio
+            .with_label_values(&[&p.id])
+            .set(f64::from(*u) / f64::from(precision.units_per_one));
+    }
     for (p, (a, c)) in cfg
         .participants
         .iter()

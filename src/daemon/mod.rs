@@ -132,6 +132,8 @@ impl Shared {
 
 impl crate::http::Backend for Shared {
     fn metrics(&self) -> String {
+        // Evaluated at scrape time so the gauge can never disagree with /ready.
+        self.metrics.ready.set(i64::from(self.ready().is_ok()));
         self.metrics.render()
     }
     fn ready(&self) -> Result<(), String> {
@@ -241,6 +243,24 @@ impl Daemon {
                     ..Default::default()
                 },
             );
+        }
+        // Same for the bounded label values of site-wide counters: a dashboard's
+        // increase() then shows 0 rather than "no data" on a healthy site.
+        for result in ["ok", "invalid"] {
+            metrics
+                .key_files_validated
+                .with_label_values(&[result])
+                .inc_by(0);
+        }
+        metrics.key_files.with_label_values(&["enedis"]).inc_by(0);
+        for reason in ["counter_reset", "missing_data"] {
+            metrics
+                .period_fallbacks
+                .with_label_values(&[reason])
+                .inc_by(0);
+        }
+        for status in ["optimal", "rule_based"] {
+            metrics.plans.with_label_values(&[status]).inc_by(0);
         }
         let shared = Arc::new(Shared {
             site: site.clone(),

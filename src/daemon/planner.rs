@@ -248,6 +248,15 @@ fn publish(
         let first = kw.first().copied().unwrap_or(0.0);
         sp.insert(h.id.clone(), Command::PowerToHeat(first));
     }
+    for (dev, cmd) in &sp {
+        let kw = match cmd {
+            Command::BatteryPower(kw) | Command::PowerToHeat(kw) => *kw,
+            Command::Release => continue,
+        };
+        m.plan_next_setpoint
+            .with_label_values(&[dev])
+            .set(kw * 1000.0);
+    }
     tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = ?sp, "plan published");
     let _ = setpoints.send(sp);
     let sum_rows = |rows: &Vec<Vec<f64>>| -> Vec<f64> {
