@@ -19,14 +19,15 @@ wait_http() {
 }
 
 # Builds ped (debug, like `cargo test`), starts the simulated district on
-# 127.0.0.1 with free ports, waits for /ready.
+# 127.0.0.1 with free ports, waits for /ready. PED_SIM_SPEED and PED_SIM_ARGS
+# (word-split, e.g. "--start 2025-06-21T11:00:00+02:00") adjust the run.
 start_sim() {
   local dir=$1
   cargo build --quiet --bin ped
   local port
   port=$(free_port)
   ./target/debug/ped simulate --ephemeral-ports --listen "127.0.0.1:$port" \
-    --out "$dir/out" --speed "${PED_SIM_SPEED:-300}" >"$dir/ped.log" 2>&1 &
+    --out "$dir/out" --speed "${PED_SIM_SPEED:-300}" ${PED_SIM_ARGS:-} >"$dir/ped.log" 2>&1 &
   SIM_PID=$!
   PIDS+=("$SIM_PID")
   SIM_URL="http://127.0.0.1:$port"

@@ -157,6 +157,7 @@ impl crate::http::Backend for Shared {
         }
     }
     fn status_json(&self) -> String {
+        let ready = self.ready();
         let st = self.status();
         let sum = |key: &str, kind: &str| -> f64 {
             st.devices
@@ -178,6 +179,32 @@ impl crate::http::Backend for Shared {
             "plan": st.plan,
             "periods_closed": st.periods_closed,
             "devices": st.devices.values().collect::<Vec<_>>(),
+            // For the status page: the flows now, the last period in kWh, and
+            // its keys by participant (key_units alone are in config order).
+            "battery_kw": sum("power_kw", "battery"),
+            "p2h_kw": sum("power_kw", "power_to_heat"),
+            "heat_kw": sum("heat_kw", "heat_meter"),
+            "devices_up": st.devices.values().filter(|d| d.up).count(),
+            "devices_total": st.devices.len(),
+            "ready": ready.as_ref().err(),
+            "step_minutes": self.site.grid.step().num_minutes(),
+            "last_period_kwh": st.last_period.as_ref().map(|p| serde_json::json!({
+                "production": p.total_production_kwh,
+                "consumption": p.total_consumption_kwh,
+                "self_consumed": p.self_consumed_kwh,
+                "surplus": p.surplus_kwh,
+                "quality": p.quality,
+            })),
+            "last_keys_by_participant": st.last_period.as_ref().map(|p| {
+                let per_one = f64::from(self.site.config.keys.units_per_one);
+                self.site.config.participants.iter().zip(&p.key_units).map(|(c, u)| serde_json::json!({
+                    "participant": c.id,
+                    "prm": c.prm.to_string(),
+                    "key_ratio": f64::from(*u) / per_one,
+                    "allocated_kwh": p.allocated_kwh.get(&c.id),
+                    "consumed_kwh": p.consumption_kwh.get(&c.id),
+                })).collect::<Vec<_>>()
+            }),
         });
         v.to_string()
     }
