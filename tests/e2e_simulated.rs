@@ -211,10 +211,110 @@ async fn simulated_district_end_to_end() {
         "ped_period_production_joules",
         "ped_participant_allocated_energy_joules_total",
         "ped_key_files_written_total",
+        "ped_key_files_validated_total",
+        "ped_key_files_last_written_timestamp_seconds",
+        "ped_participant_key_ratio",
+        "ped_plan_next_setpoint_watts",
+        "ped_ready",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(family)),
             "metric family {family} missing"
+        );
+    }
+    assert_eq!(metric_value(&metrics, "ped_ready", "site="), Some(1.0));
+    // Every file written passed the validator; none failed it.
+    let written = metric_value(&metrics, "ped_key_files_written_total", "format=\"enedis\"");
+    assert!(written.unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        metric_value(&metrics, "ped_key_files_validated_total", "result=\"ok\""),
+        written
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "ped_key_files_validated_total",
+            "result=\"invalid\""
+        ),
+        Some(0.0)
+    );
+    // The next planned setpoint of each battery and power-to-heat unit.
+    for d in &site.config.devices {
+        if matches!(d.kind.as_str(), "battery" | "power_to_heat") {
+            assert!(
+                metric_value(
+                    &metrics,
+                    "ped_plan_next_setpoint_watts",
+                    &format!("device=\"{}\"", d.id)
+                )
+                .is_some(),
+                "no planned setpoint for {}",
+                d.id
+            );
+        }
+    }
+    // Keys by participant, in the status and the metrics, are those of the
+    // record of the period each says is the last (a period may close between
+    // the two reads, so each is matched to its own record).
+    let units_of = |r: &serde_json::Value| -> Vec<f64> {
+        r["key_units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_u64().unwrap() as f64 / 1000.0)
+            .collect()
+    };
+    let by_local = records
+        .iter()
+        .find(|r| r["start_local"] == status["last_period"])
+        .expect("status's last period is in the ledger");
+    let metric_start = metric_value(&metrics, "ped_period_start_timestamp_seconds", "").unwrap();
+    let by_metric = records
+        .iter()
+        .find(|r| {
+            chrono::DateTime::parse_from_rfc3339(r["start"].as_str().unwrap())
+                .unwrap()
+                .timestamp() as f64
+                == metric_start
+        })
+        .expect("the metrics' last period is in the ledger");
+    let keys = status["last_keys_by_participant"].as_array().unwrap();
+    assert_eq!(keys.len(), site.config.participants.len());
+    let (from_status, from_metrics) = (units_of(by_local), units_of(by_metric));
+    for (i, (p, k)) in site.config.participants.iter().zip(keys).enumerate() {
+        assert_eq!(k["participant"], p.id.as_str());
+        assert!((k["key_ratio"].as_f64().unwrap() - from_status[i]).abs() < 1e-12);
+        let m = metric_value(
+            &metrics,
+            "ped_participant_key_ratio",
+            &format!("participant=\"{}\"", p.id),
+        )
+        .unwrap();
+        assert!((m - from_metrics[i]).abs() < 1e-12, "{}: {m}", p.id);
+    }
+    assert_eq!(
+        status["devices_up"].as_u64(),
+        Some(site.config.devices.len() as u64)
+    );
+
+    // The README's metric catalogue lists every family ped exports, with its type.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let catalogue: std::collections::HashMap<&str, &str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `ped_"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            Some((cols.get(1)?.trim_matches('`'), *cols.get(2)?))
+        })
+        .collect();
+    for l in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut it = l["# TYPE ".len()..].split_whitespace();
+        let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+        assert_eq!(
+            catalogue.get(name),
+            Some(&kind),
+            "{name} ({kind}) is missing from README.md's metric catalogue or has another type there"
         );
     }
     drop(sim);
