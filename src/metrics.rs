@@ -63,6 +63,7 @@ pub struct Metrics {
     pub key_files_last_written: Gauge,
     pub participant_key_ratio: GaugeVec,
     pub ready: prometheus::IntGauge,
+    pub volume_flow: GaugeVec,
 }
 
 impl Metrics {
@@ -195,6 +196,11 @@ impl Metrics {
                 &["participant"],
             )?,
             ready: reg(r, prometheus::IntGauge::new("ready", "1 when /ready answers 200: config loaded, a poll done, the plan fresh.")?)?,
+            volume_flow: gv(
+                "heat_meter_flow_cubic_meters_per_second",
+                "Water flow measured by a heat meter.",
+                &["device"],
+            )?,
             registry,
         };
         m.build_info

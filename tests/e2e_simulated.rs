@@ -216,6 +216,7 @@ async fn simulated_district_end_to_end() {
         "ped_participant_key_ratio",
         "ped_plan_next_setpoint_watts",
         "ped_ready",
+        "ped_heat_meter_flow_cubic_meters_per_second",
     ] {
         assert!(
             metrics.lines().any(|l| l.starts_with(family)),

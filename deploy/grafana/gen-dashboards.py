@@ -208,6 +208,10 @@ def devices():
     b.ts("Control valves", [target(f'ped_valve_position_ratio{{{D}}}', "{{device}}")], "percentunit", w=8)
     b.ts("Battery state of charge", [target(f'ped_battery_state_of_charge_ratio{{{D}}}', "{{device}}")],
          "percentunit", w=8)
+    b.ts("Heat-network water flow", [target(
+        f'ped_heat_meter_flow_cubic_meters_per_second{{{D}}} * 3600', "{{device}}")], "suffix: m³/h", w=8)
+    b.ts("Heat meters' thermal power", [target(f'ped_heat_power_watts{{{D}}}', "{{device}}")], "watt", w=8)
+    b.ts("Heat stores", [target(f'ped_heat_store_energy_joules{{{D}}} / {KWH}', "{{device}}")], "kwatth", w=8)
     b.ts("Device power", [target(f'ped_device_power_watts{{{D}}}', "{{device}}")], "watt", w=12)
     b.ts("Energy counted per hour", [target(
         f'sum by (device, direction) (increase(ped_device_energy_joules_total{{{D}}}[1h])) / {KWH}',

@@ -187,6 +187,7 @@ fn on_event(
                         .with_label_values(&[dev])
                         .set(v * JOULES_PER_KWH),
                     "valve_pct" => m.valve_ratio.with_label_values(&[dev]).set(v / 100.0),
+                    "flow_m3h" => m.volume_flow.with_label_values(&[dev]).set(v / 3600.0),
                     n if n.ends_with("_c") => m
                         .temperature
                         .with_label_values(&[dev, n.trim_end_matches("_c")])
