@@ -102,3 +102,89 @@ async fn respond(
 }
 
 const STATUS_PAGE: &str = include_str!("status.html");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct Fake {
+        ready: AtomicBool,
+    }
+    impl Backend for Fake {
+        fn metrics(&self) -> String {
+            "# TYPE ped_x gauge\nped_x 1\n".into()
+        }
+        fn ready(&self) -> Result<(), String> {
+            if self.ready.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("no successful poll yet".into())
+            }
+        }
+        fn status_json(&self) -> String {
+            "{\"site\":\"t\"}".into()
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, request: &str) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_over_a_real_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = Arc::new(Fake {
+            ready: AtomicBool::new(false),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, backend.clone(), async {
+            let _ = rx.await;
+        }));
+        let req = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        let (head, body) = get(addr, &req("/health")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "ok\n");
+        // Not ready says why, with 503 so that load balancers and probes see it.
+        let (head, body) = get(addr, &req("/ready")).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert_eq!(body, "not ready: no successful poll yet\n");
+        backend.ready.store(true, Ordering::SeqCst);
+        let (head, _) = get(addr, &req("/ready?verbose=1")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let (head, body) = get(addr, &req("/metrics")).await;
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert_eq!(body, "# TYPE ped_x gauge\nped_x 1\n");
+        let (head, body) = get(addr, &req("/status.json")).await;
+        assert!(head.contains("application/json"));
+        assert_eq!(body, "{\"site\":\"t\"}");
+        let (head, body) = get(addr, &req("/")).await;
+        assert!(head.contains("text/html"));
+        assert!(body.contains("/status.json") && body.contains("<svg"));
+        // The page loads nothing from outside: no CDN, no remote font.
+        assert!(!body
+            .replace("http://www.w3.org/2000/svg", "")
+            .contains("http://"));
+        assert!(!body.contains("https://"));
+        let (head, _) = get(addr, &req("/nope")).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (head, _) = get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        let _ = tx.send(());
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
