@@ -288,11 +288,43 @@ def participants():
 BOARDS = {"overview": overview, "devices": devices, "optimiser": optimiser, "participants": participants}
 
 
+def layout_problems(name, board):
+    """What Grafana would render badly or not at all: duplicate panel ids,
+    panels outside the 24-column grid or overlapping, a datasource other than
+    the provisioned one."""
+    problems, cells, ids = [], {}, set()
+    provisioned = (OUT.parent / "provisioning/datasources/prometheus.yml").read_text()
+    if f"uid: {DS['uid']}" not in provisioned:
+        problems.append(f"datasource uid {DS['uid']} not provisioned")
+    for p in board["panels"]:
+        if p["id"] in ids:
+            problems.append(f"{name}: duplicate panel id {p['id']}")
+        ids.add(p["id"])
+        g = p["gridPos"]
+        if g["x"] < 0 or g["w"] < 1 or g["x"] + g["w"] > 24:
+            problems.append(f"{name}: panel {p['title']!r} outside the grid")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    problems.append(f"{name}: {p['title']!r} overlaps {cells[(x, y)]!r}")
+                    break
+                cells[(x, y)] = p["title"]
+            else:
+                continue
+            break
+        for t in p.get("targets", []):
+            if t["datasource"] != DS:
+                problems.append(f"{name}: {p['title']!r} queries another datasource")
+    return problems
+
+
 def main():
     check = "--check" in sys.argv[1:]
     stale = []
     for name, make in BOARDS.items():
-        text = json.dumps(make().json(), indent=2, ensure_ascii=False) + "\n"
+        board = make().json()
+        stale += layout_problems(name, board)
+        text = json.dumps(board, indent=2, ensure_ascii=False) + "\n"
         path = OUT / f"{name}.json"
         if check:
             if not path.exists() or path.read_text() != text:
@@ -301,7 +333,7 @@ def main():
             OUT.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        sys.exit(f"dashboards out of date, run {sys.argv[0]}: {', '.join(stale)}")
+        sys.exit(f"dashboards out of date or broken (edit and run {sys.argv[0]}): {'; '.join(stale)}")
 
 
 if __name__ == "__main__":
