@@ -88,6 +88,12 @@ if python3 scripts/promql-dashboards.py "http://127.0.0.1:$GW" "$SITE" "$WORK/co
   fail "promql-dashboards.py accepted an expression without data"
 fi
 
+value_of() { # port query -> first value
+  curl -fsS --max-time 10 "http://127.0.0.1:$1/api/v1/query" --data-urlencode "query=$2" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "none")'
+}
+echo "scrape of ped: $(value_of "$GW" 'scrape_samples_scraped{job="ped"}') samples," \
+  "max duration $(value_of "$GW" 'max_over_time(scrape_duration_seconds{job="ped"}[1m])') s over the last minute"
 echo "--- rules loaded by the gateway"
 curl -fsS "http://127.0.0.1:$GW/api/v1/rules" | python3 -c '
 import json, sys
