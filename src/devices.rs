@@ -83,6 +83,13 @@ static BATTERY: &[Binding] = &[
     b("setpoint_kw", MapSel::SunSpec(&[704]), "WSet", 0.001),
     counter("import_kwh", MapSel::SunSpec(METER), "TotWhImp", 0.001),
     counter("export_kwh", MapSel::SunSpec(METER), "TotWhExp", 0.001),
+    // A battery with a vendor map: the same readings under ped's point names.
+    b("soc_pct", MapSel::Configured, "soc_pct", 1.0),
+    power("power_kw", MapSel::Configured, "power_kw", 1.0),
+    b("capacity_kwh", MapSel::Configured, "capacity_kwh", 1.0),
+    b("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
+    counter("import_kwh", MapSel::Configured, "import_kwh", 1.0),
+    counter("export_kwh", MapSel::Configured, "export_kwh", 1.0),
 ];
 static METER_B: &[Binding] = &[
     b("power_kw", MapSel::SunSpec(METER), "W", 0.001),
@@ -213,6 +220,8 @@ pub enum Command {
     BatteryPower(f64),
     /// Power-to-heat electrical power, kW.
     PowerToHeat(f64),
+    /// PV active power limit, percent of the inverter's rating.
+    PvLimitPct(f64),
     /// Back to the device's own safe behaviour (no remote setpoint).
     Release,
 }
@@ -221,6 +230,8 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     pub point: String,
+    /// Map the point belongs to (write mode, read-back decoding).
+    pub map_key: String,
     pub addr: u16,
     pub words: Vec<u16>,
     pub value: f64,
@@ -248,13 +259,39 @@ pub fn command_writes(
     cmd: Command,
 ) -> Result<Vec<Write>, CommandError> {
     let (map_sel, points): (MapSel, Vec<(&str, f64)>) = match (dev.kind, cmd) {
-        (DeviceKind::Battery, Command::BatteryPower(kw)) => (
+        (DeviceKind::Battery, Command::BatteryPower(kw)) if dev.map == "sunspec" => (
             MapSel::SunSpec(&[704]),
             // 704's WSet is in W, positive = discharge: the device's own convention.
             vec![("WSetEna", 1.0), ("WSet", dev.sign.to_device(kw) * 1000.0)],
         ),
-        (DeviceKind::Battery, Command::Release) => {
+        (DeviceKind::Battery, Command::Release) if dev.map == "sunspec" => {
             (MapSel::SunSpec(&[704]), vec![("WSetEna", 0.0)])
+        }
+        // A vendor battery map names its native control points `mode` (0 = its
+        // own control, 1 = remote setpoint) and `power_setpoint_kw` (the
+        // device's sign convention), like the power-to-heat maps.
+        (DeviceKind::Battery, Command::BatteryPower(kw)) => (
+            MapSel::Configured,
+            vec![("mode", 1.0), ("power_setpoint_kw", dev.sign.to_device(kw))],
+        ),
+        (DeviceKind::Battery, Command::Release) => (MapSel::Configured, vec![("mode", 0.0)]),
+        // Curtailment: 123 (WMaxLimPct + WMaxLim_Ena) where exposed, else 704.
+        (DeviceKind::PvInverter, Command::PvLimitPct(pct)) if has_block(blocks, 123) => (
+            MapSel::SunSpec(&[123]),
+            vec![("WMaxLimPct", pct.clamp(0.0, 100.0)), ("WMaxLim_Ena", 1.0)],
+        ),
+        (DeviceKind::PvInverter, Command::Release) if has_block(blocks, 123) => {
+            (MapSel::SunSpec(&[123]), vec![("WMaxLim_Ena", 0.0)])
+        }
+        (DeviceKind::PvInverter, Command::PvLimitPct(pct)) => (
+            MapSel::SunSpec(&[704]),
+            vec![
+                ("WMaxLimPct", pct.clamp(0.0, 100.0)),
+                ("WMaxLimPctEna", 1.0),
+            ],
+        ),
+        (DeviceKind::PvInverter, Command::Release) => {
+            (MapSel::SunSpec(&[704]), vec![("WMaxLimPctEna", 0.0)])
         }
         (DeviceKind::PowerToHeat, Command::PowerToHeat(kw)) => (
             MapSel::Configured,
@@ -294,12 +331,52 @@ pub fn command_writes(
         let (offset, w) = map.setpoint_words(point, value, exp)?;
         out.push(Write {
             point: point.into(),
+            map_key: map.key.clone(),
             addr: bl.addr.wrapping_add(offset),
             words: w,
             value,
         });
     }
     Ok(out)
+}
+
+fn has_block(blocks: &[(Block, Vec<u16>)], id: u16) -> bool {
+    blocks.iter().any(|(b, _)| b.sunspec_id == Some(id))
+}
+
+/// Whether `back`, read from the device after `w` was written, holds the same
+/// value within one step of the point's scale factor (devices may round or
+/// clamp to their own resolution). Decoded with the scale factor of the block
+/// the write was computed from.
+pub fn readback_matches(
+    lib: &ModelLibrary,
+    blocks: &[(Block, Vec<u16>)],
+    w: &Write,
+    back: &[u16],
+) -> Result<bool, crate::registers::RegisterError> {
+    let Some((bl, words)) = blocks.iter().find(|(b, _)| b.map_key == w.map_key) else {
+        return Ok(back == w.words.as_slice());
+    };
+    let Some(map) = lib.get(&bl.map_key) else {
+        return Ok(back == w.words.as_slice());
+    };
+    let off = usize::from(w.addr.wrapping_sub(bl.addr));
+    let mut written = words.clone();
+    let mut read = words.clone();
+    let n = w.words.len();
+    if off + n > written.len() || back.len() != n {
+        return Ok(false);
+    }
+    written[off..off + n].copy_from_slice(&w.words);
+    read[off..off + n].copy_from_slice(back);
+    let a = map.decode_f64(&written, &w.point)?;
+    let b = map.decode_f64(&read, &w.point)?;
+    let step = 10f64.powi(i32::from(scale_exponent(map, words, &w.point)));
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= step * 1.000_001,
+        (None, None) => true,
+        _ => false,
+    })
 }
 
 fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
@@ -314,4 +391,108 @@ fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
             .unwrap_or(0),
         None => 0,
     }
+}
+
+/// The reads that cover what ped uses of a device's blocks, and the blocks they fill.
+#[derive(Debug, Clone, Default)]
+pub struct PollPlan {
+    pub blocks: Vec<Block>,
+    pub reads: Vec<crate::modbus::plan::Read>,
+}
+
+/// Builds the poll plan of a device: every bound point and every point ped may
+/// write (for read-back and their scale factors), each with its scale-factor
+/// point in the same read, coalesced across the SunSpec chain.
+pub fn poll_plan(
+    dev: &DeviceConfig,
+    lib: &ModelLibrary,
+    blocks: Vec<Block>,
+) -> Result<PollPlan, crate::modbus::plan::PlanError> {
+    use crate::modbus::plan::{plan, Span, DEFAULT_MAX_GAP};
+    use crate::registers::Scale;
+    let mut spans = Vec::new();
+    for (i, bl) in blocks.iter().enumerate() {
+        let Some(map) = lib.get(&bl.map_key) else {
+            continue;
+        };
+        // A SunSpec chain is contiguous: every register between its models
+        // exists. A vendor map only vouches for the registers of its points, so
+        // a read may bridge a hole only inside a run of declared points.
+        let runs = declared_runs(map);
+        let group_of = |offset: u16| -> u32 {
+            if bl.sunspec_id.is_some() {
+                return 0;
+            }
+            let run = runs
+                .iter()
+                .position(|&(lo, hi)| offset >= lo && u32::from(offset) < hi);
+            ((1 + i) as u32) << 16 | run.unwrap_or(0) as u32
+        };
+        let bound = bindings(dev.kind).iter().filter(|b| match b.map {
+            MapSel::SunSpec(ids) => bl.sunspec_id.is_some_and(|id| ids.contains(&id)),
+            MapSel::Configured => bl.sunspec_id.is_none(),
+        });
+        let names = bound
+            .map(|b| b.point)
+            .chain(dev.writes.iter().map(String::as_str));
+        for name in names {
+            let Some(p) = map.point(name) else { continue };
+            let mut lo = p.offset;
+            let mut hi = u32::from(p.offset) + u32::from(p.size);
+            if let Some(Scale::Point(sf)) = &p.scale {
+                if let Some(s) = map.point(sf) {
+                    lo = lo.min(s.offset);
+                    hi = hi.max(u32::from(s.offset) + u32::from(s.size));
+                }
+            }
+            spans.push(Span {
+                group: group_of(lo),
+                table: map.table,
+                start: bl.addr.saturating_add(lo),
+                len: (hi - u32::from(lo)) as u16,
+            });
+        }
+    }
+    let reads = plan(&spans, DEFAULT_MAX_GAP)?;
+    Ok(PollPlan { blocks, reads })
+}
+
+/// Runs of contiguous (or overlapping) declared points of a map: (first offset, end).
+fn declared_runs(map: &RegisterMap) -> Vec<(u16, u32)> {
+    let mut pts: Vec<(u16, u32)> = map
+        .points
+        .iter()
+        .map(|p| (p.offset, u32::from(p.offset) + u32::from(p.size)))
+        .collect();
+    pts.sort_unstable();
+    let mut runs: Vec<(u16, u32)> = Vec::new();
+    for (lo, hi) in pts {
+        match runs.last_mut() {
+            Some(r) if u32::from(lo) <= r.1 => r.1 = r.1.max(hi),
+            _ => runs.push((lo, hi)),
+        }
+    }
+    runs
+}
+
+/// Rebuilds each block (offset 0 = the map's first word) from the answers to
+/// `plan.reads`; words outside every read stay 0 and are never decoded, since
+/// the plan covers every point that is.
+pub fn assemble(
+    plan: &PollPlan,
+    lib: &ModelLibrary,
+    answers: &[Vec<u16>],
+) -> Vec<(Block, Vec<u16>)> {
+    plan.blocks
+        .iter()
+        .map(|bl| {
+            let table = lib
+                .get(&bl.map_key)
+                .map(|m| m.table)
+                .unwrap_or(crate::registers::Table::Holding);
+            let mut words = vec![0u16; usize::from(bl.len)];
+            crate::modbus::plan::gather(&plan.reads, answers, table, bl.addr, &mut words);
+            (bl.clone(), words)
+        })
+        .collect()
 }

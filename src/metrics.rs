@@ -57,6 +57,12 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
+    // Control safety envelope and per-device poll state.
+    pub setpoint_readback_mismatch: IntCounterVec,
+    pub setpoint_clamped: IntCounterVec,
+    pub device_releases: IntCounterVec,
+    pub device_consecutive_failures: IntGaugeVec,
+    pub device_poll_reads: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,6 +175,11 @@ impl Metrics {
             setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
             key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            setpoint_readback_mismatch: icv("setpoint_readback_mismatch_total", "Setpoints whose read-back differs from what was written by more than one scale-factor step.", &["device"])?,
+            setpoint_clamped: icv("setpoint_clamped_total", "Setpoints clamped by the safety envelope, by limit (bound, ramp).", &["device", "limit"])?,
+            device_releases: icv("device_releases_total", "Controlled devices handed back to their own safe mode, by reason (stop, plan_loss, contact_lost).", &["device", "reason"])?,
+            device_consecutive_failures: igv("device_consecutive_failures", "Failed polls in a row (0 when the last poll succeeded); drives the device's backoff.", &["device"])?,
+            device_poll_reads: icv("device_poll_requests_total", "Read requests sent by the device's poll plan.", &["device"])?,
             registry,
         };
         m.build_info
