@@ -566,7 +566,7 @@ impl RegisterMap {
     /// Fills every point of `block` except `ID`, `L` and pads with its SunSpec
     /// "not implemented" value (0x8000, 0xFFFF, ..., NaN for floats, NUL strings;
     /// accumulators and counts stay 0), as a device leaves the points it lacks.
-    pub(crate) fn fill_unimplemented(&self, block: &mut [u16]) {
+    pub fn fill_unimplemented(&self, block: &mut [u16]) {
         let order = self.word_order;
         for p in &self.points {
             if matches!(p.name.as_str(), "ID" | "L") || p.ty == PointType::Pad {
