@@ -327,6 +327,18 @@ pub fn command_writes(
                 point: point.into(),
             });
         }
+        // A map may name the codes of its mode point (e.g. 802/803 for remote
+        // and local control); ped's 1/0 stand for those names.
+        let value = match map.point(point).map(|p| &p.values) {
+            Some(v) if !v.is_empty() => {
+                let name = if value != 0.0 { "remote" } else { "local" };
+                match v.get(name) {
+                    Some(code) => *code as f64,
+                    None => value,
+                }
+            }
+            _ => value,
+        };
         let exp = scale_exponent(map, words, point);
         let (offset, w) = map.setpoint_words(point, value, exp)?;
         out.push(Write {
