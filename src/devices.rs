@@ -508,3 +508,136 @@ pub fn assemble(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lib() -> ModelLibrary {
+        ModelLibrary::embedded().unwrap()
+    }
+
+    fn pv() -> DeviceConfig {
+        toml::from_str(
+            r#"
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:502"
+writes = ["WMaxLimPct", "WMaxLim_Ena"]
+"#,
+        )
+        .unwrap()
+    }
+
+    /// A chain 1, 103, 120, 123 from 40002, as a device lays it out.
+    fn chain(lib: &ModelLibrary) -> (Vec<(u16, u16)>, Vec<u16>) {
+        let mut image = vec![0x5375u16, 0x6E53];
+        let mut found = Vec::new();
+        for id in [1u16, 103, 120, 123] {
+            let m = lib.sunspec(id).unwrap();
+            let mut b = vec![0u16; usize::from(m.block_len())];
+            m.fill_unimplemented(&mut b);
+            m.encode_raw(&mut b, "ID", i64::from(id)).unwrap();
+            m.encode_raw(&mut b, "L", i64::from(m.length)).unwrap();
+            match id {
+                103 => {
+                    m.encode_raw(&mut b, "W_SF", 1).unwrap();
+                    m.encode_f64(&mut b, "W", 152_340.0).unwrap();
+                    m.encode_raw(&mut b, "WH_SF", 2).unwrap();
+                    m.encode_f64(&mut b, "WH", 9_876_500.0).unwrap();
+                    m.encode_raw(&mut b, "TmpCab", 412).unwrap();
+                    m.encode_raw(&mut b, "Tmp_SF", -1).unwrap();
+                }
+                120 => {
+                    m.encode_raw(&mut b, "WRtg_SF", 2).unwrap();
+                    m.encode_f64(&mut b, "WRtg", 250_000.0).unwrap();
+                }
+                123 => {
+                    m.encode_raw(&mut b, "WMaxLimPct_SF", -1).unwrap();
+                    m.encode_f64(&mut b, "WMaxLimPct", 100.0).unwrap();
+                }
+                _ => {}
+            }
+            found.push((id, 40000 + image.len() as u16));
+            image.extend_from_slice(&b);
+        }
+        image.extend_from_slice(&[0xFFFF, 0]);
+        (found, image)
+    }
+
+    #[test]
+    fn coalesced_plan_reads_less_and_decodes_the_same() {
+        let lib = lib();
+        let dev = pv();
+        let (found, image) = chain(&lib);
+        let blocks = blocks_for(&dev, &lib, &found);
+        let full: Vec<(Block, Vec<u16>)> = blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect();
+        let plan = poll_plan(&dev, &lib, blocks.clone()).unwrap();
+        let words_per_block: u32 = blocks.iter().map(|b| u32::from(b.len)).sum();
+        let words_planned: u32 = plan.reads.iter().map(|r| u32::from(r.len)).sum();
+        // 103, 120 and 123 are neighbours in the chain: one or two reads, fewer words.
+        assert!(plan.reads.len() < blocks.len(), "{:?}", plan.reads);
+        assert!(words_planned < words_per_block);
+        assert!(plan.reads.iter().all(|r| r.len <= 125));
+        let answers: Vec<Vec<u16>> = plan
+            .reads
+            .iter()
+            .map(|r| {
+                let o = usize::from(r.addr - 40000);
+                image[o..o + usize::from(r.len)].to_vec()
+            })
+            .collect();
+        let assembled = assemble(&plan, &lib, &answers);
+        let a = decode_readings(&dev, &lib, &full).unwrap();
+        let b = decode_readings(&dev, &lib, &assembled).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.get("production_kw"), Some(&152.34));
+        assert_eq!(b.get("rated_kw"), Some(&250.0));
+        assert_eq!(b.get("cabinet_c"), Some(&41.2));
+        assert!(!b.contains_key("dc_kw"), "DCW is not implemented");
+    }
+
+    #[test]
+    fn curtailment_goes_through_123_with_its_scale_factor_and_reads_back() {
+        let lib = lib();
+        let dev = pv();
+        let (found, image) = chain(&lib);
+        let blocks = blocks_for(&dev, &lib, &found);
+        let read: Vec<(Block, Vec<u16>)> = blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect();
+        let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(62.5)).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].point, "WMaxLimPct");
+        assert_eq!(w[0].words, vec![625], "WMaxLimPct_SF = -1");
+        assert_eq!(w[1].point, "WMaxLim_Ena");
+        assert_eq!(w[1].words, vec![1]);
+        // Read-back: equal, one step off (a device rounding), and really different.
+        assert!(readback_matches(&lib, &read, &w[0], &[625]).unwrap());
+        assert!(readback_matches(&lib, &read, &w[0], &[624]).unwrap());
+        assert!(!readback_matches(&lib, &read, &w[0], &[600]).unwrap());
+        let rel = command_writes(&dev, &lib, &read, Command::Release).unwrap();
+        assert_eq!(rel.len(), 1);
+        assert_eq!(
+            (rel[0].point.as_str(), rel[0].words.clone()),
+            ("WMaxLim_Ena", vec![0])
+        );
+        // Curtailment is refused without the points in `writes`.
+        let mut locked = dev.clone();
+        locked.writes.clear();
+        assert!(matches!(
+            command_writes(&locked, &lib, &read, Command::PvLimitPct(50.0)),
+            Err(CommandError::NotAllowed { .. })
+        ));
+    }
+}

@@ -540,3 +540,45 @@ async fn release_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(extra: &str) -> DeviceConfig {
+        toml::from_str(&format!(
+            "id = \"B\"\nkind = \"battery\"\naddress = \"127.0.0.1:502\"\nmax_charge_kw = 50.0\nmax_discharge_kw = 40.0\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn bounds_combine_ratings_and_configured_limits() {
+        assert_eq!(bounds(&dev("")), (-40.0, 50.0));
+        assert_eq!(
+            bounds(&dev("setpoint_min_kw = -10.0\nsetpoint_max_kw = 80.0")),
+            (-10.0, 50.0)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_and_is_capped() {
+        let mut d = DevState {
+            cfg: dev(""),
+            plan: None,
+            last: Vec::new(),
+            written: None,
+            last_kw: None,
+            interval: Duration::from_millis(100),
+            next_due: Instant::now(),
+            failures: 1,
+        };
+        let max = Duration::from_secs(1);
+        assert_eq!(d.backoff(max), Duration::from_millis(200));
+        d.failures = 2;
+        assert_eq!(d.backoff(max), Duration::from_millis(400));
+        d.failures = 40;
+        assert_eq!(d.backoff(max), max);
+        assert_eq!(d.refresh(), Duration::from_secs(5));
+    }
+}
