@@ -357,8 +357,8 @@ fn has_block(blocks: &[(Block, Vec<u16>)], id: u16) -> bool {
 }
 
 /// Whether `back`, read from the device after `w` was written, holds the same
-/// value within one step of the point's scale factor (devices may round or
-/// clamp to their own resolution). Decoded with the scale factor of the block
+/// value: within one step of the point's scale factor for scaled points
+/// (devices may round to their own resolution), exactly for unscaled ones. Decoded with the scale factor of the block
 /// the write was computed from.
 pub fn readback_matches(
     lib: &ModelLibrary,
@@ -383,7 +383,14 @@ pub fn readback_matches(
     read[off..off + n].copy_from_slice(back);
     let a = map.decode_f64(&written, &w.point)?;
     let b = map.decode_f64(&read, &w.point)?;
-    let step = 10f64.powi(i32::from(scale_exponent(map, words, &w.point)));
+    // Scaled values may come back rounded to the device's resolution; codes
+    // (modes, enables) must come back exactly.
+    let scaled = map.point(&w.point).is_some_and(|p| p.scale.is_some());
+    let step = if scaled {
+        10f64.powi(i32::from(scale_exponent(map, words, &w.point)))
+    } else {
+        0.0
+    };
     Ok(match (a, b) {
         (Some(a), Some(b)) => (a - b).abs() <= step * 1.000_001,
         (None, None) => true,

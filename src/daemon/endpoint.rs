@@ -382,17 +382,21 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         m.setpoint_clamped
             .with_label_values(&[&d.cfg.id, "bound"])
             .inc();
-        tracing::info!(device = %d.cfg.id, asked_kw = kw, written_kw = out, min_kw = lo, max_kw = hi, "setpoint clamped to bounds");
+        // Logged once per new plan value, not at every refresh of the same one.
+        if d.written.map_or(true, |(prev, _)| prev != cmd) {
+            tracing::info!(device = %d.cfg.id, asked_kw = kw, written_kw = out, min_kw = lo, max_kw = hi, "setpoint clamped to bounds");
+        }
     }
     if let Some(rate) = d.cfg.ramp_kw_per_s {
         let (prev, at) = d.last_kw.unwrap_or((0.0, Instant::now()));
-        let step = rate * at.elapsed().as_secs_f64().max(d.interval.as_secs_f64());
+        // Real time since the last write: the ramp is a physical rate.
+        let step = rate * at.elapsed().as_secs_f64();
         let ramped = out.clamp(prev - step, prev + step);
         if ramped != out {
             m.setpoint_clamped
                 .with_label_values(&[&d.cfg.id, "ramp"])
                 .inc();
-            tracing::info!(device = %d.cfg.id, target_kw = out, written_kw = ramped, ramp_kw_per_s = rate, "setpoint ramp-limited");
+            tracing::debug!(device = %d.cfg.id, target_kw = out, written_kw = ramped, ramp_kw_per_s = rate, "setpoint ramp-limited");
             out = ramped;
         }
     }

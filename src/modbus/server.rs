@@ -161,6 +161,9 @@ pub struct Faults {
     pub silent_units: Vec<u8>,
     /// Read each request, then close the connection instead of answering.
     pub drop_before_answer: bool,
+    /// Acknowledge writes without storing them (a device that silently
+    /// ignores remote setpoints, e.g. outside its remote-control mode).
+    pub ignore_writes: bool,
 }
 
 pub type SharedFaults = Arc<Mutex<Faults>>;
@@ -202,6 +205,17 @@ impl tokio_modbus::server::Service for BankService {
             let Some(bank) = bank else {
                 return Err(ExceptionCode::GatewayTargetDevice);
             };
+            if faults.ignore_writes {
+                match &req.request {
+                    Request::WriteSingleRegister(a, w) => {
+                        return Ok(Some(Response::WriteSingleRegister(*a, *w)))
+                    }
+                    Request::WriteMultipleRegisters(a, ws) => {
+                        return Ok(Some(Response::WriteMultipleRegisters(*a, ws.len() as u16)))
+                    }
+                    _ => {}
+                }
+            }
             let answer = lock(&bank).handle(&req.request);
             answer.map(Some)
         })
