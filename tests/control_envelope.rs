@@ -279,6 +279,50 @@ meter = "BAT"
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(i32_at(&bat, 40151), 802, "control not re-established");
 
+    // Lost contact: the battery reverts by its own watchdog; when it answers
+    // again ped takes control afresh and ramps from 0, not from the old value.
+    lock(&bat_faults).drop_connections = true;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    lock(&bat).take_writes();
+    lock(&bat).set(Table::Holding, 40151, &[0, 803]);
+    lock(&bat).set(Table::Holding, 40149, &[0, 0]);
+    lock(&bat_faults).drop_connections = false;
+    let back = Instant::now();
+    let mut after: Vec<(f64, f64)> = Vec::new();
+    while back.elapsed() < Duration::from_millis(2_500) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for (addr, words) in lock(&bat).take_writes() {
+            if addr == 40149 && words.len() == 2 {
+                let raw = ((u32::from(words[0]) << 16) | u32::from(words[1])) as i32;
+                after.push((back.elapsed().as_secs_f64(), -f64::from(raw) / 1000.0));
+            }
+        }
+    }
+    let text = shared.metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ped_device_releases_total")
+                && l.contains("reason=\"contact_lost\"")
+                && !l.ends_with(" 0")),
+        "{text}"
+    );
+    let (t0, kw0) = after.first().copied().unwrap_or_else(|| {
+        let bat: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("BAT") && !l.starts_with("ped_device_read_duration"))
+            .collect();
+        panic!("no write after recovery:\n{}", bat.join("\n"))
+    });
+    assert!(
+        kw0.abs() <= RAMP_KW_PER_S * 0.25 + 1e-6,
+        "first setpoint after lost contact {kw0} kW at {t0:.2} s: not ramped from 0 ({after:?})"
+    );
+    assert_eq!(
+        i32_at(&bat, 40151),
+        802,
+        "control not re-established after contact"
+    );
+
     // Stop: the battery goes back to its own control.
     daemon.shutdown().await;
     assert_eq!(i32_at(&bat, 40151), 803, "not released on stop");

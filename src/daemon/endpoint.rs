@@ -218,7 +218,17 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 if d.next_due > now {
                     continue;
                 }
-                match poll_device(&task, &mut client, d).await {
+                let mut result = poll_device(&task, &mut client, d).await;
+                if let (Err(ModbusError::Io(_)), Some(a)) = (&result, addr) {
+                    // A connection the peer closed while it sat idle (a device
+                    // restart, a gateway's idle timeout) fails on first use:
+                    // retry once on a fresh one before counting a failure.
+                    if let Ok(c) = ModbusClient::connect_framed(a, timeout, framing).await {
+                        client = c;
+                        result = poll_device(&task, &mut client, d).await;
+                    }
+                }
+                match result {
                     Ok(()) => {
                         d.failures = 0;
                         d.next_due += d.interval;
