@@ -117,7 +117,7 @@ impl Metrics {
             )?,
             device_backoff_seconds: gv(
                 "device_backoff_seconds",
-                "Current reconnect backoff of a device's endpoint (0 when connected).",
+                "Current backoff of a device: its own after failed polls, its endpoint's after a failed connect (0 when healthy).",
                 &["device"],
             )?,
             device_power: gv(
