@@ -566,6 +566,145 @@ mod tests {
         .unwrap()
     }
 
+    /// Plan loss: the endpoint takes control on a plan, releases the battery to
+    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
+    /// control again on the next plan. Real sockets, a vendor battery map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
+        use crate::modbus::server::{serve, Bank};
+        use crate::registers::{Access, Table};
+        let lib = Arc::new(ModelLibrary::embedded().unwrap());
+        let map = lib.get("vendor/sma_battery").unwrap().clone();
+        let mut block = vec![0u16; usize::from(map.block_len())];
+        map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
+        map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
+        map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
+        map.encode_raw(&mut block, "mode", 803).unwrap();
+        let mut bank = Bank::new();
+        for p in &map.points {
+            let a = map.base + p.offset;
+            bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
+            let o = usize::from(p.offset);
+            bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
+        }
+        let bank = Arc::new(std::sync::Mutex::new(bank));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            std::collections::HashMap::from([(3u8, bank.clone())]),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[site]
+id = "plan-loss"
+name = "plan loss"
+latitude = 47.3
+longitude = 5.0
+[polling]
+interval_ms = 100
+[control]
+writes_allowed = true
+plan_loss_steps = 1
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:9"
+prm = "99990000000001"
+kwp = 10.0
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "{addr}"
+unit = 3
+map = "vendor/sma_battery"
+writes = ["mode", "power_setpoint_kw"]
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 10.0
+max_charge_kw = 5.0
+max_discharge_kw = 5.0
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
+"#
+            ),
+        )
+        .unwrap();
+        let known = lib.keys().map(str::to_string).collect();
+        let site = crate::config::load(&path, &known).unwrap();
+        let bat = site.config.devices[1].clone();
+        // 15-minute steps at 900x: one step per real second, plan loss after one.
+        let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
+        let shared = Arc::new(Shared {
+            site,
+            clock,
+            metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
+            status: std::sync::Mutex::new(super::super::Status::default()),
+            output_dir: dir.path().to_path_buf(),
+        });
+        let (events, mut events_rx) = mpsc::channel(64);
+        tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+        let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            EndpointTask {
+                addr: addr.to_string(),
+                devices: vec![bat],
+                lib,
+                shared: shared.clone(),
+                events,
+                setpoints: plan_rx,
+                dry_run: false,
+            },
+            stop_rx,
+        ));
+        let mode = || {
+            let w = bank.lock().unwrap().get(Table::Holding, 40151, 2);
+            (u32::from(w[0]) << 16) | u32::from(w[1])
+        };
+        let releases = || {
+            shared
+                .metrics
+                .device_releases
+                .with_label_values(&["BAT", "plan_loss"])
+                .get()
+        };
+        plan_tx
+            .send(BTreeMap::from([(
+                "BAT".to_string(),
+                Command::BatteryPower(2.0),
+            )]))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(mode(), 802, "a plan takes the battery into remote control");
+        // No new plan: after one step (1 s real) the battery is released.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(mode(), 803, "plan loss must release the battery");
+        assert_eq!(releases(), 1);
+        plan_tx
+            .send(BTreeMap::from([(
+                "BAT".to_string(),
+                Command::BatteryPower(1.0),
+            )]))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(mode(), 802, "a fresh plan resumes control");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(mode(), 803, "released on stop");
+    }
+
     #[test]
     fn bounds_combine_ratings_and_configured_limits() {
         assert_eq!(bounds(&dev("")), (-40.0, 50.0));
