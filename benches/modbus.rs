@@ -3,7 +3,7 @@
 //! (a) sequential 125-register reads with [`ModbusClient`] from one served
 //!     [`Bank`] on loopback, for a fixed time; (b) full-site poll cycles against
 //!     the simulator (every endpoint polled concurrently, one task per endpoint,
-//!     each reading all its devices' blocks as `daemon::endpoint` does), p50/p99/max;
+//!     each sending its devices' poll-plan reads as `daemon::endpoint` does), p50/p99/max;
 //! (c) the same reads as (a) from pymodbus's async client against the same
 //!     server, run by `benches/pymodbus_baseline.py` in the venv at
 //!     `$PED_PEER_VENV` (default `${TMPDIR:-/tmp}/ped-sunspec-venv`). Without
@@ -14,7 +14,7 @@
 
 use ped::clock::Clock;
 use ped::config::{self, DeviceConfig};
-use ped::devices::{self, Block};
+use ped::devices::{self, PollPlan};
 use ped::modbus::server::{serve, Bank};
 use ped::modbus::{sunspec, ModbusClient};
 use ped::registers::{ModelLibrary, Table};
@@ -96,7 +96,7 @@ async fn ped_reads(addr: SocketAddr, secs: f64) -> (u64, Duration) {
 struct Dev {
     cfg: DeviceConfig,
     /// (block, table) as the daemon reads them.
-    blocks: Vec<(Block, Table)>,
+    plan: PollPlan,
 }
 
 struct Endpoint {
@@ -119,36 +119,31 @@ async fn prepare(addr: SocketAddr, cfgs: Vec<DeviceConfig>, lib: &ModelLibrary) 
         } else {
             Vec::new()
         };
-        let blocks: Vec<(Block, Table)> = devices::blocks_for(&cfg, lib, &discovered)
-            .into_iter()
-            .map(|b| {
-                let t = lib
-                    .get(&b.map_key)
-                    .map(|m| m.table)
-                    .unwrap_or(Table::Holding);
-                (b, t)
-            })
-            .collect();
+        let blocks = devices::blocks_for(&cfg, lib, &discovered);
         assert!(!blocks.is_empty(), "device {} has no blocks", cfg.id);
-        devs.push(Dev { cfg, blocks });
+        // The daemon's poll plan: coalesced reads, scale factors with their values.
+        let plan = devices::poll_plan(&cfg, lib, blocks)
+            .unwrap_or_else(|e| panic!("poll plan {}: {e}", cfg.id));
+        devs.push(Dev { cfg, plan });
     }
     Endpoint { client, devs }
 }
 
-/// One poll of every device behind an endpoint: read all blocks, decode (as `poll_device`).
+/// One poll of every device behind an endpoint: its poll plan's reads, decode (as `poll_device`).
 async fn poll_endpoint(ep: &mut Endpoint, lib: &ModelLibrary) -> usize {
     let mut reads = 0;
     for d in &ep.devs {
-        let mut read = Vec::with_capacity(d.blocks.len());
-        for (b, table) in &d.blocks {
+        let mut answers = Vec::with_capacity(d.plan.reads.len());
+        for r in &d.plan.reads {
             let words = ep
                 .client
-                .read(d.cfg.unit, *table, b.addr, b.len)
+                .read(d.cfg.unit, r.table, r.addr, r.len)
                 .await
                 .unwrap_or_else(|e| panic!("poll {}: {e}", d.cfg.id));
             reads += 1;
-            read.push((b.clone(), words));
+            answers.push(words);
         }
+        let read = devices::assemble(&d.plan, lib, &answers);
         devices::decode_readings(&d.cfg, lib, &read)
             .unwrap_or_else(|e| panic!("decode {}: {e}", d.cfg.id));
     }
@@ -185,7 +180,7 @@ async fn site_cycles(n: usize) -> CycleStats {
     let blocks = eps
         .iter()
         .flat_map(|e| &e.devs)
-        .map(|d| d.blocks.len())
+        .map(|d| d.plan.reads.len())
         .sum();
     let mut cycles = Vec::with_capacity(n);
     // A few warm-up cycles, then the timed ones.
@@ -328,7 +323,7 @@ fn main() -> ExitCode {
     println!(
         "  {:<58} {:>12}",
         format!(
-            "full-site cycles ({} endpoints, {} devices, {} blocks)",
+            "full-site cycles ({} endpoints, {} devices, {} read requests)",
             stats.endpoints, stats.devices, stats.blocks
         ),
         stats.cycles.len()

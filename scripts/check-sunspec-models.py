@@ -17,6 +17,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The models ped ships (issue 3): every one must be present and match.
+REQUIRED = {1, 101, 102, 103, 111, 112, 113, 120, 121, 122, 123, 124, 160,
+            201, 202, 203, 204, 701, 702, 703, 704, 705, 713, 714, 802}
 
 
 def reference_points(group):
@@ -88,6 +91,11 @@ def main():
         else:
             passed += 1
             print(f"ok   {path.relative_to(ROOT)}")
+    have = {tomllib.loads(p.read_text()).get("sunspec_id") for p in files}
+    missing = sorted(REQUIRED - have)
+    if missing:
+        failed += 1
+        print(f"FAIL models ped needs but models/sunspec/ lacks: {missing}")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -23,4 +23,5 @@ for _ in $(seq 1 100); do
   if "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null; then break; fi
   sleep 0.1
 done
-PED_SUNSPEC_PEER="127.0.0.1:$PORT" cargo test --features peer-tests --test sunspec_peer
+# One peer, one register image: the tests write to it, so they run one at a time.
+PED_SUNSPEC_PEER="127.0.0.1:$PORT" cargo test --features peer-tests --test sunspec_peer -- --test-threads=1

@@ -151,6 +151,9 @@ pub struct ControlSection {
     /// Master switch: without it ped never writes to a device, whatever the devices allow.
     #[serde(default)]
     pub writes_allowed: bool,
+    /// Controlled devices are released to their own safe mode when no new plan
+    /// has arrived for this many settlement steps. Default 2.
+    pub plan_loss_steps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +295,30 @@ pub struct DeviceConfig {
     pub max_power_kw: Option<f64>,
     /// Annual heat delivered (substations), for the simulator and forecasts.
     pub annual_heat_kwh: Option<f64>,
+    /// Framing on the wire: `tcp` (Modbus TCP, default), `rtu-over-tcp` (RTU
+    /// frames through a transparent serial-to-TCP gateway) or `rtu` (a serial port).
+    #[serde(default)]
+    pub transport: Transport,
+    /// This device's poll interval; default `polling.interval_ms`.
+    pub interval_ms: Option<u64>,
+    /// Setpoint bounds in kW (ped's convention, positive = charge/consume),
+    /// applied before every write on top of the ratings.
+    pub setpoint_min_kw: Option<f64>,
+    pub setpoint_max_kw: Option<f64>,
+    /// Largest setpoint change per second, kW/s.
+    pub ramp_kw_per_s: Option<f64>,
+    /// The device's own communication watchdog, s: setpoints are re-sent at a
+    /// third of it so that it never lapses while ped is in control. Default 15.
+    pub revert_timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    RtuOverTcp,
+    Rtu,
 }
 
 fn default_unit() -> u8 {
@@ -549,6 +576,7 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     // Devices.
     let mut device_ids: BTreeMap<&str, usize> = BTreeMap::new();
     let mut endpoint_units: BTreeMap<(String, u8), usize> = BTreeMap::new();
+    let mut endpoint_transport: BTreeMap<&str, (Transport, usize)> = BTreeMap::new();
     let mut prms: BTreeMap<&str, String> = BTreeMap::new();
     for (i, d) in config.devices.iter().enumerate() {
         let key = |f: &str| format!("devices[{i}].{f} (id `{}`)", d.id);
@@ -676,6 +704,56 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                     format!("{r} is outside 0..1"),
                     "e.g. 0.1 for a 10 % reserve",
                 ));
+            }
+        }
+        match endpoint_transport.get(d.address.as_str()) {
+            Some((t, j)) if *t != d.transport => p.push(problem(
+                key("transport"),
+                format!("{} shares {} with devices[{j}], which uses {t:?}", d.id, d.address),
+                "one endpoint speaks one framing: give every device at this address the same transport",
+            )),
+            Some(_) => {}
+            None => {
+                endpoint_transport.insert(&d.address, (d.transport, i));
+            }
+        }
+        if d.transport == Transport::Rtu {
+            p.push(problem(
+                key("transport"),
+                "RTU over a serial port is not supported by this build",
+                "put a transparent serial-to-TCP gateway in front of the bus and use transport = \"rtu-over-tcp\"",
+            ));
+        }
+        if let Some(ms) = d.interval_ms {
+            if ms < 50 {
+                p.push(problem(
+                    key("interval_ms"),
+                    format!("{ms} ms is below 50 ms"),
+                    "use interval_ms ≥ 50, or leave it out for polling.interval_ms",
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (d.setpoint_min_kw, d.setpoint_max_kw) {
+            if lo.is_nan() || hi.is_nan() || lo > hi {
+                p.push(problem(
+                    key("setpoint_min_kw"),
+                    format!("setpoint_min_kw {lo} is above setpoint_max_kw {hi}"),
+                    "give setpoint_min_kw ≤ setpoint_max_kw (kW, positive = charge/consume)",
+                ));
+            }
+        }
+        for (f, v) in [
+            ("ramp_kw_per_s", d.ramp_kw_per_s),
+            ("revert_timeout_s", d.revert_timeout_s),
+        ] {
+            if let Some(x) = v {
+                if !(x.is_finite() && x > 0.0) {
+                    p.push(problem(
+                        key(f),
+                        format!("{x} must be > 0"),
+                        "give a positive number, or leave it out",
+                    ));
+                }
             }
         }
         if let Some(prm) = &d.prm {

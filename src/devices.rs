@@ -83,6 +83,13 @@ static BATTERY: &[Binding] = &[
     b("setpoint_kw", MapSel::SunSpec(&[704]), "WSet", 0.001),
     counter("import_kwh", MapSel::SunSpec(METER), "TotWhImp", 0.001),
     counter("export_kwh", MapSel::SunSpec(METER), "TotWhExp", 0.001),
+    // A battery with a vendor map: the same readings under ped's point names.
+    b("soc_pct", MapSel::Configured, "soc_pct", 1.0),
+    power("power_kw", MapSel::Configured, "power_kw", 1.0),
+    b("capacity_kwh", MapSel::Configured, "capacity_kwh", 1.0),
+    b("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
+    counter("import_kwh", MapSel::Configured, "import_kwh", 1.0),
+    counter("export_kwh", MapSel::Configured, "export_kwh", 1.0),
 ];
 static METER_B: &[Binding] = &[
     b("power_kw", MapSel::SunSpec(METER), "W", 0.001),
@@ -213,6 +220,8 @@ pub enum Command {
     BatteryPower(f64),
     /// Power-to-heat electrical power, kW.
     PowerToHeat(f64),
+    /// PV active power limit, percent of the inverter's rating.
+    PvLimitPct(f64),
     /// Back to the device's own safe behaviour (no remote setpoint).
     Release,
 }
@@ -221,6 +230,8 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
     pub point: String,
+    /// Map the point belongs to (write mode, read-back decoding).
+    pub map_key: String,
     pub addr: u16,
     pub words: Vec<u16>,
     pub value: f64,
@@ -248,13 +259,39 @@ pub fn command_writes(
     cmd: Command,
 ) -> Result<Vec<Write>, CommandError> {
     let (map_sel, points): (MapSel, Vec<(&str, f64)>) = match (dev.kind, cmd) {
-        (DeviceKind::Battery, Command::BatteryPower(kw)) => (
+        (DeviceKind::Battery, Command::BatteryPower(kw)) if dev.map == "sunspec" => (
             MapSel::SunSpec(&[704]),
             // 704's WSet is in W, positive = discharge: the device's own convention.
             vec![("WSetEna", 1.0), ("WSet", dev.sign.to_device(kw) * 1000.0)],
         ),
-        (DeviceKind::Battery, Command::Release) => {
+        (DeviceKind::Battery, Command::Release) if dev.map == "sunspec" => {
             (MapSel::SunSpec(&[704]), vec![("WSetEna", 0.0)])
+        }
+        // A vendor battery map names its native control points `mode` (0 = its
+        // own control, 1 = remote setpoint) and `power_setpoint_kw` (the
+        // device's sign convention), like the power-to-heat maps.
+        (DeviceKind::Battery, Command::BatteryPower(kw)) => (
+            MapSel::Configured,
+            vec![("mode", 1.0), ("power_setpoint_kw", dev.sign.to_device(kw))],
+        ),
+        (DeviceKind::Battery, Command::Release) => (MapSel::Configured, vec![("mode", 0.0)]),
+        // Curtailment: 123 (WMaxLimPct + WMaxLim_Ena) where exposed, else 704.
+        (DeviceKind::PvInverter, Command::PvLimitPct(pct)) if has_block(blocks, 123) => (
+            MapSel::SunSpec(&[123]),
+            vec![("WMaxLimPct", pct.clamp(0.0, 100.0)), ("WMaxLim_Ena", 1.0)],
+        ),
+        (DeviceKind::PvInverter, Command::Release) if has_block(blocks, 123) => {
+            (MapSel::SunSpec(&[123]), vec![("WMaxLim_Ena", 0.0)])
+        }
+        (DeviceKind::PvInverter, Command::PvLimitPct(pct)) => (
+            MapSel::SunSpec(&[704]),
+            vec![
+                ("WMaxLimPct", pct.clamp(0.0, 100.0)),
+                ("WMaxLimPctEna", 1.0),
+            ],
+        ),
+        (DeviceKind::PvInverter, Command::Release) => {
+            (MapSel::SunSpec(&[704]), vec![("WMaxLimPctEna", 0.0)])
         }
         (DeviceKind::PowerToHeat, Command::PowerToHeat(kw)) => (
             MapSel::Configured,
@@ -290,16 +327,75 @@ pub fn command_writes(
                 point: point.into(),
             });
         }
+        // A map may name the codes of its mode point (e.g. 802/803 for remote
+        // and local control); ped's 1/0 stand for those names.
+        let value = match map.point(point).map(|p| &p.values) {
+            Some(v) if !v.is_empty() => {
+                let name = if value != 0.0 { "remote" } else { "local" };
+                match v.get(name) {
+                    Some(code) => *code as f64,
+                    None => value,
+                }
+            }
+            _ => value,
+        };
         let exp = scale_exponent(map, words, point);
         let (offset, w) = map.setpoint_words(point, value, exp)?;
         out.push(Write {
             point: point.into(),
+            map_key: map.key.clone(),
             addr: bl.addr.wrapping_add(offset),
             words: w,
             value,
         });
     }
     Ok(out)
+}
+
+fn has_block(blocks: &[(Block, Vec<u16>)], id: u16) -> bool {
+    blocks.iter().any(|(b, _)| b.sunspec_id == Some(id))
+}
+
+/// Whether `back`, read from the device after `w` was written, holds the same
+/// value: within one step of the point's scale factor for scaled points
+/// (devices may round to their own resolution), exactly for unscaled ones. Decoded with the scale factor of the block
+/// the write was computed from.
+pub fn readback_matches(
+    lib: &ModelLibrary,
+    blocks: &[(Block, Vec<u16>)],
+    w: &Write,
+    back: &[u16],
+) -> Result<bool, crate::registers::RegisterError> {
+    let Some((bl, words)) = blocks.iter().find(|(b, _)| b.map_key == w.map_key) else {
+        return Ok(back == w.words.as_slice());
+    };
+    let Some(map) = lib.get(&bl.map_key) else {
+        return Ok(back == w.words.as_slice());
+    };
+    let off = usize::from(w.addr.wrapping_sub(bl.addr));
+    let mut written = words.clone();
+    let mut read = words.clone();
+    let n = w.words.len();
+    if off + n > written.len() || back.len() != n {
+        return Ok(false);
+    }
+    written[off..off + n].copy_from_slice(&w.words);
+    read[off..off + n].copy_from_slice(back);
+    let a = map.decode_f64(&written, &w.point)?;
+    let b = map.decode_f64(&read, &w.point)?;
+    // Scaled values may come back rounded to the device's resolution; codes
+    // (modes, enables) must come back exactly.
+    let scaled = map.point(&w.point).is_some_and(|p| p.scale.is_some());
+    let step = if scaled {
+        10f64.powi(i32::from(scale_exponent(map, words, &w.point)))
+    } else {
+        0.0
+    };
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= step * 1.000_001,
+        (None, None) => true,
+        _ => false,
+    })
 }
 
 fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
@@ -313,5 +409,242 @@ fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
             .filter(|e| (-10..=10).contains(e))
             .unwrap_or(0),
         None => 0,
+    }
+}
+
+/// The reads that cover what ped uses of a device's blocks, and the blocks they fill.
+#[derive(Debug, Clone, Default)]
+pub struct PollPlan {
+    pub blocks: Vec<Block>,
+    pub reads: Vec<crate::modbus::plan::Read>,
+}
+
+/// Builds the poll plan of a device: every bound point and every point ped may
+/// write (for read-back and their scale factors), each with its scale-factor
+/// point in the same read, coalesced across the SunSpec chain.
+pub fn poll_plan(
+    dev: &DeviceConfig,
+    lib: &ModelLibrary,
+    blocks: Vec<Block>,
+) -> Result<PollPlan, crate::modbus::plan::PlanError> {
+    use crate::modbus::plan::{plan, Span, DEFAULT_MAX_GAP};
+    use crate::registers::Scale;
+    let mut spans = Vec::new();
+    for (i, bl) in blocks.iter().enumerate() {
+        let Some(map) = lib.get(&bl.map_key) else {
+            continue;
+        };
+        // A SunSpec chain is contiguous: every register between its models
+        // exists. A vendor map only vouches for the registers of its points, so
+        // a read may bridge a hole only inside a run of declared points.
+        let runs = declared_runs(map);
+        let group_of = |offset: u16| -> u32 {
+            if bl.sunspec_id.is_some() {
+                return 0;
+            }
+            let run = runs
+                .iter()
+                .position(|&(lo, hi)| offset >= lo && u32::from(offset) < hi);
+            ((1 + i) as u32) << 16 | run.unwrap_or(0) as u32
+        };
+        let bound = bindings(dev.kind).iter().filter(|b| match b.map {
+            MapSel::SunSpec(ids) => bl.sunspec_id.is_some_and(|id| ids.contains(&id)),
+            MapSel::Configured => bl.sunspec_id.is_none(),
+        });
+        let names = bound
+            .map(|b| b.point)
+            .chain(dev.writes.iter().map(String::as_str));
+        for name in names {
+            let Some(p) = map.point(name) else { continue };
+            let mut lo = p.offset;
+            let mut hi = u32::from(p.offset) + u32::from(p.size);
+            if let Some(Scale::Point(sf)) = &p.scale {
+                if let Some(s) = map.point(sf) {
+                    lo = lo.min(s.offset);
+                    hi = hi.max(u32::from(s.offset) + u32::from(s.size));
+                }
+            }
+            spans.push(Span {
+                group: group_of(lo),
+                table: map.table,
+                start: bl.addr.saturating_add(lo),
+                len: (hi - u32::from(lo)) as u16,
+            });
+        }
+    }
+    let reads = plan(&spans, DEFAULT_MAX_GAP)?;
+    Ok(PollPlan { blocks, reads })
+}
+
+/// Runs of contiguous (or overlapping) declared points of a map: (first offset, end).
+fn declared_runs(map: &RegisterMap) -> Vec<(u16, u32)> {
+    let mut pts: Vec<(u16, u32)> = map
+        .points
+        .iter()
+        .map(|p| (p.offset, u32::from(p.offset) + u32::from(p.size)))
+        .collect();
+    pts.sort_unstable();
+    let mut runs: Vec<(u16, u32)> = Vec::new();
+    for (lo, hi) in pts {
+        match runs.last_mut() {
+            Some(r) if u32::from(lo) <= r.1 => r.1 = r.1.max(hi),
+            _ => runs.push((lo, hi)),
+        }
+    }
+    runs
+}
+
+/// Rebuilds each block (offset 0 = the map's first word) from the answers to
+/// `plan.reads`; words outside every read stay 0 and are never decoded, since
+/// the plan covers every point that is.
+pub fn assemble(
+    plan: &PollPlan,
+    lib: &ModelLibrary,
+    answers: &[Vec<u16>],
+) -> Vec<(Block, Vec<u16>)> {
+    plan.blocks
+        .iter()
+        .map(|bl| {
+            let table = lib
+                .get(&bl.map_key)
+                .map(|m| m.table)
+                .unwrap_or(crate::registers::Table::Holding);
+            let mut words = vec![0u16; usize::from(bl.len)];
+            crate::modbus::plan::gather(&plan.reads, answers, table, bl.addr, &mut words);
+            (bl.clone(), words)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lib() -> ModelLibrary {
+        ModelLibrary::embedded().unwrap()
+    }
+
+    fn pv() -> DeviceConfig {
+        toml::from_str(
+            r#"
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:502"
+writes = ["WMaxLimPct", "WMaxLim_Ena"]
+"#,
+        )
+        .unwrap()
+    }
+
+    /// A chain 1, 103, 120, 123 from 40002, as a device lays it out.
+    fn chain(lib: &ModelLibrary) -> (Vec<(u16, u16)>, Vec<u16>) {
+        let mut image = vec![0x5375u16, 0x6E53];
+        let mut found = Vec::new();
+        for id in [1u16, 103, 120, 123] {
+            let m = lib.sunspec(id).unwrap();
+            let mut b = vec![0u16; usize::from(m.block_len())];
+            m.fill_unimplemented(&mut b);
+            m.encode_raw(&mut b, "ID", i64::from(id)).unwrap();
+            m.encode_raw(&mut b, "L", i64::from(m.length)).unwrap();
+            match id {
+                103 => {
+                    m.encode_raw(&mut b, "W_SF", 1).unwrap();
+                    m.encode_f64(&mut b, "W", 152_340.0).unwrap();
+                    m.encode_raw(&mut b, "WH_SF", 2).unwrap();
+                    m.encode_f64(&mut b, "WH", 9_876_500.0).unwrap();
+                    m.encode_raw(&mut b, "TmpCab", 412).unwrap();
+                    m.encode_raw(&mut b, "Tmp_SF", -1).unwrap();
+                }
+                120 => {
+                    m.encode_raw(&mut b, "WRtg_SF", 2).unwrap();
+                    m.encode_f64(&mut b, "WRtg", 250_000.0).unwrap();
+                }
+                123 => {
+                    m.encode_raw(&mut b, "WMaxLimPct_SF", -1).unwrap();
+                    m.encode_f64(&mut b, "WMaxLimPct", 100.0).unwrap();
+                }
+                _ => {}
+            }
+            found.push((id, 40000 + image.len() as u16));
+            image.extend_from_slice(&b);
+        }
+        image.extend_from_slice(&[0xFFFF, 0]);
+        (found, image)
+    }
+
+    #[test]
+    fn coalesced_plan_reads_less_and_decodes_the_same() {
+        let lib = lib();
+        let dev = pv();
+        let (found, image) = chain(&lib);
+        let blocks = blocks_for(&dev, &lib, &found);
+        let full: Vec<(Block, Vec<u16>)> = blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect();
+        let plan = poll_plan(&dev, &lib, blocks.clone()).unwrap();
+        let words_per_block: u32 = blocks.iter().map(|b| u32::from(b.len)).sum();
+        let words_planned: u32 = plan.reads.iter().map(|r| u32::from(r.len)).sum();
+        // 103, 120 and 123 are neighbours in the chain: one or two reads, fewer words.
+        assert!(plan.reads.len() < blocks.len(), "{:?}", plan.reads);
+        assert!(words_planned < words_per_block);
+        assert!(plan.reads.iter().all(|r| r.len <= 125));
+        let answers: Vec<Vec<u16>> = plan
+            .reads
+            .iter()
+            .map(|r| {
+                let o = usize::from(r.addr - 40000);
+                image[o..o + usize::from(r.len)].to_vec()
+            })
+            .collect();
+        let assembled = assemble(&plan, &lib, &answers);
+        let a = decode_readings(&dev, &lib, &full).unwrap();
+        let b = decode_readings(&dev, &lib, &assembled).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.get("production_kw"), Some(&152.34));
+        assert_eq!(b.get("rated_kw"), Some(&250.0));
+        assert_eq!(b.get("cabinet_c"), Some(&41.2));
+        assert!(!b.contains_key("dc_kw"), "DCW is not implemented");
+    }
+
+    #[test]
+    fn curtailment_goes_through_123_with_its_scale_factor_and_reads_back() {
+        let lib = lib();
+        let dev = pv();
+        let (found, image) = chain(&lib);
+        let blocks = blocks_for(&dev, &lib, &found);
+        let read: Vec<(Block, Vec<u16>)> = blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect();
+        let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(62.5)).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].point, "WMaxLimPct");
+        assert_eq!(w[0].words, vec![625], "WMaxLimPct_SF = -1");
+        assert_eq!(w[1].point, "WMaxLim_Ena");
+        assert_eq!(w[1].words, vec![1]);
+        // Read-back: equal, one step off (a device rounding), and really different.
+        assert!(readback_matches(&lib, &read, &w[0], &[625]).unwrap());
+        assert!(readback_matches(&lib, &read, &w[0], &[624]).unwrap());
+        assert!(!readback_matches(&lib, &read, &w[0], &[600]).unwrap());
+        let rel = command_writes(&dev, &lib, &read, Command::Release).unwrap();
+        assert_eq!(rel.len(), 1);
+        assert_eq!(
+            (rel[0].point.as_str(), rel[0].words.clone()),
+            ("WMaxLim_Ena", vec![0])
+        );
+        // Curtailment is refused without the points in `writes`.
+        let mut locked = dev.clone();
+        locked.writes.clear();
+        assert!(matches!(
+            command_writes(&locked, &lib, &read, Command::PvLimitPct(50.0)),
+            Err(CommandError::NotAllowed { .. })
+        ));
     }
 }

@@ -65,6 +65,9 @@ enum Cmd {
         /// (at least 100 ms, at most the site's), so every period sees several samples.
         #[arg(long)]
         poll_ms: Option<u64>,
+        /// Log the setpoints instead of writing them to the simulated devices.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate a site config: prints every problem with its key and a fix.
     Check {
@@ -216,6 +219,7 @@ async fn main() -> Result<()> {
             seed,
             devices_only,
             poll_ms,
+            dry_run,
         } => {
             let (mut site, lib) = load_site(&site)?;
             let origin = if start == "now" {
@@ -259,7 +263,7 @@ async fn main() -> Result<()> {
                 lib,
                 clock,
                 Options {
-                    dry_run: false,
+                    dry_run,
                     output_dir: out,
                     http_listen: listen,
                 },
@@ -307,7 +311,16 @@ async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
             m.id, map.name, m.addr, m.len
         );
         let len = map.block_len().min(m.len.saturating_add(2));
-        let words = c.read(unit, map.table, m.addr, len).await?;
+        // One model that cannot be read (or an older, shorter version of it)
+        // must not hide the others.
+        let words = match c.read(unit, map.table, m.addr, len).await {
+            Ok(w) => w,
+            Err(e) if !e.breaks_connection() => {
+                println!("      cannot read: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         for p in map.points.iter().filter(|p| {
             matches!(
                 p.name.as_str(),
@@ -326,12 +339,17 @@ async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
             )
         }) {
             let v = if matches!(p.ty, ped::registers::PointType::String) {
-                map.decode_string(&words, &p.name)?
-                    .unwrap_or_else(|| "-".into())
+                match map.decode_string(&words, &p.name) {
+                    Ok(v) => v.unwrap_or_else(|| "-".into()),
+                    Err(e) => format!("cannot decode: {e}"),
+                }
             } else {
-                map.decode_f64(&words, &p.name)?
-                    .map(|v| format!("{v} {}", p.unit.clone().unwrap_or_default()))
-                    .unwrap_or_else(|| "not implemented".into())
+                match map.decode_f64(&words, &p.name) {
+                    Ok(v) => v
+                        .map(|v| format!("{v} {}", p.unit.clone().unwrap_or_default()))
+                        .unwrap_or_else(|| "not implemented".into()),
+                    Err(e) => format!("cannot decode: {e}"),
+                }
             };
             println!("      {:<12} {v}", p.name);
         }

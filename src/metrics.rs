@@ -64,6 +64,12 @@ pub struct Metrics {
     pub participant_key_ratio: GaugeVec,
     pub ready: prometheus::IntGauge,
     pub volume_flow: GaugeVec,
+    // Control safety envelope and per-device poll state.
+    pub setpoint_readback_mismatch: IntCounterVec,
+    pub setpoint_clamped: IntCounterVec,
+    pub device_releases: IntCounterVec,
+    pub device_consecutive_failures: IntGaugeVec,
+    pub device_poll_reads: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,7 +124,7 @@ impl Metrics {
             )?,
             device_backoff_seconds: gv(
                 "device_backoff_seconds",
-                "Current reconnect backoff of a device's endpoint (0 when connected).",
+                "Current backoff of a device: its own after failed polls, its endpoint's after a failed connect (0 when healthy).",
                 &["device"],
             )?,
             device_power: gv(
@@ -201,6 +207,11 @@ impl Metrics {
                 "Water flow measured by a heat meter.",
                 &["device"],
             )?,
+            setpoint_readback_mismatch: icv("setpoint_readback_mismatch_total", "Setpoints whose read-back differs from what was written by more than one scale-factor step.", &["device"])?,
+            setpoint_clamped: icv("setpoint_clamped_total", "Setpoints clamped by the safety envelope, by limit (bound, ramp).", &["device", "limit"])?,
+            device_releases: icv("device_releases_total", "Controlled devices handed back to their own safe mode, by reason (stop, plan_loss, contact_lost).", &["device", "reason"])?,
+            device_consecutive_failures: igv("device_consecutive_failures", "Failed polls in a row (0 when the last poll succeeded); drives the device's backoff.", &["device"])?,
+            device_poll_reads: icv("device_poll_requests_total", "Read requests sent by the device's poll plan.", &["device"])?,
             registry,
         };
         m.build_info

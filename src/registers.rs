@@ -144,6 +144,9 @@ pub struct Point {
     pub scale: Option<Scale>,
     pub unit: Option<String>,
     pub access: Access,
+    /// Named raw values of an enum-like point, e.g. `remote = 802` for the code
+    /// that hands a device to remote control. Empty for most points.
+    pub values: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +251,8 @@ struct RawPoint {
     unit: Option<String>,
     #[serde(default)]
     access: Access,
+    #[serde(default)]
+    values: BTreeMap<String, i64>,
 }
 
 impl RegisterMap {
@@ -310,6 +315,7 @@ impl RegisterMap {
                 scale: p.scale,
                 unit: p.unit,
                 access: p.access,
+                values: p.values,
             });
         }
         let map = RegisterMap {
@@ -350,6 +356,24 @@ impl RegisterMap {
                     "point {} (offset {}, {} words) ends past the map's {limit} words",
                     p.name, p.offset, p.size
                 ));
+            }
+            if !p.values.is_empty() {
+                let Some((lo, hi)) = p.ty.raw_range() else {
+                    return Err(format!(
+                        "point {}: a {} point cannot have named values",
+                        p.name, p.ty
+                    ));
+                };
+                if let Some((n, v)) = p
+                    .values
+                    .iter()
+                    .find(|(_, v)| i128::from(**v) < lo || i128::from(**v) > hi)
+                {
+                    return Err(format!(
+                        "point {}: value {n} = {v} does not fit a {}",
+                        p.name, p.ty
+                    ));
+                }
             }
             match &p.scale {
                 None => {}
@@ -566,7 +590,7 @@ impl RegisterMap {
     /// Fills every point of `block` except `ID`, `L` and pads with its SunSpec
     /// "not implemented" value (0x8000, 0xFFFF, ..., NaN for floats, NUL strings;
     /// accumulators and counts stay 0), as a device leaves the points it lacks.
-    pub(crate) fn fill_unimplemented(&self, block: &mut [u16]) {
+    pub fn fill_unimplemented(&self, block: &mut [u16]) {
         let order = self.word_order;
         for p in &self.points {
             if matches!(p.name.as_str(), "ID" | "L") || p.ty == PointType::Pad {

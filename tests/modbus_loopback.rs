@@ -423,3 +423,38 @@ async fn runaway_chains_are_protocol_errors() {
         assert!(matches!(err, Some(ModbusError::Protocol(_))), "{err:?}");
     }
 }
+
+/// A peer that answers each request with the wrong transaction id (a stray or
+/// late response): the client reports a protocol error and drops the link,
+/// since every later answer could belong to another request.
+#[tokio::test]
+async fn transaction_id_mismatch_is_protocol_and_breaks_the_link() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut req = [0u8; 12];
+        if s.read_exact(&mut req).await.is_err() {
+            return;
+        }
+        let tid = u16::from_be_bytes([req[0], req[1]]).wrapping_add(1);
+        let t = tid.to_be_bytes();
+        // Read holding registers, one register, value 0x1234, under another tid.
+        let resp = [t[0], t[1], 0, 0, 0, 5, req[6], 0x03, 2, 0x12, 0x34];
+        let _ = s.write_all(&resp).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let mut client = connect(addr).await;
+    let err = client.read(UNIT, Table::Holding, 0, 1).await.err();
+    assert!(matches!(err, Some(ModbusError::Protocol(_))), "{err:?}");
+    assert_eq!(err.map(|e| e.kind()), Some("protocol"));
+    assert!(
+        !client.is_usable(),
+        "a mismatched answer must drop the connection"
+    );
+}

@@ -239,6 +239,10 @@ fn close_period(
     let m = &shared.metrics;
     let mut problems: Vec<String> = Vec::new();
     let mut production = BTreeMap::new();
+    // Producers and participants whose energy is unknown this period (missing
+    // samples, a counter reset): flagged in the record and left out of its
+    // energy maps, so that no stand-in number is archived as if measured.
+    let mut unknown: Vec<String> = Vec::new();
     let mut total_p = 0.0;
     for d in site.producers() {
         let reading = if d.kind == DeviceKind::Battery {
@@ -250,6 +254,7 @@ fn close_period(
             .energy(&d.id, reading, start)
             .unwrap_or_else(|why| {
                 problems.push(why);
+                unknown.push(d.id.clone());
                 0.0
             });
         total_p += e;
@@ -261,6 +266,7 @@ fn close_period(
             .energy(&p.meter, "import_kwh", start)
             .unwrap_or_else(|why| {
                 problems.push(why);
+                unknown.push(p.id.clone());
                 0.0
             });
         consumption.push(e);
@@ -367,11 +373,15 @@ fn close_period(
     let rec = PeriodRecord {
         start,
         start_local: grid.format_local(start),
-        production_kwh: production,
+        production_kwh: production
+            .into_iter()
+            .filter(|(id, _)| !unknown.contains(id))
+            .collect(),
         consumption_kwh: cfg
             .participants
             .iter()
             .zip(&consumption)
+            .filter(|(p, _)| !unknown.contains(&p.id))
             .map(|(p, e)| (p.id.clone(), *e))
             .collect(),
         allocated_kwh: cfg

@@ -1,13 +1,20 @@
 //! One task per Modbus endpoint: a single connection shared by every unit id
-//! behind it, requests serialised on it, reconnect with capped exponential
-//! backoff. A device that fails degrades alone; a broken connection (timeout,
-//! I/O) is dropped and re-opened, because a late answer would otherwise be
-//! taken for the next request's.
+//! behind it, requests serialised on it. Scheduling is per device (unit id):
+//! each has its own interval and its own capped exponential backoff, so a dead
+//! unit behind a gateway costs one timeout per its backoff period and the
+//! others keep their rate. A broken connection (timeout, I/O, a response that
+//! does not match its request) is dropped and re-opened with capped backoff,
+//! because a late answer would otherwise be taken for the next request's.
+//!
+//! Control goes through a safety envelope: bounds and ramp limits before every
+//! write, read-back after it, setpoints refreshed well inside the device's
+//! revert timer, and release to the device's own safe mode on stop, on plan
+//! loss and after lost contact.
 
 use super::{Event, Shared, Snapshot};
-use crate::config::{DeviceConfig, DeviceKind};
-use crate::devices::{self, Block, Command};
-use crate::modbus::{sunspec, ModbusClient, ModbusError};
+use crate::config::{DeviceConfig, DeviceKind, Transport};
+use crate::devices::{self, Command, PollPlan};
+use crate::modbus::{sunspec, Framing, ModbusClient, ModbusError};
 use crate::registers::ModelLibrary;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,14 +34,40 @@ pub struct EndpointTask {
 
 struct DevState {
     cfg: DeviceConfig,
-    blocks: Vec<Block>,
-    last: Vec<(Block, Vec<u16>)>,
+    plan: Option<PollPlan>,
+    last: Vec<(devices::Block, Vec<u16>)>,
     /// Last command written and when (real time), to refresh before revert timers lapse.
     written: Option<(Command, Instant)>,
+    /// Last power actually written, kW, for the ramp limit; `None` = the device
+    /// is in its own mode, taken as 0 kW.
+    last_kw: Option<(f64, Instant)>,
+    interval: Duration,
+    next_due: Instant,
+    failures: u32,
 }
 
-/// Setpoints are re-sent at least this often, well inside the devices' revert timers.
-const REFRESH: Duration = Duration::from_secs(5);
+/// Default device watchdog when the config gives none; setpoints are re-sent at a third of it.
+const DEFAULT_REVERT: Duration = Duration::from_secs(15);
+/// Failed polls in a row after which a controlled device counts as lost: it has
+/// reverted by itself, and ped starts again from its safe mode when it returns.
+const CONTACT_LOST_AFTER: u32 = 3;
+/// First reconnect delay of the endpoint's connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+
+impl DevState {
+    fn refresh(&self) -> Duration {
+        self.cfg
+            .revert_timeout_s
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_REVERT)
+            / 3
+    }
+
+    fn backoff(&self, max: Duration) -> Duration {
+        let exp = self.failures.saturating_sub(1).min(16);
+        (self.interval * 2u32.saturating_pow(exp + 1)).min(max.max(self.interval))
+    }
+}
 
 /// A failed poll degrades its device: metrics, and the aggregator is told.
 async fn report_down(task: &EndpointTask, d: &DeviceConfig, e: &ModbusError) {
@@ -52,33 +85,65 @@ async fn report_down(task: &EndpointTask, d: &DeviceConfig, e: &ModbusError) {
         .await;
 }
 
+fn controlled(d: &DeviceConfig) -> bool {
+    matches!(
+        d.kind,
+        DeviceKind::Battery | DeviceKind::PowerToHeat | DeviceKind::PvInverter
+    )
+}
+
 pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
     let polling = task.shared.site.config.polling.clone();
-    let interval = Duration::from_millis(polling.interval_ms);
+    let default_interval = Duration::from_millis(polling.interval_ms);
     let timeout = Duration::from_millis(polling.timeout_ms);
     let max_backoff = Duration::from_millis(polling.max_backoff_ms);
+    let plan_loss = chrono::Duration::minutes(
+        i64::from(task.shared.site.config.site.settlement_minutes)
+            * i64::from(task.shared.site.config.control.plan_loss_steps.unwrap_or(2)),
+    );
+    let framing = match task.devices.first().map(|d| d.transport) {
+        Some(Transport::RtuOverTcp) => Framing::Rtu,
+        _ => Framing::Tcp,
+    };
     let addr: Option<SocketAddr> = tokio::net::lookup_host(&task.addr)
         .await
         .ok()
         .and_then(|mut a| a.next());
+    let start = Instant::now();
     let mut devs: Vec<DevState> = task
         .devices
         .iter()
-        .map(|d| DevState {
-            cfg: d.clone(),
-            blocks: Vec::new(),
-            last: Vec::new(),
-            written: None,
+        .enumerate()
+        .map(|(i, d)| {
+            let interval = d
+                .interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(default_interval);
+            DevState {
+                cfg: d.clone(),
+                plan: None,
+                last: Vec::new(),
+                written: None,
+                last_kw: None,
+                interval,
+                // Spread first polls over the interval so units behind a gateway
+                // do not all fall due in the same instant.
+                next_due: start + interval * i as u32 / task.devices.len().max(1) as u32,
+                failures: 0,
+            }
         })
         .collect();
     let m = &task.shared.metrics;
-    let mut backoff = Duration::from_millis(250);
+    let mut setpoints_rx = task.setpoints.clone();
+    let mut plan_at = task.shared.clock.now();
+    let mut plan_lost = false;
+    let mut backoff = MIN_BACKOFF;
     'outer: loop {
         if *shutdown.borrow() {
             break;
         }
         let client = match addr {
-            Some(a) => ModbusClient::connect(a, timeout).await,
+            Some(a) => ModbusClient::connect_framed(a, timeout, framing).await,
             None => Err(ModbusError::Connect(format!(
                 "{} does not resolve",
                 task.addr
@@ -86,21 +151,21 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
         };
         let mut client = match client {
             Ok(c) => {
-                backoff = Duration::from_millis(250);
-                for d in &devs {
-                    m.device_backoff_seconds
-                        .with_label_values(&[&d.cfg.id])
-                        .set(0.0);
-                }
+                backoff = MIN_BACKOFF;
                 c
             }
             Err(e) => {
                 tracing::warn!(endpoint = %task.addr, error = %e, backoff_ms = backoff.as_millis() as u64, "endpoint unreachable");
-                for d in &devs {
+                for d in devs.iter_mut() {
+                    d.failures += 1;
                     report_down(&task, &d.cfg, &e).await;
                     m.device_backoff_seconds
                         .with_label_values(&[&d.cfg.id])
                         .set(backoff.as_secs_f64());
+                    m.device_consecutive_failures
+                        .with_label_values(&[&d.cfg.id])
+                        .set(i64::from(d.failures));
+                    note_contact(&task, d);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -110,27 +175,94 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let next = devs
+                .iter()
+                .map(|d| d.next_due)
+                .min()
+                .unwrap_or_else(|| Instant::now() + default_interval);
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => {
-                    release_all(&task, &mut client, &mut devs).await;
+                    release_all(&task, &mut client, &mut devs, "stop").await;
                     break 'outer;
                 }
             }
-            let setpoints = task.setpoints.borrow().clone();
-            for d in devs.iter_mut() {
-                if let Err(e) = poll_device(&task, &mut client, d).await {
-                    tracing::debug!(device = %d.cfg.id, error = %e, "poll failed");
-                    report_down(&task, &d.cfg, &e).await;
-                    // A broken link (the client refuses further requests) is re-opened; an
-                    // exception or a decode error degrades this device only.
-                    if e.breaks_connection() || !client.is_usable() {
-                        continue 'outer;
+            if setpoints_rx.has_changed().unwrap_or(false) {
+                setpoints_rx.borrow_and_update();
+                plan_at = task.shared.clock.now();
+                if plan_lost {
+                    tracing::info!(endpoint = %task.addr, "fresh plan: control resumes");
+                }
+                plan_lost = false;
+            }
+            let mut setpoints = setpoints_rx.borrow().clone();
+            if !setpoints.is_empty() && task.shared.clock.now() - plan_at > plan_loss {
+                if !plan_lost {
+                    tracing::warn!(endpoint = %task.addr, last_plan = %plan_at, "no fresh plan: releasing controlled devices to their safe mode");
+                    for d in &devs {
+                        if setpoints.contains_key(&d.cfg.id) {
+                            m.device_releases
+                                .with_label_values(&[&d.cfg.id, "plan_loss"])
+                                .inc();
+                        }
                     }
+                }
+                plan_lost = true;
+                for v in setpoints.values_mut() {
+                    *v = Command::Release;
+                }
+            }
+            for d in devs.iter_mut() {
+                let now = Instant::now();
+                if d.next_due > now {
                     continue;
+                }
+                let mut result = poll_device(&task, &mut client, d).await;
+                if let (Err(ModbusError::Io(_)), Some(a)) = (&result, addr) {
+                    // A connection the peer closed while it sat idle (a device
+                    // restart, a gateway's idle timeout) fails on first use:
+                    // retry once on a fresh one before counting a failure.
+                    if let Ok(c) = ModbusClient::connect_framed(a, timeout, framing).await {
+                        client = c;
+                        result = poll_device(&task, &mut client, d).await;
+                    }
+                }
+                match result {
+                    Ok(()) => {
+                        d.failures = 0;
+                        d.next_due += d.interval;
+                        if d.next_due <= now {
+                            // Late (a slow neighbour, a reconnect): keep the rate, skip the backlog.
+                            d.next_due = now + d.interval;
+                        }
+                        m.device_backoff_seconds
+                            .with_label_values(&[&d.cfg.id])
+                            .set(0.0);
+                        m.device_consecutive_failures
+                            .with_label_values(&[&d.cfg.id])
+                            .set(0);
+                    }
+                    Err(e) => {
+                        d.failures += 1;
+                        let wait = d.backoff(max_backoff);
+                        d.next_due = Instant::now() + wait;
+                        tracing::debug!(device = %d.cfg.id, error = %e, failures = d.failures, backoff_ms = wait.as_millis() as u64, "poll failed");
+                        report_down(&task, &d.cfg, &e).await;
+                        m.device_backoff_seconds
+                            .with_label_values(&[&d.cfg.id])
+                            .set(wait.as_secs_f64());
+                        m.device_consecutive_failures
+                            .with_label_values(&[&d.cfg.id])
+                            .set(i64::from(d.failures));
+                        note_contact(&task, d);
+                        // A broken link (the client refuses further requests) is re-opened; an
+                        // exception or a decode error degrades this device only.
+                        if e.breaks_connection() || !client.is_usable() {
+                            continue 'outer;
+                        }
+                        continue;
+                    }
                 }
                 if let Some(cmd) = setpoints.get(&d.cfg.id) {
                     if let Err(e) = actuate(&task, &mut client, d, *cmd).await {
@@ -144,6 +276,22 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// After [`CONTACT_LOST_AFTER`] failed polls a controlled device has reverted
+/// by its own watchdog: forget what was written, so that control restarts from
+/// its safe mode (full write, ramp from 0) when it answers again.
+fn note_contact(task: &EndpointTask, d: &mut DevState) {
+    if d.failures == CONTACT_LOST_AFTER && d.written.is_some() {
+        tracing::warn!(device = %d.cfg.id, "contact lost: the device falls back to its own safe mode");
+        task.shared
+            .metrics
+            .device_releases
+            .with_label_values(&[&d.cfg.id, "contact_lost"])
+            .inc();
+        d.written = None;
+        d.last_kw = None;
+    }
+}
+
 async fn poll_device(
     task: &EndpointTask,
     client: &mut ModbusClient,
@@ -151,7 +299,7 @@ async fn poll_device(
 ) -> Result<(), ModbusError> {
     let m = &task.shared.metrics;
     let started = Instant::now();
-    if d.blocks.is_empty() {
+    if d.plan.is_none() {
         let discovered: Vec<(u16, u16)> = if d.cfg.map == "sunspec" {
             sunspec::discover(client, d.cfg.unit)
                 .await?
@@ -161,30 +309,31 @@ async fn poll_device(
         } else {
             Vec::new()
         };
-        d.blocks = devices::blocks_for(&d.cfg, &task.lib, &discovered);
-        if d.blocks.is_empty() {
+        let blocks = devices::blocks_for(&d.cfg, &task.lib, &discovered);
+        if blocks.is_empty() {
             return Err(ModbusError::Protocol(format!(
                 "device {} exposes none of the models ped reads for a {}",
                 d.cfg.id,
                 d.cfg.kind.as_str()
             )));
         }
-        tracing::debug!(device = %d.cfg.id, blocks = ?d.blocks.iter().map(|b| b.map_key.as_str()).collect::<Vec<_>>(), "device discovered");
+        let plan = devices::poll_plan(&d.cfg, &task.lib, blocks)
+            .map_err(|e| ModbusError::Decode(format!("poll plan of {}: {e}", d.cfg.id)))?;
+        tracing::debug!(device = %d.cfg.id, blocks = ?plan.blocks.iter().map(|b| b.map_key.as_str()).collect::<Vec<_>>(), reads = ?plan.reads, "device discovered, poll plan built");
+        d.plan = Some(plan);
     }
-    let table = |b: &Block| {
-        task.lib
-            .get(&b.map_key)
-            .map(|m| m.table)
-            .unwrap_or(crate::registers::Table::Holding)
+    let Some(plan) = d.plan.as_ref() else {
+        return Ok(());
     };
-    let mut read = Vec::with_capacity(d.blocks.len());
-    for b in &d.blocks {
-        let words = client.read(d.cfg.unit, table(b), b.addr, b.len).await?;
-        read.push((b.clone(), words));
+    let mut answers = Vec::with_capacity(plan.reads.len());
+    for r in &plan.reads {
+        answers.push(client.read(d.cfg.unit, r.table, r.addr, r.len).await?);
+        m.device_poll_reads.with_label_values(&[&d.cfg.id]).inc();
     }
+    let read = devices::assemble(plan, &task.lib, &answers);
     let at = task.shared.clock.now();
     let readings = devices::decode_readings(&d.cfg, &task.lib, &read)
-        .map_err(|e| ModbusError::Protocol(format!("decode: {e}")))?;
+        .map_err(|e| ModbusError::Decode(e.to_string()))?;
     d.last = read;
     let id = d.cfg.id.as_str();
     m.device_read_seconds
@@ -208,21 +357,95 @@ async fn poll_device(
     Ok(())
 }
 
+/// Bounds from the device's ratings and its configured setpoint limits, kW in
+/// ped's convention.
+fn bounds(cfg: &DeviceConfig) -> (f64, f64) {
+    let (mut lo, mut hi) = match cfg.kind {
+        DeviceKind::Battery => (
+            -cfg.max_discharge_kw.unwrap_or(0.0),
+            cfg.max_charge_kw.unwrap_or(0.0),
+        ),
+        DeviceKind::PowerToHeat => (0.0, cfg.max_power_kw.unwrap_or(0.0)),
+        _ => (f64::NEG_INFINITY, f64::INFINITY),
+    };
+    if let Some(l) = cfg.setpoint_min_kw {
+        lo = lo.max(l);
+    }
+    if let Some(h) = cfg.setpoint_max_kw {
+        hi = hi.min(h);
+    }
+    (lo, hi.max(lo))
+}
+
+/// Applies the safety envelope to a power command: bounds, then the ramp limit
+/// from the last power written. Returns the command to write.
+fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
+    let m = &task.shared.metrics;
+    let (kw, make): (f64, fn(f64) -> Command) = match cmd {
+        Command::BatteryPower(kw) => (kw, Command::BatteryPower),
+        Command::PowerToHeat(kw) => (kw, Command::PowerToHeat),
+        other => return other,
+    };
+    let (lo, hi) = bounds(&d.cfg);
+    let mut out = kw.clamp(lo, hi);
+    if out != kw {
+        m.setpoint_clamped
+            .with_label_values(&[&d.cfg.id, "bound"])
+            .inc();
+        // Logged once per new plan value, not at every refresh of the same one.
+        if d.written.map_or(true, |(prev, _)| prev != cmd) {
+            tracing::info!(device = %d.cfg.id, asked_kw = kw, written_kw = out, min_kw = lo, max_kw = hi, "setpoint clamped to bounds");
+        }
+    }
+    if let Some(rate) = d.cfg.ramp_kw_per_s {
+        let (prev, at) = d.last_kw.unwrap_or((0.0, Instant::now()));
+        // Real time since the last write: the ramp is a physical rate.
+        let step = rate * at.elapsed().as_secs_f64();
+        let ramped = out.clamp(prev - step, prev + step);
+        if ramped != out {
+            m.setpoint_clamped
+                .with_label_values(&[&d.cfg.id, "ramp"])
+                .inc();
+            tracing::debug!(device = %d.cfg.id, target_kw = out, written_kw = ramped, ramp_kw_per_s = rate, "setpoint ramp-limited");
+            out = ramped;
+        }
+    }
+    make(out)
+}
+
+fn command_kw(cmd: Command) -> Option<f64> {
+    match cmd {
+        Command::BatteryPower(kw) | Command::PowerToHeat(kw) => Some(kw),
+        _ => None,
+    }
+}
+
 async fn actuate(
     task: &EndpointTask,
     client: &mut ModbusClient,
     d: &mut DevState,
     cmd: Command,
 ) -> Result<(), ModbusError> {
+    // Still ramping towards the target: write again even if the plan did not change.
+    let ramping = d.cfg.ramp_kw_per_s.is_some()
+        && match command_kw(cmd) {
+            Some(target) => {
+                let (lo, hi) = bounds(&d.cfg);
+                let from = d.last_kw.map_or(0.0, |(kw, _)| kw);
+                (target.clamp(lo, hi) - from).abs() > 1e-9
+            }
+            None => false,
+        };
     let due = match d.written {
-        Some((prev, at)) => prev != cmd || at.elapsed() >= REFRESH,
+        Some((prev, at)) => prev != cmd || ramping || at.elapsed() >= d.refresh(),
         None => true,
     };
     if !due {
         return Ok(());
     }
     let m = &task.shared.metrics;
-    let writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, cmd) {
+    let effective = envelope(task, d, cmd);
+    let writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, effective) {
         Ok(w) => w,
         Err(e) => {
             m.setpoint_writes
@@ -233,6 +456,7 @@ async fn actuate(
             return Ok(());
         }
     };
+    let kw_written = command_kw(effective);
     if task.dry_run {
         for w in &writes {
             tracing::info!(device = %d.cfg.id, point = %w.point, value = w.value, addr = w.addr, "dry run: would write");
@@ -241,25 +465,16 @@ async fn actuate(
             .with_label_values(&[&d.cfg.id, "dry_run"])
             .inc();
         d.written = Some((cmd, Instant::now()));
+        d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
         return Ok(());
     }
-    let mode = |key: &str| {
-        task.lib
-            .get(key)
-            .map(|m| m.write)
-            .unwrap_or(crate::registers::WriteMode::Multiple)
-    };
-    let map_key = d
-        .last
-        .iter()
-        .find(|(b, _)| b.sunspec_id == Some(704) || b.sunspec_id.is_none())
-        .map(|(b, _)| b.map_key.clone())
-        .unwrap_or_default();
     for w in &writes {
-        if let Err(e) = client
-            .write(d.cfg.unit, w.addr, &w.words, mode(&map_key))
-            .await
-        {
+        let mode = task
+            .lib
+            .get(&w.map_key)
+            .map(|m| m.write)
+            .unwrap_or(crate::registers::WriteMode::Multiple);
+        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, mode).await {
             m.setpoint_writes
                 .with_label_values(&[&d.cfg.id, "error"])
                 .inc();
@@ -267,30 +482,256 @@ async fn actuate(
             return Err(e);
         }
     }
+    read_back(task, client, d, &writes).await?;
     m.setpoint_writes
         .with_label_values(&[&d.cfg.id, "ok"])
         .inc();
-    let watts = match cmd {
-        Command::BatteryPower(kw) | Command::PowerToHeat(kw) => kw * 1000.0,
-        Command::Release => 0.0,
-    };
+    let watts = kw_written.unwrap_or(0.0) * 1000.0;
     m.setpoint.with_label_values(&[&d.cfg.id]).set(watts);
     d.written = Some((cmd, Instant::now()));
+    d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
+    Ok(())
+}
+
+/// Reads every written point back and compares it with what was written,
+/// within one step of its scale factor (a device may round or clamp).
+async fn read_back(
+    task: &EndpointTask,
+    client: &mut ModbusClient,
+    d: &DevState,
+    writes: &[devices::Write],
+) -> Result<(), ModbusError> {
+    for w in writes {
+        let Some(map) = task.lib.get(&w.map_key) else {
+            continue;
+        };
+        let back = client
+            .read(d.cfg.unit, map.table, w.addr, w.words.len() as u16)
+            .await?;
+        match devices::readback_matches(&task.lib, &d.last, w, &back) {
+            Ok(true) => {}
+            Ok(false) => {
+                task.shared
+                    .metrics
+                    .setpoint_readback_mismatch
+                    .with_label_values(&[&d.cfg.id])
+                    .inc();
+                tracing::warn!(device = %d.cfg.id, point = %w.point, written = ?w.words, read_back = ?back, "setpoint read-back differs from what was written");
+            }
+            Err(e) => {
+                task.shared
+                    .metrics
+                    .setpoint_readback_mismatch
+                    .with_label_values(&[&d.cfg.id])
+                    .inc();
+                tracing::warn!(device = %d.cfg.id, point = %w.point, error = %e, "setpoint read-back cannot be decoded");
+            }
+        }
+    }
     Ok(())
 }
 
 /// On stop: hand controlled devices back to their own safe behaviour.
-async fn release_all(task: &EndpointTask, client: &mut ModbusClient, devs: &mut [DevState]) {
+async fn release_all(
+    task: &EndpointTask,
+    client: &mut ModbusClient,
+    devs: &mut [DevState],
+    reason: &str,
+) {
     for d in devs.iter_mut() {
-        if d.written.is_some()
-            && matches!(d.cfg.kind, DeviceKind::Battery | DeviceKind::PowerToHeat)
-        {
+        if d.written.is_some() && controlled(&d.cfg) {
             d.written = None;
             if let Err(e) = actuate(task, client, d, Command::Release).await {
                 tracing::warn!(device = %d.cfg.id, error = %e, "could not release device on stop");
             } else {
+                task.shared
+                    .metrics
+                    .device_releases
+                    .with_label_values(&[&d.cfg.id, reason])
+                    .inc();
                 tracing::info!(device = %d.cfg.id, "released to its own control");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(extra: &str) -> DeviceConfig {
+        toml::from_str(&format!(
+            "id = \"B\"\nkind = \"battery\"\naddress = \"127.0.0.1:502\"\nmax_charge_kw = 50.0\nmax_discharge_kw = 40.0\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    /// Plan loss: the endpoint takes control on a plan, releases the battery to
+    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
+    /// control again on the next plan. Real sockets, a vendor battery map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
+        use crate::modbus::server::{serve, Bank};
+        use crate::registers::{Access, Table};
+        let lib = Arc::new(ModelLibrary::embedded().unwrap());
+        let map = lib.get("vendor/sma_battery").unwrap().clone();
+        let mut block = vec![0u16; usize::from(map.block_len())];
+        map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
+        map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
+        map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
+        map.encode_raw(&mut block, "mode", 803).unwrap();
+        let mut bank = Bank::new();
+        for p in &map.points {
+            let a = map.base + p.offset;
+            bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
+            let o = usize::from(p.offset);
+            bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
+        }
+        let bank = Arc::new(std::sync::Mutex::new(bank));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            std::collections::HashMap::from([(3u8, bank.clone())]),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[site]
+id = "plan-loss"
+name = "plan loss"
+latitude = 47.3
+longitude = 5.0
+[polling]
+interval_ms = 100
+[control]
+writes_allowed = true
+plan_loss_steps = 1
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:9"
+prm = "99990000000001"
+kwp = 10.0
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "{addr}"
+unit = 3
+map = "vendor/sma_battery"
+writes = ["mode", "power_setpoint_kw"]
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 10.0
+max_charge_kw = 5.0
+max_discharge_kw = 5.0
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
+"#
+            ),
+        )
+        .unwrap();
+        let known = lib.keys().map(str::to_string).collect();
+        let site = crate::config::load(&path, &known).unwrap();
+        let bat = site.config.devices[1].clone();
+        // 15-minute steps at 900x: one step per real second, plan loss after one.
+        let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
+        let shared = Arc::new(Shared {
+            site,
+            clock,
+            metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
+            status: std::sync::Mutex::new(super::super::Status::default()),
+            output_dir: dir.path().to_path_buf(),
+        });
+        let (events, mut events_rx) = mpsc::channel(64);
+        tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+        let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            EndpointTask {
+                addr: addr.to_string(),
+                devices: vec![bat],
+                lib,
+                shared: shared.clone(),
+                events,
+                setpoints: plan_rx,
+                dry_run: false,
+            },
+            stop_rx,
+        ));
+        let mode = || {
+            let w = bank.lock().unwrap().get(Table::Holding, 40151, 2);
+            (u32::from(w[0]) << 16) | u32::from(w[1])
+        };
+        let releases = || {
+            shared
+                .metrics
+                .device_releases
+                .with_label_values(&["BAT", "plan_loss"])
+                .get()
+        };
+        plan_tx
+            .send(BTreeMap::from([(
+                "BAT".to_string(),
+                Command::BatteryPower(2.0),
+            )]))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(mode(), 802, "a plan takes the battery into remote control");
+        // No new plan: after one step (1 s real) the battery is released.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(mode(), 803, "plan loss must release the battery");
+        assert_eq!(releases(), 1);
+        plan_tx
+            .send(BTreeMap::from([(
+                "BAT".to_string(),
+                Command::BatteryPower(1.0),
+            )]))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(mode(), 802, "a fresh plan resumes control");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(mode(), 803, "released on stop");
+    }
+
+    #[test]
+    fn bounds_combine_ratings_and_configured_limits() {
+        assert_eq!(bounds(&dev("")), (-40.0, 50.0));
+        assert_eq!(
+            bounds(&dev("setpoint_min_kw = -10.0\nsetpoint_max_kw = 80.0")),
+            (-10.0, 50.0)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_and_is_capped() {
+        let mut d = DevState {
+            cfg: dev(""),
+            plan: None,
+            last: Vec::new(),
+            written: None,
+            last_kw: None,
+            interval: Duration::from_millis(100),
+            next_due: Instant::now(),
+            failures: 1,
+        };
+        let max = Duration::from_secs(1);
+        assert_eq!(d.backoff(max), Duration::from_millis(200));
+        d.failures = 2;
+        assert_eq!(d.backoff(max), Duration::from_millis(400));
+        d.failures = 40;
+        assert_eq!(d.backoff(max), max);
+        assert_eq!(d.refresh(), Duration::from_secs(5));
     }
 }

@@ -252,7 +252,7 @@ impl Daemon {
         let mut status = Status::default();
         for d in &site.config.devices {
             // Series exist from the start, so that rate() and absent() behave before the first fault.
-            for kind in ["timeout", "connection", "exception", "protocol"] {
+            for kind in ["timeout", "connection", "exception", "protocol", "decode"] {
                 metrics
                     .device_errors
                     .with_label_values(&[&d.id, kind])

@@ -4,7 +4,9 @@
 //! unusable: a late response to the abandoned request would otherwise be taken
 //! for the answer to the next one. The client refuses further requests with
 //! [`ModbusError::Io`]; the caller must drop it and [`ModbusClient::connect`]
-//! again. Exceptions and protocol errors leave the connection usable.
+//! again. So does a response whose header does not match its request (a
+//! stray or late answer: [`ModbusError::Protocol`]). Exceptions leave the
+//! connection usable.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,16 +31,21 @@ pub enum ModbusError {
     Exception { function: u8, code: u8 },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The answer arrived but its words make no sense for the map (e.g. a scale
+    /// factor outside -10..=10): the device or its map is wrong, not the link.
+    #[error("cannot decode: {0}")]
+    Decode(String),
 }
 
 impl ModbusError {
-    /// Short label for metrics: "timeout", "connection", "exception" or "protocol".
+    /// Short label for metrics: "timeout", "connection", "exception", "protocol" or "decode".
     pub fn kind(&self) -> &'static str {
         match self {
             ModbusError::Timeout => "timeout",
             ModbusError::Connect(_) | ModbusError::Io(_) => "connection",
             ModbusError::Exception { .. } => "exception",
             ModbusError::Protocol(_) => "protocol",
+            ModbusError::Decode(_) => "decode",
         }
     }
 
@@ -49,6 +56,16 @@ impl ModbusError {
             ModbusError::Timeout | ModbusError::Connect(_) | ModbusError::Io(_)
         )
     }
+}
+
+/// What travels over the TCP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Modbus TCP: MBAP header with a transaction id.
+    #[default]
+    Tcp,
+    /// Modbus RTU frames (unit id, PDU, CRC), as a transparent serial gateway passes them.
+    Rtu,
 }
 
 /// One TCP connection; callers serialise access through `&mut self`.
@@ -72,6 +89,15 @@ impl std::fmt::Debug for ModbusClient {
 impl ModbusClient {
     /// Connects within `timeout`, which also becomes the per-request timeout.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ModbusError> {
+        Self::connect_framed(addr, timeout, Framing::Tcp).await
+    }
+
+    /// [`ModbusClient::connect`], speaking `framing` over the TCP stream.
+    pub async fn connect_framed(
+        addr: SocketAddr,
+        timeout: Duration,
+        framing: Framing,
+    ) -> Result<Self, ModbusError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => return Err(ModbusError::Connect(format!("{addr}: timed out"))),
             Ok(Err(e)) => return Err(ModbusError::Connect(format!("{addr}: {e}"))),
@@ -79,8 +105,12 @@ impl ModbusClient {
         };
         // Requests are small and latency-bound; Nagle would hold them back.
         let _ = stream.set_nodelay(true);
+        let ctx = match framing {
+            Framing::Tcp => tokio_modbus::client::tcp::attach_slave(stream, Slave(1)),
+            Framing::Rtu => tokio_modbus::client::rtu::attach_slave(stream, Slave(1)),
+        };
         Ok(ModbusClient {
-            ctx: tokio_modbus::client::tcp::attach_slave(stream, Slave(1)),
+            ctx,
             peer: addr,
             timeout,
             broken: false,
@@ -209,7 +239,13 @@ impl ModbusClient {
         let out = match res {
             Err(_) => Err(ModbusError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ModbusError::Io(e.to_string())),
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(ModbusError::Protocol(e.to_string())),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                // A header that does not match the request (transaction id, unit,
+                // function) means the stream is out of step: every later answer
+                // could belong to another request, so the connection is dropped.
+                self.broken = true;
+                Err(ModbusError::Protocol(e.to_string()))
+            }
             Ok(Ok(Err(code))) => Err(ModbusError::Exception {
                 function,
                 code: code.into(),

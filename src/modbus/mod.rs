@@ -6,10 +6,11 @@ pub mod client;
 pub mod server;
 pub mod sunspec;
 
-pub use client::{ModbusClient, ModbusError};
+pub use client::{Framing, ModbusClient, ModbusError};
 pub use sunspec::{discover, DiscoveredModel};
 
 /// Most registers one read request may ask for (Modbus application protocol, functions 03/04).
 pub const MAX_READ_WORDS: u16 = 125;
 /// Most registers one function 16 request may carry.
 pub const MAX_WRITE_WORDS: u16 = 123;
+pub mod plan;

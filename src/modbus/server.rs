@@ -157,6 +157,13 @@ pub struct Faults {
     pub drop_connections: bool,
     /// Answer every request with this exception code.
     pub exception: Option<u8>,
+    /// Unit ids that never answer (a dead device behind a live gateway).
+    pub silent_units: Vec<u8>,
+    /// Read each request, then close the connection instead of answering.
+    pub drop_before_answer: bool,
+    /// Acknowledge writes without storing them (a device that silently
+    /// ignores remote setpoints, e.g. outside its remote-control mode).
+    pub ignore_writes: bool,
 }
 
 pub type SharedFaults = Arc<Mutex<Faults>>;
@@ -184,6 +191,9 @@ impl tokio_modbus::server::Service for BankService {
         let faults = lock(&self.faults).clone();
         let bank = self.units.get(&req.slave).cloned();
         Box::pin(async move {
+            if faults.silent_units.contains(&req.slave) {
+                std::future::pending::<()>().await;
+            }
             if let Some(d) = faults.delay {
                 tokio::time::sleep(d).await;
             }
@@ -195,6 +205,17 @@ impl tokio_modbus::server::Service for BankService {
             let Some(bank) = bank else {
                 return Err(ExceptionCode::GatewayTargetDevice);
             };
+            if faults.ignore_writes {
+                match &req.request {
+                    Request::WriteSingleRegister(a, w) => {
+                        return Ok(Some(Response::WriteSingleRegister(*a, *w)))
+                    }
+                    Request::WriteMultipleRegisters(a, ws) => {
+                        return Ok(Some(Response::WriteMultipleRegisters(*a, ws.len() as u16)))
+                    }
+                    _ => {}
+                }
+            }
             let answer = lock(&bank).handle(&req.request);
             answer.map(Some)
         })
@@ -227,6 +248,13 @@ impl AsyncWrite for FaultyStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if lock(&self.faults).drop_before_answer {
+            // The request was read; failing the answer ends the connection.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "fault: connection dropped before the answer",
+            )));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -283,6 +311,54 @@ pub async fn serve_with_faults(
     let on_process_error = |e: io::Error| tracing::debug!("modbus server connection ended: {e}");
     // Box the shutdown future: serve_until wants it Sync, which callers' futures
     // (e.g. holding a oneshot receiver) need not be.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(());
+    });
+    let abort = async move {
+        let _ = rx.await;
+    };
+    let result = server
+        .serve_until(&on_connected, on_process_error, abort)
+        .await;
+    relay.abort();
+    result.map(|_| ())
+}
+
+/// [`serve_with_faults`] speaking Modbus RTU frames over TCP, as a transparent
+/// serial-to-Ethernet gateway passes them: no MBAP header, a CRC per frame.
+pub async fn serve_rtu_over_tcp(
+    listener: TcpListener,
+    units: HashMap<u8, SharedBank>,
+    faults: SharedFaults,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let units = Arc::new(units);
+    let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
+    let on_connected = move |stream: TcpStream, _peer: SocketAddr| {
+        let units = Arc::clone(&units);
+        let faults = Arc::clone(&faults);
+        async move {
+            if lock(&faults).drop_connections {
+                return Ok(None);
+            }
+            let _ = stream.set_nodelay(true);
+            let service = BankService {
+                units,
+                faults: Arc::clone(&faults),
+            };
+            Ok(Some((
+                service,
+                FaultyStream {
+                    inner: stream,
+                    faults,
+                },
+            )))
+        }
+    };
+    let on_process_error =
+        |e: io::Error| tracing::debug!("modbus rtu server connection ended: {e}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(async move {
         shutdown.await;
