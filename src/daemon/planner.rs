@@ -251,7 +251,8 @@ fn publish(
     for (dev, cmd) in &sp {
         let kw = match cmd {
             Command::BatteryPower(kw) | Command::PowerToHeat(kw) => *kw,
-            Command::Release => continue,
+            // A curtailment limit is a percentage, not a power: it has no place in a watts gauge.
+            Command::Release | Command::PvLimitPct(_) => continue,
         };
         m.plan_next_setpoint
             .with_label_values(&[dev])
