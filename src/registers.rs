@@ -483,7 +483,8 @@ impl RegisterMap {
                 let bits = join_words(words, self.word_order) as u32;
                 let v = f32::from_bits(bits);
                 // NaN is SunSpec's "not implemented"; an infinity is no reading either,
-                // and would poison every counter difference it enters (found by fuzzing).
+                // and would poison every counter difference it enters (the fuzz target's
+                // invariant: a decoded value is finite or absent).
                 if !v.is_finite() {
                     return Ok(None);
                 }

@@ -540,7 +540,7 @@ proptest! {
     }
 }
 
-/// Found by `fuzz/fuzz_targets/registers.rs`: a float register holding ±infinity
+/// The invariant of `fuzz/fuzz_targets/registers.rs`: a float register holding ±infinity
 /// decoded as a number, which then turned every counter difference into NaN.
 #[test]
 fn infinite_floats_decode_as_absent() {
