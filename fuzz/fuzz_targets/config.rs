@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 
 fn path() -> &'static PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| std::env::temp_dir().join(format!("ped-fuzz-config-{}.toml", std::process::id())))
+    P.get_or_init(|| {
+        std::env::temp_dir().join(format!("ped-fuzz-config-{}.toml", std::process::id()))
+    })
 }
 
 fn maps() -> &'static BTreeSet<String> {
@@ -43,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!pr.key.is_empty() && !pr.fix.is_empty(), "{pr:?}");
     }
     if problems.is_empty() {
-        let site = config::validate(raw, p, maps()).expect("check found nothing, so validate passes");
+        let site =
+            config::validate(raw, p, maps()).expect("check found nothing, so validate passes");
         let _ = site.endpoints();
         let _ = site.producers();
     }
