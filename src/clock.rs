@@ -6,6 +6,7 @@
 //! energy integration follow this clock.
 
 use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +16,15 @@ pub enum Clock {
         origin_real: Instant,
         origin: DateTime<Utc>,
         speed: f64,
+    },
+    /// A simulated clock that can be stepped forwards or backwards while it runs,
+    /// as a gateway's system clock is when NTP steps it: the fault matrix's
+    /// clock-jump rows. The offset is leaked once per clock so that `Clock` stays `Copy`.
+    Steppable {
+        origin_real: Instant,
+        origin: DateTime<Utc>,
+        speed: f64,
+        offset_us: &'static AtomicI64,
     },
 }
 
@@ -31,6 +41,32 @@ impl Clock {
         }
     }
 
+    /// A simulated clock that [`Clock::step`] can move; see [`Clock::Steppable`].
+    pub fn steppable(origin: DateTime<Utc>, speed: f64) -> Clock {
+        Clock::Steppable {
+            origin_real: Instant::now(),
+            origin,
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
+            offset_us: Box::leak(Box::new(AtomicI64::new(0))),
+        }
+    }
+
+    /// Moves a steppable clock by `by` (negative: backwards). Returns false, and
+    /// does nothing, for the other clocks.
+    pub fn step(&self, by: chrono::Duration) -> bool {
+        match *self {
+            Clock::Steppable { offset_us, .. } => {
+                offset_us.fetch_add(by.num_microseconds().unwrap_or(0), Ordering::SeqCst);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         match *self {
             Clock::System => Utc::now(),
@@ -42,13 +78,25 @@ impl Clock {
                 let real = origin_real.elapsed().as_secs_f64() * speed;
                 origin + chrono::Duration::microseconds((real * 1e6) as i64)
             }
+            Clock::Steppable {
+                origin_real,
+                origin,
+                speed,
+                offset_us,
+            } => {
+                let real = origin_real.elapsed().as_secs_f64() * speed;
+                origin
+                    + chrono::Duration::microseconds(
+                        (real * 1e6) as i64 + offset_us.load(Ordering::SeqCst),
+                    )
+            }
         }
     }
 
     pub fn speed(&self) -> f64 {
         match *self {
             Clock::System => 1.0,
-            Clock::Simulated { speed, .. } => speed,
+            Clock::Simulated { speed, .. } | Clock::Steppable { speed, .. } => speed,
         }
     }
 
@@ -93,5 +141,20 @@ mod tests {
         assert!(elapsed >= 30_000, "{elapsed} ms");
         let until = c.real_until(origin + chrono::Duration::minutes(10));
         assert!(until <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn steppable_clock_jumps_both_ways() {
+        let origin = DateTime::parse_from_rfc3339("2025-06-21T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = Clock::steppable(origin, 1.0);
+        assert!(c.step(chrono::Duration::hours(1)));
+        let ahead = (c.now() - origin).num_minutes();
+        assert_eq!(ahead, 60);
+        assert!(c.step(chrono::Duration::minutes(-10)));
+        assert_eq!((c.now() - origin).num_minutes(), 50);
+        assert!(!Clock::simulated(origin, 1.0).step(chrono::Duration::hours(1)));
+        assert!(!Clock::System.step(chrono::Duration::hours(1)));
     }
 }

@@ -102,11 +102,16 @@ fn default_output() -> PathBuf {
 pub struct HttpSection {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// File holding the bearer token that endpoints changing state require
+    /// (`http::auth`); without it such endpoints stay disabled.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
+            token_file: None,
         }
     }
 }
@@ -535,6 +540,17 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             format!("`{}` is not an ip:port", config.http.listen),
             "use e.g. \"127.0.0.1:9464\"",
         ));
+    }
+    if let Some(f) = &config.http.token_file {
+        // Only that it is there: its content and mode are checked by `http::auth::Token::load`
+        // (a higher room) where an endpoint needs it.
+        if let Err(e) = std::fs::metadata(f) {
+            p.push(problem(
+                "http.token_file",
+                format!("{}: {e}", f.display()),
+                "create it with one line of at least 16 characters (e.g. `openssl rand -hex 32`), chmod 600",
+            ));
+        }
     }
     if config.polling.interval_ms < 50 || config.polling.timeout_ms < 10 {
         p.push(problem(
@@ -1031,5 +1047,27 @@ meter = "M-1"
         let site = load(&path, &maps());
         std::env::remove_var("PED__HTTP__LISTEN");
         assert_eq!(site.unwrap().config.http.listen, "127.0.0.1:19999");
+    }
+
+    #[test]
+    fn http_is_local_by_default_and_a_missing_token_file_is_named() {
+        let (_d, path) = write(MINIMAL);
+        let site = load(&path, &maps()).unwrap();
+        assert!(site.config.http.listen.starts_with("127.0.0.1:"));
+        assert_eq!(site.config.http.token_file, None);
+        let (_d, path) = write(&MINIMAL.replace(
+            "[site]",
+            "[http]\ntoken_file = \"/nonexistent/ped-token\"\n\n[site]",
+        ));
+        let err = load(&path, &maps()).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "http.token_file" && p.fix.contains("chmod 600")),
+            "{problems:?}"
+        );
     }
 }

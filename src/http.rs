@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+pub mod auth;
+
 /// What the server asks of the daemon.
 pub trait Backend: Send + Sync + 'static {
     fn metrics(&self) -> String;

@@ -99,8 +99,12 @@ fn init_logs(format: &str) {
 fn library(site_models: Option<&Path>) -> Result<ModelLibrary> {
     let mut lib = ModelLibrary::embedded().context("built-in register maps")?;
     if let Some(dir) = site_models {
-        let extra = ModelLibrary::load_dir(dir)
-            .with_context(|| format!("register maps in {}", dir.display()))?;
+        let extra = ModelLibrary::load_dir(dir).with_context(|| {
+            format!(
+                "site.models_dir: register maps in {} (fix: point site.models_dir at an existing folder of map .toml files, or remove the key)",
+                dir.display()
+            )
+        })?;
         lib.extend(extra);
     }
     Ok(lib)

@@ -506,14 +506,17 @@ impl RegisterMap {
             PointType::Float32 => {
                 let bits = join_words(words, self.word_order) as u32;
                 let v = f32::from_bits(bits);
-                if v.is_nan() {
+                // NaN is SunSpec's "not implemented"; an infinity is no reading either,
+                // and would poison every counter difference it enters (the fuzz target's
+                // invariant: a decoded value is finite or absent).
+                if !v.is_finite() {
                     return Ok(None);
                 }
                 f64::from(v)
             }
             PointType::Float64 => {
                 let v = f64::from_bits(join_words(words, self.word_order));
-                if v.is_nan() {
+                if !v.is_finite() {
                     return Ok(None);
                 }
                 v

@@ -550,3 +550,43 @@ proptest! {
         }
     }
 }
+
+/// The invariant of `fuzz/fuzz_targets/registers.rs`: a float register holding ±infinity
+/// decoded as a number, which then turned every counter difference into NaN.
+#[test]
+fn infinite_floats_decode_as_absent() {
+    for order in ["high_first", "low_first"] {
+        let map = all_types_map(order);
+        let mut block = vec![0u16; 40];
+        for (hi, lo) in [(0x7F80u16, 0u16), (0xFF80, 0)] {
+            let (a, b) = if order == "high_first" {
+                (hi, lo)
+            } else {
+                (lo, hi)
+            };
+            block[22] = a;
+            block[23] = b;
+            assert_eq!(map.decode_f64(&block, "f32").unwrap(), None, "{order}");
+        }
+        for top in [0x7FF0u16, 0xFFF0] {
+            let words = if order == "high_first" {
+                [top, 0, 0, 0]
+            } else {
+                [0, 0, 0, top]
+            };
+            block[24..28].copy_from_slice(&words);
+            assert_eq!(map.decode_f64(&block, "f64").unwrap(), None, "{order}");
+        }
+        // A finite float still decodes.
+        let one = 1.5f32.to_bits();
+        let (a, b) = ((one >> 16) as u16, one as u16);
+        if order == "high_first" {
+            block[22] = a;
+            block[23] = b;
+        } else {
+            block[22] = b;
+            block[23] = a;
+        }
+        assert_eq!(map.decode_f64(&block, "f32").unwrap(), Some(1.5), "{order}");
+    }
+}
