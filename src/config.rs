@@ -66,6 +66,18 @@ pub struct SiteConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub participants: Vec<ParticipantConfig>,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// `[ledger]`: where the SQLite ledger lives.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// Default: `<output_dir>/ledger/ped.sqlite`. Relative paths are relative
+    /// to the working directory, like `site.output_dir`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

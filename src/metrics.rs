@@ -57,6 +57,11 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
+    // Ledger and outbox (issue 7).
+    pub ledger_write_errors: IntCounter,
+    pub ledger_pending_periods: Gauge,
+    pub outbox_files: IntGaugeVec,
+    pub deliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,6 +174,10 @@ impl Metrics {
             setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
             key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            ledger_write_errors: reg(r, IntCounter::new("ledger_write_errors_total", "Failed ledger writes (read-only file, disk full, ...).")?)?,
+            ledger_pending_periods: g("ledger_pending_periods", "Closed periods kept in memory because the ledger could not be written.")?,
+            outbox_files: igv("outbox_files", "Key files in the delivery outbox, by state.", &["state"])?,
+            deliveries: icv("deliveries_total", "Delivery attempts, by channel and result.", &["channel", "result"])?,
             registry,
         };
         m.build_info

@@ -5,16 +5,32 @@
 //! each period boundary between the two samples that straddle it. A counter
 //! that went backwards (meter reset or rollover) contributes nothing for that
 //! span and flags the period.
+//!
+//! Every closed period goes to the ledger (one transaction) before anything is
+//! built from it: the day's key files are rendered from the ledger's rows, so
+//! a restart keeps the whole day. On start the aggregator resumes from the
+//! ledger: the next period to close follows the last one stored (those are
+//! never recomputed), and each counter restarts from its last stored boundary
+//! value, so the period open at the crash is completed from counters.
+//!
+//! If the ledger cannot be written (read-only, disk full), polling, planning
+//! and control go on; closed periods wait in memory (at most [`MAX_PENDING`],
+//! a week of quarter-hours) and are written, in order, when the ledger accepts
+//! writes again.
 
 use super::{Event, PeriodRecord, Shared};
 use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy};
 use crate::dso::{enedis, KeyRow};
 use crate::ids::Prm;
+use crate::ledger::{
+    ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, LedgerError, Owner, Quality,
+};
 use crate::units::JOULES_PER_KWH;
 use chrono::{DateTime, NaiveDate, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -24,6 +40,8 @@ struct CounterTrack {
     last: Option<(DateTime<Utc>, f64)>,
     boundaries: BTreeMap<DateTime<Utc>, f64>,
     reset_in: Vec<DateTime<Utc>>,
+    /// Boundaries interpolated across a gap longer than a period.
+    estimated: BTreeSet<DateTime<Utc>>,
 }
 
 struct Counters {
@@ -50,6 +68,9 @@ impl Counters {
                 return None;
             }
             let reset = v < v0;
+            // Across a gap longer than a period the total is known but not
+            // when within the gap the energy flowed.
+            let long_gap = t - t0 > grid.step();
             let mut b = grid.next_period(grid.period_start(t0));
             while b <= t {
                 let val = if reset {
@@ -61,6 +82,9 @@ impl Counters {
                     v0 + (v - v0) * frac
                 };
                 tr.boundaries.insert(b, val);
+                if long_gap {
+                    tr.estimated.insert(b);
+                }
                 b = grid.next_period(b);
             }
             if reset {
@@ -74,7 +98,45 @@ impl Counters {
         // Two days of boundaries are plenty for closing late periods.
         let cutoff = t - chrono::Duration::days(2);
         tr.boundaries.retain(|k, _| *k >= cutoff);
+        tr.estimated.retain(|k| *k >= cutoff);
         delta
+    }
+
+    /// Restarts a counter from a boundary value stored before a restart.
+    fn seed(&mut self, s: &CounterSnapshot, kinds: &HashMap<String, DeviceKind>) {
+        // The tracks are keyed by the binding's static name.
+        let Some(reading) = kinds.get(&s.device).and_then(|k| {
+            crate::devices::bindings(*k)
+                .iter()
+                .find(|b| b.counter && b.reading == s.reading)
+                .map(|b| b.reading)
+        }) else {
+            return;
+        };
+        let tr = self.tracks.entry((s.device.clone(), reading)).or_default();
+        if tr.last.is_none() {
+            tr.last = Some((s.at, s.value));
+            tr.boundaries.insert(s.at, s.value);
+        }
+    }
+
+    /// Stored boundary values at `at`, for every counter that has one.
+    fn snapshots_at(&self, at: &[DateTime<Utc>]) -> Vec<CounterSnapshot> {
+        let mut out = Vec::new();
+        for ((device, reading), tr) in &self.tracks {
+            for t in at {
+                if let Some(v) = tr.boundaries.get(t) {
+                    out.push(CounterSnapshot {
+                        device: device.clone(),
+                        reading: reading.to_string(),
+                        at: *t,
+                        value: *v,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.device, &a.reading, a.at).cmp(&(&b.device, &b.reading, b.at)));
+        out
     }
 
     /// Energy of `[start, start + step)`, or why it is unknown.
@@ -83,7 +145,7 @@ impl Counters {
         device: &str,
         reading: &'static str,
         start: DateTime<Utc>,
-    ) -> Result<f64, String> {
+    ) -> Result<(f64, Quality), String> {
         let end = self.grid.next_period(start);
         let tr = self
             .tracks
@@ -93,11 +155,283 @@ impl Counters {
             return Err(format!("{device}: {reading} counter reset"));
         }
         match (tr.boundaries.get(&start), tr.boundaries.get(&end)) {
-            (Some(a), Some(b)) if b >= a => Ok(b - a),
+            (Some(a), Some(b)) if b >= a => Ok((
+                b - a,
+                if tr.estimated.contains(&start) || tr.estimated.contains(&end) {
+                    Quality::Estimated
+                } else {
+                    Quality::Measured
+                },
+            )),
             (Some(_), Some(_)) => Err(format!("{device}: {reading} went backwards")),
             _ => Err(format!("{device}: {reading} not sampled around the period")),
         }
     }
+}
+
+/// Closed periods waiting for the ledger: a week of quarter-hours (about
+/// 10 MB for the demo site). Past that the oldest is dropped (logged; it stays
+/// in the JSON-lines export) rather than letting memory grow without end.
+pub const MAX_PENDING: usize = 7 * 96;
+
+/// The aggregator's side of the ledger: writes in order, keeps what could not
+/// be written, retries.
+pub(super) struct Sink {
+    path: PathBuf,
+    ledger: Option<Ledger>,
+    pending: VecDeque<ClosedPeriod>,
+    /// Local days whose last period is stored but whose final key files are not yet recorded.
+    to_finalise: BTreeSet<NaiveDate>,
+    failing: bool,
+    last_try: Option<std::time::Instant>,
+}
+
+impl Sink {
+    pub(super) fn open(path: PathBuf) -> Sink {
+        let ledger = match Ledger::open(&path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger not available; closed periods are kept in memory until it is");
+                None
+            }
+        };
+        Sink {
+            path,
+            ledger,
+            pending: VecDeque::new(),
+            to_finalise: BTreeSet::new(),
+            failing: false,
+            last_try: None,
+        }
+    }
+
+    fn write_error(&mut self, shared: &Shared, e: &LedgerError) {
+        shared.metrics.ledger_write_errors.inc();
+        if !self.failing {
+            tracing::error!(error = %e, pending = self.pending.len(), "ledger write failed; control goes on, closed periods wait in memory");
+        }
+        self.failing = true;
+    }
+
+    fn push(&mut self, shared: &Shared, p: ClosedPeriod) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(old) = self.pending.pop_front() {
+                tracing::error!(period = %old.start, "ledger unwritable for too long: oldest unwritten period dropped from memory (still in periods.jsonl)");
+            }
+        }
+        self.pending.push_back(p);
+        self.flush(shared);
+    }
+
+    /// Writes what is pending, oldest first; stops at the first failure.
+    fn flush(&mut self, shared: &Shared) {
+        self.last_try = Some(std::time::Instant::now());
+        if self.ledger.is_none() {
+            match Ledger::open(&self.path) {
+                Ok(l) => self.ledger = Some(l),
+                Err(e) => {
+                    self.write_error(shared, &e);
+                    self.gauge(shared);
+                    return;
+                }
+            }
+        }
+        while let Some(p) = self.pending.front() {
+            let Some(ledger) = self.ledger.as_mut() else {
+                break;
+            };
+            match ledger.commit_period(p) {
+                Ok(_) => {
+                    if self.failing {
+                        tracing::info!(period = %p.start, "ledger writable again; catching up");
+                        self.failing = false;
+                    }
+                    let p = self.pending.pop_front();
+                    if let Some(p) = p {
+                        write_day_files(shared, ledger, &p);
+                        let grid = shared.site.grid;
+                        let day = grid.local_day(p.start);
+                        if day.succ_opt().and_then(|d| grid.local_midnight(d).ok()) == Some(p.end) {
+                            self.to_finalise.insert(day);
+                        }
+                    }
+                }
+                Err(e @ LedgerError::PeriodConflict { .. }) => {
+                    // Never rewritten: the stored version stands.
+                    tracing::error!(error = %e, "period not stored again");
+                    self.pending.pop_front();
+                }
+                Err(e) => {
+                    self.write_error(shared, &e);
+                    break;
+                }
+            }
+        }
+        if let Some(ledger) = self.ledger.as_mut() {
+            while let Some(day) = self.to_finalise.first().copied() {
+                match finalise_day(shared, ledger, day) {
+                    Ok(()) => {
+                        self.to_finalise.remove(&day);
+                    }
+                    Err(e) => {
+                        self.write_error(shared, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.gauge(shared);
+    }
+
+    fn gauge(&self, shared: &Shared) {
+        shared
+            .metrics
+            .ledger_pending_periods
+            .set(self.pending.len() as f64);
+    }
+
+    fn retry_due(&self) -> bool {
+        (!self.pending.is_empty() || !self.to_finalise.is_empty())
+            && match self.last_try {
+                None => true,
+                Some(t) => t.elapsed() >= Duration::from_secs(1),
+            }
+    }
+}
+
+/// Rewrites the local day's working key files from the ledger's rows.
+fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
+    let site = &shared.site;
+    let grid = site.grid;
+    let day = grid.local_day(p.start);
+    let rows = match day_rows(shared, ledger, day) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "key rows not read back from the ledger");
+            return;
+        }
+    };
+    if rows.is_empty() {
+        return;
+    }
+    let dir = shared
+        .output_dir
+        .join("keys")
+        .join(day.format("%Y-%m-%d").to_string());
+    let precision = Precision {
+        units_per_one: site.config.keys.units_per_one,
+    };
+    let (producers, consumers) = prms(shared);
+    match std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, &rows, precision)
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(files) => {
+            shared
+                .metrics
+                .key_files
+                .with_label_values(&["enedis"])
+                .inc_by(files.len() as u64);
+        }
+        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
+    }
+}
+
+fn prms(shared: &Shared) -> (Vec<Prm>, Vec<Prm>) {
+    let producers: Vec<Prm> = shared
+        .site
+        .producers()
+        .iter()
+        .filter_map(|d| d.prm.clone())
+        .collect();
+    let consumers: Vec<Prm> = shared
+        .site
+        .config
+        .participants
+        .iter()
+        .map(|p| p.prm.clone())
+        .collect();
+    (producers, consumers)
+}
+
+fn day_rows(shared: &Shared, ledger: &Ledger, day: NaiveDate) -> Result<Vec<KeyRow>, LedgerError> {
+    let grid = shared.site.grid;
+    let (Ok(from), Some(Ok(to))) = (
+        grid.local_midnight(day),
+        day.succ_opt().map(|d| grid.local_midnight(d)),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let n = shared.site.config.participants.len();
+    Ok(ledger
+        .key_rows(from, to)?
+        .into_iter()
+        // A row stored under another participant list cannot go into this file.
+        .filter(|(_, u)| u.len() == n)
+        .map(|(start, units)| KeyRow { start, units })
+        .collect())
+}
+
+/// The day is complete: its key files are validated (by rendering them back
+/// through the validator) and recorded as versions, which puts new versions
+/// in the outbox.
+fn finalise_day(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) -> Result<(), LedgerError> {
+    let grid = shared.site.grid;
+    let rows = day_rows(shared, ledger, day)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let precision = Precision {
+        units_per_one: shared.site.config.keys.units_per_one,
+    };
+    let (producers, consumers) = prms(shared);
+    let text = match enedis::render(&grid, &consumers, &rows, precision)
+        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(day = %day, error = %e, "final key files invalid; not queued for delivery");
+            return Ok(());
+        }
+    };
+    let (from, to) = match (
+        grid.local_midnight(day),
+        day.succ_opt().map(|d| grid.local_midnight(d)),
+    ) {
+        (Ok(a), Some(Ok(b))) => (a, b),
+        _ => return Ok(()),
+    };
+    let inputs: Vec<serde_json::Value> = ledger
+        .period_hashes(from, to)?
+        .into_iter()
+        .map(|(s, h)| serde_json::json!({"period": s.to_rfc3339(), "sha256": h}))
+        .collect();
+    let inputs = serde_json::Value::Array(inputs).to_string();
+    let policy = format!("{:?}", shared.site.config.keys.policy).to_lowercase();
+    for producer in &producers {
+        let name = match enedis::file_name(&grid, producer, &rows) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "key file name");
+                continue;
+            }
+        };
+        let v = ledger.record_key_file(
+            &name,
+            day,
+            day,
+            text.as_bytes(),
+            &inputs,
+            &policy,
+            shared.clock.now(),
+        )?;
+        if v.new {
+            tracing::info!(file = %name, version = v.version, sha256 = %v.sha256, "key file version recorded, queued for delivery");
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(
@@ -105,6 +439,7 @@ pub async fn run(
     mut events: mpsc::Receiver<Event>,
     periods: mpsc::Sender<PeriodRecord>,
     mut shutdown: watch::Receiver<bool>,
+    mut sink: Sink,
 ) {
     let site = &shared.site;
     let grid = site.grid;
@@ -121,11 +456,13 @@ pub async fn run(
         .collect();
     // The first whole period after start; the one running at start is incomplete.
     let mut next = grid.next_period(grid.period_start(clock.now()));
+    if let Some(resume) = resume(&shared, &mut sink, &mut counters, &kinds) {
+        next = resume;
+    }
     let poll = &site.config.polling;
     let grace = clock.clock_duration(Duration::from_millis(
         3 * poll.interval_ms + 2 * poll.timeout_ms,
     ));
-    let mut day_rows: BTreeMap<NaiveDate, Vec<KeyRow>> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -135,9 +472,13 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 while clock.now() >= grid.next_period(next) + grace {
-                    let rec = close_period(&shared, &counters, next, &mut day_rows);
+                    let (rec, closed) = close_period(&shared, &counters, next);
+                    sink.push(&shared, closed);
                     let _ = periods.try_send(rec);
                     next = grid.next_period(next);
+                }
+                if sink.retry_due() {
+                    sink.flush(&shared);
                 }
                 let now = clock.now();
                 let mut st = shared.status();
@@ -149,6 +490,54 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
+}
+
+/// Where to go on from the ledger: the period after the last stored one,
+/// counters seeded from their last stored boundary values.
+fn resume(
+    shared: &Shared,
+    sink: &mut Sink,
+    counters: &mut Counters,
+    kinds: &HashMap<String, DeviceKind>,
+) -> Option<DateTime<Utc>> {
+    let grid = shared.site.grid;
+    let now = shared.clock.now();
+    let ledger = sink.ledger.as_mut()?;
+    let last = match ledger.last_period() {
+        Ok(l) => l?,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger unreadable; not resuming from it");
+            return None;
+        }
+    };
+    let next = grid.next_period(last);
+    if next > grid.period_start(now) {
+        tracing::warn!(last = %grid.format_local(last), now = %grid.format_local(now), "the ledger holds periods after the clock's now; they are not closed again");
+        return Some(next);
+    }
+    if now - next > chrono::Duration::days(31) {
+        tracing::warn!(last = %grid.format_local(last), "last stored period is more than 31 days old; starting afresh, the gap stays unrecorded");
+        return None;
+    }
+    let snaps = ledger.latest_snapshots().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "counter snapshots unreadable; the open period is closed without them");
+        Vec::new()
+    });
+    for s in snaps.iter().filter(|s| s.at <= now) {
+        counters.seed(s, kinds);
+    }
+    let day = grid.local_day(last);
+    if day.succ_opt().and_then(|n| grid.local_midnight(n).ok()) == Some(next) {
+        // The crash may have fallen between the day's last period and its files.
+        sink.to_finalise.insert(day);
+    }
+    let _ = ledger.audit(
+        "resume",
+        &last.to_rfc3339(),
+        &format!("{} counters seeded", snaps.len()),
+    );
+    tracing::info!(last = %grid.format_local(last), next = %grid.format_local(next), counters = snaps.len(), "resuming from the ledger");
+    Some(next)
 }
 
 fn on_event(
@@ -230,14 +619,15 @@ fn close_period(
     shared: &Shared,
     counters: &Counters,
     start: DateTime<Utc>,
-    day_rows: &mut BTreeMap<NaiveDate, Vec<KeyRow>>,
-) -> PeriodRecord {
+) -> (PeriodRecord, ClosedPeriod) {
     let site = &shared.site;
     let cfg = &site.config;
     let grid = site.grid;
     let m = &shared.metrics;
     let mut problems: Vec<String> = Vec::new();
     let mut production = BTreeMap::new();
+    let mut energies: Vec<EnergyRow> = Vec::new();
+    let mut estimated = false;
     let mut total_p = 0.0;
     for d in site.producers() {
         let reading = if d.kind == DeviceKind::Battery {
@@ -245,23 +635,41 @@ fn close_period(
         } else {
             "production_kwh"
         };
-        let e = counters
-            .energy(&d.id, reading, start)
-            .unwrap_or_else(|why| {
+        let (e, q) = match counters.energy(&d.id, reading, start) {
+            Ok(v) => v,
+            Err(why) => {
                 problems.push(why);
-                0.0
-            });
+                (0.0, Quality::Missing)
+            }
+        };
+        estimated |= q == Quality::Estimated;
+        energies.push(EnergyRow {
+            owner: Owner::Device,
+            id: d.id.clone(),
+            reading: reading.into(),
+            kwh: (q != Quality::Missing).then_some(e),
+            quality: q,
+        });
         total_p += e;
         production.insert(d.id.clone(), e);
     }
     let mut consumption = Vec::with_capacity(cfg.participants.len());
     for p in &cfg.participants {
-        let e = counters
-            .energy(&p.meter, "import_kwh", start)
-            .unwrap_or_else(|why| {
+        let (e, q) = match counters.energy(&p.meter, "import_kwh", start) {
+            Ok(v) => v,
+            Err(why) => {
                 problems.push(why);
-                0.0
-            });
+                (0.0, Quality::Missing)
+            }
+        };
+        estimated |= q == Quality::Estimated;
+        energies.push(EnergyRow {
+            owner: Owner::Participant,
+            id: p.id.clone(),
+            reading: "import_kwh".into(),
+            kwh: (q != Quality::Missing).then_some(e),
+            quality: q,
+        });
         consumption.push(e);
     }
     let precision = Precision {
@@ -303,7 +711,11 @@ fn close_period(
         }
     };
     let quality = if problems.is_empty() {
-        "measured".to_string()
+        if estimated {
+            "estimated".to_string()
+        } else {
+            "measured".to_string()
+        }
     } else {
         m.period_fallbacks
             .with_label_values(&[if problems.iter().any(|p| p.contains("reset")) {
@@ -316,40 +728,6 @@ fn close_period(
         format!("fallback: {}", problems.join("; "))
     };
     let total_c: f64 = consumption.iter().sum();
-
-    // DSO key files for the period's local day, rewritten whole (atomic per file).
-    let day = grid.local_day(start);
-    let rows = day_rows.entry(day).or_default();
-    rows.push(KeyRow {
-        start,
-        units: units.clone(),
-    });
-    day_rows.retain(|d, _| *d >= day - chrono::Duration::days(1));
-    let producers: Vec<Prm> = site
-        .producers()
-        .iter()
-        .filter_map(|d| d.prm.clone())
-        .collect();
-    let consumers: Vec<Prm> = cfg.participants.iter().map(|p| p.prm.clone()).collect();
-    let dir = shared
-        .output_dir
-        .join("keys")
-        .join(day.format("%Y-%m-%d").to_string());
-    if let Some(rows) = day_rows.get(&day) {
-        match std::fs::create_dir_all(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, rows, precision)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(files) => {
-                m.key_files
-                    .with_label_values(&["enedis"])
-                    .inc_by(files.len() as u64);
-            }
-            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
-        }
-    }
 
     let rec = PeriodRecord {
         start,
@@ -374,6 +752,21 @@ fn close_period(
         surplus_kwh: surplus,
         quality,
         policy: format!("{:?}", cfg.keys.policy).to_lowercase(),
+    };
+    let closed = ClosedPeriod {
+        start,
+        end: grid.next_period(start),
+        record_json: serde_json::to_string(&rec).unwrap_or_default(),
+        quality: rec.quality.clone(),
+        policy: rec.policy.clone(),
+        energies,
+        keys: cfg
+            .participants
+            .iter()
+            .zip(&rec.key_units)
+            .map(|(p, u)| (p.id.clone(), p.prm.as_str().to_string(), *u))
+            .collect(),
+        snapshots: counters.snapshots_at(&[start, grid.next_period(start)]),
     };
     if let Err(e) = append_record(&shared.output_dir, &rec) {
         tracing::error!(error = %e, "period record not archived");
@@ -425,7 +818,7 @@ fn close_period(
     let mut st = shared.status();
     st.periods_closed += 1;
     st.last_period = Some(rec.clone());
-    rec
+    (rec, closed)
 }
 
 fn append_record(dir: &std::path::Path, rec: &PeriodRecord) -> std::io::Result<()> {

@@ -181,6 +181,88 @@ impl crate::http::Backend for Shared {
     }
 }
 
+/// Where the ledger lives and where the outbox delivers (issue 7).
+#[derive(Clone, Default)]
+pub struct LedgerOptions {
+    /// Overrides `ledger.path` (default `<output_dir>/ledger/ped.sqlite`).
+    pub path: Option<PathBuf>,
+    /// The outbox's destination; without one, files wait in the outbox.
+    pub deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
+    /// Retry schedule; default 1 min doubling up to 1 h, clock time.
+    pub backoff: Option<crate::ledger::outbox::Backoff>,
+}
+
+impl std::fmt::Debug for LedgerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerOptions")
+            .field("path", &self.path)
+            .field("deliver", &self.deliver.as_ref().map(|d| d.channel()))
+            .finish()
+    }
+}
+
+/// Delivers what the outbox holds, every real second, in a blocking task.
+async fn outbox_task(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
+    backoff: crate::ledger::outbox::Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::ledger::{outbox, Ledger};
+    let mut ledger: Option<Ledger> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let l = match ledger.take() {
+            Some(l) => l,
+            None => match Ledger::open(&path) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox: ledger not available yet");
+                    continue;
+                }
+            },
+        };
+        let now = shared.clock.now();
+        let d = deliver.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut l = l;
+            let attempts = match &d {
+                Some(d) => outbox::deliver_due(&mut l, d.as_ref(), now, &backoff),
+                None => Ok(Vec::new()),
+            };
+            let counts = outbox::counts(&mut l);
+            (l, attempts, counts)
+        });
+        let Ok((l, attempts, counts)) = job.await else {
+            continue;
+        };
+        ledger = Some(l);
+        match attempts {
+            Ok(a) => {
+                for a in a {
+                    shared
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[a.channel, a.result.as_str()])
+                        .inc();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "outbox: ledger error"),
+        }
+        if let Ok(c) = counts {
+            let m = &shared.metrics.outbox_files;
+            m.with_label_values(&["pending"]).set(c.pending as i64);
+            m.with_label_values(&["sent"]).set(c.sent as i64);
+            m.with_label_values(&["failed"]).set(c.failed as i64);
+        }
+    }
+}
+
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
 pub struct Daemon {
     pub shared: Arc<Shared>,
@@ -195,6 +277,16 @@ impl Daemon {
         lib: Arc<ModelLibrary>,
         clock: Clock,
         opts: Options,
+    ) -> Result<Daemon, DaemonError> {
+        Self::start_with_ledger(site, lib, clock, opts, LedgerOptions::default()).await
+    }
+
+    pub async fn start_with_ledger(
+        site: Site,
+        lib: Arc<ModelLibrary>,
+        clock: Clock,
+        opts: Options,
+        ledger: LedgerOptions,
     ) -> Result<Daemon, DaemonError> {
         let metrics = Metrics::new(&site.config.site.id)?;
         let output_dir = opts
@@ -281,10 +373,25 @@ impl Daemon {
             )));
         }
         drop(events_tx);
+        let ledger_path = ledger
+            .path
+            .clone()
+            .or_else(|| site.config.ledger.path.clone())
+            .unwrap_or_else(|| shared.output_dir.join("ledger").join("ped.sqlite"));
+        // Opened (and migrated) before the first poll, so the resume point is known.
+        let sink = aggregate::Sink::open(ledger_path.clone());
         tasks.push(tokio::spawn(aggregate::run(
             shared.clone(),
             events_rx,
             periods_tx,
+            shutdown_rx.clone(),
+            sink,
+        )));
+        tasks.push(tokio::spawn(outbox_task(
+            shared.clone(),
+            ledger_path,
+            ledger.deliver.clone(),
+            ledger.backoff.unwrap_or_default(),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(planner::run(
