@@ -463,6 +463,9 @@ pub async fn run(
     let grace = clock.clock_duration(Duration::from_millis(
         3 * poll.interval_ms + 2 * poll.timeout_ms,
     ));
+    // A period is closed only once every device had the chance to be polled
+    // since start: after a restart the first samples complete the open period.
+    let first_close = clock.now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -471,7 +474,7 @@ pub async fn run(
                 on_event(&shared, &kinds, &mut counters, ev);
             }
             _ = tick.tick() => {
-                while clock.now() >= grid.next_period(next) + grace {
+                while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
                     let (rec, closed) = close_period(&shared, &counters, next);
                     sink.push(&shared, closed);
                     let _ = periods.try_send(rec);
