@@ -116,6 +116,10 @@ pub fn deliver_due(
         rows.collect::<Result<_, _>>().map_err(e)?
     };
     let mut out = Vec::with_capacity(due.len());
+    // Failures are committed together at the end (one fsync, not one per
+    // file): losing them to a crash only makes the next attempt come sooner.
+    // A success is committed at once, before the next file is tried.
+    let mut failures: Vec<(i64, u32, Option<DateTime<Utc>>, String)> = Vec::new();
     for (id, file_name, key, attempts, content) in due {
         let d = Delivery {
             file_name: file_name.clone(),
@@ -144,24 +148,12 @@ pub fn deliver_due(
             }
             Err(DeliveryError::Transient(why)) => {
                 let next = now + backoff.after(attempts);
-                ledger
-                    .conn()
-                    .execute(
-                        "UPDATE outbox SET attempts = ?2, next_attempt = ?3, last_error = ?4 WHERE id = ?1",
-                        params![id, attempts, next.timestamp(), why],
-                    )
-                    .map_err(e)?;
+                failures.push((id, attempts, Some(next), why.clone()));
                 tracing::warn!(file = %file_name, channel = deliver.channel(), attempts, error = %why, next = %next, "delivery failed, will retry");
                 AttemptResult::Retry
             }
             Err(DeliveryError::Permanent(why)) => {
-                ledger
-                    .conn()
-                    .execute(
-                        "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3 WHERE id = ?1",
-                        params![id, attempts, why],
-                    )
-                    .map_err(e)?;
+                failures.push((id, attempts, None, why.clone()));
                 tracing::error!(file = %file_name, channel = deliver.channel(), attempts, error = %why, "delivery refused for good; needs a person");
                 AttemptResult::Failed
             }
@@ -171,6 +163,23 @@ pub fn deliver_due(
             channel: deliver.channel(),
             result,
         });
+    }
+    if !failures.is_empty() {
+        let tx = ledger.conn().transaction().map_err(e)?;
+        for (id, attempts, next, why) in failures {
+            match next {
+                Some(next) => tx.execute(
+                    "UPDATE outbox SET attempts = ?2, next_attempt = ?3, last_error = ?4 WHERE id = ?1",
+                    params![id, attempts, next.timestamp(), why],
+                ),
+                None => tx.execute(
+                    "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3 WHERE id = ?1",
+                    params![id, attempts, why],
+                ),
+            }
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
     }
     Ok(out)
 }
