@@ -252,11 +252,17 @@ fn run_matrix(runs: usize, seed: u64) {
         .map(|e| e.idempotency_key.as_str())
         .collect();
     assert!(!sent.is_empty(), "no key file delivered");
-    assert_eq!(keys, sent, "delivered keys differ from the outbox's sent entries");
+    assert_eq!(
+        keys, sent,
+        "delivered keys differ from the outbox's sent entries"
+    );
     // A repeat is possible only if a kill fell between the channel's Ok and the
     // commit of `sent`; it carries the same idempotency key (checked above).
     let repeats = lines.len() - keys.len();
-    assert!(repeats <= runs, "{repeats} repeated deliveries for {runs} kills");
+    assert!(
+        repeats <= runs,
+        "{repeats} repeated deliveries for {runs} kills"
+    );
     let versions: BTreeSet<(String, i64)> = entries
         .iter()
         .map(|e| (e.file_name.clone(), e.version))
