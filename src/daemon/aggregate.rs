@@ -835,3 +835,81 @@ fn append_record(dir: &std::path::Path, rec: &PeriodRecord) -> std::io::Result<(
     writeln!(f, "{line}")?;
     f.sync_data()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("timestamp")
+            .with_timezone(&Utc)
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            grid: crate::time::Grid::new(15, chrono_tz::Europe::Paris).expect("grid"),
+            tracks: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_restart_completes_the_open_period_from_the_stored_boundary() {
+        let mut c = counters();
+        let kinds: HashMap<String, DeviceKind> = [("M".to_string(), DeviceKind::Meter)].into();
+        // Stored before the crash: the counter read 100 kWh at 10:00.
+        c.seed(
+            &CounterSnapshot {
+                device: "M".into(),
+                reading: "import_kwh".into(),
+                at: t("2025-06-21T10:00:00Z"),
+                value: 100.0,
+            },
+            &kinds,
+        );
+        // After the restart: samples at 10:10 and 10:20.
+        c.sample("M", "import_kwh", t("2025-06-21T10:10:00Z"), 110.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:20:00Z"), 120.0);
+        let (e, q) = c
+            .energy("M", "import_kwh", t("2025-06-21T10:00:00Z"))
+            .expect("energy");
+        assert!((e - 15.0).abs() < 1e-9, "{e}");
+        assert_eq!(q, Quality::Measured);
+        // An unknown counter name is not seeded.
+        c.seed(
+            &CounterSnapshot {
+                device: "M".into(),
+                reading: "bogus".into(),
+                at: t("2025-06-21T10:00:00Z"),
+                value: 1.0,
+            },
+            &kinds,
+        );
+        assert_eq!(c.tracks.len(), 1);
+    }
+
+    #[test]
+    fn a_gap_longer_than_a_period_is_estimated_and_conserves_energy() {
+        let mut c = counters();
+        c.sample("M", "import_kwh", t("2025-06-21T09:55:00Z"), 0.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:05:00Z"), 10.0);
+        // ped down from 10:05 to 10:50.
+        c.sample("M", "import_kwh", t("2025-06-21T10:50:00Z"), 55.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:55:00Z"), 60.0);
+        let mut total = 0.0;
+        for (start, quality) in [
+            ("2025-06-21T10:00:00Z", Quality::Estimated),
+            ("2025-06-21T10:15:00Z", Quality::Estimated),
+            ("2025-06-21T10:30:00Z", Quality::Estimated),
+        ] {
+            let (e, q) = c.energy("M", "import_kwh", t(start)).expect("energy");
+            assert_eq!(q, quality, "{start}");
+            total += e;
+        }
+        // 10:00 → 10:45 is exactly the counter's movement between those boundaries.
+        assert!((total - 45.0).abs() < 1e-9, "{total}");
+        let snaps = c.snapshots_at(&[t("2025-06-21T10:00:00Z"), t("2025-06-21T10:45:00Z")]);
+        assert_eq!(snaps.len(), 2);
+        assert!((snaps[1].value - snaps[0].value - 45.0).abs() < 1e-9);
+    }
+}

@@ -159,6 +159,9 @@ pub struct KeyFileVersion {
     pub new: bool,
 }
 
+/// A period's start and its key units in participant order.
+pub type KeyUnitsRow = (DateTime<Utc>, Vec<u32>);
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     let mut s = String::with_capacity(64);
@@ -560,12 +563,12 @@ impl Ledger {
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<(DateTime<Utc>, Vec<u32>)>, LedgerError> {
+    ) -> Result<Vec<KeyUnitsRow>, LedgerError> {
         let mut st = self
             .conn
             .prepare("SELECT period, units FROM keys WHERE period >= ?1 AND period < ?2 ORDER BY period, pos")
             .map_err(|e| self.err(e))?;
-        let mut out: Vec<(DateTime<Utc>, Vec<u32>)> = Vec::new();
+        let mut out: Vec<KeyUnitsRow> = Vec::new();
         let rows = st
             .query_map([ts(from), ts(to)], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?))
@@ -783,10 +786,9 @@ impl Ledger {
             })
             .map_err(|e| self.err(e))?;
         let mut prev = GENESIS.to_string();
-        let mut expected_seq = 1;
         let mut entries = 0u64;
         let mut period_hash = std::collections::HashMap::new();
-        for row in rows {
+        for (expected_seq, row) in (1i64..).zip(rows) {
             let (seq, at, kind, subject, detail, prev_hash, hash) = row.map_err(|e| self.err(e))?;
             if seq != expected_seq {
                 return Ok(VerifyReport::broken(
@@ -813,7 +815,6 @@ impl Ledger {
                 period_hash.insert(subject, detail);
             }
             prev = hash;
-            expected_seq += 1;
             entries += 1;
         }
         let mut periods = 0u64;
