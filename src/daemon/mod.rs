@@ -263,6 +263,74 @@ async fn outbox_task(
     }
 }
 
+/// Records each new plan and the setpoints it hands to the endpoints in the
+/// ledger (its own connection, in a blocking task). The write results per
+/// device stay in `ped_setpoint_writes_total` and the logs.
+async fn dispatch_recorder(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut setpoints: watch::Receiver<BTreeMap<String, Command>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::ledger::Ledger;
+    let mut ledger: Option<Ledger> = None;
+    let mut last_plan: Option<DateTime<Utc>> = None;
+    loop {
+        tokio::select! {
+            r = setpoints.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+        let sp: Vec<(String, f64, &'static str)> = setpoints
+            .borrow_and_update()
+            .iter()
+            .map(|(d, c)| match c {
+                Command::BatteryPower(kw) | Command::PowerToHeat(kw) => {
+                    (d.clone(), kw * 1000.0, "sent")
+                }
+                Command::Release => (d.clone(), 0.0, "release"),
+            })
+            .collect();
+        let plan = shared
+            .status()
+            .plan
+            .clone()
+            .filter(|p| p.computed_at.is_some() && p.computed_at != last_plan);
+        if let Some(p) = &plan {
+            last_plan = p.computed_at;
+        }
+        let now = shared.clock.now();
+        let l = ledger.take();
+        let path = path.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut l = match l {
+                Some(l) => l,
+                None => Ledger::open(&path)?,
+            };
+            let json = plan
+                .as_ref()
+                .map(|p| serde_json::to_string(p).unwrap_or_default());
+            let plan_row = plan.as_ref().zip(json.as_deref()).map(|(p, j)| {
+                (
+                    p.computed_at.unwrap_or(now),
+                    p.status.as_str(),
+                    p.objective_eur,
+                    j,
+                )
+            });
+            let r = l.record_dispatch(now, plan_row, &sp);
+            r.map(|_| l)
+        });
+        match job.await {
+            Ok(Ok(l)) => ledger = Some(l),
+            Ok(Err(e)) => {
+                shared.metrics.ledger_write_errors.inc();
+                tracing::warn!(error = %e, "plan and setpoints not recorded in the ledger");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
 pub struct Daemon {
     pub shared: Arc<Shared>,
@@ -386,6 +454,12 @@ impl Daemon {
             periods_tx,
             shutdown_rx.clone(),
             sink,
+        )));
+        tasks.push(tokio::spawn(dispatch_recorder(
+            shared.clone(),
+            ledger_path.clone(),
+            setpoints_rx.clone(),
+            shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(outbox_task(
             shared.clone(),

@@ -747,6 +747,48 @@ impl Ledger {
             .map_err(|e| self.err(e))
     }
 
+    /// A dispatch decision in one transaction: the plan behind it (if new)
+    /// and the setpoints handed to the devices' endpoints.
+    pub fn record_dispatch(
+        &mut self,
+        at: DateTime<Utc>,
+        plan: Option<(DateTime<Utc>, &str, f64, &str)>,
+        setpoints: &[(String, f64, &str)],
+    ) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let e = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        if let Some((computed_at, status, objective, json)) = plan {
+            tx.execute(
+                "INSERT INTO plans (computed_at, status, objective_eur, plan_json) VALUES (?1, ?2, ?3, ?4)",
+                params![ts(computed_at), status, objective, json],
+            )
+            .map_err(e)?;
+        }
+        for (device, watts, result) in setpoints {
+            tx.execute(
+                "INSERT INTO setpoints (at, device, watts, result) VALUES (?1, ?2, ?3, ?4)",
+                params![ts(at), device, watts, result],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Numbers of plans and setpoints recorded.
+    pub fn dispatch_counts(&self) -> Result<(u64, u64), LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM plans), (SELECT count(*) FROM setpoints)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Appends an audit entry on its own (e.g. `start`, `resume`).
     pub fn audit(&mut self, kind: &str, subject: &str, detail: &str) -> Result<(), LedgerError> {
         let path = self.path.clone();
