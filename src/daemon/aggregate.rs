@@ -27,7 +27,7 @@ use crate::ledger::{
     ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, LedgerError, Owner, Quality,
 };
 use crate::units::JOULES_PER_KWH;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -180,8 +180,9 @@ pub(super) struct Sink {
     path: PathBuf,
     ledger: Option<Ledger>,
     pending: VecDeque<ClosedPeriod>,
-    /// Local days whose last period is stored but whose final key files are not yet recorded.
-    to_finalise: BTreeSet<NaiveDate>,
+    /// Local day ranges (a day, a month) whose last period is stored but whose
+    /// final key files are not yet recorded.
+    to_finalise: BTreeSet<(NaiveDate, NaiveDate)>,
     failing: bool,
     last_try: Option<std::time::Instant>,
 }
@@ -249,11 +250,7 @@ impl Sink {
                     let p = self.pending.pop_front();
                     if let Some(p) = p {
                         write_day_files(shared, ledger, &p);
-                        let grid = shared.site.grid;
-                        let day = grid.local_day(p.start);
-                        if day.succ_opt().and_then(|d| grid.local_midnight(d).ok()) == Some(p.end) {
-                            self.to_finalise.insert(day);
-                        }
+                        self.day_complete(shared, p.start, p.end);
                     }
                 }
                 Err(e @ LedgerError::PeriodConflict { .. }) => {
@@ -268,10 +265,10 @@ impl Sink {
             }
         }
         if let Some(ledger) = self.ledger.as_mut() {
-            while let Some(day) = self.to_finalise.first().copied() {
-                match finalise_day(shared, ledger, day) {
+            while let Some((first, last)) = self.to_finalise.first().copied() {
+                match finalise(shared, ledger, first, last) {
                     Ok(()) => {
-                        self.to_finalise.remove(&day);
+                        self.to_finalise.remove(&(first, last));
                     }
                     Err(e) => {
                         self.write_error(shared, &e);
@@ -281,6 +278,23 @@ impl Sink {
             }
         }
         self.gauge(shared);
+    }
+
+    /// If `[start, end)` was the last period of its local day (or month),
+    /// that day's (month's) final files are due.
+    fn day_complete(&mut self, shared: &Shared, start: DateTime<Utc>, end: DateTime<Utc>) {
+        let grid = shared.site.grid;
+        let day = grid.local_day(start);
+        let Some(next) = day.succ_opt() else { return };
+        if grid.local_midnight(next).ok() != Some(end) {
+            return;
+        }
+        self.to_finalise.insert((day, day));
+        if next.day() == 1 {
+            if let Some(first) = day.with_day(1) {
+                self.to_finalise.insert((first, day));
+            }
+        }
     }
 
     fn gauge(&self, shared: &Shared) {
@@ -304,7 +318,7 @@ fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
     let site = &shared.site;
     let grid = site.grid;
     let day = grid.local_day(p.start);
-    let rows = match day_rows(shared, ledger, day) {
+    let rows = match range_rows(shared, ledger, day, day) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "key rows not read back from the ledger");
@@ -356,12 +370,24 @@ fn prms(shared: &Shared) -> (Vec<Prm>, Vec<Prm>) {
     (producers, consumers)
 }
 
-fn day_rows(shared: &Shared, ledger: &Ledger, day: NaiveDate) -> Result<Vec<KeyRow>, LedgerError> {
-    let grid = shared.site.grid;
-    let (Ok(from), Some(Ok(to))) = (
-        grid.local_midnight(day),
-        day.succ_opt().map(|d| grid.local_midnight(d)),
-    ) else {
+/// UTC bounds of the local days `first..=last`.
+fn day_bounds(
+    grid: &crate::time::Grid,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let from = grid.local_midnight(first).ok()?;
+    let to = grid.local_midnight(last.succ_opt()?).ok()?;
+    Some((from, to))
+}
+
+fn range_rows(
+    shared: &Shared,
+    ledger: &Ledger,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<Vec<KeyRow>, LedgerError> {
+    let Some((from, to)) = day_bounds(&shared.site.grid, first, last) else {
         return Ok(Vec::new());
     };
     let n = shared.site.config.participants.len();
@@ -374,12 +400,17 @@ fn day_rows(shared: &Shared, ledger: &Ledger, day: NaiveDate) -> Result<Vec<KeyR
         .collect())
 }
 
-/// The day is complete: its key files are validated (by rendering them back
-/// through the validator) and recorded as versions, which puts new versions
-/// in the outbox.
-fn finalise_day(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) -> Result<(), LedgerError> {
+/// A day (or a month: the DSO takes keys monthly for the previous month) is
+/// complete: its key files are validated (rendered, then parsed back by the
+/// validator) and recorded as versions, which puts new versions in the outbox.
+fn finalise(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<(), LedgerError> {
     let grid = shared.site.grid;
-    let rows = day_rows(shared, ledger, day)?;
+    let rows = range_rows(shared, ledger, first, last)?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -392,16 +423,12 @@ fn finalise_day(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) -> Result<
     {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(day = %day, error = %e, "final key files invalid; not queued for delivery");
+            tracing::error!(first = %first, last = %last, error = %e, "final key files invalid; not queued for delivery");
             return Ok(());
         }
     };
-    let (from, to) = match (
-        grid.local_midnight(day),
-        day.succ_opt().map(|d| grid.local_midnight(d)),
-    ) {
-        (Ok(a), Some(Ok(b))) => (a, b),
-        _ => return Ok(()),
+    let Some((from, to)) = day_bounds(&grid, first, last) else {
+        return Ok(());
     };
     let inputs: Vec<serde_json::Value> = ledger
         .period_hashes(from, to)?
@@ -420,8 +447,8 @@ fn finalise_day(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) -> Result<
         };
         let v = ledger.record_key_file(
             &name,
-            day,
-            day,
+            first,
+            last,
             text.as_bytes(),
             &inputs,
             &policy,
@@ -529,16 +556,13 @@ fn resume(
     for s in snaps.iter().filter(|s| s.at <= now) {
         counters.seed(s, kinds);
     }
-    let day = grid.local_day(last);
-    if day.succ_opt().and_then(|n| grid.local_midnight(n).ok()) == Some(next) {
-        // The crash may have fallen between the day's last period and its files.
-        sink.to_finalise.insert(day);
-    }
     let _ = ledger.audit(
         "resume",
         &last.to_rfc3339(),
         &format!("{} counters seeded", snaps.len()),
     );
+    // The crash may have fallen between the day's last period and its files.
+    sink.day_complete(shared, last, next);
     tracing::info!(last = %grid.format_local(last), next = %grid.format_local(next), counters = snaps.len(), "resuming from the ledger");
     Some(next)
 }
@@ -851,6 +875,94 @@ mod tests {
             grid: crate::time::Grid::new(15, chrono_tz::Europe::Paris).expect("grid"),
             tracks: HashMap::new(),
         }
+    }
+
+    fn shared(out: &std::path::Path) -> Shared {
+        let lib = crate::registers::ModelLibrary::embedded().expect("maps");
+        let known: std::collections::BTreeSet<String> = lib.keys().map(str::to_string).collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("site-configs/fontaine-douche.toml");
+        let site = crate::config::load(&path, &known).expect("site");
+        Shared {
+            metrics: crate::metrics::Metrics::new("t").expect("metrics"),
+            clock: crate::clock::Clock::System,
+            status: std::sync::Mutex::new(Default::default()),
+            output_dir: out.to_path_buf(),
+            site,
+        }
+    }
+
+    #[test]
+    fn the_last_day_of_a_month_queues_daily_and_monthly_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut sh = shared(tmp.path());
+        // Two producers and five participants are enough: every period
+        // rewrites and syncs the day's files, slow in a debug build.
+        sh.site.config.participants.truncate(5);
+        let keep: Vec<String> = sh
+            .site
+            .producers()
+            .iter()
+            .take(2)
+            .map(|d| d.id.clone())
+            .collect();
+        let producer_ids: Vec<String> = sh.site.producers().iter().map(|d| d.id.clone()).collect();
+        sh.site
+            .config
+            .devices
+            .retain(|d| keep.contains(&d.id) || !producer_ids.contains(&d.id));
+        let mut sink = Sink::open(tmp.path().join("l.sqlite"));
+        let grid = sh.site.grid;
+        // 29 June 23:45 local to the end of 30 June: two days, one month end.
+        let mut start = t("2025-06-29T21:45:00Z");
+        let end = t("2025-06-30T22:00:00Z");
+        let participants = &sh.site.config.participants;
+        while start < end {
+            let p = ClosedPeriod {
+                start,
+                end: grid.next_period(start),
+                record_json: format!("{{\"start\":\"{start}\"}}"),
+                quality: "measured".into(),
+                policy: "prorata".into(),
+                energies: Vec::new(),
+                keys: participants
+                    .iter()
+                    .map(|p| (p.id.clone(), p.prm.as_str().to_string(), 5))
+                    .collect(),
+                snapshots: Vec::new(),
+            };
+            sink.push(&sh, p);
+            start = grid.next_period(start);
+        }
+        assert!(sink.pending.is_empty() && sink.to_finalise.is_empty());
+        let l = sink.ledger.as_mut().expect("ledger");
+        let names: Vec<String> = crate::ledger::outbox::entries(l)
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.file_name)
+            .collect();
+        let producers = sh.site.producers().len();
+        assert_eq!(names.len(), 3 * producers, "{names:?}");
+        for suffix in [
+            "_20250629_20250629.csv",
+            "_20250630_20250630.csv",
+            "_20250629_20250630.csv",
+        ] {
+            assert_eq!(
+                names.iter().filter(|n| n.ends_with(suffix)).count(),
+                producers,
+                "{suffix}"
+            );
+        }
+        // The working file of the last day holds all its 96 rows, read back from the ledger.
+        let f = std::fs::read_dir(tmp.path().join("keys/2025-06-30"))
+            .expect("keys")
+            .filter_map(Result::ok)
+            .find(|f| f.file_name().to_string_lossy().ends_with(".csv"))
+            .expect("a key file");
+        let text = std::fs::read_to_string(f.path()).expect("read");
+        assert_eq!(text.lines().count(), 97);
+        assert!(l.verify().expect("verify").ok());
     }
 
     #[test]
