@@ -797,6 +797,25 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             "add a device of kind \"pv_inverter\"",
         ));
     }
+    if let Some(path) = &config.ledger.path {
+        if path.is_dir() {
+            p.push(problem(
+                "ledger.path",
+                format!("{} is a folder", path.display()),
+                "give a file name, e.g. out/ledger/ped.sqlite",
+            ));
+        } else if let Some(parent) = path.parent().filter(|d| d.is_file()) {
+            p.push(problem(
+                "ledger.path",
+                format!(
+                    "{} cannot be created: {} is a file",
+                    path.display(),
+                    parent.display()
+                ),
+                "put the ledger in a folder, e.g. out/ledger/ped.sqlite",
+            ));
+        }
+    }
     p
 }
 
@@ -965,5 +984,24 @@ meter = "M-1"
         let site = load(&path, &maps());
         std::env::remove_var("PED__HTTP__LISTEN");
         assert_eq!(site.unwrap().config.http.listen, "127.0.0.1:19999");
+    }
+
+    #[test]
+    fn a_ledger_path_that_cannot_be_a_file_is_named() {
+        let (d, path) = write(MINIMAL);
+        let as_folder = format!("\n[ledger]\npath = \"{}\"\n", d.path().display());
+        let (_d2, bad) = write(&(MINIMAL.to_string() + &as_folder));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("ledger.path") && err.contains("is a folder"),
+            "{err}"
+        );
+        let under_file = format!("\n[ledger]\npath = \"{}/ped.sqlite\"\n", path.display());
+        let (_d3, bad) = write(&(MINIMAL.to_string() + &under_file));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("ledger.path") && err.contains("is a file"),
+            "{err}"
+        );
     }
 }

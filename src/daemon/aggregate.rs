@@ -542,7 +542,7 @@ fn resume(
     };
     let next = grid.next_period(last);
     if next > grid.period_start(now) {
-        tracing::warn!(last = %grid.format_local(last), now = %grid.format_local(now), "the ledger holds periods after the clock's now; they are not closed again");
+        tracing::warn!(last = %grid.format_local(last), now = %grid.format_local(now), "the ledger holds periods after the clock's now (clock set back, or a simulation re-run on the same ledger); they are not closed again: for a fresh run use another --out or --ledger");
         return Some(next);
     }
     if now - next > chrono::Duration::days(31) {
