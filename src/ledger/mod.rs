@@ -195,7 +195,7 @@ const MIGRATIONS: &[&str] = &[
         kwh REAL,
         quality TEXT NOT NULL CHECK (quality IN ('measured', 'estimated', 'missing')),
         PRIMARY KEY (period, owner, id, reading)
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE keys (
         period INTEGER NOT NULL REFERENCES periods(start),
         pos INTEGER NOT NULL,
@@ -203,14 +203,14 @@ const MIGRATIONS: &[&str] = &[
         prm TEXT NOT NULL,
         units INTEGER NOT NULL CHECK (units >= 0),
         PRIMARY KEY (period, pos)
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE counter_snapshots (
         device TEXT NOT NULL,
         reading TEXT NOT NULL,
         at INTEGER NOT NULL,
         value REAL NOT NULL,
         PRIMARY KEY (device, reading, at)
-    );
+    ) WITHOUT ROWID;
     CREATE TABLE key_files (
         name TEXT NOT NULL,
         version INTEGER NOT NULL,
@@ -338,6 +338,14 @@ impl Ledger {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| l.err(e))?;
         Ok(l)
+    }
+
+    /// For the benchmark that shows what `synchronous=FULL` costs; ped itself never calls it.
+    #[doc(hidden)]
+    pub fn set_synchronous(&mut self, mode: &str) -> Result<(), LedgerError> {
+        self.conn
+            .pragma_update(None, "synchronous", mode)
+            .map_err(|e| self.err(e))
     }
 
     pub fn path(&self) -> &Path {
