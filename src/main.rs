@@ -263,7 +263,8 @@ async fn main() -> Result<()> {
                     }
                     Clock::simulated_shared(origin, parse_start(&start)?, speed)
                 }
-                _ => Clock::System,
+                (None, None, None) => Clock::System,
+                _ => bail!("--start and --speed go with --clock-origin UNIX_TS (a simulated clock shared with `simulate --devices-only`)"),
             };
             let deliver = deliver_dir.map(|dir| {
                 Arc::new(ped::ledger::outbox::SpoolDir { dir })
