@@ -503,8 +503,10 @@ pub async fn run(
             _ = tick.tick() => {
                 while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
                     let (rec, closed) = close_period(&shared, &counters, next);
-                    sink.push(&shared, closed);
+                    // The planner need not wait for the ledger's fsync; files and
+                    // deliveries are built only from what the ledger committed.
                     let _ = periods.try_send(rec);
+                    sink.push(&shared, closed);
                     next = grid.next_period(next);
                 }
                 if sink.retry_due() {
