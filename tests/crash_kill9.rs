@@ -288,7 +288,7 @@ fn run_matrix(runs: usize, seed: u64) {
 }
 
 #[test]
-fn kill9_three_times_loses_and_repeats_nothing() {
+fn kill9_at_seeded_moments_loses_and_repeats_nothing() {
     let runs = std::env::var("PED_CRASH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
