@@ -174,6 +174,9 @@ impl Counters {
 /// in the JSON-lines export) rather than letting memory grow without end.
 pub const MAX_PENDING: usize = 7 * 96;
 
+/// Periods written per attempt when catching up.
+const CATCH_UP_BATCH: usize = 32;
+
 /// The aggregator's side of the ledger: writes in order, keeps what could not
 /// be written, retries.
 pub(super) struct Sink {
@@ -237,10 +240,17 @@ impl Sink {
                 }
             }
         }
+        // A long backlog is written a batch per second: each commit is an
+        // fsync on the runtime's thread, and polling must not stall meanwhile.
+        let mut budget = CATCH_UP_BATCH;
         while let Some(p) = self.pending.front() {
             let Some(ledger) = self.ledger.as_mut() else {
                 break;
             };
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             match ledger.commit_period(p) {
                 Ok(_) => {
                     if self.failing {
