@@ -67,6 +67,31 @@ impl Clock {
         }
     }
 
+    /// A simulated clock that several processes can share: it read `start` at
+    /// the wall-clock instant `origin_unix` (seconds since the epoch), so each
+    /// computes `start + (now − origin) × speed` from the system clock. A
+    /// process started later (a daemon restarted after `kill -9`) joins the
+    /// same simulated time as the devices it polls.
+    pub fn simulated_shared(origin_unix: f64, start: DateTime<Utc>, speed: f64) -> Clock {
+        let speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let since = (now_unix - origin_unix).max(0.0);
+        let sim_since = chrono::Duration::microseconds((since * speed * 1e6) as i64);
+        // Anchor at this process's start: Instant is monotonic, the wall clock is read once.
+        Clock::Simulated {
+            origin_real: Instant::now(),
+            origin: start + sim_since,
+            speed,
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         match *self {
             Clock::System => Utc::now(),

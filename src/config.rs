@@ -66,6 +66,18 @@ pub struct SiteConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub participants: Vec<ParticipantConfig>,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// `[ledger]`: where the SQLite ledger lives.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// Default: `<output_dir>/ledger/ped.sqlite`. Relative paths are relative
+    /// to the working directory, like `site.output_dir`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -879,6 +891,25 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             "add a device of kind \"pv_inverter\"",
         ));
     }
+    if let Some(path) = &config.ledger.path {
+        if path.is_dir() {
+            p.push(problem(
+                "ledger.path",
+                format!("{} is a folder", path.display()),
+                "give a file name, e.g. out/ledger/ped.sqlite",
+            ));
+        } else if let Some(parent) = path.parent().filter(|d| d.is_file()) {
+            p.push(problem(
+                "ledger.path",
+                format!(
+                    "{} cannot be created: {} is a file",
+                    path.display(),
+                    parent.display()
+                ),
+                "put the ledger in a folder, e.g. out/ledger/ped.sqlite",
+            ));
+        }
+    }
     p
 }
 
@@ -1068,6 +1099,25 @@ meter = "M-1"
                 .iter()
                 .any(|p| p.key == "http.token_file" && p.fix.contains("chmod 600")),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_ledger_path_that_cannot_be_a_file_is_named() {
+        let (d, path) = write(MINIMAL);
+        let as_folder = format!("\n[ledger]\npath = \"{}\"\n", d.path().display());
+        let (_d2, bad) = write(&(MINIMAL.to_string() + &as_folder));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("ledger.path") && err.contains("is a folder"),
+            "{err}"
+        );
+        let under_file = format!("\n[ledger]\npath = \"{}/ped.sqlite\"\n", path.display());
+        let (_d3, bad) = write(&(MINIMAL.to_string() + &under_file));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("ledger.path") && err.contains("is a file"),
+            "{err}"
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod dso;
 pub mod forecast;
 pub mod http;
 pub mod ids;
+pub mod ledger;
 pub mod metrics;
 pub mod modbus;
 pub mod plan;

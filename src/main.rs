@@ -33,6 +33,28 @@ enum Cmd {
         /// Log the setpoints instead of writing them.
         #[arg(long)]
         dry_run: bool,
+        /// The ledger file (default: the site's ledger.path, else <out>/ledger/ped.sqlite).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Where keys, records and plans go (default: the site's output_dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// HTTP listen address (default: the site's http.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Deliver finished key files into this spool folder (plus deliveries.log).
+        #[arg(long)]
+        deliver_dir: Option<PathBuf>,
+        /// Run on a simulated clock shared with `simulate --devices-only`:
+        /// sim time = --start + (now − origin) × --speed, origin in Unix seconds.
+        #[arg(long, requires_all = ["start", "speed"])]
+        clock_origin: Option<f64>,
+        /// Simulated start (RFC 3339), with --clock-origin.
+        #[arg(long)]
+        start: Option<String>,
+        /// Simulated seconds per real second, with --clock-origin.
+        #[arg(long)]
+        speed: Option<f64>,
     },
     /// Serve the site's devices from the built-in simulator and run the daemon against them.
     Simulate {
@@ -68,6 +90,19 @@ enum Cmd {
         /// Log the setpoints instead of writing them to the simulated devices.
         #[arg(long)]
         dry_run: bool,
+        /// Share the simulated clock with other processes: --start is the simulated
+        /// time at this Unix instant (seconds), not at this process's start.
+        #[arg(long)]
+        clock_origin: Option<f64>,
+        /// With --devices-only: write the site config with the served addresses
+        /// and the poll interval here, for `ped run --site`.
+        #[arg(long)]
+        write_site: Option<PathBuf>,
+    },
+    /// The ledger's audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
     },
     /// Validate a site config: prints every problem with its key and a fix.
     Check {
@@ -81,6 +116,28 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         unit: u8,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain and check every period against it; exit 1 at the first broken link.
+    Verify {
+        #[arg(long)]
+        ledger: PathBuf,
+    },
+}
+
+fn parse_start(start: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if start == "now" {
+        return Ok(chrono::Utc::now());
+    }
+    Ok(chrono::DateTime::parse_from_rfc3339(start)
+        .with_context(|| {
+            format!(
+                "--start `{start}`: expected RFC 3339 such as 2025-06-21T05:00:00+02:00, or now"
+            )
+        })?
+        .with_timezone(&chrono::Utc))
 }
 
 fn init_logs(format: &str) {
@@ -194,17 +251,45 @@ async fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Cmd::Run { site, dry_run } => {
+        Cmd::Run {
+            site,
+            dry_run,
+            ledger,
+            out,
+            listen,
+            deliver_dir,
+            clock_origin,
+            start,
+            speed,
+        } => {
             let (site, lib) = load_site(&site)?;
-            let clock = Clock::System;
-            let daemon = Daemon::start(
+            let clock = match (clock_origin, start, speed) {
+                (Some(origin), Some(start), Some(speed)) => {
+                    if !(speed.is_finite() && speed > 0.0 && speed <= 10_000.0) {
+                        bail!("--speed {speed}: must be in (0, 10000]");
+                    }
+                    Clock::simulated_shared(origin, parse_start(&start)?, speed)
+                }
+                (None, None, None) => Clock::System,
+                _ => bail!("--start and --speed go with --clock-origin UNIX_TS (a simulated clock shared with `simulate --devices-only`)"),
+            };
+            let deliver = deliver_dir.map(|dir| {
+                Arc::new(ped::ledger::outbox::SpoolDir { dir })
+                    as Arc<dyn ped::dso::delivery::Deliver>
+            });
+            let daemon = Daemon::start_with_ledger(
                 site,
                 lib,
                 clock,
                 Options {
                     dry_run,
-                    output_dir: None,
-                    http_listen: None,
+                    output_dir: out,
+                    http_listen: listen,
+                },
+                ped::daemon::LedgerOptions {
+                    path: ledger,
+                    deliver,
+                    backoff: None,
                 },
             )
             .await?;
@@ -224,6 +309,8 @@ async fn main() -> Result<()> {
             devices_only,
             poll_ms,
             dry_run,
+            clock_origin,
+            write_site,
         } => {
             let (mut site, lib) = load_site(&site)?;
             let origin = if start == "now" {
@@ -246,7 +333,10 @@ async fn main() -> Result<()> {
             polling.interval_ms = poll_ms.unwrap_or_else(|| {
                 ((step_real_ms / 10.0) as u64).clamp(100, polling.interval_ms.max(100))
             });
-            let clock = Clock::simulated(origin, speed);
+            let clock = match clock_origin {
+                Some(o) => Clock::simulated_shared(o, origin, speed),
+                None => Clock::simulated(origin, speed),
+            };
             let sim = Simulator::start(&site, lib.clone(), clock, seed, ephemeral_ports).await?;
             eprintln!(
                 "ped simulate: {} devices of {} served on 127.0.0.1 ({} endpoints), clock x{speed} from {}",
@@ -258,6 +348,14 @@ async fn main() -> Result<()> {
             if devices_only {
                 for (from, to) in &sim.endpoints {
                     eprintln!("  endpoint {from} -> {to}");
+                }
+                if let Some(path) = &write_site {
+                    let text = toml::to_string(&sim.site.config)
+                        .context("site config with the served addresses")?;
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, text)
+                        .and_then(|_| std::fs::rename(&tmp, path))
+                        .with_context(|| format!("--write-site {}", path.display()))?;
                 }
                 wait_for_stop(clock, until).await;
                 return Ok(());
@@ -284,6 +382,34 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             drop(sim);
             Ok(())
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { ledger },
+        } => {
+            if !ledger.exists() {
+                bail!("--ledger {}: no such file", ledger.display());
+            }
+            let l = ped::ledger::Ledger::open_read_only(&ledger)?;
+            let r = l.verify()?;
+            match &r.broken {
+                None => {
+                    println!(
+                        "{}: ok, {} audit entries, {} periods, chain intact",
+                        ledger.display(),
+                        r.entries,
+                        r.periods
+                    );
+                    Ok(())
+                }
+                Some((seq, why)) => {
+                    println!(
+                        "{}: BROKEN at audit entry {seq}: {why} ({} entries before it intact)",
+                        ledger.display(),
+                        r.entries
+                    );
+                    std::process::exit(1);
+                }
+            }
         }
         Cmd::Scan { target, unit } => {
             let lib = library(None)?;

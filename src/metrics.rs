@@ -70,6 +70,11 @@ pub struct Metrics {
     pub device_releases: IntCounterVec,
     pub device_consecutive_failures: IntGaugeVec,
     pub device_poll_reads: IntCounterVec,
+    // Ledger and outbox (issue 7).
+    pub ledger_write_errors: IntCounter,
+    pub ledger_pending_periods: Gauge,
+    pub outbox_files: IntGaugeVec,
+    pub deliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -212,6 +217,10 @@ impl Metrics {
             device_releases: icv("device_releases_total", "Controlled devices handed back to their own safe mode, by reason (stop, plan_loss, contact_lost).", &["device", "reason"])?,
             device_consecutive_failures: igv("device_consecutive_failures", "Failed polls in a row (0 when the last poll succeeded); drives the device's backoff.", &["device"])?,
             device_poll_reads: icv("device_poll_requests_total", "Read requests sent by the device's poll plan.", &["device"])?,
+            ledger_write_errors: reg(r, IntCounter::new("ledger_write_errors_total", "Failed ledger writes (read-only file, disk full, ...).")?)?,
+            ledger_pending_periods: g("ledger_pending_periods", "Closed periods kept in memory because the ledger could not be written.")?,
+            outbox_files: igv("outbox_files", "Key files in the delivery outbox, by state.", &["state"])?,
+            deliveries: icv("deliveries_total", "Delivery attempts, by channel and result.", &["channel", "result"])?,
             registry,
         };
         m.build_info

@@ -162,7 +162,9 @@ async fn simulated_district_end_to_end() {
             sc + bound + 1e-9 >= p.min(cons.iter().sum()),
             "rounding lost more than its bound"
         );
-        if r["quality"] == "measured" {
+        // `estimated`: counters interpolated across a polling gap longer than a
+        // period (one real second at 900×, on a loaded machine), not a fallback.
+        if r["quality"] == "measured" || r["quality"] == "estimated" {
             measured += 1;
         }
     }

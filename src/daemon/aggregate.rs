@@ -5,16 +5,32 @@
 //! each period boundary between the two samples that straddle it. A counter
 //! that went backwards (meter reset or rollover) contributes nothing for that
 //! span and flags the period.
+//!
+//! Every closed period goes to the ledger (one transaction) before anything is
+//! built from it: the day's key files are rendered from the ledger's rows, so
+//! a restart keeps the whole day. On start the aggregator resumes from the
+//! ledger: the next period to close follows the last one stored (those are
+//! never recomputed), and each counter restarts from its last stored boundary
+//! value, so the period open at the crash is completed from counters.
+//!
+//! If the ledger cannot be written (read-only, disk full), polling, planning
+//! and control go on; closed periods wait in memory (at most [`MAX_PENDING`],
+//! a week of quarter-hours) and are written, in order, when the ledger accepts
+//! writes again.
 
 use super::{Event, PeriodRecord, Shared};
 use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy};
 use crate::dso::{enedis, KeyRow};
 use crate::ids::Prm;
+use crate::ledger::{
+    ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, LedgerError, Owner, Quality,
+};
 use crate::units::JOULES_PER_KWH;
-use chrono::{DateTime, NaiveDate, Utc};
-use std::collections::{BTreeMap, HashMap};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -24,6 +40,8 @@ struct CounterTrack {
     last: Option<(DateTime<Utc>, f64)>,
     boundaries: BTreeMap<DateTime<Utc>, f64>,
     reset_in: Vec<DateTime<Utc>>,
+    /// Boundaries interpolated across a gap longer than a period.
+    estimated: BTreeSet<DateTime<Utc>>,
 }
 
 struct Counters {
@@ -50,6 +68,9 @@ impl Counters {
                 return None;
             }
             let reset = v < v0;
+            // Across a gap longer than a period the total is known but not
+            // when within the gap the energy flowed.
+            let long_gap = t - t0 > grid.step();
             let mut b = grid.next_period(grid.period_start(t0));
             while b <= t {
                 let val = if reset {
@@ -61,6 +82,9 @@ impl Counters {
                     v0 + (v - v0) * frac
                 };
                 tr.boundaries.insert(b, val);
+                if long_gap {
+                    tr.estimated.insert(b);
+                }
                 b = grid.next_period(b);
             }
             if reset {
@@ -74,7 +98,45 @@ impl Counters {
         // Two days of boundaries are plenty for closing late periods.
         let cutoff = t - chrono::Duration::days(2);
         tr.boundaries.retain(|k, _| *k >= cutoff);
+        tr.estimated.retain(|k| *k >= cutoff);
         delta
+    }
+
+    /// Restarts a counter from a boundary value stored before a restart.
+    fn seed(&mut self, s: &CounterSnapshot, kinds: &HashMap<String, DeviceKind>) {
+        // The tracks are keyed by the binding's static name.
+        let Some(reading) = kinds.get(&s.device).and_then(|k| {
+            crate::devices::bindings(*k)
+                .iter()
+                .find(|b| b.counter && b.reading == s.reading)
+                .map(|b| b.reading)
+        }) else {
+            return;
+        };
+        let tr = self.tracks.entry((s.device.clone(), reading)).or_default();
+        if tr.last.is_none() {
+            tr.last = Some((s.at, s.value));
+            tr.boundaries.insert(s.at, s.value);
+        }
+    }
+
+    /// Stored boundary values at `at`, for every counter that has one.
+    fn snapshots_at(&self, at: &[DateTime<Utc>]) -> Vec<CounterSnapshot> {
+        let mut out = Vec::new();
+        for ((device, reading), tr) in &self.tracks {
+            for t in at {
+                if let Some(v) = tr.boundaries.get(t) {
+                    out.push(CounterSnapshot {
+                        device: device.clone(),
+                        reading: reading.to_string(),
+                        at: *t,
+                        value: *v,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.device, &a.reading, a.at).cmp(&(&b.device, &b.reading, b.at)));
+        out
     }
 
     /// Energy of `[start, start + step)`, or why it is unknown.
@@ -83,7 +145,7 @@ impl Counters {
         device: &str,
         reading: &'static str,
         start: DateTime<Utc>,
-    ) -> Result<f64, String> {
+    ) -> Result<(f64, Quality), String> {
         let end = self.grid.next_period(start);
         let tr = self
             .tracks
@@ -93,11 +155,329 @@ impl Counters {
             return Err(format!("{device}: {reading} counter reset"));
         }
         match (tr.boundaries.get(&start), tr.boundaries.get(&end)) {
-            (Some(a), Some(b)) if b >= a => Ok(b - a),
+            (Some(a), Some(b)) if b >= a => Ok((
+                b - a,
+                if tr.estimated.contains(&start) || tr.estimated.contains(&end) {
+                    Quality::Estimated
+                } else {
+                    Quality::Measured
+                },
+            )),
             (Some(_), Some(_)) => Err(format!("{device}: {reading} went backwards")),
             _ => Err(format!("{device}: {reading} not sampled around the period")),
         }
     }
+}
+
+/// Closed periods waiting for the ledger: a week of quarter-hours (about
+/// 10 MB for the demo site). Past that the oldest is dropped (logged; it stays
+/// in the JSON-lines export) rather than letting memory grow without end.
+pub const MAX_PENDING: usize = 7 * 96;
+
+/// Periods written per attempt when catching up.
+const CATCH_UP_BATCH: usize = 32;
+
+/// The aggregator's side of the ledger: writes in order, keeps what could not
+/// be written, retries.
+pub(super) struct Sink {
+    path: PathBuf,
+    ledger: Option<Ledger>,
+    pending: VecDeque<ClosedPeriod>,
+    /// Local day ranges (a day, a month) whose last period is stored but whose
+    /// final key files are not yet recorded.
+    to_finalise: BTreeSet<(NaiveDate, NaiveDate)>,
+    failing: bool,
+    last_try: Option<std::time::Instant>,
+}
+
+impl Sink {
+    pub(super) fn open(path: PathBuf) -> Sink {
+        let ledger = match Ledger::open(&path) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger not available; closed periods are kept in memory until it is");
+                None
+            }
+        };
+        Sink {
+            path,
+            ledger,
+            pending: VecDeque::new(),
+            to_finalise: BTreeSet::new(),
+            failing: false,
+            last_try: None,
+        }
+    }
+
+    fn write_error(&mut self, shared: &Shared, e: &LedgerError) {
+        shared.metrics.ledger_write_errors.inc();
+        if !self.failing {
+            tracing::error!(error = %e, pending = self.pending.len(), "ledger write failed; control goes on, closed periods wait in memory");
+        }
+        self.failing = true;
+    }
+
+    fn push(&mut self, shared: &Shared, p: ClosedPeriod) {
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(old) = self.pending.pop_front() {
+                tracing::error!(period = %old.start, "ledger unwritable for too long: oldest unwritten period dropped from memory (still in periods.jsonl)");
+            }
+        }
+        self.pending.push_back(p);
+        self.flush(shared);
+    }
+
+    /// Writes what is pending, oldest first; stops at the first failure.
+    fn flush(&mut self, shared: &Shared) {
+        self.last_try = Some(std::time::Instant::now());
+        if self.ledger.is_none() {
+            match Ledger::open(&self.path) {
+                Ok(l) => self.ledger = Some(l),
+                Err(e) => {
+                    self.write_error(shared, &e);
+                    self.gauge(shared);
+                    return;
+                }
+            }
+        }
+        // A long backlog is written a batch per second: each commit is an
+        // fsync on the runtime's thread, and polling must not stall meanwhile.
+        let mut budget = CATCH_UP_BATCH;
+        while let Some(p) = self.pending.front() {
+            let Some(ledger) = self.ledger.as_mut() else {
+                break;
+            };
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            match ledger.commit_period(p) {
+                Ok(_) => {
+                    if self.failing {
+                        tracing::info!(period = %p.start, "ledger writable again; catching up");
+                        self.failing = false;
+                    }
+                    let p = self.pending.pop_front();
+                    if let Some(p) = p {
+                        write_day_files(shared, ledger, &p);
+                        self.day_complete(shared, p.start, p.end);
+                    }
+                }
+                Err(e @ LedgerError::PeriodConflict { .. }) => {
+                    // Never rewritten: the stored version stands.
+                    tracing::error!(error = %e, "period not stored again");
+                    self.pending.pop_front();
+                }
+                Err(e) => {
+                    self.write_error(shared, &e);
+                    break;
+                }
+            }
+        }
+        if let Some(ledger) = self.ledger.as_mut() {
+            while let Some((first, last)) = self.to_finalise.first().copied() {
+                match finalise(shared, ledger, first, last) {
+                    Ok(()) => {
+                        self.to_finalise.remove(&(first, last));
+                    }
+                    Err(e) => {
+                        self.write_error(shared, &e);
+                        break;
+                    }
+                }
+            }
+        }
+        self.gauge(shared);
+    }
+
+    /// If `[start, end)` was the last period of its local day (or month),
+    /// that day's (month's) final files are due.
+    fn day_complete(&mut self, shared: &Shared, start: DateTime<Utc>, end: DateTime<Utc>) {
+        let grid = shared.site.grid;
+        let day = grid.local_day(start);
+        let Some(next) = day.succ_opt() else { return };
+        if grid.local_midnight(next).ok() != Some(end) {
+            return;
+        }
+        self.to_finalise.insert((day, day));
+        if next.day() == 1 {
+            if let Some(first) = day.with_day(1) {
+                self.to_finalise.insert((first, day));
+            }
+        }
+    }
+
+    fn gauge(&self, shared: &Shared) {
+        shared
+            .metrics
+            .ledger_pending_periods
+            .set(self.pending.len() as f64);
+    }
+
+    fn retry_due(&self) -> bool {
+        (!self.pending.is_empty() || !self.to_finalise.is_empty())
+            && match self.last_try {
+                None => true,
+                Some(t) => t.elapsed() >= Duration::from_secs(1),
+            }
+    }
+}
+
+/// Rewrites the local day's working key files from the ledger's rows.
+fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
+    let site = &shared.site;
+    let grid = site.grid;
+    let day = grid.local_day(p.start);
+    let rows = match range_rows(shared, ledger, day, day) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "key rows not read back from the ledger");
+            return;
+        }
+    };
+    if rows.is_empty() {
+        return;
+    }
+    let dir = shared
+        .output_dir
+        .join("keys")
+        .join(day.format("%Y-%m-%d").to_string());
+    let precision = Precision {
+        units_per_one: site.config.keys.units_per_one,
+    };
+    let (producers, consumers) = prms(shared);
+    let m = &shared.metrics;
+    match std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, &rows, precision)
+                .map_err(|e| {
+                    if matches!(e, crate::dso::DsoError::Invalid { .. }) {
+                        m.key_files_validated.with_label_values(&["invalid"]).inc();
+                    }
+                    e.to_string()
+                })
+        }) {
+        Ok(files) => {
+            m.key_files
+                .with_label_values(&["enedis"])
+                .inc_by(files.len() as u64);
+            m.key_files_validated
+                .with_label_values(&["ok"])
+                .inc_by(files.len() as u64);
+            m.key_files_last_written
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
+    }
+}
+
+fn prms(shared: &Shared) -> (Vec<Prm>, Vec<Prm>) {
+    let producers: Vec<Prm> = shared
+        .site
+        .producers()
+        .iter()
+        .filter_map(|d| d.prm.clone())
+        .collect();
+    let consumers: Vec<Prm> = shared
+        .site
+        .config
+        .participants
+        .iter()
+        .map(|p| p.prm.clone())
+        .collect();
+    (producers, consumers)
+}
+
+/// UTC bounds of the local days `first..=last`.
+fn day_bounds(
+    grid: &crate::time::Grid,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let from = grid.local_midnight(first).ok()?;
+    let to = grid.local_midnight(last.succ_opt()?).ok()?;
+    Some((from, to))
+}
+
+fn range_rows(
+    shared: &Shared,
+    ledger: &Ledger,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<Vec<KeyRow>, LedgerError> {
+    let Some((from, to)) = day_bounds(&shared.site.grid, first, last) else {
+        return Ok(Vec::new());
+    };
+    let n = shared.site.config.participants.len();
+    Ok(ledger
+        .key_rows(from, to)?
+        .into_iter()
+        // A row stored under another participant list cannot go into this file.
+        .filter(|(_, u)| u.len() == n)
+        .map(|(start, units)| KeyRow { start, units })
+        .collect())
+}
+
+/// A day (or a month: the DSO takes keys monthly for the previous month) is
+/// complete: its key files are validated (rendered, then parsed back by the
+/// validator) and recorded as versions, which puts new versions in the outbox.
+fn finalise(
+    shared: &Shared,
+    ledger: &mut Ledger,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<(), LedgerError> {
+    let grid = shared.site.grid;
+    let rows = range_rows(shared, ledger, first, last)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let precision = Precision {
+        units_per_one: shared.site.config.keys.units_per_one,
+    };
+    let (producers, consumers) = prms(shared);
+    let text = match enedis::render(&grid, &consumers, &rows, precision)
+        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(first = %first, last = %last, error = %e, "final key files invalid; not queued for delivery");
+            return Ok(());
+        }
+    };
+    let Some((from, to)) = day_bounds(&grid, first, last) else {
+        return Ok(());
+    };
+    let inputs: Vec<serde_json::Value> = ledger
+        .period_hashes(from, to)?
+        .into_iter()
+        .map(|(s, h)| serde_json::json!({"period": s.to_rfc3339(), "sha256": h}))
+        .collect();
+    let inputs = serde_json::Value::Array(inputs).to_string();
+    let policy = format!("{:?}", shared.site.config.keys.policy).to_lowercase();
+    for producer in &producers {
+        let name = match enedis::file_name(&grid, producer, &rows) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "key file name");
+                continue;
+            }
+        };
+        let v = ledger.record_key_file(
+            &name,
+            first,
+            last,
+            text.as_bytes(),
+            &inputs,
+            &policy,
+            shared.clock.now(),
+        )?;
+        if v.new {
+            tracing::info!(file = %name, version = v.version, sha256 = %v.sha256, "key file version recorded, queued for delivery");
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(
@@ -105,6 +485,7 @@ pub async fn run(
     mut events: mpsc::Receiver<Event>,
     periods: mpsc::Sender<PeriodRecord>,
     mut shutdown: watch::Receiver<bool>,
+    mut sink: Sink,
 ) {
     let site = &shared.site;
     let grid = site.grid;
@@ -121,11 +502,16 @@ pub async fn run(
         .collect();
     // The first whole period after start; the one running at start is incomplete.
     let mut next = grid.next_period(grid.period_start(clock.now()));
+    if let Some(resume) = resume(&shared, &mut sink, &mut counters, &kinds) {
+        next = resume;
+    }
     let poll = &site.config.polling;
     let grace = clock.clock_duration(Duration::from_millis(
         3 * poll.interval_ms + 2 * poll.timeout_ms,
     ));
-    let mut day_rows: BTreeMap<NaiveDate, Vec<KeyRow>> = BTreeMap::new();
+    // A period is closed only once every device had the chance to be polled
+    // since start: after a restart the first samples complete the open period.
+    let first_close = clock.now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -134,10 +520,16 @@ pub async fn run(
                 on_event(&shared, &kinds, &mut counters, ev);
             }
             _ = tick.tick() => {
-                while clock.now() >= grid.next_period(next) + grace {
-                    let rec = close_period(&shared, &counters, next, &mut day_rows);
+                while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
+                    let (rec, closed) = close_period(&shared, &counters, next);
+                    // The planner need not wait for the ledger's fsync; files and
+                    // deliveries are built only from what the ledger committed.
                     let _ = periods.try_send(rec);
+                    sink.push(&shared, closed);
                     next = grid.next_period(next);
+                }
+                if sink.retry_due() {
+                    sink.flush(&shared);
                 }
                 let now = clock.now();
                 let mut st = shared.status();
@@ -149,6 +541,51 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
+}
+
+/// Where to go on from the ledger: the period after the last stored one,
+/// counters seeded from their last stored boundary values.
+fn resume(
+    shared: &Shared,
+    sink: &mut Sink,
+    counters: &mut Counters,
+    kinds: &HashMap<String, DeviceKind>,
+) -> Option<DateTime<Utc>> {
+    let grid = shared.site.grid;
+    let now = shared.clock.now();
+    let ledger = sink.ledger.as_mut()?;
+    let last = match ledger.last_period() {
+        Ok(l) => l?,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger unreadable; not resuming from it");
+            return None;
+        }
+    };
+    let next = grid.next_period(last);
+    if next > grid.period_start(now) {
+        tracing::warn!(last = %grid.format_local(last), now = %grid.format_local(now), "the ledger holds periods after the clock's now (clock set back, or a simulation re-run on the same ledger); they are not closed again: for a fresh run use another --out or --ledger");
+        return Some(next);
+    }
+    if now - next > chrono::Duration::days(31) {
+        tracing::warn!(last = %grid.format_local(last), "last stored period is more than 31 days old; starting afresh, the gap stays unrecorded");
+        return None;
+    }
+    let snaps = ledger.latest_snapshots().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "counter snapshots unreadable; the open period is closed without them");
+        Vec::new()
+    });
+    for s in snaps.iter().filter(|s| s.at <= now) {
+        counters.seed(s, kinds);
+    }
+    let _ = ledger.audit(
+        "resume",
+        &last.to_rfc3339(),
+        &format!("{} counters seeded", snaps.len()),
+    );
+    // The crash may have fallen between the day's last period and its files.
+    sink.day_complete(shared, last, next);
+    tracing::info!(last = %grid.format_local(last), next = %grid.format_local(next), counters = snaps.len(), "resuming from the ledger");
+    Some(next)
 }
 
 fn on_event(
@@ -231,14 +668,15 @@ fn close_period(
     shared: &Shared,
     counters: &Counters,
     start: DateTime<Utc>,
-    day_rows: &mut BTreeMap<NaiveDate, Vec<KeyRow>>,
-) -> PeriodRecord {
+) -> (PeriodRecord, ClosedPeriod) {
     let site = &shared.site;
     let cfg = &site.config;
     let grid = site.grid;
     let m = &shared.metrics;
     let mut problems: Vec<String> = Vec::new();
     let mut production = BTreeMap::new();
+    let mut energies: Vec<EnergyRow> = Vec::new();
+    let mut estimated = false;
     // Producers and participants whose energy is unknown this period (missing
     // samples, a counter reset): flagged in the record and left out of its
     // energy maps, so that no stand-in number is archived as if measured.
@@ -250,25 +688,43 @@ fn close_period(
         } else {
             "production_kwh"
         };
-        let e = counters
-            .energy(&d.id, reading, start)
-            .unwrap_or_else(|why| {
+        let (e, q) = match counters.energy(&d.id, reading, start) {
+            Ok(v) => v,
+            Err(why) => {
                 problems.push(why);
                 unknown.push(d.id.clone());
-                0.0
-            });
+                (0.0, Quality::Missing)
+            }
+        };
+        estimated |= q == Quality::Estimated;
+        energies.push(EnergyRow {
+            owner: Owner::Device,
+            id: d.id.clone(),
+            reading: reading.into(),
+            kwh: (q != Quality::Missing).then_some(e),
+            quality: q,
+        });
         total_p += e;
         production.insert(d.id.clone(), e);
     }
     let mut consumption = Vec::with_capacity(cfg.participants.len());
     for p in &cfg.participants {
-        let e = counters
-            .energy(&p.meter, "import_kwh", start)
-            .unwrap_or_else(|why| {
+        let (e, q) = match counters.energy(&p.meter, "import_kwh", start) {
+            Ok(v) => v,
+            Err(why) => {
                 problems.push(why);
                 unknown.push(p.id.clone());
-                0.0
-            });
+                (0.0, Quality::Missing)
+            }
+        };
+        estimated |= q == Quality::Estimated;
+        energies.push(EnergyRow {
+            owner: Owner::Participant,
+            id: p.id.clone(),
+            reading: "import_kwh".into(),
+            kwh: (q != Quality::Missing).then_some(e),
+            quality: q,
+        });
         consumption.push(e);
     }
     let precision = Precision {
@@ -310,7 +766,11 @@ fn close_period(
         }
     };
     let quality = if problems.is_empty() {
-        "measured".to_string()
+        if estimated {
+            "estimated".to_string()
+        } else {
+            "measured".to_string()
+        }
     } else {
         m.period_fallbacks
             .with_label_values(&[if problems.iter().any(|p| p.contains("reset")) {
@@ -323,52 +783,6 @@ fn close_period(
         format!("fallback: {}", problems.join("; "))
     };
     let total_c: f64 = consumption.iter().sum();
-
-    // DSO key files for the period's local day, rewritten whole (atomic per file).
-    let day = grid.local_day(start);
-    let rows = day_rows.entry(day).or_default();
-    rows.push(KeyRow {
-        start,
-        units: units.clone(),
-    });
-    day_rows.retain(|d, _| *d >= day - chrono::Duration::days(1));
-    let producers: Vec<Prm> = site
-        .producers()
-        .iter()
-        .filter_map(|d| d.prm.clone())
-        .collect();
-    let consumers: Vec<Prm> = cfg.participants.iter().map(|p| p.prm.clone()).collect();
-    let dir = shared
-        .output_dir
-        .join("keys")
-        .join(day.format("%Y-%m-%d").to_string());
-    if let Some(rows) = day_rows.get(&day) {
-        // The text is validated before any file is written: a layout error means no file.
-        let written = std::fs::create_dir_all(&dir)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, rows, precision)
-                    .map_err(|e| {
-                        if matches!(e, crate::dso::DsoError::Invalid { .. }) {
-                            m.key_files_validated.with_label_values(&["invalid"]).inc();
-                        }
-                        e.to_string()
-                    })
-            });
-        match written {
-            Ok(files) => {
-                m.key_files
-                    .with_label_values(&["enedis"])
-                    .inc_by(files.len() as u64);
-                m.key_files_validated
-                    .with_label_values(&["ok"])
-                    .inc_by(files.len() as u64);
-                m.key_files_last_written
-                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-            }
-            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
-        }
-    }
 
     let rec = PeriodRecord {
         start,
@@ -397,6 +811,21 @@ fn close_period(
         surplus_kwh: surplus,
         quality,
         policy: format!("{:?}", cfg.keys.policy).to_lowercase(),
+    };
+    let closed = ClosedPeriod {
+        start,
+        end: grid.next_period(start),
+        record_json: serde_json::to_string(&rec).unwrap_or_default(),
+        quality: rec.quality.clone(),
+        policy: rec.policy.clone(),
+        energies,
+        keys: cfg
+            .participants
+            .iter()
+            .zip(&rec.key_units)
+            .map(|(p, u)| (p.id.clone(), p.prm.as_str().to_string(), *u))
+            .collect(),
+        snapshots: counters.snapshots_at(&[start, grid.next_period(start)]),
     };
     if let Err(e) = append_record(&shared.output_dir, &rec) {
         tracing::error!(error = %e, "period record not archived");
@@ -453,7 +882,7 @@ fn close_period(
     let mut st = shared.status();
     st.periods_closed += 1;
     st.last_period = Some(rec.clone());
-    rec
+    (rec, closed)
 }
 
 fn append_record(dir: &std::path::Path, rec: &PeriodRecord) -> std::io::Result<()> {
@@ -466,4 +895,221 @@ fn append_record(dir: &std::path::Path, rec: &PeriodRecord) -> std::io::Result<(
     let line = serde_json::to_string(rec).map_err(std::io::Error::other)?;
     writeln!(f, "{line}")?;
     f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("timestamp")
+            .with_timezone(&Utc)
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            grid: crate::time::Grid::new(15, chrono_tz::Europe::Paris).expect("grid"),
+            tracks: HashMap::new(),
+        }
+    }
+
+    fn shared(out: &std::path::Path) -> Shared {
+        let lib = crate::registers::ModelLibrary::embedded().expect("maps");
+        let known: std::collections::BTreeSet<String> = lib.keys().map(str::to_string).collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("site-configs/fontaine-douche.toml");
+        let site = crate::config::load(&path, &known).expect("site");
+        Shared {
+            metrics: crate::metrics::Metrics::new("t").expect("metrics"),
+            clock: crate::clock::Clock::System,
+            status: std::sync::Mutex::new(Default::default()),
+            output_dir: out.to_path_buf(),
+            site,
+        }
+    }
+
+    #[test]
+    fn the_last_day_of_a_month_queues_daily_and_monthly_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut sh = shared(tmp.path());
+        // Two producers and five participants are enough: every period
+        // rewrites and syncs the day's files, slow in a debug build.
+        sh.site.config.participants.truncate(5);
+        let keep: Vec<String> = sh
+            .site
+            .producers()
+            .iter()
+            .take(2)
+            .map(|d| d.id.clone())
+            .collect();
+        let producer_ids: Vec<String> = sh.site.producers().iter().map(|d| d.id.clone()).collect();
+        sh.site
+            .config
+            .devices
+            .retain(|d| keep.contains(&d.id) || !producer_ids.contains(&d.id));
+        let mut sink = Sink::open(tmp.path().join("l.sqlite"));
+        let grid = sh.site.grid;
+        // 29 June 23:45 local to the end of 30 June: two days, one month end.
+        let mut start = t("2025-06-29T21:45:00Z");
+        let end = t("2025-06-30T22:00:00Z");
+        let participants = &sh.site.config.participants;
+        while start < end {
+            let p = ClosedPeriod {
+                start,
+                end: grid.next_period(start),
+                record_json: format!("{{\"start\":\"{start}\"}}"),
+                quality: "measured".into(),
+                policy: "prorata".into(),
+                energies: Vec::new(),
+                keys: participants
+                    .iter()
+                    .map(|p| (p.id.clone(), p.prm.as_str().to_string(), 5))
+                    .collect(),
+                snapshots: Vec::new(),
+            };
+            sink.push(&sh, p);
+            start = grid.next_period(start);
+        }
+        assert!(sink.pending.is_empty() && sink.to_finalise.is_empty());
+        let l = sink.ledger.as_mut().expect("ledger");
+        let names: Vec<String> = crate::ledger::outbox::entries(l)
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.file_name)
+            .collect();
+        let producers = sh.site.producers().len();
+        assert_eq!(names.len(), 3 * producers, "{names:?}");
+        for suffix in [
+            "_20250629_20250629.csv",
+            "_20250630_20250630.csv",
+            "_20250629_20250630.csv",
+        ] {
+            assert_eq!(
+                names.iter().filter(|n| n.ends_with(suffix)).count(),
+                producers,
+                "{suffix}"
+            );
+        }
+        // The working file of the last day holds all its 96 rows, read back from the ledger.
+        let f = std::fs::read_dir(tmp.path().join("keys/2025-06-30"))
+            .expect("keys")
+            .filter_map(Result::ok)
+            .find(|f| f.file_name().to_string_lossy().ends_with(".csv"))
+            .expect("a key file");
+        let text = std::fs::read_to_string(f.path()).expect("read");
+        assert_eq!(text.lines().count(), 97);
+        assert!(l.verify().expect("verify").ok());
+    }
+
+    #[test]
+    fn a_restart_completes_the_open_period_from_the_stored_boundary() {
+        let mut c = counters();
+        let kinds: HashMap<String, DeviceKind> = [("M".to_string(), DeviceKind::Meter)].into();
+        // Stored before the crash: the counter read 100 kWh at 10:00.
+        c.seed(
+            &CounterSnapshot {
+                device: "M".into(),
+                reading: "import_kwh".into(),
+                at: t("2025-06-21T10:00:00Z"),
+                value: 100.0,
+            },
+            &kinds,
+        );
+        // After the restart: samples at 10:10 and 10:20.
+        c.sample("M", "import_kwh", t("2025-06-21T10:10:00Z"), 110.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:20:00Z"), 120.0);
+        let (e, q) = c
+            .energy("M", "import_kwh", t("2025-06-21T10:00:00Z"))
+            .expect("energy");
+        assert!((e - 15.0).abs() < 1e-9, "{e}");
+        assert_eq!(q, Quality::Measured);
+        // An unknown counter name is not seeded.
+        c.seed(
+            &CounterSnapshot {
+                device: "M".into(),
+                reading: "bogus".into(),
+                at: t("2025-06-21T10:00:00Z"),
+                value: 1.0,
+            },
+            &kinds,
+        );
+        assert_eq!(c.tracks.len(), 1);
+    }
+
+    #[test]
+    fn a_gap_longer_than_a_period_is_estimated_and_conserves_energy() {
+        let mut c = counters();
+        c.sample("M", "import_kwh", t("2025-06-21T09:55:00Z"), 0.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:05:00Z"), 10.0);
+        // ped down from 10:05 to 10:50.
+        c.sample("M", "import_kwh", t("2025-06-21T10:50:00Z"), 55.0);
+        c.sample("M", "import_kwh", t("2025-06-21T10:55:00Z"), 60.0);
+        let mut total = 0.0;
+        for (start, quality) in [
+            ("2025-06-21T10:00:00Z", Quality::Estimated),
+            ("2025-06-21T10:15:00Z", Quality::Estimated),
+            ("2025-06-21T10:30:00Z", Quality::Estimated),
+        ] {
+            let (e, q) = c.energy("M", "import_kwh", t(start)).expect("energy");
+            assert_eq!(q, quality, "{start}");
+            total += e;
+        }
+        // 10:00 → 10:45 is exactly the counter's movement between those boundaries.
+        assert!((total - 45.0).abs() < 1e-9, "{total}");
+        let snaps = c.snapshots_at(&[t("2025-06-21T10:00:00Z"), t("2025-06-21T10:45:00Z")]);
+        assert_eq!(snaps.len(), 2);
+        assert!((snaps[1].value - snaps[0].value - 45.0).abs() < 1e-9);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Whatever the sampling (irregular steps, gaps of hours, a restart
+        /// seeded from a stored boundary), the energies of contiguous periods
+        /// add up to the counter's movement between the outer boundaries:
+        /// nothing lost, nothing counted twice.
+        #[test]
+        fn period_energies_telescope(
+            steps in proptest::collection::vec((1i64..7200, 0.0f64..50.0), 2..80),
+            restart_at in 0usize..80,
+        ) {
+            let mut c = counters();
+            let kinds: HashMap<String, DeviceKind> = [("M".to_string(), DeviceKind::Meter)].into();
+            let mut at = t("2025-06-21T10:00:00Z");
+            let mut v = 1000.0;
+            c.sample("M", "import_kwh", at, v);
+            for (k, (dt, dv)) in steps.iter().enumerate() {
+                if k == restart_at {
+                    // A restart: the track is rebuilt from its latest boundary.
+                    let latest = c.tracks[&("M".to_string(), "import_kwh")]
+                        .boundaries
+                        .iter()
+                        .next_back()
+                        .map(|(b, val)| (*b, *val));
+                    c = counters();
+                    if let Some((b, val)) = latest {
+                        c.seed(&CounterSnapshot { device: "M".into(), reading: "import_kwh".into(), at: b, value: val }, &kinds);
+                    }
+                }
+                at += chrono::Duration::seconds(*dt);
+                v += dv;
+                c.sample("M", "import_kwh", at, v);
+            }
+            let tr = &c.tracks[&("M".to_string(), "import_kwh")];
+            let bounds: Vec<DateTime<Utc>> = tr.boundaries.keys().copied().collect();
+            if bounds.len() >= 2 {
+                let (first, last) = (bounds[0], bounds[bounds.len() - 1]);
+                let mut total = 0.0;
+                let mut p = first;
+                while p < last {
+                    let (e, _) = c.energy("M", "import_kwh", p).map_err(proptest::test_runner::TestCaseError::fail)?;
+                    proptest::prop_assert!(e >= 0.0);
+                    total += e;
+                    p = c.grid.next_period(p);
+                }
+                let moved = tr.boundaries[&last] - tr.boundaries[&first];
+                proptest::prop_assert!((total - moved).abs() < 1e-6, "{} vs {}", total, moved);
+            }
+        }
+    }
 }

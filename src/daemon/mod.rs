@@ -210,6 +210,158 @@ impl crate::http::Backend for Shared {
     }
 }
 
+/// Where the ledger lives and where the outbox delivers (issue 7).
+#[derive(Clone, Default)]
+pub struct LedgerOptions {
+    /// Overrides `ledger.path` (default `<output_dir>/ledger/ped.sqlite`).
+    pub path: Option<PathBuf>,
+    /// The outbox's destination; without one, files wait in the outbox.
+    pub deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
+    /// Retry schedule; default 1 min doubling up to 1 h, clock time.
+    pub backoff: Option<crate::ledger::outbox::Backoff>,
+}
+
+impl std::fmt::Debug for LedgerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerOptions")
+            .field("path", &self.path)
+            .field("deliver", &self.deliver.as_ref().map(|d| d.channel()))
+            .finish()
+    }
+}
+
+/// Delivers what the outbox holds, every real second, in a blocking task.
+async fn outbox_task(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
+    backoff: crate::ledger::outbox::Backoff,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::ledger::{outbox, Ledger};
+    let mut ledger: Option<Ledger> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let l = match ledger.take() {
+            Some(l) => l,
+            None => match Ledger::open(&path) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox: ledger not available yet");
+                    continue;
+                }
+            },
+        };
+        let now = shared.clock.now();
+        let d = deliver.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut l = l;
+            let attempts = match &d {
+                Some(d) => outbox::deliver_due(&mut l, d.as_ref(), now, &backoff),
+                None => Ok(Vec::new()),
+            };
+            let counts = outbox::counts(&mut l);
+            (l, attempts, counts)
+        });
+        let Ok((l, attempts, counts)) = job.await else {
+            continue;
+        };
+        ledger = Some(l);
+        match attempts {
+            Ok(a) => {
+                for a in a {
+                    shared
+                        .metrics
+                        .deliveries
+                        .with_label_values(&[a.channel, a.result.as_str()])
+                        .inc();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "outbox: ledger error"),
+        }
+        if let Ok(c) = counts {
+            let m = &shared.metrics.outbox_files;
+            m.with_label_values(&["pending"]).set(c.pending as i64);
+            m.with_label_values(&["sent"]).set(c.sent as i64);
+            m.with_label_values(&["failed"]).set(c.failed as i64);
+        }
+    }
+}
+
+/// Records each new plan and the setpoints it hands to the endpoints in the
+/// ledger (its own connection, in a blocking task). The write results per
+/// device stay in `ped_setpoint_writes_total` and the logs.
+async fn dispatch_recorder(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut setpoints: watch::Receiver<BTreeMap<String, Command>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::ledger::Ledger;
+    let mut ledger: Option<Ledger> = None;
+    let mut last_plan: Option<DateTime<Utc>> = None;
+    loop {
+        tokio::select! {
+            r = setpoints.changed() => if r.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+        let sp: Vec<(String, f64, &'static str)> = setpoints
+            .borrow_and_update()
+            .iter()
+            .map(|(d, c)| match c {
+                Command::BatteryPower(kw) | Command::PowerToHeat(kw) => {
+                    (d.clone(), kw * 1000.0, "sent")
+                }
+                Command::Release => (d.clone(), 0.0, "release"),
+                // Recorded in percent of rated power, told apart by its state.
+                Command::PvLimitPct(pct) => (d.clone(), *pct, "pv_limit_pct"),
+            })
+            .collect();
+        let plan = shared
+            .status()
+            .plan
+            .clone()
+            .filter(|p| p.computed_at.is_some() && p.computed_at != last_plan);
+        if let Some(p) = &plan {
+            last_plan = p.computed_at;
+        }
+        let now = shared.clock.now();
+        let l = ledger.take();
+        let path = path.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut l = match l {
+                Some(l) => l,
+                None => Ledger::open(&path)?,
+            };
+            let json = plan
+                .as_ref()
+                .map(|p| serde_json::to_string(p).unwrap_or_default());
+            let plan_row = plan.as_ref().zip(json.as_deref()).map(|(p, j)| {
+                (
+                    p.computed_at.unwrap_or(now),
+                    p.status.as_str(),
+                    p.objective_eur,
+                    j,
+                )
+            });
+            let r = l.record_dispatch(now, plan_row, &sp);
+            r.map(|_| l)
+        });
+        match job.await {
+            Ok(Ok(l)) => ledger = Some(l),
+            Ok(Err(e)) => {
+                shared.metrics.ledger_write_errors.inc();
+                tracing::warn!(error = %e, "plan and setpoints not recorded in the ledger");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A running daemon. Dropping it does not stop it: call [`Daemon::shutdown`].
 pub struct Daemon {
     pub shared: Arc<Shared>,
@@ -224,6 +376,16 @@ impl Daemon {
         lib: Arc<ModelLibrary>,
         clock: Clock,
         opts: Options,
+    ) -> Result<Daemon, DaemonError> {
+        Self::start_with_ledger(site, lib, clock, opts, LedgerOptions::default()).await
+    }
+
+    pub async fn start_with_ledger(
+        site: Site,
+        lib: Arc<ModelLibrary>,
+        clock: Clock,
+        opts: Options,
+        ledger: LedgerOptions,
     ) -> Result<Daemon, DaemonError> {
         let metrics = Metrics::new(&site.config.site.id)?;
         let output_dir = opts
@@ -328,10 +490,31 @@ impl Daemon {
             )));
         }
         drop(events_tx);
+        let ledger_path = ledger
+            .path
+            .clone()
+            .or_else(|| site.config.ledger.path.clone())
+            .unwrap_or_else(|| shared.output_dir.join("ledger").join("ped.sqlite"));
+        // Opened (and migrated) before the first poll, so the resume point is known.
+        let sink = aggregate::Sink::open(ledger_path.clone());
         tasks.push(tokio::spawn(aggregate::run(
             shared.clone(),
             events_rx,
             periods_tx,
+            shutdown_rx.clone(),
+            sink,
+        )));
+        tasks.push(tokio::spawn(dispatch_recorder(
+            shared.clone(),
+            ledger_path.clone(),
+            setpoints_rx.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(outbox_task(
+            shared.clone(),
+            ledger_path,
+            ledger.deliver.clone(),
+            ledger.backoff.unwrap_or_default(),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(planner::run(
