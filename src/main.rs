@@ -102,7 +102,7 @@ enum Cmd {
         /// Wall-clock budget of one solve, ms (default: the site's plan.budget_ms).
         #[arg(long)]
         budget_ms: Option<u64>,
-        /// Output folder: summary.json, participants.csv, week-summer.svg, week-winter.svg, savings.svg.
+        /// Output folder: summary.json, participants.csv, week-summer.svg, week-winter.svg, savings.svg, savings-ratio.svg.
         #[arg(long, default_value = "out/backtest")]
         out: PathBuf,
         /// No progress bar on stderr.

@@ -212,7 +212,12 @@ fn backtest_on_two_days_is_consistent_and_writes_its_files() {
     assert!(
         csv.starts_with("id,kind,tariff_eur_per_kwh,priority,consumption_kwh,ped_allocated_kwh")
     );
-    for svg in ["week-summer.svg", "week-winter.svg", "savings.svg"] {
+    for svg in [
+        "week-summer.svg",
+        "week-winter.svg",
+        "savings.svg",
+        "savings-ratio.svg",
+    ] {
         let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
         check_xml(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
         assert!(

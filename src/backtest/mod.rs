@@ -1323,6 +1323,21 @@ fn write_outputs(
         ],
     );
     write_file(&out.join("savings.svg"), &svg)?;
+    let ratio: Vec<f64> = s.participants.iter().map(|p| p.ratio_to_prorata).collect();
+    let svg = svg::grouped_bars(
+        &format!(
+            "Savings under ped / savings under the DSO's pro rata without storage, per participant, {} to {} (1 = as well off)",
+            s.from, s.to
+        ),
+        "ratio",
+        &labels,
+        &[svg::Series {
+            name: "ped / DSO pro rata",
+            color: "#1f77b4",
+            values: &ratio,
+        }],
+    );
+    write_file(&out.join("savings-ratio.svg"), &svg)?;
     Ok(())
 }
 

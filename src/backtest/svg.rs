@@ -16,6 +16,17 @@ pub struct Series<'a> {
     pub values: &'a [f64],
 }
 
+/// Axis value with as many decimals as the axis span needs.
+fn tick(v: f64, span: f64) -> String {
+    if span >= 20.0 {
+        format!("{v:.0}")
+    } else if span >= 2.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 const W: f64 = 1000.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 160.0;
@@ -77,9 +88,10 @@ pub fn line_panels(
             let v = lo + (hi - lo) * frac;
             let _ = writeln!(
                 out,
-                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{v:.0}</text>"##,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
                 LEFT - 4.0,
-                y(v) + 4.0
+                y(v) + 4.0,
+                tick(v, hi - lo)
             );
         }
         if lo < 0.0 {
@@ -142,7 +154,8 @@ pub fn line_panels(
 /// Grouped bars: one group per label, one bar per series in each group.
 pub fn grouped_bars(title: &str, y_label: &str, labels: &[String], series: &[Series]) -> String {
     let plot_w = (labels.len() as f64 * 12.0).max(600.0);
-    let w = LEFT + plot_w + RIGHT;
+    // Room for legend names longer than the line charts'.
+    let w = LEFT + plot_w + RIGHT + 80.0;
     let h = TOP + PANEL_H * 1.5 + 70.0;
     let (lo, hi) = range(series);
     let y0 = TOP;
@@ -167,9 +180,10 @@ pub fn grouped_bars(title: &str, y_label: &str, labels: &[String], series: &[Ser
         let v = lo + (hi - lo) * frac;
         let _ = writeln!(
             out,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{v:.0}</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#444">{}</text>"##,
             LEFT - 4.0,
-            y(v) + 4.0
+            y(v) + 4.0,
+            tick(v, hi - lo)
         );
     }
     let _ = writeln!(
