@@ -511,6 +511,10 @@ pub struct Summary {
     pub replan_every: usize,
     pub budget_ms: u64,
     pub wall_seconds: f64,
+    /// Forecasts, solves and device model of the LP dispatch (data loading excluded).
+    pub lp_loop_seconds: f64,
+    /// The other dispatches and the keys of every scenario.
+    pub baselines_seconds: f64,
     pub scenarios: Vec<ScenarioSummary>,
     pub solve: SolveStats,
     pub forecast_errors: ForecastErrors,
@@ -664,6 +668,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
     let peak_kw: f64 = ds.plants.iter().map(|p| p.kwp).sum();
 
     // --- LP dispatch (the expensive one) -------------------------------
+    let lp_began = Instant::now();
     let mut progress = Progress::new(opts.progress, steps);
     let mut solve_times = Vec::new();
     let mut stats = SolveStats::default();
@@ -829,6 +834,8 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             &ds.cal.grid.local_day(ds.cal.time(t)).to_string(),
         );
     }
+    let lp_loop_seconds = lp_began.elapsed().as_secs_f64();
+    let baselines_began = Instant::now();
     let lp = DispatchRun {
         flows: lp_flows,
         soc_start: init.soc.clone(),
@@ -1103,6 +1110,8 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
         replan_every: opts.replan_every,
         budget_ms: opts.budget.as_millis() as u64,
         wall_seconds: began.elapsed().as_secs_f64(),
+        lp_loop_seconds,
+        baselines_seconds: baselines_began.elapsed().as_secs_f64(),
         scenarios: summaries,
         solve: stats,
         forecast_errors: ForecastErrors {
