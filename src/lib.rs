@@ -6,6 +6,7 @@
 //! (`simulator`, `daemon`). See README, "Architecture".
 
 pub mod allocation;
+pub mod backtest;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -116,6 +116,37 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         unit: u8,
     },
+    /// Replay a data set (the layout of district-2025) through forecast, plan,
+    /// simulated storage and keys; compare with baselines in the same run.
+    Backtest {
+        /// Data set directory: production.csv, consumption.csv, heat.csv, participants.csv, plants.csv.
+        #[arg(long)]
+        data: PathBuf,
+        /// Batteries, heat units, tariffs, priorities, prices and key policy.
+        #[arg(long, default_value = DEFAULT_SITE)]
+        site: PathBuf,
+        /// First local day replayed (default: a week after the data start).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last local day replayed, inclusive (default: the data's last).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// Settlement step in minutes: 30 (the data's) or 15.
+        #[arg(long, default_value_t = 30)]
+        step: u32,
+        /// Re-solve the LP every N steps (and after a large PV miss).
+        #[arg(long, default_value_t = 4)]
+        replan_every: usize,
+        /// Wall-clock budget of one solve, ms (default: the site's plan.budget_ms).
+        #[arg(long)]
+        budget_ms: Option<u64>,
+        /// Output folder: summary.json, participants.csv, week-summer.svg, week-winter.svg, savings.svg, savings-ratio.svg.
+        #[arg(long, default_value = "out/backtest")]
+        out: PathBuf,
+        /// No progress bar on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +253,37 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log_format);
     match cli.cmd {
+        Cmd::Backtest {
+            data,
+            site,
+            from,
+            to,
+            step,
+            replan_every,
+            budget_ms,
+            out,
+            quiet,
+        } => {
+            // The backtest talks to no device: the site's register maps are not needed.
+            let raw = config::load_unvalidated(&site)?;
+            let budget = Duration::from_millis(budget_ms.unwrap_or(raw.plan.budget_ms));
+            let opts = ped::backtest::Options {
+                data_dir: data,
+                from,
+                to,
+                step_minutes: step,
+                replan_every,
+                budget,
+                out_dir: out.clone(),
+                progress: !quiet,
+            };
+            let summary = tokio::task::spawn_blocking(move || ped::backtest::run(&raw, &opts))
+                .await
+                .context("backtest thread")??;
+            print!("{}", ped::backtest::table(&summary));
+            println!("written: {}", out.display());
+            Ok(())
+        }
         Cmd::Check { site } => {
             let raw = match config::load_unvalidated(&site) {
                 Ok(r) => r,
