@@ -21,6 +21,8 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+pub mod allocate;
+
 use good_lp::{
     clarabel, constraint, variable, Expression, ProblemVariables, Solution, SolverModel, Variable,
 };
@@ -40,9 +42,11 @@ pub enum PlanError {
     Invalid(String),
     #[error("plan fails its check at step {step}: {what}")]
     Check { step: usize, what: String },
+    #[error("LP solver failed: {0}")]
+    Solver(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatteryModel {
     pub id: String,
     pub capacity_kwh: f64,
@@ -55,7 +59,7 @@ pub struct BatteryModel {
     pub end_value_eur_per_kwh: f64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeatUnitModel {
     pub id: String,
     pub p2h_max_kw: f64,
@@ -70,7 +74,7 @@ pub struct HeatUnitModel {
     pub heat_price_eur_per_kwh: f64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ParticipantForecast {
     pub id: String,
     pub load_kw: Vec<f64>,
@@ -78,7 +82,7 @@ pub struct ParticipantForecast {
     pub priority: u8,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlanInput {
     pub start: DateTime<Utc>,
     pub step_hours: f64,
@@ -92,13 +96,13 @@ pub struct PlanInput {
     pub import_price_eur_per_kwh: Vec<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum PlanStatus {
     Optimal,
     RuleBased { reason: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub start: DateTime<Utc>,
     pub step_hours: f64,
