@@ -346,21 +346,28 @@ fn model(p: &AllocationProblem) -> Model {
 /// Exact fractional knapsack per step: by weight, descending; exact ties
 /// share pro rata of consumption; index order among equals for stability.
 fn greedy(p: &AllocationProblem, m: &Model) -> Vec<Vec<f64>> {
+    greedy_with(p, m.n, &m.weight).0
+}
+
+/// The per-step knapsack under the given weights; also returns each step's
+/// threshold (weight of the last participant served, 0 when all are served).
+fn greedy_with(p: &AllocationProblem, n: usize, weight: &[Vec<f64>]) -> (Vec<Vec<f64>>, Vec<f64>) {
     let np = p.participants.len();
-    let mut a = vec![vec![0.0; m.n]; np];
+    let mut a = vec![vec![0.0; n]; np];
+    let mut threshold = vec![0.0; n];
     let mut order: Vec<usize> = Vec::with_capacity(np);
-    for t in 0..m.n {
+    for t in 0..n {
         order.clear();
         order.extend(
-            (0..np).filter(|&i| m.weight[i][t] > 0.0 && p.participants[i].consumption_kwh[t] > 0.0),
+            (0..np).filter(|&i| weight[i][t] > 0.0 && p.participants[i].consumption_kwh[t] > 0.0),
         );
-        order.sort_by(|&x, &y| m.weight[y][t].total_cmp(&m.weight[x][t]).then(x.cmp(&y)));
+        order.sort_by(|&x, &y| weight[y][t].total_cmp(&weight[x][t]).then(x.cmp(&y)));
         let mut left = p.production_kwh[t];
         let mut k = 0;
         while k < order.len() && left > 0.0 {
-            let w = m.weight[order[k]][t];
+            let w = weight[order[k]][t];
             let mut end = k;
-            while end < order.len() && m.weight[order[end]][t] == w {
+            while end < order.len() && weight[order[end]][t] == w {
                 end += 1;
             }
             let group = &order[k..end];
@@ -372,11 +379,14 @@ fn greedy(p: &AllocationProblem, m: &Model) -> Vec<Vec<f64>> {
             for &i in group {
                 a[i][t] = p.participants[i].consumption_kwh[t] * share;
             }
+            if share < 1.0 || left <= want {
+                threshold[t] = w;
+            }
             left = (left - want).max(0.0);
             k = end;
         }
     }
-    a
+    (a, threshold)
 }
 
 /// Shortfalls of the coupling rows: (floor kWh, pro-rata €) per participant.
@@ -400,6 +410,8 @@ fn shortfalls(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
 }
 
 const ROW_TOL: f64 = 1e-9;
+/// Relative width of the band around a step's threshold that starts free.
+const BAND: f64 = 0.02;
 
 fn finish(
     p: &AllocationProblem,
@@ -475,7 +487,7 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
         return Ok(finish(p, &m, a, "greedy"));
     }
-    match sift(p, &m, a) {
+    match sift(p, &m) {
         Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
         None => {
             tracing::debug!("allocation: sifting did not certify, solving the full LP");
@@ -633,46 +645,111 @@ fn lp(
     Ok((a, duals))
 }
 
+/// Lagrangian warm start: multipliers on the coupling rows (λ floor, μ pro
+/// rata) by projected subgradient steps, each one a greedy pass under the
+/// adjusted weights `w + λ + μ v`. Returns the adjusted weights, the last
+/// greedy allocation and the step thresholds. Cheap (a sort per step per
+/// iteration) and only a guess: `sift` proves or corrects it.
+#[allow(clippy::type_complexity)]
+fn warm_start(p: &AllocationProblem, m: &Model) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
+    let np = p.participants.len();
+    let f = &p.fairness;
+    let mut lambda = vec![0.0; np];
+    let mut mu = vec![0.0; np];
+    let mut weight = m.weight.clone();
+    let mut out = greedy_with(p, m.n, &weight);
+    for k in 0..WARM_ITERATIONS {
+        let (fl, pr) = gaps(m, &out.0);
+        let step = 0.5 / (1.0 + k as f64 / 8.0);
+        let mut moved = false;
+        for i in 0..np {
+            if let Some(target) = m.floor[i] {
+                let g = fl[i] / (target.abs() + 1e-3);
+                let new = (lambda[i] + step * 0.1 * g).clamp(0.0, f.floor_penalty_eur_per_kwh);
+                moved |= new != lambda[i];
+                lambda[i] = new;
+            }
+            if let Some(target) = m.pro_rata[i] {
+                let g = pr[i] / (target.abs() + 1e-3);
+                let new = (mu[i] + step * g).clamp(0.0, f.pro_rata_penalty_eur_per_eur);
+                moved |= new != mu[i];
+                mu[i] = new;
+            }
+        }
+        if !moved {
+            break;
+        }
+        for i in 0..np {
+            for t in 0..m.n {
+                weight[i][t] = m.weight[i][t] + lambda[i] + mu[i] * m.value[i][t];
+            }
+        }
+        out = greedy_with(p, m.n, &weight);
+    }
+    (weight, out.0, out.1)
+}
+
+const WARM_ITERATIONS: usize = 60;
+
+/// Signed row gaps (target − achieved; > 0 is short) of the coupling rows.
+fn gaps(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let fl = a
+        .iter()
+        .zip(&m.floor)
+        .map(|(row, f)| f.map_or(0.0, |f| f - row.iter().sum::<f64>()))
+        .collect();
+    let pr = a
+        .iter()
+        .zip(&m.pro_rata)
+        .zip(&m.value)
+        .map(|((row, r), v)| {
+            r.map_or(0.0, |r| {
+                r - row.iter().zip(v).map(|(x, y)| x * y).sum::<f64>()
+            })
+        })
+        .collect();
+    (fl, pr)
+}
+
 /// Sifting: solve the LP over a working set of variables with the rest fixed
-/// at the greedy's values, then price every fixed variable with the duals;
-/// when none would improve the objective, the reduced optimum is the full
-/// optimum (LP optimality conditions hold for every variable). Otherwise the
-/// offending variables join the working set and the LP is solved again.
-/// None when it does not certify within a few rounds.
-fn sift(p: &AllocationProblem, m: &Model, start: Vec<Vec<f64>>) -> Option<Vec<Vec<f64>>> {
+/// at the warm start's values, then price every fixed variable with the
+/// LP's duals; when none would improve the objective, the reduced optimum is
+/// the full optimum (the LP optimality conditions hold for every variable).
+/// Otherwise the offending variables join the working set and the LP is
+/// solved again. None when it does not certify within a few rounds.
+fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
     let np = p.participants.len();
     let n = m.n;
+    let (weight, start, threshold) = warm_start(p, m);
     let (fl, pr) = shortfalls(m, &start);
     let cap = |i: usize, t: usize| p.participants[i].consumption_kwh[t];
-    // Working set: every variable of a participant whose coupling row is
-    // short, and every variable strictly inside its bounds (the marginal
-    // participants of each step), plus, per step, the variables at the
-    // step's marginal weight.
+    // Working set: the variables whose adjusted weight lies near their step's
+    // threshold (where a vertex optimum has its fractional values), strictly
+    // fractional ones, and those of participants still short of a row that
+    // could take more.
     let mut free = vec![vec![false; n]; np];
     for i in 0..np {
         let short = fl[i] > ROW_TOL || pr[i] > ROW_TOL;
         for t in 0..n {
-            let x = start[i][t];
-            free[i][t] = cap(i, t) > 0.0 && (short || (x > 0.0 && x < cap(i, t)));
-        }
-    }
-    // Participants that gave energy in a step to a short participant's benefit
-    // must be able to give it back: free the allocated variables of steps where a short
-    // participant could take energy.
-    for t in 0..n {
-        let contested =
-            (0..np).any(|i| (fl[i] > ROW_TOL || pr[i] > ROW_TOL) && cap(i, t) > start[i][t]);
-        if contested {
-            for i in 0..np {
-                if start[i][t] > 0.0 {
-                    free[i][t] = true;
-                }
+            let c = cap(i, t);
+            if c <= 0.0 {
+                continue;
             }
+            let x = start[i][t];
+            let band = BAND * (1.0 + threshold[t].abs());
+            free[i][t] = (x > 0.0 && x < c)
+                || (weight[i][t] - threshold[t]).abs() <= band
+                || (short && x < c && weight[i][t] > 0.0);
         }
     }
     let mut current = start;
     for _round in 0..6 {
         let (a, d) = lp(p, m, Some((&free, &current))).ok()?;
+        tracing::debug!(
+            round = _round,
+            free = free.iter().flatten().filter(|x| **x).count(),
+            "allocation: sifting round"
+        );
         let mut added = 0;
         for i in 0..np {
             for t in 0..n {
