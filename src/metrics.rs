@@ -57,6 +57,9 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
+    // Plan fallback ladder (issue 4).
+    pub plan_fallback_level: Gauge,
+    pub plan_soft_violations: Gauge,
 }
 
 impl Metrics {
@@ -169,6 +172,11 @@ impl Metrics {
             setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
             key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            plan_fallback_level: g(
+                "plan_fallback_level",
+                "Rung of the plan fallback ladder of the current plan: 0 optimal, 1 relaxed, 2 last plan shifted, 3 rule-based.",
+            )?,
+            plan_soft_violations: g("plan_soft_violations", "Soft limits the current plan violates.")?,
             registry,
         };
         m.build_info

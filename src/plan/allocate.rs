@@ -33,6 +33,9 @@
 //! restricted to the tie), in a fixed order, so the same input gives the same
 //! allocation bit for bit. LP solutions go through the same rounding.
 
+// [participant][step] matrices read best with both indices spelt out.
+#![allow(clippy::needless_range_loop)]
+
 use good_lp::{
     clarabel, constraint, variable, Constraint, Expression, ProblemVariables, Solution,
     SolutionWithDual, SolverModel, Variable,
