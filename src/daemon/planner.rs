@@ -300,6 +300,13 @@ fn publish(
                 let _ = std::fs::rename(&tmp, dir.join("latest.json"));
             }
         }
+        // The instance beside the plan: `ped plan --replay` solves it again.
+        let inst = plan::instance::Instance::Plan {
+            input: input.clone(),
+        };
+        if let Err(e) = inst.write(&dir.join("latest-input.json")) {
+            tracing::warn!(error = %e, "plan input not written");
+        }
     }
     shared.status().plan = Some(view);
 }

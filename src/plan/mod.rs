@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 pub mod allocate;
+pub mod instance;
 pub mod synthetic;
 
 use good_lp::{
