@@ -16,16 +16,28 @@ fn dump_then_replay_an_allocation_and_a_plan() {
         .arg(&alloc)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json = std::fs::read_to_string(&alloc).unwrap();
-    assert!(json.starts_with("{\"kind\":\"allocation\""), "{}", &json[..40]);
+    assert!(
+        json.starts_with("{\"kind\":\"allocation\""),
+        "{}",
+        &json[..40]
+    );
     let out = ped()
         .args(["plan", "--oracle", "--replay"])
         .arg(&alloc)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let gap: f64 = stdout
         .split("relative score gap ")
         .nth(1)
@@ -40,7 +52,11 @@ fn dump_then_replay_an_allocation_and_a_plan() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let out = ped().args(["plan", "--replay"]).arg(&plan).output().unwrap();
+    let out = ped()
+        .args(["plan", "--replay"])
+        .arg(&plan)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("status optimal (level 0)"), "{stdout}");
 

@@ -745,6 +745,18 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
                 || (short && x < c && weight[i][t] > 0.0);
         }
     }
+    // A working set this large gains nothing over the full LP and costs a
+    // round of pricing: let the caller solve the full LP.
+    let in_play = free.iter().flatten().filter(|x| **x).count();
+    let vars = p
+        .participants
+        .iter()
+        .flat_map(|q| &q.consumption_kwh)
+        .filter(|c| **c > 0.0)
+        .count();
+    if 2 * in_play > vars {
+        return None;
+    }
     let mut current = start;
     for _round in 0..6 {
         let (a, d) = lp(p, m, Some((&free, &current))).ok()?;

@@ -101,13 +101,14 @@ impl Instance {
                 let s = allocate::solve_allocation(problem)?;
                 let secs = began.elapsed().as_secs_f64();
                 out.push_str(&format!(
-                    "allocation: {} participants × {} steps\nfast solver ({}): objective {:.6} €, score {:.9}, {} violations, {:.3} s\n",
+                    "allocation: {} participants × {} steps\nfast solver ({}): objective {:.6} €, score {:.9}, violations: {} floor, {} pro_rata, {:.3} s\n",
                     problem.participants.len(),
                     problem.steps,
                     s.method,
                     s.objective_eur,
                     s.score,
-                    s.violations.len(),
+                    s.violations.iter().filter(|v| v.rule == "floor").count(),
+                    s.violations.iter().filter(|v| v.rule == "pro_rata").count(),
                     secs
                 ));
                 if oracle {

@@ -86,8 +86,10 @@ pub fn allocation(participants: usize, steps: usize, seed: u64) -> AllocationPro
         export_price_eur_per_kwh: vec![0.04; steps],
         month_to_date_production_kwh: 0.0,
         fairness: Fairness {
-            floor_ratio: Some(0.5),
+            floor_ratio: Some(0.2),
             no_worse_than_pro_rata: true,
+            // Tier 1 first where that costs nobody its pro-rata value.
+            tier_weight_eur_per_kwh: 0.3,
             ..Fairness::default()
         },
     }
