@@ -37,8 +37,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use good_lp::{
-    clarabel, constraint, variable, Constraint, Expression, ProblemVariables, Solution,
-    SolutionWithDual, SolverModel, Variable,
+    constraint, variable, Constraint, Expression, ProblemVariables, Solution, SolutionWithDual,
+    SolverModel, Variable,
 };
 use serde::{Deserialize, Serialize};
 
@@ -610,7 +610,10 @@ fn lp(
         &mut obj,
         &mut rows,
     );
-    let mut model = vars.maximise(obj).using(clarabel);
+    #[cfg(not(feature = "highs"))]
+    let mut model = vars.maximise(obj).using(good_lp::clarabel);
+    #[cfg(feature = "highs")]
+    let mut model = vars.maximise(obj).using(good_lp::highs);
     let mut step_refs = Vec::with_capacity(n);
     for (e, rhs) in step_rows.into_iter().zip(&step_rhs) {
         step_refs.push(model.add_constraint(constraint::leq(e, *rhs)));

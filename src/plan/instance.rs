@@ -117,8 +117,8 @@ impl Instance {
                     let secs_lp = began.elapsed().as_secs_f64();
                     let rel = (s.score - o.score).abs() / o.score.abs().max(1.0);
                     out.push_str(&format!(
-                        "generic LP (clarabel): objective {:.6} €, score {:.9}, {:.3} s; relative score gap {rel:.2e}\n",
-                        o.objective_eur, o.score, secs_lp
+                        "generic LP ({}): objective {:.6} €, score {:.9}, {:.3} s; relative score gap {rel:.2e}\n",
+                        super::BACKEND, o.objective_eur, o.score, secs_lp
                     ));
                 }
             }

@@ -22,11 +22,19 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 pub mod allocate;
+
+/// The LP backend this build uses: clarabel (pure Rust, the default), or
+/// HiGHS with the `highs` cargo feature.
+pub const BACKEND: &str = if cfg!(feature = "highs") {
+    "highs"
+} else {
+    "clarabel"
+};
 pub mod instance;
 pub mod synthetic;
 
 use good_lp::{
-    clarabel, constraint, variable, Expression, ProblemVariables, Solution, SolverModel, Variable,
+    constraint, variable, Expression, ProblemVariables, Solution, SolverModel, Variable,
 };
 
 /// Small cost on discharged energy so the battery never cycles for nothing.
@@ -624,8 +632,17 @@ fn solve_lp(input: &PlanInput, budget: Duration, strict: bool) -> Result<Decisio
         constraints.push(constraint::leq(e, input.pv_kw[t]));
     }
 
-    let mut model = vars.maximise(obj).using(clarabel);
-    model.settings().time_limit(budget.as_secs_f64().max(1e-3));
+    #[cfg(not(feature = "highs"))]
+    let mut model = {
+        let mut m = vars.maximise(obj).using(good_lp::clarabel);
+        m.settings().time_limit(budget.as_secs_f64().max(1e-3));
+        m
+    };
+    #[cfg(feature = "highs")]
+    let mut model = vars
+        .maximise(obj)
+        .using(good_lp::highs)
+        .set_time_limit(budget.as_secs_f64().max(1e-3));
     for c in constraints {
         model.add_constraint(c);
     }
