@@ -627,6 +627,9 @@ fn lp(
         }
     }
     let mut sol = model.solve().map_err(|e| e.to_string())?;
+    if !matches!(sol.status(), good_lp::solvers::SolutionStatus::Optimal) {
+        return Err(format!("solver stopped early: {:?}", sol.status()));
+    }
     let mut a = fixed_out;
     for i in 0..np {
         for t in 0..n {

@@ -647,6 +647,10 @@ fn solve_lp(input: &PlanInput, budget: Duration, strict: bool) -> Result<Decisio
         model.add_constraint(c);
     }
     let sol = model.solve().map_err(|e| e.to_string())?;
+    // HiGHS hands back its last point when it hits the time limit: that is no optimum.
+    if !matches!(sol.status(), good_lp::solvers::SolutionStatus::Optimal) {
+        return Err(format!("solver stopped early: {:?}", sol.status()));
+    }
     let read = |vs: &Vec<Vec<Variable>>| -> Vec<Vec<f64>> {
         vs.iter()
             .map(|row| row.iter().map(|&v| sol.value(v)).collect())
