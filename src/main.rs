@@ -1,4 +1,4 @@
-//! The `ped` command line: `run`, `simulate`, `check`, `scan`.
+//! The `ped` command line: `run`, `simulate`, `check`, `scan`, `plan`.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -146,6 +146,34 @@ enum Cmd {
         /// No progress bar on stderr.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Write a plan or allocation instance as JSON, or solve one and print a summary.
+    /// Instances: a synthetic district (--synthetic), or a dump, e.g. the
+    /// daemon's out/plans/latest-input.json (--replay).
+    Plan {
+        /// Synthetic district `PARTICIPANTSxSTEPS`, e.g. 1000x96.
+        #[arg(long)]
+        synthetic: Option<String>,
+        /// With --synthetic: the allocation problem alone instead of the joint plan.
+        #[arg(long)]
+        allocation: bool,
+        /// With --synthetic: batteries of the joint plan.
+        #[arg(long, default_value_t = 2)]
+        batteries: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the instance here.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Solve this dumped instance and print a summary.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// Wall-clock budget of the plan solve, ms.
+        #[arg(long, default_value_t = 10_000)]
+        budget_ms: u64,
+        /// Allocation: also solve with the generic LP and compare.
+        #[arg(long)]
+        oracle: bool,
     },
 }
 
@@ -476,6 +504,52 @@ async fn main() -> Result<()> {
         Cmd::Scan { target, unit } => {
             let lib = library(None)?;
             scan(&target, unit, &lib).await
+        }
+        Cmd::Plan {
+            synthetic,
+            allocation,
+            batteries,
+            seed,
+            dump,
+            replay,
+            budget_ms,
+            oracle,
+        } => {
+            use ped::plan::instance::Instance;
+            let inst = match (&synthetic, &replay) {
+                (Some(size), None) => {
+                    let (np, n) = size
+                        .split_once('x')
+                        .and_then(|(a, b)| {
+                            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                        })
+                        .filter(|(a, b)| *a > 0 && *b > 0)
+                        .with_context(|| {
+                            format!(
+                                "--synthetic `{size}`: expected PARTICIPANTSxSTEPS such as 1000x96"
+                            )
+                        })?;
+                    if allocation {
+                        Instance::Allocation {
+                            problem: ped::plan::synthetic::allocation(np, n, seed),
+                        }
+                    } else {
+                        Instance::Plan {
+                            input: ped::plan::synthetic::plan_input(np, n, batteries, seed),
+                        }
+                    }
+                }
+                (None, Some(path)) => Instance::read(path)?,
+                _ => bail!("ped plan: give exactly one of --synthetic PxN or --replay FILE"),
+            };
+            if let Some(path) = &dump {
+                inst.write(path)?;
+                eprintln!("instance written to {}", path.display());
+            }
+            if replay.is_some() || dump.is_none() {
+                print!("{}", inst.replay(Duration::from_millis(budget_ms), oracle)?);
+            }
+            Ok(())
         }
     }
 }

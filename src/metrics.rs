@@ -75,6 +75,9 @@ pub struct Metrics {
     pub ledger_pending_periods: Gauge,
     pub outbox_files: IntGaugeVec,
     pub deliveries: IntCounterVec,
+    // Plan fallback ladder (issue 4).
+    pub plan_fallback_level: Gauge,
+    pub plan_soft_violations: Gauge,
 }
 
 impl Metrics {
@@ -221,6 +224,11 @@ impl Metrics {
             ledger_pending_periods: g("ledger_pending_periods", "Closed periods kept in memory because the ledger could not be written.")?,
             outbox_files: igv("outbox_files", "Key files in the delivery outbox, by state.", &["state"])?,
             deliveries: icv("deliveries_total", "Delivery attempts, by channel and result.", &["channel", "result"])?,
+            plan_fallback_level: g(
+                "plan_fallback_level",
+                "Rung of the plan fallback ladder of the current plan: 0 optimal, 1 relaxed, 2 last plan shifted, 3 rule-based.",
+            )?,
+            plan_soft_violations: g("plan_soft_violations", "Soft limits the current plan violates.")?,
             registry,
         };
         m.build_info

@@ -1,13 +1,16 @@
 //! At each settlement step: forecasts + current state → the rolling LP →
 //! setpoints for the current step. The solve runs on a blocking thread under
-//! the configured wall-clock budget; past it, the rule-based plan is used, so
-//! there is always a plan.
+//! the configured wall-clock budget and walks down the fallback ladder
+//! (optimal → relaxed → last valid plan shifted → rule-based, see
+//! [`plan::solve_ladder`]); a solver thread that does not come back in time
+//! is abandoned and the ladder's lower rungs are taken here, so there is
+//! always a checked plan.
 
 use super::{PeriodRecord, PlanView, Shared};
 use crate::config::{DeviceKind, ParticipantKind};
 use crate::devices::Command;
 use crate::forecast::{self, SeriesHistory};
-use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput, PlanStatus};
+use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ pub async fn run(
         _ = tokio::time::sleep(Duration::from_millis(3 * site.config.polling.interval_ms)) => {}
         _ = shutdown.changed() => return,
     }
+    let mut last_valid: Option<plan::Plan> = None;
     loop {
         while let Ok(rec) = periods.try_recv() {
             for (pid, kwh) in &rec.consumption_kwh {
@@ -49,7 +53,8 @@ pub async fn run(
         let started = Instant::now();
         let solving = {
             let input = input.clone();
-            tokio::task::spawn_blocking(move || plan::solve(&input, budget))
+            let last = last_valid.clone();
+            tokio::task::spawn_blocking(move || plan::solve_ladder(&input, budget, last.as_ref()))
         };
         let waited = tokio::select! {
             r = tokio::time::timeout(budget + Duration::from_millis(500), solving) => r,
@@ -66,11 +71,20 @@ pub async fn run(
         };
         let p = match result {
             Ok(p) => p,
-            Err(why) => {
-                tracing::warn!(reason = %why, "falling back to the rule-based plan");
-                plan::rule_based(&input, &why)
+            Err(why) => fallback(&input, last_valid.as_ref(), &why),
+        };
+        // Nothing is actuated unchecked: a plan that fails here (it cannot,
+        // short of a bug) is replaced by the rule-based one.
+        let p = match plan::check(&p, &input) {
+            Ok(()) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "plan failed its check before actuation");
+                plan::rule_based(&input, &format!("plan failed its check: {e}"))
             }
         };
+        if p.status.level() < 2 {
+            last_valid = Some(p.clone());
+        }
         let elapsed = started.elapsed().as_secs_f64();
         publish(&shared, &input, &p, &setpoints, elapsed);
         // Re-plan at the next step.
@@ -80,6 +94,22 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Lower rungs of the ladder when the solver thread itself failed or was
+/// abandoned: the last valid plan shifted, else the rule-based plan.
+fn fallback(input: &PlanInput, last: Option<&plan::Plan>, why: &str) -> plan::Plan {
+    if let Some(last) = last {
+        match plan::shift(last, input, why) {
+            Ok(p) => {
+                tracing::warn!(reason = %why, "plan: last valid plan shifted (fallback level 2)");
+                return p;
+            }
+            Err(e) => tracing::warn!(error = %e, "plan: last plan cannot be shifted"),
+        }
+    }
+    tracing::warn!(reason = %why, "plan: rule-based plan (fallback level 3)");
+    plan::rule_based(input, why)
 }
 
 fn reading(shared: &Shared, device: &str, name: &str) -> Option<f64> {
@@ -227,11 +257,10 @@ fn publish(
     elapsed: f64,
 ) {
     let m = &shared.metrics;
-    let status = match &p.status {
-        PlanStatus::Optimal => "optimal".to_string(),
-        PlanStatus::RuleBased { .. } => "rule_based".to_string(),
-    };
-    for s in ["optimal", "rule_based"] {
+    let status = p.status.label().to_string();
+    m.plan_fallback_level.set(f64::from(p.status.level()));
+    m.plan_soft_violations.set(p.violations.len() as f64);
+    for s in ["optimal", "relaxed", "shifted", "rule_based"] {
         m.plan_status
             .with_label_values(&[s])
             .set(i64::from(s == status));
@@ -280,6 +309,13 @@ fn publish(
             if std::fs::write(&tmp, text).is_ok() {
                 let _ = std::fs::rename(&tmp, dir.join("latest.json"));
             }
+        }
+        // The instance beside the plan: `ped plan --replay` solves it again.
+        let inst = plan::instance::Instance::Plan {
+            input: input.clone(),
+        };
+        if let Err(e) = inst.write(&dir.join("latest-input.json")) {
+            tracing::warn!(error = %e, "plan input not written");
         }
     }
     shared.status().plan = Some(view);

@@ -1,0 +1,898 @@
+//! Allocation of pooled local production among participants over a horizon
+//! (a day of the plan, or a month of DSO keys), with the site's fairness rules.
+//!
+//! The problem (all energies in kWh per settlement step):
+//!
+//! ```text
+//! max  Σ_it (v_it − x_t + b_i) a_it − M_f Σ_i u_i − M_p Σ_i w_i
+//! s.t. Σ_i a_it ≤ P_t                      (step rows: pooled production)
+//!      0 ≤ a_it ≤ c_it                      (consumption caps)
+//!      Σ_t a_it + u_i ≥ F_i                 (floor on the month's share)
+//!      Σ_t v_it a_it + w_i ≥ R_i            (no worse off than pro rata)
+//!      u, w ≥ 0
+//! ```
+//!
+//! with `v_it` = participant tariff − local price, `x_t` the export price the
+//! surplus would earn, `b_i` the priority-tier bonus (tier 1 first),
+//! `F_i` the floor target and `R_i` the value of the DSO's default pro-rata
+//! key over the month (both net of the month-to-date figures).
+//!
+//! Structure: without the two coupling rows per participant the problem splits
+//! into one fractional knapsack per step (value `v_it − x_t + b_i`, capacity
+//! `P_t`, caps `c_it`), solved exactly by sorting. That greedy solution is
+//! optimal for the whole problem whenever it satisfies every coupling row:
+//! dropping the rows (and their slacks, which only cost) can only raise the
+//! optimum, and the greedy attains the relaxed optimum with zero penalty.
+//! When a coupling row binds, [`solve_allocation`] solves the LP restricted
+//! to the variables that can move (see `sift`), and proves the result optimal
+//! for the full problem from the LP's duals before returning it; if that
+//! proof fails after a few rounds it solves the full LP.
+//!
+//! Determinism: the greedy shares a step among participants of **exactly
+//! equal** value in proportion to their consumption (the DSO's default key
+//! restricted to the tie), in a fixed order, so the same input gives the same
+//! allocation bit for bit. LP solutions go through the same rounding.
+
+// [participant][step] matrices read best with both indices spelt out.
+#![allow(clippy::needless_range_loop)]
+
+use good_lp::{
+    constraint, variable, Constraint, Expression, ProblemVariables, Solution, SolutionWithDual,
+    SolverModel, Variable,
+};
+use serde::{Deserialize, Serialize};
+
+use super::PlanError;
+
+fn default_tier() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_floor_penalty() -> f64 {
+    1.0
+}
+fn default_pro_rata_penalty() -> f64 {
+    10.0
+}
+fn default_tier_weight() -> f64 {
+    1.0
+}
+
+/// Month-to-date figures of one participant, before the problem's first step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonthToDate {
+    #[serde(default)]
+    pub allocated_kwh: f64,
+    /// Σ (tariff − local price) × allocated so far.
+    #[serde(default)]
+    pub value_eur: f64,
+    /// The same under the DSO's default pro-rata key.
+    #[serde(default)]
+    pub pro_rata_value_eur: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationParticipant {
+    pub id: String,
+    /// Per step, kWh.
+    pub consumption_kwh: Vec<f64>,
+    /// Per step, €/kWh (time-of-use tariffs vary by step).
+    pub tariff_eur_per_kwh: Vec<f64>,
+    /// 1 is served first (e.g. social housing), then 2, …
+    #[serde(default = "default_tier")]
+    pub tier: u8,
+    /// Share of the operation the participant subscribed to (0..1), for the floor rule.
+    #[serde(default)]
+    pub subscription_share: Option<f64>,
+    #[serde(default)]
+    pub month_to_date: MonthToDate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fairness {
+    /// Floor on the month's allocated share relative to the subscription:
+    /// allocated ≥ ratio × subscription_share × pooled production (capped by
+    /// what the participant consumed). None: no floor.
+    #[serde(default)]
+    pub floor_ratio: Option<f64>,
+    /// Nobody's allocation worth less than under the DSO's default pro-rata key.
+    #[serde(default = "default_true")]
+    pub no_worse_than_pro_rata: bool,
+    /// € per kWh missing from a floor.
+    #[serde(default = "default_floor_penalty")]
+    pub floor_penalty_eur_per_kwh: f64,
+    /// € per € missing against pro rata.
+    #[serde(default = "default_pro_rata_penalty")]
+    pub pro_rata_penalty_eur_per_eur: f64,
+    /// Bonus per kWh per tier ahead of the last: large enough to dominate any
+    /// tariff difference, so a lower tier is served first.
+    #[serde(default = "default_tier_weight")]
+    pub tier_weight_eur_per_kwh: f64,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            floor_ratio: None,
+            no_worse_than_pro_rata: true,
+            floor_penalty_eur_per_kwh: default_floor_penalty(),
+            pro_rata_penalty_eur_per_eur: default_pro_rata_penalty(),
+            tier_weight_eur_per_kwh: default_tier_weight(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationProblem {
+    pub steps: usize,
+    /// Pooled local production per step, kWh.
+    pub production_kwh: Vec<f64>,
+    pub participants: Vec<AllocationParticipant>,
+    pub local_price_eur_per_kwh: f64,
+    /// What surplus earns per step (€/kWh); empty means 0.
+    #[serde(default)]
+    pub export_price_eur_per_kwh: Vec<f64>,
+    /// Pooled production of the month before the first step (floor rule).
+    #[serde(default)]
+    pub month_to_date_production_kwh: f64,
+    #[serde(default)]
+    pub fairness: Fairness,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `floor` or `pro_rata`.
+    pub rule: String,
+    pub participant: String,
+    pub amount: f64,
+    /// `kWh` or `EUR`.
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationSolution {
+    /// [participant][step], kWh.
+    pub allocated_kwh: Vec<Vec<f64>>,
+    /// Σ (tariff − local) × allocated + export price × surplus.
+    pub objective_eur: f64,
+    /// What the solver maximises: objective + tier bonuses − penalties.
+    pub score: f64,
+    pub violations: Vec<Violation>,
+    /// `greedy`, `sifted_lp` or `lp`.
+    pub method: String,
+}
+
+fn invalid(msg: String) -> PlanError {
+    PlanError::Invalid(msg)
+}
+
+/// Shapes, finiteness, signs.
+pub fn validate_allocation(p: &AllocationProblem) -> Result<(), PlanError> {
+    let n = p.steps;
+    if p.production_kwh.len() != n {
+        return Err(invalid(format!(
+            "production_kwh has {} steps, expected {n}",
+            p.production_kwh.len()
+        )));
+    }
+    if !p.export_price_eur_per_kwh.is_empty() && p.export_price_eur_per_kwh.len() != n {
+        return Err(invalid(format!(
+            "export_price_eur_per_kwh has {} steps, expected {n} (or none)",
+            p.export_price_eur_per_kwh.len()
+        )));
+    }
+    let bad = |x: &f64| !x.is_finite() || *x < 0.0;
+    if let Some(t) = p.production_kwh.iter().position(bad) {
+        return Err(invalid(format!(
+            "production_kwh[{t}] must be finite and >= 0"
+        )));
+    }
+    if !p.local_price_eur_per_kwh.is_finite()
+        || p.export_price_eur_per_kwh.iter().any(|x| !x.is_finite())
+        || !p.month_to_date_production_kwh.is_finite()
+    {
+        return Err(invalid(
+            "prices and month-to-date figures must be finite".into(),
+        ));
+    }
+    let f = &p.fairness;
+    for (name, x) in [
+        (
+            "fairness.floor_penalty_eur_per_kwh",
+            f.floor_penalty_eur_per_kwh,
+        ),
+        (
+            "fairness.pro_rata_penalty_eur_per_eur",
+            f.pro_rata_penalty_eur_per_eur,
+        ),
+        (
+            "fairness.tier_weight_eur_per_kwh",
+            f.tier_weight_eur_per_kwh,
+        ),
+    ] {
+        if !x.is_finite() || x < 0.0 {
+            return Err(invalid(format!("{name} = {x} must be finite and >= 0")));
+        }
+    }
+    if let Some(r) = f.floor_ratio {
+        if !r.is_finite() || r < 0.0 {
+            return Err(invalid(format!("fairness.floor_ratio = {r} must be >= 0")));
+        }
+    }
+    for q in &p.participants {
+        if q.consumption_kwh.len() != n || q.tariff_eur_per_kwh.len() != n {
+            return Err(invalid(format!(
+                "participant {}: consumption and tariff need {n} steps",
+                q.id
+            )));
+        }
+        if let Some(t) = q.consumption_kwh.iter().position(bad) {
+            return Err(invalid(format!(
+                "participant {} consumption_kwh[{t}] must be finite and >= 0",
+                q.id
+            )));
+        }
+        if q.tariff_eur_per_kwh.iter().any(|x| !x.is_finite()) {
+            return Err(invalid(format!(
+                "participant {} tariff must be finite",
+                q.id
+            )));
+        }
+        let m = &q.month_to_date;
+        if ![m.allocated_kwh, m.value_eur, m.pro_rata_value_eur]
+            .iter()
+            .all(|x| x.is_finite())
+            || q.subscription_share
+                .is_some_and(|s| !(0.0..=1.0).contains(&s))
+        {
+            return Err(invalid(format!(
+                "participant {}: month-to-date figures must be finite and subscription_share within 0..=1",
+                q.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Everything derived from the problem that both solvers use.
+struct Model {
+    n: usize,
+    /// v_it: tariff − local.
+    value: Vec<Vec<f64>>,
+    /// v_it − x_t + b_i: what one kWh to i at t adds to the score.
+    weight: Vec<Vec<f64>>,
+    /// Floor target (kWh over the horizon), None when the rule is off or slack by construction.
+    floor: Vec<Option<f64>>,
+    /// No-worse target (€ over the horizon).
+    pro_rata: Vec<Option<f64>>,
+    export: Vec<f64>,
+}
+
+/// The DSO's default key: each consumer's share of the step's consumption,
+/// `min(key × P, c)`.
+pub fn pro_rata(p: &AllocationProblem) -> Vec<Vec<f64>> {
+    let n = p.steps;
+    let total: Vec<f64> = (0..n)
+        .map(|t| p.participants.iter().map(|q| q.consumption_kwh[t]).sum())
+        .collect();
+    p.participants
+        .iter()
+        .map(|q| {
+            (0..n)
+                .map(|t| {
+                    if total[t] > 0.0 {
+                        q.consumption_kwh[t] * (p.production_kwh[t] / total[t]).min(1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn model(p: &AllocationProblem) -> Model {
+    let n = p.steps;
+    let export: Vec<f64> = if p.export_price_eur_per_kwh.is_empty() {
+        vec![0.0; n]
+    } else {
+        p.export_price_eur_per_kwh.clone()
+    };
+    let last_tier = p.participants.iter().map(|q| q.tier).max().unwrap_or(1);
+    let pr = pro_rata(p);
+    let pool = p.month_to_date_production_kwh + p.production_kwh.iter().sum::<f64>();
+    let f = &p.fairness;
+    let mut value = Vec::with_capacity(p.participants.len());
+    let mut weight = Vec::with_capacity(p.participants.len());
+    let mut floor = Vec::with_capacity(p.participants.len());
+    let mut pro = Vec::with_capacity(p.participants.len());
+    for (i, q) in p.participants.iter().enumerate() {
+        let v: Vec<f64> = q
+            .tariff_eur_per_kwh
+            .iter()
+            .map(|t| t - p.local_price_eur_per_kwh)
+            .collect();
+        let bonus = f.tier_weight_eur_per_kwh * f64::from(last_tier.saturating_sub(q.tier));
+        weight.push((0..n).map(|t| v[t] - export[t] + bonus).collect());
+        let m = &q.month_to_date;
+        floor.push(match (f.floor_ratio, q.subscription_share) {
+            (Some(r), Some(s)) => {
+                let consumed: f64 = q.consumption_kwh.iter().sum();
+                let target = (r * s * pool).min(m.allocated_kwh + consumed) - m.allocated_kwh;
+                (target > 0.0).then_some(target)
+            }
+            _ => None,
+        });
+        pro.push(if f.no_worse_than_pro_rata {
+            let ahead = m.value_eur - m.pro_rata_value_eur;
+            let target = (0..n).map(|t| v[t] * pr[i][t]).sum::<f64>() - ahead;
+            // A target of 0 or less is met by allocating nothing only if no
+            // value is negative; keep the row whenever it could bind.
+            (target > 0.0 || v.iter().any(|x| *x < 0.0)).then_some(target)
+        } else {
+            None
+        });
+        value.push(v);
+    }
+    Model {
+        n,
+        value,
+        weight,
+        floor,
+        pro_rata: pro,
+        export,
+    }
+}
+
+/// Exact fractional knapsack per step: by weight, descending; exact ties
+/// share pro rata of consumption; index order among equals for stability.
+fn greedy(p: &AllocationProblem, m: &Model) -> Vec<Vec<f64>> {
+    greedy_with(p, m.n, &m.weight).0
+}
+
+/// The per-step knapsack under the given weights; also returns each step's
+/// threshold (weight of the last participant served, 0 when all are served).
+fn greedy_with(p: &AllocationProblem, n: usize, weight: &[Vec<f64>]) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let np = p.participants.len();
+    let mut a = vec![vec![0.0; n]; np];
+    let mut threshold = vec![0.0; n];
+    let mut order: Vec<usize> = Vec::with_capacity(np);
+    for t in 0..n {
+        order.clear();
+        order.extend(
+            (0..np).filter(|&i| weight[i][t] > 0.0 && p.participants[i].consumption_kwh[t] > 0.0),
+        );
+        order.sort_by(|&x, &y| weight[y][t].total_cmp(&weight[x][t]).then(x.cmp(&y)));
+        let mut left = p.production_kwh[t];
+        let mut k = 0;
+        while k < order.len() && left > 0.0 {
+            let w = weight[order[k]][t];
+            let mut end = k;
+            while end < order.len() && weight[order[end]][t] == w {
+                end += 1;
+            }
+            let group = &order[k..end];
+            let want: f64 = group
+                .iter()
+                .map(|&i| p.participants[i].consumption_kwh[t])
+                .sum();
+            let share = (left / want).min(1.0);
+            for &i in group {
+                a[i][t] = p.participants[i].consumption_kwh[t] * share;
+            }
+            if share < 1.0 || left <= want {
+                threshold[t] = w;
+            }
+            left = (left - want).max(0.0);
+            k = end;
+        }
+    }
+    (a, threshold)
+}
+
+/// Shortfalls of the coupling rows: (floor kWh, pro-rata €) per participant.
+fn shortfalls(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let fl = a
+        .iter()
+        .zip(&m.floor)
+        .map(|(row, f)| f.map_or(0.0, |f| (f - row.iter().sum::<f64>()).max(0.0)))
+        .collect();
+    let pr = a
+        .iter()
+        .zip(&m.pro_rata)
+        .zip(&m.value)
+        .map(|((row, r), v)| {
+            r.map_or(0.0, |r| {
+                (r - row.iter().zip(v).map(|(x, y)| x * y).sum::<f64>()).max(0.0)
+            })
+        })
+        .collect();
+    (fl, pr)
+}
+
+const ROW_TOL: f64 = 1e-9;
+/// Relative width of the band around a step's threshold that starts free.
+const BAND: f64 = 0.02;
+
+fn finish(
+    p: &AllocationProblem,
+    m: &Model,
+    mut a: Vec<Vec<f64>>,
+    method: &str,
+) -> AllocationSolution {
+    // Solver output: clamp to the caps, snap to 1e-9 kWh, scale a step down if
+    // rounding pushed it past production.
+    for t in 0..m.n {
+        let mut sum = 0.0;
+        for (i, q) in p.participants.iter().enumerate() {
+            let x = (a[i][t] * 1e9).round() / 1e9;
+            a[i][t] = x.clamp(0.0, q.consumption_kwh[t]);
+            sum += a[i][t];
+        }
+        if sum > p.production_kwh[t] && sum > 0.0 {
+            let f = p.production_kwh[t] / sum;
+            a.iter_mut().for_each(|r| r[t] *= f);
+        }
+    }
+    let (fl, pr) = shortfalls(m, &a);
+    let mut objective = 0.0;
+    let mut score = 0.0;
+    for t in 0..m.n {
+        let mut sum = 0.0;
+        for i in 0..a.len() {
+            objective += m.value[i][t] * a[i][t];
+            score += m.weight[i][t] * a[i][t];
+            sum += a[i][t];
+        }
+        let surplus = (p.production_kwh[t] - sum).max(0.0);
+        objective += m.export[t] * surplus;
+        score += m.export[t] * p.production_kwh[t];
+    }
+    let f = &p.fairness;
+    score -= f.floor_penalty_eur_per_kwh * fl.iter().sum::<f64>()
+        + f.pro_rata_penalty_eur_per_eur * pr.iter().sum::<f64>();
+    let mut violations = Vec::new();
+    for (i, q) in p.participants.iter().enumerate() {
+        if fl[i] > 1e-6 {
+            violations.push(Violation {
+                rule: "floor".into(),
+                participant: q.id.clone(),
+                amount: fl[i],
+                unit: "kWh".into(),
+            });
+        }
+        if pr[i] > 1e-6 {
+            violations.push(Violation {
+                rule: "pro_rata".into(),
+                participant: q.id.clone(),
+                amount: pr[i],
+                unit: "EUR".into(),
+            });
+        }
+    }
+    AllocationSolution {
+        allocated_kwh: a,
+        objective_eur: objective,
+        score,
+        violations,
+        method: method.into(),
+    }
+}
+
+/// The fast structured solver (see the module doc).
+pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
+    validate_allocation(p)?;
+    let m = model(p);
+    let a = greedy(p, &m);
+    let (fl, pr) = shortfalls(&m, &a);
+    if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
+        return Ok(finish(p, &m, a, "greedy"));
+    }
+    match sift(p, &m) {
+        Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
+        None => {
+            tracing::debug!("allocation: sifting did not certify, solving the full LP");
+            let a = lp(p, &m, None).map_err(PlanError::Solver)?.0;
+            Ok(finish(p, &m, a, "lp"))
+        }
+    }
+}
+
+/// The generic LP over every variable: the oracle for [`solve_allocation`].
+pub fn solve_allocation_lp(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
+    validate_allocation(p)?;
+    let m = model(p);
+    let a = lp(p, &m, None).map_err(PlanError::Solver)?.0;
+    Ok(finish(p, &m, a, "lp"))
+}
+
+/// Duals of the LP rows: step prices π_t, floor λ_i, pro-rata μ_i.
+struct Duals {
+    step: Vec<f64>,
+    floor: Vec<f64>,
+    pro_rata: Vec<f64>,
+}
+
+/// Solves the LP with the variables not in `free` (when given) fixed at the
+/// values of `fixed`. Returns the allocation and the rows' duals.
+#[allow(clippy::type_complexity)]
+fn lp(
+    p: &AllocationProblem,
+    m: &Model,
+    free: Option<(&[Vec<bool>], &[Vec<f64>])>,
+) -> Result<(Vec<Vec<f64>>, Duals), String> {
+    let np = p.participants.len();
+    let n = m.n;
+    let f = &p.fairness;
+    let mut vars = ProblemVariables::new();
+    let mut obj = Expression::with_capacity(np * n / 4 + 2 * np);
+    let mut a_var: Vec<Vec<Option<Variable>>> = vec![vec![None; n]; np];
+    let mut step_rows: Vec<Expression> = (0..n).map(|_| Expression::with_capacity(np)).collect();
+    let mut step_rhs = p.production_kwh.clone();
+    let mut floor_rows: Vec<Option<(Expression, f64)>> = m
+        .floor
+        .iter()
+        .map(|x| x.map(|r| (Expression::with_capacity(n + 1), r)))
+        .collect();
+    let mut pr_rows: Vec<Option<(Expression, f64)>> = m
+        .pro_rata
+        .iter()
+        .map(|x| x.map(|r| (Expression::with_capacity(n + 1), r)))
+        .collect();
+    let mut fixed_out = vec![vec![0.0; n]; np];
+    for i in 0..np {
+        for t in 0..n {
+            let cap = p.participants[i].consumption_kwh[t];
+            if cap <= 0.0 {
+                continue;
+            }
+            let is_free = match free {
+                None => true,
+                Some((w, _)) => w[i][t],
+            };
+            if is_free {
+                let v = vars.add(variable().min(0.0).max(cap));
+                obj.add_mul(m.weight[i][t], v);
+                step_rows[t].add_mul(1.0, v);
+                if let Some((e, _)) = &mut floor_rows[i] {
+                    e.add_mul(1.0, v);
+                }
+                if let Some((e, _)) = &mut pr_rows[i] {
+                    e.add_mul(m.value[i][t], v);
+                }
+                a_var[i][t] = Some(v);
+            } else if let Some((_, x)) = free {
+                let x = x[i][t];
+                fixed_out[i][t] = x;
+                step_rhs[t] -= x;
+                if let Some((_, r)) = &mut floor_rows[i] {
+                    *r -= x;
+                }
+                if let Some((_, r)) = &mut pr_rows[i] {
+                    *r -= m.value[i][t] * x;
+                }
+            }
+        }
+    }
+    let mut floor_refs = vec![None; np];
+    let mut pr_refs = vec![None; np];
+    let mut rows: Vec<(usize, Constraint)> = Vec::new();
+    let slack_rows = |rows_in: Vec<Option<(Expression, f64)>>,
+                      penalty: f64,
+                      kind: usize,
+                      vars: &mut ProblemVariables,
+                      obj: &mut Expression,
+                      rows: &mut Vec<(usize, Constraint)>| {
+        for (i, r) in rows_in.into_iter().enumerate() {
+            if let Some((mut e, rhs)) = r {
+                let s = vars.add(variable().min(0.0));
+                obj.add_mul(-penalty, s);
+                e.add_mul(1.0, s);
+                rows.push((kind * np + i, constraint::geq(e, rhs)));
+            }
+        }
+    };
+    slack_rows(
+        floor_rows,
+        f.floor_penalty_eur_per_kwh,
+        0,
+        &mut vars,
+        &mut obj,
+        &mut rows,
+    );
+    slack_rows(
+        pr_rows,
+        f.pro_rata_penalty_eur_per_eur,
+        1,
+        &mut vars,
+        &mut obj,
+        &mut rows,
+    );
+    #[cfg(not(feature = "highs"))]
+    let mut model = vars.maximise(obj).using(good_lp::clarabel);
+    #[cfg(feature = "highs")]
+    let mut model = vars.maximise(obj).using(good_lp::highs);
+    let mut step_refs = Vec::with_capacity(n);
+    for (e, rhs) in step_rows.into_iter().zip(&step_rhs) {
+        step_refs.push(model.add_constraint(constraint::leq(e, *rhs)));
+    }
+    for (key, c) in rows {
+        let r = model.add_constraint(c);
+        if key < np {
+            floor_refs[key] = Some(r);
+        } else {
+            pr_refs[key - np] = Some(r);
+        }
+    }
+    let mut sol = model.solve().map_err(|e| e.to_string())?;
+    if !matches!(sol.status(), good_lp::solvers::SolutionStatus::Optimal) {
+        return Err(format!("solver stopped early: {:?}", sol.status()));
+    }
+    let mut a = fixed_out;
+    for i in 0..np {
+        for t in 0..n {
+            if let Some(v) = a_var[i][t] {
+                a[i][t] = sol.value(v);
+            }
+        }
+    }
+    let d = sol.compute_dual();
+    use good_lp::solvers::DualValues;
+    let duals = Duals {
+        step: step_refs.iter().map(|r| d.dual(r.clone())).collect(),
+        floor: floor_refs
+            .iter()
+            .map(|r| r.as_ref().map_or(0.0, |r| d.dual(r.clone())))
+            .collect(),
+        pro_rata: pr_refs
+            .iter()
+            .map(|r| r.as_ref().map_or(0.0, |r| d.dual(r.clone())))
+            .collect(),
+    };
+    Ok((a, duals))
+}
+
+/// Lagrangian warm start: multipliers on the coupling rows (λ floor, μ pro
+/// rata) by projected subgradient steps, each one a greedy pass under the
+/// adjusted weights `w + λ + μ v`. Returns the adjusted weights, the last
+/// greedy allocation and the step thresholds. Cheap (a sort per step per
+/// iteration) and only a guess: `sift` proves or corrects it.
+#[allow(clippy::type_complexity)]
+fn warm_start(p: &AllocationProblem, m: &Model) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
+    let np = p.participants.len();
+    let f = &p.fairness;
+    let mut lambda = vec![0.0; np];
+    let mut mu = vec![0.0; np];
+    let mut weight = m.weight.clone();
+    let mut out = greedy_with(p, m.n, &weight);
+    for k in 0..WARM_ITERATIONS {
+        let (fl, pr) = gaps(m, &out.0);
+        let step = 0.5 / (1.0 + k as f64 / 8.0);
+        let mut moved = false;
+        for i in 0..np {
+            if let Some(target) = m.floor[i] {
+                let g = fl[i] / (target.abs() + 1e-3);
+                let new = (lambda[i] + step * 0.1 * g).clamp(0.0, f.floor_penalty_eur_per_kwh);
+                moved |= new != lambda[i];
+                lambda[i] = new;
+            }
+            if let Some(target) = m.pro_rata[i] {
+                let g = pr[i] / (target.abs() + 1e-3);
+                let new = (mu[i] + step * g).clamp(0.0, f.pro_rata_penalty_eur_per_eur);
+                moved |= new != mu[i];
+                mu[i] = new;
+            }
+        }
+        if !moved {
+            break;
+        }
+        for i in 0..np {
+            for t in 0..m.n {
+                weight[i][t] = m.weight[i][t] + lambda[i] + mu[i] * m.value[i][t];
+            }
+        }
+        out = greedy_with(p, m.n, &weight);
+    }
+    (weight, out.0, out.1)
+}
+
+const WARM_ITERATIONS: usize = 60;
+
+/// Signed row gaps (target − achieved; > 0 is short) of the coupling rows.
+fn gaps(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let fl = a
+        .iter()
+        .zip(&m.floor)
+        .map(|(row, f)| f.map_or(0.0, |f| f - row.iter().sum::<f64>()))
+        .collect();
+    let pr = a
+        .iter()
+        .zip(&m.pro_rata)
+        .zip(&m.value)
+        .map(|((row, r), v)| {
+            r.map_or(0.0, |r| {
+                r - row.iter().zip(v).map(|(x, y)| x * y).sum::<f64>()
+            })
+        })
+        .collect();
+    (fl, pr)
+}
+
+/// Sifting: solve the LP over a working set of variables with the rest fixed
+/// at the warm start's values, then price every fixed variable with the
+/// LP's duals; when none would improve the objective, the reduced optimum is
+/// the full optimum (the LP optimality conditions hold for every variable).
+/// Otherwise the offending variables join the working set and the LP is
+/// solved again. None when it does not certify within a few rounds.
+fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
+    let np = p.participants.len();
+    let n = m.n;
+    let (weight, start, threshold) = warm_start(p, m);
+    let (fl, pr) = shortfalls(m, &start);
+    let cap = |i: usize, t: usize| p.participants[i].consumption_kwh[t];
+    // Working set: the variables whose adjusted weight lies near their step's
+    // threshold (where a vertex optimum has its fractional values), strictly
+    // fractional ones, and those of participants still short of a row that
+    // could take more.
+    let mut free = vec![vec![false; n]; np];
+    for i in 0..np {
+        let short = fl[i] > ROW_TOL || pr[i] > ROW_TOL;
+        for t in 0..n {
+            let c = cap(i, t);
+            if c <= 0.0 {
+                continue;
+            }
+            let x = start[i][t];
+            let band = BAND * (1.0 + threshold[t].abs());
+            free[i][t] = (x > 0.0 && x < c)
+                || (weight[i][t] - threshold[t]).abs() <= band
+                || (short && x < c && weight[i][t] > 0.0);
+        }
+    }
+    // A working set this large gains nothing over the full LP and costs a
+    // round of pricing: let the caller solve the full LP.
+    let in_play = free.iter().flatten().filter(|x| **x).count();
+    let vars = p
+        .participants
+        .iter()
+        .flat_map(|q| &q.consumption_kwh)
+        .filter(|c| **c > 0.0)
+        .count();
+    if 2 * in_play > vars {
+        return None;
+    }
+    let mut current = start;
+    for _round in 0..6 {
+        let (a, d) = lp(p, m, Some((&free, &current))).ok()?;
+        tracing::debug!(
+            round = _round,
+            free = free.iter().flatten().filter(|x| **x).count(),
+            "allocation: sifting round"
+        );
+        let mut added = 0;
+        for i in 0..np {
+            for t in 0..n {
+                if free[i][t] || cap(i, t) <= 0.0 {
+                    continue;
+                }
+                // Reduced cost of a_it in the maximisation: weight − π_t + λ_i + μ_i v_it.
+                let rc = m.weight[i][t] - d.step[t].abs()
+                    + d.floor[i].abs()
+                    + d.pro_rata[i].abs() * m.value[i][t];
+                let at_zero = a[i][t] <= 0.0;
+                let tol = 1e-6 * (1.0 + m.weight[i][t].abs());
+                if (at_zero && rc > tol) || (!at_zero && rc < -tol) {
+                    free[i][t] = true;
+                    added += 1;
+                }
+            }
+        }
+        current = a;
+        if added == 0 {
+            return Some(current);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(prod: Vec<f64>, parts: Vec<(Vec<f64>, f64, u8)>) -> AllocationProblem {
+        let n = prod.len();
+        AllocationProblem {
+            steps: n,
+            production_kwh: prod,
+            participants: parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, (c, tariff, tier))| AllocationParticipant {
+                    id: format!("p{i}"),
+                    consumption_kwh: c,
+                    tariff_eur_per_kwh: vec![tariff; n],
+                    tier,
+                    subscription_share: None,
+                    month_to_date: MonthToDate::default(),
+                })
+                .collect(),
+            local_price_eur_per_kwh: 0.10,
+            export_price_eur_per_kwh: vec![],
+            month_to_date_production_kwh: 0.0,
+            fairness: Fairness {
+                no_worse_than_pro_rata: false,
+                ..Fairness::default()
+            },
+        }
+    }
+
+    #[test]
+    fn greedy_serves_the_first_tier_first_and_shares_ties_pro_rata() {
+        let p = problem(
+            vec![3.0],
+            vec![
+                (vec![2.0], 0.20, 2),
+                (vec![1.0], 0.15, 1),
+                (vec![2.0], 0.20, 2),
+            ],
+        );
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, "greedy");
+        assert_eq!(s.allocated_kwh, vec![vec![1.0], vec![1.0], vec![1.0]]);
+        assert!(s.violations.is_empty());
+    }
+
+    #[test]
+    fn pro_rata_rule_binds_and_is_reported_when_it_cannot_hold() {
+        // Two equal consumers; the cheaper one would get nothing by value.
+        let mut p = problem(
+            vec![2.0, 2.0],
+            vec![(vec![2.0, 2.0], 0.30, 1), (vec![2.0, 2.0], 0.20, 1)],
+        );
+        p.fairness.no_worse_than_pro_rata = true;
+        let s = solve_allocation(&p).unwrap();
+        assert_ne!(s.method, "greedy");
+        let got: f64 = s.allocated_kwh[1].iter().sum();
+        assert!((got - 2.0).abs() < 1e-6, "{:?}", s.allocated_kwh);
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        // A month-to-date deficit that cannot be made up is reported.
+        p.participants[1].month_to_date.pro_rata_value_eur = 5.0;
+        let s = solve_allocation(&p).unwrap();
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!((s.score - o.score).abs() < 1e-6, "{s:?} {o:?}");
+        let v = s
+            .violations
+            .iter()
+            .find(|v| v.rule == "pro_rata" && v.participant == "p1")
+            .expect("a pro-rata violation");
+        // p0 keeps its own pro-rata value (its shortfall would cost more per
+        // kWh than p1's recovers), so p1 stays at its pro-rata 2 kWh.
+        assert!((v.amount - 5.0).abs() < 1e-6, "{v:?}");
+        assert_eq!(s.violations.len(), 1);
+    }
+
+    #[test]
+    fn floor_rule_moves_energy_to_the_subscriber() {
+        let mut p = problem(vec![4.0], vec![(vec![4.0], 0.30, 1), (vec![4.0], 0.20, 1)]);
+        p.participants[1].subscription_share = Some(0.5);
+        p.fairness.floor_ratio = Some(0.5);
+        let s = solve_allocation(&p).unwrap();
+        assert!(
+            (s.allocated_kwh[1][0] - 1.0).abs() < 1e-6,
+            "{:?}",
+            s.allocated_kwh
+        );
+        assert!((s.allocated_kwh[0][0] - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn invalid_problem_is_an_error() {
+        let mut p = problem(vec![1.0, 1.0], vec![(vec![1.0], 0.2, 1)]);
+        assert!(matches!(solve_allocation(&p), Err(PlanError::Invalid(_))));
+        p.participants[0].consumption_kwh = vec![1.0, f64::NAN];
+        p.participants[0].tariff_eur_per_kwh = vec![0.2, 0.2];
+        assert!(solve_allocation(&p).is_err());
+    }
+}

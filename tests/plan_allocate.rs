@@ -1,0 +1,215 @@
+//! The fast allocation solver against the generic LP (its oracle) on random
+//! small instances: same score within 1e-6 relative, every row satisfied or
+//! its violation reported, and the same keys on the same input.
+
+use ped::plan::allocate::{
+    pro_rata, solve_allocation, solve_allocation_lp, AllocationParticipant, AllocationProblem,
+    AllocationSolution, Fairness, MonthToDate,
+};
+use proptest::prelude::*;
+
+fn arb_problem() -> impl Strategy<Value = AllocationProblem> {
+    (1usize..9, 1usize..7).prop_flat_map(|(steps, np)| {
+        let series = move |hi: f64| prop::collection::vec(prop_oneof![Just(0.0), 0.0..hi], steps);
+        (
+            series(6.0),
+            prop::collection::vec(
+                (
+                    series(3.0),
+                    // Flat or time-of-use tariffs, some below the local price.
+                    prop_oneof![
+                        (0.05..0.35f64).prop_map(move |x| vec![x; steps]),
+                        prop::collection::vec(0.05..0.35f64, steps),
+                    ],
+                    1u8..4,
+                    prop::option::of(0.0..0.5f64),
+                    prop::option::of((0.0..3.0f64, -0.3..0.3f64)),
+                ),
+                np,
+            ),
+            prop::option::of(0.0..1.5f64),
+            any::<bool>(),
+            prop_oneof![Just(vec![]), series(0.12)],
+            0.0..2.0f64,
+        )
+            .prop_map(move |(prod, parts, floor, no_worse, export, tier_w)| {
+                AllocationProblem {
+                    steps,
+                    production_kwh: prod,
+                    participants: parts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (c, tariff, tier, share, mtd))| AllocationParticipant {
+                            id: format!("p{i}"),
+                            consumption_kwh: c,
+                            tariff_eur_per_kwh: tariff,
+                            tier,
+                            subscription_share: share,
+                            month_to_date: mtd
+                                .map(|(kwh, gap)| MonthToDate {
+                                    allocated_kwh: kwh,
+                                    value_eur: 0.1 * kwh,
+                                    pro_rata_value_eur: 0.1 * kwh + gap,
+                                })
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                    local_price_eur_per_kwh: 0.10,
+                    export_price_eur_per_kwh: export,
+                    month_to_date_production_kwh: 5.0,
+                    fairness: Fairness {
+                        floor_ratio: floor,
+                        no_worse_than_pro_rata: no_worse,
+                        tier_weight_eur_per_kwh: tier_w,
+                        ..Fairness::default()
+                    },
+                }
+            })
+    })
+}
+
+/// Rows checked from scratch, independently of the solver's own accounting.
+fn assert_rows(p: &AllocationProblem, s: &AllocationSolution) {
+    assert_eq!(s.allocated_kwh.len(), p.participants.len());
+    for t in 0..p.steps {
+        let mut sum = 0.0;
+        for (q, row) in p.participants.iter().zip(&s.allocated_kwh) {
+            let a = row[t];
+            assert!(
+                a >= 0.0 && a <= q.consumption_kwh[t] + 1e-9,
+                "{} at {t}: {a}",
+                q.id
+            );
+            sum += a;
+        }
+        assert!(
+            sum <= p.production_kwh[t] + 1e-9,
+            "step {t}: {sum} > {}",
+            p.production_kwh[t]
+        );
+    }
+    let pr = pro_rata(p);
+    for (i, q) in p.participants.iter().enumerate() {
+        let reported = |rule: &str| {
+            s.violations
+                .iter()
+                .filter(|v| v.rule == rule && v.participant == q.id)
+                .map(|v| v.amount)
+                .sum::<f64>()
+        };
+        let v = |t: usize| q.tariff_eur_per_kwh[t] - p.local_price_eur_per_kwh;
+        if p.fairness.no_worse_than_pro_rata {
+            let got: f64 = (0..p.steps)
+                .map(|t| v(t) * s.allocated_kwh[i][t])
+                .sum::<f64>()
+                + q.month_to_date.value_eur;
+            let want: f64 = (0..p.steps).map(|t| v(t) * pr[i][t]).sum::<f64>()
+                + q.month_to_date.pro_rata_value_eur;
+            let short = (want - got).max(0.0);
+            assert!(
+                (short - reported("pro_rata")).abs() < 1e-5 || short < 1e-6,
+                "{} pro rata short {short}, reported {}",
+                q.id,
+                reported("pro_rata")
+            );
+        }
+        if let (Some(r), Some(share)) = (p.fairness.floor_ratio, q.subscription_share) {
+            let pool = p.month_to_date_production_kwh + p.production_kwh.iter().sum::<f64>();
+            let consumed: f64 = q.consumption_kwh.iter().sum();
+            let target = (r * share * pool).min(q.month_to_date.allocated_kwh + consumed);
+            let got = q.month_to_date.allocated_kwh + s.allocated_kwh[i].iter().sum::<f64>();
+            let short = (target - got).max(0.0);
+            assert!(
+                (short - reported("floor")).abs() < 1e-5 || short < 1e-6,
+                "{} floor short {short}, reported {}",
+                q.id,
+                reported("floor")
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn fast_solver_matches_the_lp_oracle(p in arb_problem()) {
+        let fast = solve_allocation(&p).unwrap();
+        let oracle = solve_allocation_lp(&p).unwrap();
+        assert_rows(&p, &fast);
+        assert_rows(&p, &oracle);
+        let scale = 1.0f64.max(oracle.score.abs());
+        prop_assert!((fast.score - oracle.score).abs() <= 1e-6 * scale,
+            "fast ({}) {} vs lp {}", fast.method, fast.score, oracle.score);
+        // Deterministic: same input, same keys, bit for bit.
+        prop_assert_eq!(&solve_allocation(&p).unwrap(), &fast);
+    }
+}
+
+#[test]
+fn both_paths_are_exercised() {
+    // A greedy-optimal instance and one where a fairness row binds.
+    let mk = |no_worse: bool| AllocationProblem {
+        steps: 2,
+        production_kwh: vec![2.0, 2.0],
+        participants: (0..2)
+            .map(|i| AllocationParticipant {
+                id: format!("p{i}"),
+                consumption_kwh: vec![2.0, 2.0],
+                tariff_eur_per_kwh: vec![0.3 - 0.1 * i as f64; 2],
+                tier: 1,
+                subscription_share: None,
+                month_to_date: MonthToDate::default(),
+            })
+            .collect(),
+        local_price_eur_per_kwh: 0.1,
+        export_price_eur_per_kwh: vec![],
+        month_to_date_production_kwh: 0.0,
+        fairness: Fairness {
+            no_worse_than_pro_rata: no_worse,
+            ..Fairness::default()
+        },
+    };
+    assert_eq!(solve_allocation(&mk(false)).unwrap().method, "greedy");
+    let s = solve_allocation(&mk(true)).unwrap();
+    assert_ne!(s.method, "greedy");
+    let o = solve_allocation_lp(&mk(true)).unwrap();
+    assert!((s.score - o.score).abs() < 1e-6);
+
+    // Few variables in play: one short step, one participant short of its
+    // pro-rata value. Sifting must find the energy to move and prove it.
+    let n = 10;
+    let p = AllocationProblem {
+        steps: n,
+        production_kwh: (0..n).map(|t| if t == 0 { 5.0 } else { 10.0 }).collect(),
+        participants: (0..10)
+            .map(|i| AllocationParticipant {
+                id: format!("p{i}"),
+                consumption_kwh: vec![1.0; n],
+                tariff_eur_per_kwh: vec![if i == 9 { 0.15 } else { 0.2 + 0.01 * i as f64 }; n],
+                tier: 1,
+                subscription_share: None,
+                month_to_date: MonthToDate::default(),
+            })
+            .collect(),
+        local_price_eur_per_kwh: 0.1,
+        export_price_eur_per_kwh: vec![],
+        month_to_date_production_kwh: 0.0,
+        fairness: Fairness::default(),
+    };
+    let s = solve_allocation(&p).unwrap();
+    assert_eq!(s.method, "sifted_lp");
+    let o = solve_allocation_lp(&p).unwrap();
+    assert!(
+        (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
+        "{} vs {}",
+        s.score,
+        o.score
+    );
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+    // p9 gets its pro-rata half kWh in the short step.
+    assert!(
+        (s.allocated_kwh[9][0] - 0.5).abs() < 1e-6,
+        "{:?}",
+        s.allocated_kwh[9]
+    );
+}
