@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod enedis;
+pub mod loadcurve;
 
 use chrono::{DateTime, Utc};
 
