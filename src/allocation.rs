@@ -1003,14 +1003,14 @@ mod tests {
             let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
             let got = apply_rule(&k.units, prec, p, &c);
             let bound = p / f64::from(prec.units_per_one) + 1e-9;
-            for i in 0..c.len() {
-                prop_assert!(got[i] >= 0.0);
-                prop_assert!(got[i] >= k.intended_kwh[i] - bound, "consumer {} got {} intended {}", i, got[i], k.intended_kwh[i]);
+            for (i, (g, want)) in got.iter().zip(&k.intended_kwh).enumerate() {
+                prop_assert!(*g >= 0.0);
+                prop_assert!(*g >= want - bound, "consumer {} got {} intended {}", i, g, want);
             }
             let k2 = keys_from_intended(&step(p, &c), &k.intended_kwh, prec).unwrap();
             prop_assert!(validate_units(&k2.units, prec).is_ok());
-            for i in 0..c.len() {
-                prop_assert!(k2.allocated_kwh[i] >= k.intended_kwh[i] - bound);
+            for (g, want) in k2.allocated_kwh.iter().zip(&k.intended_kwh) {
+                prop_assert!(*g >= want - bound);
             }
         }
 
@@ -1040,9 +1040,9 @@ mod tests {
             let got = apply_rule_full(&k.units, prec, &ps, &c);
             prop_assert_eq!(&got, &k.allocated_kwh);
             let bound = p / f64::from(prec.units_per_one) + 1e-9;
-            for i in 0..c.len() {
-                prop_assert!(got[i] >= 0.0 && got[i] <= c[i] + 1e-12);
-                prop_assert!(got[i] >= intended[i] - bound, "consumer {} got {} intended {}", i, got[i], intended[i]);
+            for (i, ((g, want), ci)) in got.iter().zip(&intended).zip(&c).enumerate() {
+                prop_assert!(*g >= 0.0 && *g <= ci + 1e-12);
+                prop_assert!(*g >= want - bound, "consumer {} got {} intended {}", i, g, want);
             }
             let total: f64 = got.iter().sum();
             prop_assert!(total <= p + 1e-9);

@@ -4,6 +4,7 @@
 pub mod delivery;
 pub mod enedis;
 pub mod loadcurve;
+pub mod spain;
 
 use chrono::{DateTime, Utc};
 
