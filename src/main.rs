@@ -78,6 +78,44 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         unit: u8,
     },
+    /// DSO allocation keys from the DSO's load curves; or validate key files.
+    Keys(Box<KeysArgs>),
+}
+
+#[derive(clap::Args)]
+struct KeysArgs {
+    #[arg(long, default_value = DEFAULT_SITE)]
+    site: PathBuf,
+    /// First local day (YYYY-MM-DD).
+    #[arg(long)]
+    from: Option<chrono::NaiveDate>,
+    /// Last local day, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    to: Option<chrono::NaiveDate>,
+    /// Directory of Enedis load-curve exports (one CSV per PRM and quantity).
+    #[arg(long)]
+    load_curves: Option<PathBuf>,
+    /// prorata, static or optimised (default: the site's keys.policy).
+    #[arg(long)]
+    policy: Option<String>,
+    /// simple (one key per consumer) or full (per producer x consumer).
+    #[arg(long, default_value = "simple")]
+    kind: String,
+    /// enedis or spain.
+    #[arg(long, default_value = "enedis")]
+    format: String,
+    /// Spain: `PRM;CUPS` per line for every participant.
+    #[arg(long)]
+    cups: Option<PathBuf>,
+    /// Spain: the installation's CAU (default: the site id).
+    #[arg(long)]
+    cau: Option<String>,
+    /// Output directory (must not exist, or hold the same files).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Validate key files instead (format from the extension: .csv Enedis, .txt Spain).
+    #[arg(long, num_args = 1..)]
+    validate: Vec<PathBuf>,
 }
 
 fn init_logs(format: &str) {
@@ -281,6 +319,7 @@ async fn main() -> Result<()> {
             let lib = library(None)?;
             scan(&target, unit, &lib).await
         }
+        Cmd::Keys(args) => keys_cmd(*args),
     }
 }
 
@@ -337,4 +376,87 @@ async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn keys_cmd(a: KeysArgs) -> Result<()> {
+    use ped::dso::keys::{self, Format, KeyKind, KeysError, Written};
+    let (site, _) = load_site(&a.site)?;
+    let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
+        .context("keys.units_per_one")?;
+    if !a.validate.is_empty() {
+        let mut failed = 0;
+        for f in &a.validate {
+            match keys::validate_file(f, &site.grid, precision) {
+                Ok(summary) => println!("{}: ok ({summary})", f.display()),
+                Err(e) => {
+                    failed += 1;
+                    println!("{}: {e}", f.display());
+                }
+            }
+        }
+        if failed > 0 {
+            eprintln!("{failed} of {} file(s) invalid", a.validate.len());
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let (Some(from), Some(to), Some(dir), Some(out)) = (a.from, a.to, a.load_curves, a.out) else {
+        bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
+    };
+    let mut job = keys::KeysJob::from_site(&site, from, to);
+    if let Some(p) = a.policy {
+        job.policy = match p.as_str() {
+            "prorata" => config::KeyPolicy::Prorata,
+            "static" => config::KeyPolicy::Static,
+            "optimised" => config::KeyPolicy::Optimised,
+            _ => bail!("--policy {p}: expected prorata, static or optimised"),
+        };
+    }
+    job.kind = match a.kind.as_str() {
+        "simple" => KeyKind::Simple,
+        "full" => KeyKind::Full,
+        k => bail!("--kind {k}: expected simple or full"),
+    };
+    job.format = match a.format.as_str() {
+        "enedis" => Format::Enedis,
+        "spain" => Format::Spain,
+        f => bail!("--format {f}: expected enedis or spain"),
+    };
+    if let Some(c) = &a.cups {
+        job.cups = keys::read_cups_map(c)?;
+    }
+    if let Some(c) = a.cau {
+        job.cau = c;
+    }
+    match keys::run(&job, &dir, &out, None) {
+        Ok(w) => {
+            let (what, m) = match w {
+                Written::New(m) => ("written", m),
+                Written::Unchanged(m) => ("unchanged", m),
+            };
+            println!(
+                "{}: {what}: {} file(s), {} periods {} .. {}, policy {:?} ({}), {} fallback step(s), {} coarse step(s), self-consumed {:.3} of {:.3} kWh",
+                out.display(),
+                m.files.len(),
+                m.periods,
+                m.first_period,
+                m.last_period,
+                m.policy,
+                m.allocator,
+                m.fallback_steps.len(),
+                m.coarse_steps,
+                m.self_consumed_kwh,
+                m.production_kwh
+            );
+            for f in &m.fallback_steps {
+                tracing::warn!(period = %f.period, reasons = ?f.reasons, "step fell back to the default rule");
+            }
+            Ok(())
+        }
+        Err(e @ KeysError::LoadCurves(_)) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        Err(e) => Err(e.into()),
+    }
 }

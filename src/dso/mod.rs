@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod enedis;
+pub mod keys;
 pub mod loadcurve;
 pub mod spain;
 
