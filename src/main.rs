@@ -116,6 +116,28 @@ struct KeysArgs {
     /// Validate key files instead (format from the extension: .csv Enedis, .txt Spain).
     #[arg(long, num_args = 1..)]
     validate: Vec<PathBuf>,
+    /// Reconcile the DSO's settlement series (CSV) against --intended.
+    #[arg(long)]
+    reconcile: Option<PathBuf>,
+    /// A `ped keys` output directory (manifest.json + allocation.csv).
+    #[arg(long)]
+    intended: Option<PathBuf>,
+    /// Reconciliation: write the report here too (it is always printed).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Reconciliation: tolerated difference per participant, kWh over the run.
+    #[arg(long, default_value_t = 0.5)]
+    tolerance_kwh: f64,
+    /// Reconciliation: tolerated difference as a share of the allocation.
+    #[arg(long, default_value_t = 0.005)]
+    tolerance_ratio: f64,
+    /// Reconciliation: write the metrics here (Prometheus textfile format).
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
+    /// Write each participant's statement (CSV + HTML) for a `ped keys`
+    /// output directory, into --out (default DIR/statements).
+    #[arg(long)]
+    statements: Option<PathBuf>,
 }
 
 fn init_logs(format: &str) {
@@ -400,6 +422,16 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if let Some(dir) = &a.statements {
+        let st = ped::dso::statement::build(dir, site.config.plan.local_price_eur_per_kwh)?;
+        let out = a.out.clone().unwrap_or_else(|| dir.join("statements"));
+        let files = ped::dso::statement::write_all(&out, &st)?;
+        println!("{}: {} statement file(s)", out.display(), files.len());
+        return Ok(());
+    }
+    if let Some(dso_file) = &a.reconcile {
+        return reconcile_cmd(&site, &a, dso_file);
+    }
     let (Some(from), Some(to), Some(dir), Some(out)) = (a.from, a.to, a.load_curves, a.out) else {
         bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
     };
@@ -459,4 +491,71 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn reconcile_cmd(site: &config::Site, a: &KeysArgs, dso_file: &Path) -> Result<()> {
+    use ped::dso::{keys, reconcile};
+    let Some(dir) = &a.intended else {
+        bail!("--reconcile needs --intended DIR (a `ped keys` output directory)");
+    };
+    let manifest: keys::Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join(keys::MANIFEST_FILE))
+            .with_context(|| format!("{}", dir.display()))?,
+    )
+    .with_context(|| format!("{}/{}", dir.display(), keys::MANIFEST_FILE))?;
+    let grid = site.grid;
+    let from = grid.local_midnight(manifest.from)?;
+    let to = grid.local_midnight(
+        manifest
+            .to
+            .succ_opt()
+            .context("--intended: last day out of range")?,
+    )?;
+    let text =
+        std::fs::read_to_string(dso_file).with_context(|| format!("{}", dso_file.display()))?;
+    let dso = match reconcile::read_settlement(&text, dso_file, &grid, from, to) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let intended = reconcile::read_intended(dir)?;
+    let participants: Vec<(String, String)> = manifest
+        .participants
+        .iter()
+        .map(|p| (p.id.clone(), p.prm.clone()))
+        .collect();
+    let lines = reconcile::compare(
+        &participants,
+        &intended,
+        &dso,
+        reconcile::Tolerance {
+            kwh: a.tolerance_kwh,
+            ratio: a.tolerance_ratio,
+        },
+    );
+    let report = reconcile::render_report(&lines);
+    print!("{report}");
+    if let Some(p) = &a.report {
+        std::fs::write(p, &report).with_context(|| format!("{}", p.display()))?;
+    }
+    if let Some(p) = &a.metrics_textfile {
+        let m = ped::metrics::Metrics::new(&site.config.site.id)?;
+        reconcile::record(&m, &lines);
+        std::fs::write(p, m.render()).with_context(|| format!("{}", p.display()))?;
+    }
+    let off: Vec<&reconcile::Line> = lines.iter().filter(|l| l.status != "ok").collect();
+    if !off.is_empty() {
+        for l in &off {
+            tracing::warn!(participant = %l.participant, status = l.status, difference_kwh = format!("{:.3}", l.difference_kwh), "reconciliation");
+        }
+        eprintln!(
+            "{} of {} line(s) differ from the DSO's settlement",
+            off.len(),
+            lines.len()
+        );
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -57,6 +57,8 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
+    // Reconciliation with the DSO's settlement.
+    pub reconciliation_difference: GaugeVec,
 }
 
 impl Metrics {
@@ -169,6 +171,11 @@ impl Metrics {
             setpoint_writes: icv("setpoint_writes_total", "Setpoint writes, by result.", &["device", "result"])?,
             key_files: icv("key_files_written_total", "DSO key files written, by format.", &["format"])?,
             key_sum_max_ratio: g("key_sum_max_ratio", "Largest per-step key sum of the last closed period (≤ 1).")?,
+            reconciliation_difference: gv(
+                "reconciliation_difference_joules",
+                "DSO's self-consumed energy minus ped's allocation over the last reconciled run.",
+                &["participant"],
+            )?,
             registry,
         };
         m.build_info

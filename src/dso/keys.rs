@@ -300,6 +300,9 @@ pub struct Computed {
     pub allocated_kwh: Vec<Vec<f64>>,
     pub fallback_steps: Vec<usize>,
     pub allocator: &'static str,
+    /// `[t][i]` what the DSO's default (pro rata, unquantised) would give:
+    /// the baseline of the participants' statements.
+    pub prorata_kwh: Vec<Vec<f64>>,
 }
 
 /// Allocation and quantisation of every step.
@@ -342,7 +345,12 @@ pub fn compute(
         KeyKind::Full => vec![Vec::with_capacity(n_t); n_prod],
     };
     let mut allocated = Vec::with_capacity(n_t);
+    let mut prorata = Vec::with_capacity(n_t);
     for t in 0..n_t {
+        prorata.push(
+            allocation::intended_for_step(pooled[t], &m.consumption_kwh[t], &Policy::ProRata)
+                .map_err(AllocationError::Policy)?,
+        );
         let start = m.periods[t];
         let c = &m.consumption_kwh[t];
         let fallback = !m.problems[t].is_empty();
@@ -393,6 +401,7 @@ pub fn compute(
         allocated_kwh: allocated,
         fallback_steps,
         allocator: allocator.name(),
+        prorata_kwh: prorata,
     })
 }
 
@@ -502,14 +511,14 @@ pub fn render_files(
             files.push((spain::file_name(&job.cau, job.from, job.to), text, None));
         }
     }
-    let mut alloc = String::from("Horodate;PRM;consumption_kwh;allocated_kwh\n");
+    let mut alloc = String::from("Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n");
     for (t, start) in m.periods.iter().enumerate() {
         let stamp = job.grid.format_local(*start);
         for (i, c) in job.consumers.iter().enumerate() {
             let _ = writeln!(
                 alloc,
-                "{stamp};{};{:.6};{:.6}",
-                c.prm, m.consumption_kwh[t][i], k.allocated_kwh[t][i]
+                "{stamp};{};{:.6};{:.6};{:.6}",
+                c.prm, m.consumption_kwh[t][i], k.allocated_kwh[t][i], k.prorata_kwh[t][i]
             );
         }
     }
