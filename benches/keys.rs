@@ -31,8 +31,8 @@ fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
     };
     KeysJob {
         grid,
-        from: NaiveDate::from_ymd_opt(2025, 3, 1).expect("date"),
-        to: NaiveDate::from_ymd_opt(2025, 3, 31).expect("date"),
+        from: NaiveDate::from_ymd_opt(2025, 7, 1).expect("date"),
+        to: NaiveDate::from_ymd_opt(2025, 7, 31).expect("date"),
         consumers: (0..n)
             .map(|i| Consumer {
                 id: format!("C{i}"),
@@ -55,7 +55,7 @@ fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
     }
 }
 
-/// A March of measurements: a PV bell per producer, consumption with a daily
+/// A July of measurements: a PV bell per producer, consumption with a daily
 /// shape and noise, so steps go from deep deficit to surplus.
 fn measured(job: &KeysJob) -> Measured {
     let periods = job.periods().expect("periods");
@@ -163,7 +163,7 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().expect("bench executable");
-    println!("month of keys: 2,976 quarter-hours (March 2025, Europe/Paris), {PRODUCERS} producers, 0.1 % precision");
+    println!("month of keys: 2,976 quarter-hours (July 2025, Europe/Paris), {PRODUCERS} producers, 0.1 % precision");
     for n in [120usize, 1000] {
         let mut base = None;
         for (policy, kind) in [

@@ -474,13 +474,25 @@ pub fn render_files(
             if job.producers.is_empty() {
                 return Err(DsoError::Empty("no producer PRM").into());
             }
+            let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
+                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
+                enedis::validate(&text, &job.grid, job.precision)?;
+                Ok(text)
+            };
+            // Simple keys: one text, read back once, for every producer.
+            let shared = match job.kind {
+                KeyKind::Simple => Some(checked(&k.rows[0])?),
+                KeyKind::Full => None,
+            };
             for (j, producer) in job.producers.iter().enumerate() {
                 let rows = match job.kind {
                     KeyKind::Simple => &k.rows[0],
                     KeyKind::Full => &k.rows[j],
                 };
-                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
-                enedis::validate(&text, &job.grid, job.precision)?;
+                let text = match &shared {
+                    Some(t) => t.clone(),
+                    None => checked(rows)?,
+                };
                 let name = enedis::file_name(&job.grid, producer, rows)?;
                 files.push((name, text, Some(producer.to_string())));
             }
