@@ -37,6 +37,8 @@ pub enum AllocationError {
     Length { expected: usize, got: usize },
     #[error("precision must be a power of ten of at least 100 units per one (got {0})")]
     BadPrecision(u32),
+    #[error("policy does not fit the participants: {0}")]
+    Policy(String),
 }
 
 /// Export precision of the keys: `units_per_one` integer units make 100 %.
@@ -442,6 +444,316 @@ fn finish(
     }
 }
 
+/// Keys of one step for an allocation decided elsewhere (a month solver, a
+/// replayed plan): `intended` is clipped to what the DSO's rule can give
+/// (each consumer's consumption, the production in total) and quantised like
+/// every policy, residue included.
+pub fn keys_from_intended(
+    input: &StepInput,
+    intended: &[f64],
+    precision: Precision,
+) -> Result<StepKeys, AllocationError> {
+    let (p, c) = checked(input, precision)?;
+    let intended = clip_intended(p, c, intended)?;
+    let units = quantise(&intended, p, c, precision, true);
+    Ok(finish(p, c, units, intended, None, precision))
+}
+
+fn checked(input: &StepInput, precision: Precision) -> Result<(f64, &[f64]), AllocationError> {
+    if precision.units_per_one == 0 {
+        return Err(AllocationError::BadPrecision(0));
+    }
+    let p = input.production_kwh;
+    if !p.is_finite() || p < 0.0 {
+        return Err(AllocationError::BadProduction(p));
+    }
+    for (index, &value) in input.consumption_kwh.iter().enumerate() {
+        if !value.is_finite() || value < 0.0 {
+            return Err(AllocationError::BadConsumption { index, value });
+        }
+    }
+    Ok((p, &input.consumption_kwh))
+}
+
+/// An intended allocation the rule can actually deliver: within `[0, C_i]`
+/// each, and scaled down if it promises more than the production.
+fn clip_intended(p: f64, c: &[f64], intended: &[f64]) -> Result<Vec<f64>, AllocationError> {
+    if intended.len() != c.len() {
+        return Err(AllocationError::Length {
+            expected: c.len(),
+            got: intended.len(),
+        });
+    }
+    let mut out: Vec<f64> = intended
+        .iter()
+        .zip(c)
+        .map(|(&a, &ci)| if a.is_finite() { a.clamp(0.0, ci) } else { 0.0 })
+        .collect();
+    let total: f64 = out.iter().sum();
+    if total > p && total > 0.0 {
+        let r = p / total;
+        out.iter_mut().for_each(|a| *a *= r);
+    }
+    Ok(out)
+}
+
+/// The intended allocation of a step under `policy` (before quantisation), or
+/// why the policy does not fit the step.
+pub fn intended_for_step(p: f64, c: &[f64], policy: &Policy) -> Result<Vec<f64>, String> {
+    match policy {
+        Policy::ProRata => Ok(pro_rata(p, c)),
+        Policy::Static(shares) => {
+            check_static(shares, c.len())?;
+            Ok(static_intended(shares, p, c))
+        }
+        Policy::Optimised {
+            tariffs_eur_per_kwh,
+            priority,
+        } => {
+            if tariffs_eur_per_kwh.len() != c.len() || priority.len() != c.len() {
+                return Err(format!(
+                    "optimised policy has {} tariffs and {} priorities for {} consumers",
+                    tariffs_eur_per_kwh.len(),
+                    priority.len(),
+                    c.len()
+                ));
+            }
+            if let Some(i) = tariffs_eur_per_kwh.iter().position(|t| !t.is_finite()) {
+                return Err(format!("tariff of consumer #{i} is not finite"));
+            }
+            Ok(water_fill(p, c, tariffs_eur_per_kwh, priority))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Full dynamic keys: one coefficient per producer × consumer.
+
+/// Measured energies of one closed step, production per producer (a battery
+/// is a producer with its discharge, 0 while it charges).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullStepInput {
+    pub production_kwh: Vec<f64>,
+    pub consumption_kwh: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullStepKeys {
+    /// `units[j][i]`: producer j's key for consumer i; each producer's row
+    /// sums to at most `units_per_one`.
+    pub units: Vec<Vec<u32>>,
+    pub allocated_kwh: Vec<f64>,
+    pub self_consumed_kwh: f64,
+    pub surplus_kwh: f64,
+    pub intended_kwh: Vec<f64>,
+}
+
+/// The DSO's rule for full dynamic keys: consumer i receives
+/// `min(Σ_j key[j][i] × P_j, C_i)`.
+pub fn apply_rule_full(
+    units: &[Vec<u32>],
+    precision: Precision,
+    production_kwh: &[f64],
+    consumption_kwh: &[f64],
+) -> Vec<f64> {
+    let share = precision.unit_share();
+    let clean = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
+    let mut got = vec![0.0; consumption_kwh.len()];
+    for (row, &pj) in units.iter().zip(production_kwh) {
+        let pj = clean(pj);
+        for (g, &u) in got.iter_mut().zip(row) {
+            *g += f64::from(u) * share * pj;
+        }
+    }
+    got.iter()
+        .zip(consumption_kwh)
+        .map(|(&g, &c)| g.min(clean(c)))
+        .collect()
+}
+
+/// Full dynamic keys that deliver `intended` (per consumer, on the pooled
+/// production). Every producer starts from the floored pooled coefficient
+/// `intended_i / P` — the same flows as a simple key — and then spends its
+/// own residue (units left below 100 %) one unit at a time, largest producer
+/// first: first on the largest remaining shortfall against `intended`, then,
+/// if `redistribute`, on the largest unmet consumption. A unit of producer j is
+/// worth `P_j / U` kWh, so with several producers the residue is finer than
+/// with one pooled key and more of the flooring loss comes back. A producer
+/// with nothing to share this step (a charging battery) gets an all-zero row.
+pub fn full_keys_from_intended(
+    input: &FullStepInput,
+    intended: &[f64],
+    precision: Precision,
+    redistribute: bool,
+) -> Result<FullStepKeys, AllocationError> {
+    if precision.units_per_one == 0 {
+        return Err(AllocationError::BadPrecision(0));
+    }
+    for &pj in &input.production_kwh {
+        if !pj.is_finite() || pj < 0.0 {
+            return Err(AllocationError::BadProduction(pj));
+        }
+    }
+    let p: f64 = input.production_kwh.iter().sum();
+    let pooled = StepInput {
+        production_kwh: p,
+        consumption_kwh: input.consumption_kwh.clone(),
+    };
+    let (p, c) = checked(&pooled, precision)?;
+    let intended = clip_intended(p, c, intended)?;
+    let n = c.len();
+    let u_max = u64::from(precision.units_per_one);
+    let share = precision.unit_share();
+    let base: Vec<u32> = if p > 0.0 {
+        intended
+            .iter()
+            .map(|&a| floor_units(a / p, precision))
+            .collect()
+    } else {
+        vec![0; n]
+    };
+    let base_sum: u64 = base.iter().map(|&u| u64::from(u)).sum();
+    // Flooring with EPS_UNITS can only overshoot a sum already at 100 %;
+    // start then from plain floors, which cannot.
+    let base = if base_sum > u_max {
+        intended
+            .iter()
+            .map(|&a| ((a / p) * f64::from(precision.units_per_one)).floor() as u32)
+            .collect()
+    } else {
+        base
+    };
+    let mut units: Vec<Vec<u32>> = input
+        .production_kwh
+        .iter()
+        .map(|&pj| {
+            if pj > EPS_KWH {
+                base.clone()
+            } else {
+                vec![0; n]
+            }
+        })
+        .collect();
+    let mut received = vec![0.0; n];
+    for (row, &pj) in units.iter().zip(&input.production_kwh) {
+        for (r, &u) in received.iter_mut().zip(row) {
+            *r += f64::from(u) * share * pj;
+        }
+    }
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|&a, &b| {
+        input.production_kwh[b]
+            .total_cmp(&input.production_kwh[a])
+            .then(a.cmp(&b))
+    });
+    let targets: Vec<&[f64]> = if redistribute {
+        vec![&intended, c]
+    } else {
+        vec![&intended]
+    };
+    for target in targets {
+        for &j in &order {
+            let pj = input.production_kwh[j];
+            if pj <= EPS_KWH {
+                continue;
+            }
+            let worth = pj * share;
+            let used: u64 = units[j].iter().map(|&u| u64::from(u)).sum();
+            let mut residue = u_max.saturating_sub(used);
+            let mut heap = BinaryHeap::with_capacity(n);
+            for i in 0..n {
+                let gap = target[i] - received[i].min(c[i]);
+                if gap > EPS_KWH {
+                    heap.push(Need { kwh: gap, index: i });
+                }
+            }
+            while residue > 0 {
+                let Some(Need { index, .. }) = heap.pop() else {
+                    break;
+                };
+                units[j][index] += 1;
+                received[index] += worth;
+                residue -= 1;
+                let gap = target[index] - received[index].min(c[index]);
+                if gap > EPS_KWH {
+                    heap.push(Need { kwh: gap, index });
+                }
+            }
+        }
+    }
+    let allocated = apply_rule_full(&units, precision, &input.production_kwh, c);
+    let self_consumed: f64 = allocated.iter().sum();
+    Ok(FullStepKeys {
+        units,
+        allocated_kwh: allocated,
+        self_consumed_kwh: self_consumed,
+        surplus_kwh: (p - self_consumed).max(0.0),
+        intended_kwh: intended,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// A month (or any run of steps) at once.
+
+/// Measured energies of a run of steps, for an allocator that may look at
+/// the whole month (fairness over the month, floors on a month's share).
+#[derive(Debug, Clone, Copy)]
+pub struct MonthInput<'a> {
+    /// Pooled production per step (PV plus battery discharge), kWh.
+    pub production_kwh: &'a [f64],
+    /// `consumption_kwh[t][i]`, kWh (charging batteries are consumers).
+    pub consumption_kwh: &'a [Vec<f64>],
+    pub tariffs_eur_per_kwh: &'a [f64],
+    /// 1 = served first.
+    pub priority: &'a [u8],
+}
+
+/// The seam between the keys and whoever decides the month's allocation:
+/// returns the intended kWh per step and participant (`[t][i]`), which the
+/// keys then quantise. A solver that enforces the month's fairness rules
+/// (priority tiers, floors, nobody worse off than pro rata over the month)
+/// plugs in here without the key files knowing.
+pub trait MonthAllocator {
+    fn name(&self) -> &'static str;
+    fn allocate(&self, input: &MonthInput<'_>) -> Result<Vec<Vec<f64>>, AllocationError>;
+}
+
+/// Step by step with one [`Policy`]; the month's fairness is whatever the
+/// policy gives in each step. The default until a month solver is wired in.
+#[derive(Debug, Clone)]
+pub struct PerStepAllocator {
+    pub policy: Policy,
+}
+
+impl MonthAllocator for PerStepAllocator {
+    fn name(&self) -> &'static str {
+        match self.policy {
+            Policy::ProRata => "prorata",
+            Policy::Static(_) => "static",
+            Policy::Optimised { .. } => "optimised",
+        }
+    }
+    fn allocate(&self, input: &MonthInput<'_>) -> Result<Vec<Vec<f64>>, AllocationError> {
+        if input.consumption_kwh.len() != input.production_kwh.len() {
+            return Err(AllocationError::Length {
+                expected: input.production_kwh.len(),
+                got: input.consumption_kwh.len(),
+            });
+        }
+        let n = input
+            .consumption_kwh
+            .first()
+            .map_or(input.tariffs_eur_per_kwh.len(), Vec::len);
+        intended_for_step(0.0, &vec![0.0; n], &self.policy).map_err(AllocationError::Policy)?;
+        input
+            .production_kwh
+            .iter()
+            .zip(input.consumption_kwh)
+            .map(|(&p, c)| intended_for_step(p, c, &self.policy).map_err(AllocationError::Policy))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,5 +977,129 @@ mod tests {
                 prop_assert!(total >= naive - 1e-9);
             }
         }
+    }
+
+    fn arb_full_step() -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
+        (
+            prop::collection::vec(prop_oneof![Just(0.0), 0.0..60.0f64], 1..5),
+            prop::collection::vec(prop_oneof![Just(0.0), 0.0..20.0f64], 0..25),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Simple keys: the DSO's rule on the exported keys gives every
+        /// consumer its intended allocation within one key unit of the
+        /// production, never more than it consumed, never negative.
+        #[test]
+        fn simple_rule_on_exported_keys_meets_intended(
+            ((p, c), pol, fine) in arb_step().prop_flat_map(|(p, c)| {
+                let n = c.len();
+                (Just((p, c)), arb_policy(n), any::<bool>())
+            })
+        ) {
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
+            let got = apply_rule(&k.units, prec, p, &c);
+            let bound = p / f64::from(prec.units_per_one) + 1e-9;
+            for (i, (g, want)) in got.iter().zip(&k.intended_kwh).enumerate() {
+                prop_assert!(*g >= 0.0);
+                prop_assert!(*g >= want - bound, "consumer {} got {} intended {}", i, g, want);
+            }
+            let k2 = keys_from_intended(&step(p, &c), &k.intended_kwh, prec).unwrap();
+            prop_assert!(validate_units(&k2.units, prec).is_ok());
+            for (g, want) in k2.allocated_kwh.iter().zip(&k.intended_kwh) {
+                prop_assert!(*g >= want - bound);
+            }
+        }
+
+        /// Full dynamic keys: each producer's row sums to at most 100 %, the
+        /// rule on the exported keys never gives more than consumed nor more
+        /// than produced, every consumer gets its intended allocation within
+        /// one key unit of the pooled production.
+        #[test]
+        fn full_rule_on_exported_keys_meets_intended(
+            ((ps, c), pol, fine) in arb_full_step().prop_flat_map(|(ps, c)| {
+                let n = c.len();
+                (Just((ps, c)), arb_policy(n), any::<bool>())
+            })
+        ) {
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let p: f64 = ps.iter().sum();
+            let intended = intended_for_step(p, &c, &pol).unwrap();
+            let input = FullStepInput { production_kwh: ps.clone(), consumption_kwh: c.clone() };
+            let k = full_keys_from_intended(&input, &intended, prec, true).unwrap();
+            prop_assert_eq!(k.units.len(), ps.len());
+            for (row, &pj) in k.units.iter().zip(&ps) {
+                prop_assert!(validate_units(row, prec).is_ok());
+                if pj == 0.0 {
+                    prop_assert!(row.iter().all(|&u| u == 0));
+                }
+            }
+            let got = apply_rule_full(&k.units, prec, &ps, &c);
+            prop_assert_eq!(&got, &k.allocated_kwh);
+            let bound = p / f64::from(prec.units_per_one) + 1e-9;
+            for (i, ((g, want), ci)) in got.iter().zip(&intended).zip(&c).enumerate() {
+                prop_assert!(*g >= 0.0 && *g <= ci + 1e-12);
+                prop_assert!(*g >= want - bound, "consumer {} got {} intended {}", i, g, want);
+            }
+            let total: f64 = got.iter().sum();
+            prop_assert!(total <= p + 1e-9);
+            if pol == Policy::ProRata {
+                let ideal = p.min(c.iter().sum());
+                prop_assert!(total >= ideal - c.len() as f64 * bound);
+            }
+        }
+    }
+
+    #[test]
+    fn charging_battery_is_a_zero_producer_row_and_a_consumer() {
+        // PV 10 kWh, battery charging 3 kWh (consumer #2, producer #1 at 0).
+        let prec = Precision::default();
+        let input = FullStepInput {
+            production_kwh: vec![10.0, 0.0],
+            consumption_kwh: vec![4.0, 2.0, 3.0],
+        };
+        let intended = intended_for_step(10.0, &input.consumption_kwh, &Policy::ProRata).unwrap();
+        let k = full_keys_from_intended(&input, &intended, prec, true).unwrap();
+        assert_eq!(k.units[1], vec![0, 0, 0]);
+        assert_eq!(k.allocated_kwh, vec![4.0, 2.0, 3.0]);
+        // Discharging the next step: the battery's row carries keys.
+        let input = FullStepInput {
+            production_kwh: vec![1.0, 2.0],
+            consumption_kwh: vec![4.0, 2.0, 0.0],
+        };
+        let intended = intended_for_step(3.0, &input.consumption_kwh, &Policy::ProRata).unwrap();
+        let k = full_keys_from_intended(&input, &intended, prec, true).unwrap();
+        assert!(k.units[1].iter().sum::<u32>() > 0);
+        assert_eq!(k.units[1][2], 0);
+        assert!((k.self_consumed_kwh - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn per_step_allocator_rejects_a_policy_that_does_not_fit() {
+        let c = vec![vec![1.0, 2.0]; 3];
+        let p = [1.0, 2.0, 3.0];
+        let input = MonthInput {
+            production_kwh: &p,
+            consumption_kwh: &c,
+            tariffs_eur_per_kwh: &[0.2, 0.3],
+            priority: &[1, 1],
+        };
+        let ok = PerStepAllocator {
+            policy: Policy::ProRata,
+        }
+        .allocate(&input)
+        .unwrap();
+        assert_eq!(ok.len(), 3);
+        assert!((ok[2][1] - 2.0).abs() < 1e-12);
+        let bad = PerStepAllocator {
+            policy: Policy::Static(vec![0.9, 0.9]),
+        };
+        assert!(matches!(
+            bad.allocate(&input),
+            Err(AllocationError::Policy(_))
+        ));
     }
 }

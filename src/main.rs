@@ -175,6 +175,8 @@ enum Cmd {
         #[arg(long)]
         oracle: bool,
     },
+    /// DSO allocation keys from the DSO's load curves; or validate key files.
+    Keys(Box<KeysArgs>),
 }
 
 #[derive(Subcommand)]
@@ -197,6 +199,64 @@ fn parse_start(start: &str) -> Result<chrono::DateTime<chrono::Utc>> {
             )
         })?
         .with_timezone(&chrono::Utc))
+}
+
+#[derive(clap::Args)]
+struct KeysArgs {
+    #[arg(long, default_value = DEFAULT_SITE)]
+    site: PathBuf,
+    /// First local day (YYYY-MM-DD).
+    #[arg(long)]
+    from: Option<chrono::NaiveDate>,
+    /// Last local day, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    to: Option<chrono::NaiveDate>,
+    /// Directory of Enedis load-curve exports (one CSV per PRM and quantity).
+    #[arg(long)]
+    load_curves: Option<PathBuf>,
+    /// prorata, static or optimised (default: the site's keys.policy).
+    #[arg(long)]
+    policy: Option<String>,
+    /// simple (one key per consumer) or full (per producer x consumer).
+    #[arg(long, default_value = "simple")]
+    kind: String,
+    /// enedis or spain.
+    #[arg(long, default_value = "enedis")]
+    format: String,
+    /// Spain: `PRM;CUPS` per line for every participant.
+    #[arg(long)]
+    cups: Option<PathBuf>,
+    /// Spain: the installation's CAU (default: the site id).
+    #[arg(long)]
+    cau: Option<String>,
+    /// Output directory (must not exist, or hold the same files).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Validate key files instead (format from the extension: .csv Enedis, .txt Spain).
+    #[arg(long, num_args = 1..)]
+    validate: Vec<PathBuf>,
+    /// Reconcile the DSO's settlement series (CSV) against --intended.
+    #[arg(long)]
+    reconcile: Option<PathBuf>,
+    /// A `ped keys` output directory (manifest.json + allocation.csv).
+    #[arg(long)]
+    intended: Option<PathBuf>,
+    /// Reconciliation: write the report here too (it is always printed).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Reconciliation: tolerated difference per participant, kWh over the run.
+    #[arg(long, default_value_t = 0.5)]
+    tolerance_kwh: f64,
+    /// Reconciliation: tolerated difference as a share of the allocation.
+    #[arg(long, default_value_t = 0.005)]
+    tolerance_ratio: f64,
+    /// Reconciliation: write the metrics here (Prometheus textfile format).
+    #[arg(long)]
+    metrics_textfile: Option<PathBuf>,
+    /// Write each participant's statement (CSV + HTML) for a `ped keys`
+    /// output directory, into --out (default DIR/statements).
+    #[arg(long)]
+    statements: Option<PathBuf>,
 }
 
 fn init_logs(format: &str) {
@@ -551,6 +611,7 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Keys(args) => keys_cmd(*args),
     }
 }
 
@@ -619,6 +680,166 @@ async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
             };
             println!("      {:<12} {v}", p.name);
         }
+    }
+    Ok(())
+}
+
+fn keys_cmd(a: KeysArgs) -> Result<()> {
+    use ped::dso::keys::{self, Format, KeyKind, KeysError, Written};
+    let (site, _) = load_site(&a.site)?;
+    let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
+        .context("keys.units_per_one")?;
+    if !a.validate.is_empty() {
+        let mut failed = 0;
+        for f in &a.validate {
+            match keys::validate_file(f, &site.grid, precision) {
+                Ok(summary) => println!("{}: ok ({summary})", f.display()),
+                Err(e) => {
+                    failed += 1;
+                    println!("{}: {e}", f.display());
+                }
+            }
+        }
+        if failed > 0 {
+            eprintln!("{failed} of {} file(s) invalid", a.validate.len());
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    if let Some(dir) = &a.statements {
+        let st = ped::dso::statement::build(dir, site.config.plan.local_price_eur_per_kwh)?;
+        let out = a.out.clone().unwrap_or_else(|| dir.join("statements"));
+        let files = ped::dso::statement::write_all(&out, &st)?;
+        println!("{}: {} statement file(s)", out.display(), files.len());
+        return Ok(());
+    }
+    if let Some(dso_file) = &a.reconcile {
+        return reconcile_cmd(&site, &a, dso_file);
+    }
+    let (Some(from), Some(to), Some(dir), Some(out)) = (a.from, a.to, a.load_curves, a.out) else {
+        bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
+    };
+    let mut job = keys::KeysJob::from_site(&site, from, to);
+    if let Some(p) = a.policy {
+        job.policy = match p.as_str() {
+            "prorata" => config::KeyPolicy::Prorata,
+            "static" => config::KeyPolicy::Static,
+            "optimised" => config::KeyPolicy::Optimised,
+            _ => bail!("--policy {p}: expected prorata, static or optimised"),
+        };
+    }
+    job.kind = match a.kind.as_str() {
+        "simple" => KeyKind::Simple,
+        "full" => KeyKind::Full,
+        k => bail!("--kind {k}: expected simple or full"),
+    };
+    job.format = match a.format.as_str() {
+        "enedis" => Format::Enedis,
+        "spain" => Format::Spain,
+        f => bail!("--format {f}: expected enedis or spain"),
+    };
+    if let Some(c) = &a.cups {
+        job.cups = keys::read_cups_map(c)?;
+    }
+    if let Some(c) = a.cau {
+        job.cau = c;
+    }
+    match keys::run(&job, &dir, &out, None) {
+        Ok(w) => {
+            let (what, m) = match w {
+                Written::New(m) => ("written", m),
+                Written::Unchanged(m) => ("unchanged", m),
+            };
+            println!(
+                "{}: {what}: {} file(s), {} periods {} .. {}, policy {:?} ({}), {} fallback step(s), {} coarse step(s), self-consumed {:.3} of {:.3} kWh",
+                out.display(),
+                m.files.len(),
+                m.periods,
+                m.first_period,
+                m.last_period,
+                m.policy,
+                m.allocator,
+                m.fallback_steps.len(),
+                m.coarse_steps,
+                m.self_consumed_kwh,
+                m.production_kwh
+            );
+            for f in &m.fallback_steps {
+                tracing::warn!(period = %f.period, reasons = ?f.reasons, "step fell back to the default rule");
+            }
+            Ok(())
+        }
+        Err(e @ KeysError::LoadCurves(_)) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn reconcile_cmd(site: &config::Site, a: &KeysArgs, dso_file: &Path) -> Result<()> {
+    use ped::dso::{keys, reconcile};
+    let Some(dir) = &a.intended else {
+        bail!("--reconcile needs --intended DIR (a `ped keys` output directory)");
+    };
+    let manifest: keys::Manifest = serde_json::from_slice(
+        &std::fs::read(dir.join(keys::MANIFEST_FILE))
+            .with_context(|| format!("{}", dir.display()))?,
+    )
+    .with_context(|| format!("{}/{}", dir.display(), keys::MANIFEST_FILE))?;
+    let grid = site.grid;
+    let from = grid.local_midnight(manifest.from)?;
+    let to = grid.local_midnight(
+        manifest
+            .to
+            .succ_opt()
+            .context("--intended: last day out of range")?,
+    )?;
+    let text =
+        std::fs::read_to_string(dso_file).with_context(|| format!("{}", dso_file.display()))?;
+    let dso = match reconcile::read_settlement(&text, dso_file, &grid, from, to) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let intended = reconcile::read_intended(dir)?;
+    let participants: Vec<(String, String)> = manifest
+        .participants
+        .iter()
+        .map(|p| (p.id.clone(), p.prm.clone()))
+        .collect();
+    let lines = reconcile::compare(
+        &participants,
+        &intended,
+        &dso,
+        reconcile::Tolerance {
+            kwh: a.tolerance_kwh,
+            ratio: a.tolerance_ratio,
+        },
+    );
+    let report = reconcile::render_report(&lines);
+    print!("{report}");
+    if let Some(p) = &a.report {
+        std::fs::write(p, &report).with_context(|| format!("{}", p.display()))?;
+    }
+    if let Some(p) = &a.metrics_textfile {
+        let m = ped::metrics::Metrics::new(&site.config.site.id)?;
+        reconcile::record(&m, &lines);
+        std::fs::write(p, m.render()).with_context(|| format!("{}", p.display()))?;
+    }
+    let off: Vec<&reconcile::Line> = lines.iter().filter(|l| l.status != "ok").collect();
+    if !off.is_empty() {
+        for l in &off {
+            tracing::warn!(participant = %l.participant, status = l.status, difference_kwh = format!("{:.3}", l.difference_kwh), "reconciliation");
+        }
+        eprintln!(
+            "{} of {} line(s) differ from the DSO's settlement",
+            off.len(),
+            lines.len()
+        );
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -78,6 +78,8 @@ pub struct Metrics {
     // Plan fallback ladder (issue 4).
     pub plan_fallback_level: Gauge,
     pub plan_soft_violations: Gauge,
+    // Reconciliation with the DSO's settlement.
+    pub reconciliation_difference: GaugeVec,
 }
 
 impl Metrics {
@@ -229,6 +231,11 @@ impl Metrics {
                 "Rung of the plan fallback ladder of the current plan: 0 optimal, 1 relaxed, 2 last plan shifted, 3 rule-based.",
             )?,
             plan_soft_violations: g("plan_soft_violations", "Soft limits the current plan violates.")?,
+            reconciliation_difference: gv(
+                "reconciliation_difference_joules",
+                "DSO's self-consumed energy minus ped's allocation over the last reconciled run.",
+                &["participant"],
+            )?,
             registry,
         };
         m.build_info

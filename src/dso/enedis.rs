@@ -199,10 +199,49 @@ pub fn write_simple_dynamic(
     }
     let text = render(grid, consumers, rows, precision)?;
     validate(&text, grid, precision)?;
-    let mut paths = Vec::with_capacity(producers.len());
-    for producer in producers {
-        let name = file_name(grid, producer, rows)?;
-        let path = dir.join(&name);
+    let files = producers
+        .iter()
+        .map(|producer| Ok((file_name(grid, producer, rows)?, text.clone())))
+        .collect::<Result<Vec<_>, DsoError>>()?;
+    write_atomic(dir, &files)
+}
+
+/// Writes one file per producer for *full dynamic* keys: producer j's file
+/// holds its own row of coefficients per step (a battery's rows are all zero
+/// in the steps it charges). Every file is rendered and read back before the
+/// first one is written.
+pub fn write_full_dynamic(
+    dir: &Path,
+    grid: &Grid,
+    producers: &[(Prm, Vec<KeyRow>)],
+    consumers: &[Prm],
+    precision: Precision,
+) -> Result<Vec<PathBuf>, DsoError> {
+    if producers.is_empty() {
+        return Err(DsoError::Empty("no producer PRM"));
+    }
+    let mut seen = HashSet::new();
+    if let Some((dup, _)) = producers.iter().find(|(p, _)| !seen.insert(p)) {
+        return Err(DsoError::DuplicateProducer(dup.clone()));
+    }
+    let mut files = Vec::with_capacity(producers.len());
+    for (producer, rows) in producers {
+        let text = render(grid, consumers, rows, precision)?;
+        validate(&text, grid, precision)?;
+        files.push((file_name(grid, producer, rows)?, text));
+    }
+    write_atomic(dir, &files)
+}
+
+/// Each file goes to a temporary name in `dir`, is synced, then renamed, so
+/// a reader never sees a half-written key file.
+pub(crate) fn write_atomic(
+    dir: &Path,
+    files: &[(String, String)],
+) -> Result<Vec<PathBuf>, DsoError> {
+    let mut paths = Vec::with_capacity(files.len());
+    for (name, text) in files {
+        let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -551,6 +590,35 @@ mod tests {
             write_simple_dynamic(dir2.path(), &g, &twice, &prms(3), &rows, prec),
             Err(DsoError::DuplicateProducer(_))
         ));
+        assert_eq!(fs::read_dir(dir2.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn full_dynamic_files_differ_per_producer_and_validate() {
+        let g = grid(15);
+        let prec = Precision::default();
+        let dir = tempfile::tempdir().unwrap();
+        let a = day_rows(&g, "2025-03-30", 3);
+        let mut b = a.clone();
+        for r in &mut b {
+            r.units = vec![0, 0, 0];
+        }
+        let producers = vec![
+            ("30000000000001".parse().unwrap(), a.clone()),
+            ("30000000000002".parse().unwrap(), b.clone()),
+        ];
+        let paths = write_full_dynamic(dir.path(), &g, &producers, &prms(3), prec).unwrap();
+        assert_eq!(paths.len(), 2);
+        let ta = fs::read_to_string(&paths[0]).unwrap();
+        let tb = fs::read_to_string(&paths[1]).unwrap();
+        assert_ne!(ta, tb);
+        assert_eq!(validate(&ta, &g, prec).unwrap().rows, a);
+        assert_eq!(validate(&tb, &g, prec).unwrap().rows.len(), 92);
+        // One producer's row over 100 %: nothing at all is written.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut bad = producers.clone();
+        bad[1].1[5].units = vec![500, 500, 1];
+        assert!(write_full_dynamic(dir2.path(), &g, &bad, &prms(3), prec).is_err());
         assert_eq!(fs::read_dir(dir2.path()).unwrap().count(), 0);
     }
 }

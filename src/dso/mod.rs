@@ -1,8 +1,14 @@
 //! DSO file formats, one module per format, so a layout can change without
 //! touching the allocation that produced the keys.
 
+pub mod channels;
 pub mod delivery;
 pub mod enedis;
+pub mod keys;
+pub mod loadcurve;
+pub mod reconcile;
+pub mod spain;
+pub mod statement;
 
 use chrono::{DateTime, Utc};
 

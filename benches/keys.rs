@@ -1,0 +1,195 @@
+//! `cargo bench --bench keys`: a month of keys (2,976 quarter-hours) for 120
+//! and 1,000 participants, pro rata (the baseline) against optimised, simple
+//! dynamic keys (and full dynamic with 10 producers): allocation,
+//! quantisation with residue, rendering and read-back validation of one
+//! Enedis file. Each case runs in a child process of this binary, so its
+//! peak memory (VmHWM) is its own.
+//!
+//! The optimised policy is the per-step one (`PerStepAllocator`); a month
+//! solver plugs into the same `MonthAllocator` seam.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use ped::allocation::{PerStepAllocator, Precision};
+use ped::config::KeyPolicy;
+use ped::dso::keys::{self, Consumer, Format, KeyKind, KeysJob, Measured};
+use ped::ids::Prm;
+use ped::time::Grid;
+
+const PRODUCERS: usize = 10;
+
+fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
+    let grid = Grid::new(15, chrono_tz::Europe::Paris).expect("grid");
+    let prm = |k: u64| -> Prm { format!("{:014}", k).parse().expect("prm") };
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    KeysJob {
+        grid,
+        from: NaiveDate::from_ymd_opt(2025, 7, 1).expect("date"),
+        to: NaiveDate::from_ymd_opt(2025, 7, 31).expect("date"),
+        consumers: (0..n)
+            .map(|i| Consumer {
+                id: format!("C{i}"),
+                prm: prm(20_000_000_000_000 + i as u64),
+                tariff_eur_per_kwh: 0.18 + 0.1 * rnd(),
+                priority: 1 + (i % 3) as u8,
+                static_share: 1.0 / n as f64,
+            })
+            .collect(),
+        producers: (0..PRODUCERS)
+            .map(|j| prm(30_000_000_000_000 + j as u64))
+            .collect(),
+        policy,
+        kind,
+        format: Format::Enedis,
+        precision: Precision::default(),
+        cups: BTreeMap::new(),
+        cau: "bench".into(),
+        site_file: None,
+    }
+}
+
+/// A July of measurements: a PV bell per producer, consumption with a daily
+/// shape and noise, so steps go from deep deficit to surplus.
+fn measured(job: &KeysJob) -> Measured {
+    let periods = job.periods().expect("periods");
+    let n = job.consumers.len();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let tz = job.grid.tz();
+    let mut production = Vec::with_capacity(periods.len());
+    let mut consumption = Vec::with_capacity(periods.len());
+    for t in &periods {
+        use chrono::Timelike;
+        let l = t.with_timezone(&tz);
+        let h = f64::from(l.hour()) + f64::from(l.minute()) / 60.0;
+        let sun = if (7.0..19.0).contains(&h) {
+            (std::f64::consts::PI * (h - 7.0) / 12.0).sin().powi(2)
+        } else {
+            0.0
+        };
+        // The pool covers the district at noon on a sunny day, not at night.
+        let scale = n as f64 * 0.5 / PRODUCERS as f64;
+        production.push(
+            (0..PRODUCERS)
+                .map(|_| scale * sun * (0.5 + 0.5 * rnd()))
+                .collect::<Vec<f64>>(),
+        );
+        let shape =
+            0.6 + 0.4 * (-(h - 8.0).powi(2) / 2.0).exp() + 0.6 * (-(h - 19.5).powi(2) / 3.0).exp();
+        consumption.push(
+            (0..n)
+                .map(|_| 0.1 * shape * (0.3 + 1.4 * rnd()))
+                .collect::<Vec<f64>>(),
+        );
+    }
+    let n_t = periods.len();
+    Measured {
+        periods,
+        production_kwh: production,
+        consumption_kwh: consumption,
+        problems: vec![Vec::new(); n_t],
+        coarse_steps: 0,
+        inputs: Vec::new(),
+    }
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn run_case(n: usize, policy: &str, kind: &str) {
+    let pol = match policy {
+        "prorata" => KeyPolicy::Prorata,
+        _ => KeyPolicy::Optimised,
+    };
+    let kd = if kind == "full" {
+        KeyKind::Full
+    } else {
+        KeyKind::Simple
+    };
+    let j = job(n, pol, kd);
+    let m = measured(&j);
+    let t0 = Instant::now();
+    let alloc = PerStepAllocator { policy: j.policy() };
+    let k = keys::compute(&j, &m, &alloc).expect("compute");
+    let t_keys = t0.elapsed();
+    let files = keys::render_files(&j, &m, &k).expect("render");
+    let total = t0.elapsed();
+    let self_consumed: f64 = k.allocated_kwh.iter().flatten().sum();
+    let bytes: usize = files.iter().map(|f| f.1.len()).sum();
+    println!(
+        "{{\"participants\":{n},\"steps\":{},\"policy\":\"{policy}\",\"kind\":\"{kind}\",\"keys_s\":{:.3},\"total_s\":{:.3},\"vm_hwm_mib\":{:.1},\"self_consumed_mwh\":{:.3},\"file_bytes\":{bytes}}}",
+        m.periods.len(),
+        t_keys.as_secs_f64(),
+        total.as_secs_f64(),
+        vm_hwm_kib() as f64 / 1024.0,
+        self_consumed / 1000.0
+    );
+}
+
+fn field(line: &str, key: &str) -> f64 {
+    line.split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn main() {
+    if let Ok(case) = std::env::var("PED_KEYS_BENCH_CASE") {
+        let mut it = case.split(',');
+        let n = it.next().and_then(|v| v.parse().ok()).unwrap_or(120);
+        let policy = it.next().unwrap_or("prorata").to_string();
+        let kind = it.next().unwrap_or("simple").to_string();
+        run_case(n, &policy, &kind);
+        return;
+    }
+    let exe = std::env::current_exe().expect("bench executable");
+    println!("month of keys: 2,976 quarter-hours (July 2025, Europe/Paris), {PRODUCERS} producers, 0.1 % precision");
+    for n in [120usize, 1000] {
+        let mut base = None;
+        for (policy, kind) in [
+            ("prorata", "simple"),
+            ("optimised", "simple"),
+            ("optimised", "full"),
+        ] {
+            let out = Command::new(&exe)
+                .env("PED_KEYS_BENCH_CASE", format!("{n},{policy},{kind}"))
+                .output()
+                .expect("child");
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !out.status.success() {
+                eprintln!(
+                    "case {n} {policy} {kind} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::process::exit(1);
+            }
+            let (t, mem) = (field(&line, "total_s"), field(&line, "vm_hwm_mib"));
+            let b = *base.get_or_insert((t, mem));
+            println!(
+                "{n:>5} participants {policy:>9} {kind:>6}: {t:>7.3} s, peak {mem:>7.1} MiB  (x{:.2} time, x{:.2} memory vs pro rata)  {line}",
+                t / b.0,
+                mem / b.1
+            );
+        }
+    }
+}

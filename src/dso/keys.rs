@@ -1,0 +1,758 @@
+//! `ped keys`: a month (or any run of local days) of keys from the DSO's own
+//! load curves, in one of the DSO formats, written all or nothing.
+//!
+//! Steps: read and settle the load curves (every bad line reported, nothing
+//! computed from a broken export); flag steps whose data is missing or
+//! partial and give them the DSO's default rule (pro rata); let a
+//! [`MonthAllocator`] decide the other steps; quantise per step (simple or
+//! full dynamic); render and read back every file; write them with a
+//! `manifest.json` (hashes of inputs and outputs, policy, precision, range)
+//! into a temporary directory that is renamed into place at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::loadcurve::{self, LoadCurveError, Quantity};
+use super::{enedis, spain, DsoError, KeyRow};
+use crate::allocation::{
+    self, AllocationError, FullStepInput, MonthAllocator, MonthInput, PerStepAllocator, Policy,
+    Precision, StepInput,
+};
+use crate::config::{KeyPolicy, Site};
+use crate::ids::Prm;
+use crate::time::Grid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// One coefficient per consumer per step, on the pooled production.
+    Simple,
+    /// One coefficient per producer × consumer per step.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Enedis,
+    Spain,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error(transparent)]
+    LoadCurves(#[from] LoadCurveError),
+    #[error("{0}")]
+    Dso(#[from] DsoError),
+    #[error("{0}")]
+    Allocation(#[from] AllocationError),
+    #[error("{0}")]
+    Input(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} already holds different keys: a changed month is a new version, write it to another --out")]
+    Differs(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeysError {
+    let path = path.to_path_buf();
+    move |source| KeysError::Io { path, source }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// One participant as the keys see it.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub id: String,
+    pub prm: Prm,
+    pub tariff_eur_per_kwh: f64,
+    pub priority: u8,
+    pub static_share: f64,
+}
+
+/// What a key run needs; built from a site with [`KeysJob::from_site`].
+#[derive(Debug, Clone)]
+pub struct KeysJob {
+    pub grid: Grid,
+    pub from: NaiveDate,
+    /// Last local day, inclusive.
+    pub to: NaiveDate,
+    pub consumers: Vec<Consumer>,
+    /// Producer PRMs: PV plants, then batteries (producers while discharging).
+    pub producers: Vec<Prm>,
+    pub policy: KeyPolicy,
+    pub kind: KeyKind,
+    pub format: Format,
+    pub precision: Precision,
+    /// Spain only: CUPS per consumer PRM, and the installation's CAU.
+    pub cups: BTreeMap<Prm, String>,
+    pub cau: String,
+    /// Hashed into the manifest.
+    pub site_file: Option<PathBuf>,
+}
+
+impl KeysJob {
+    pub fn from_site(site: &Site, from: NaiveDate, to: NaiveDate) -> KeysJob {
+        let cfg = &site.config;
+        KeysJob {
+            grid: site.grid,
+            from,
+            to,
+            consumers: cfg
+                .participants
+                .iter()
+                .map(|p| Consumer {
+                    id: p.id.clone(),
+                    prm: p.prm.clone(),
+                    tariff_eur_per_kwh: p.tariff_eur_per_kwh,
+                    priority: p.priority,
+                    static_share: p.static_share,
+                })
+                .collect(),
+            producers: site
+                .producers()
+                .iter()
+                .filter_map(|d| d.prm.clone())
+                .collect(),
+            policy: cfg.keys.policy,
+            kind: KeyKind::Simple,
+            format: Format::Enedis,
+            precision: Precision {
+                units_per_one: cfg.keys.units_per_one,
+            },
+            cups: BTreeMap::new(),
+            cau: cfg.site.id.clone(),
+            site_file: Some(site.source.clone()),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        match self.policy {
+            KeyPolicy::Prorata => Policy::ProRata,
+            KeyPolicy::Static => {
+                Policy::Static(self.consumers.iter().map(|c| c.static_share).collect())
+            }
+            KeyPolicy::Optimised => Policy::Optimised {
+                tariffs_eur_per_kwh: self
+                    .consumers
+                    .iter()
+                    .map(|c| c.tariff_eur_per_kwh)
+                    .collect(),
+                priority: self.consumers.iter().map(|c| c.priority).collect(),
+            },
+        }
+    }
+
+    /// The settlement periods of the run, UTC starts.
+    pub fn periods(&self) -> Result<Vec<DateTime<Utc>>, KeysError> {
+        if self.to < self.from {
+            return Err(KeysError::Input(format!(
+                "--to {} is before --from {}",
+                self.to, self.from
+            )));
+        }
+        let mut out = Vec::new();
+        let mut d = self.from;
+        while d <= self.to {
+            out.extend(
+                self.grid
+                    .periods_of_local_day(d)
+                    .map_err(|e| KeysError::Input(e.to_string()))?,
+            );
+            d = d
+                .succ_opt()
+                .ok_or_else(|| KeysError::Input("date out of range".into()))?;
+        }
+        Ok(out)
+    }
+}
+
+/// Measured energies per step, as the keys need them.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub periods: Vec<DateTime<Utc>>,
+    /// `[t][j]` per producer.
+    pub production_kwh: Vec<Vec<f64>>,
+    /// `[t][i]` per consumer.
+    pub consumption_kwh: Vec<Vec<f64>>,
+    /// Why a step is not fully measured; such steps get the default rule.
+    pub problems: Vec<Vec<String>>,
+    pub coarse_steps: usize,
+    pub inputs: Vec<InputFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub file: String,
+    pub sha256: String,
+    pub prm: String,
+    pub quantity: String,
+}
+
+/// Reads `dir`'s load curves into per-step energies for the job's PRMs. A
+/// participant or producer without a curve is an error (the export is
+/// incomplete); a curve for a PRM the site does not know is ignored with a
+/// warning.
+pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysError> {
+    let periods = job.periods()?;
+    let curves = loadcurve::read_dir(dir, &job.grid)?;
+    let mut by_key: BTreeMap<(Prm, Quantity), &loadcurve::LoadCurve> = BTreeMap::new();
+    let mut inputs = Vec::new();
+    for c in &curves {
+        by_key.insert((c.prm.clone(), c.quantity), c);
+        let bytes = std::fs::read(&c.file).map_err(io(&c.file))?;
+        inputs.push(InputFile {
+            file: c
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: sha256_hex(&bytes),
+            prm: c.prm.to_string(),
+            quantity: c.quantity.as_str().into(),
+        });
+        let known = job.consumers.iter().any(|k| k.prm == c.prm) || job.producers.contains(&c.prm);
+        if !known {
+            tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM the site does not list; ignored");
+        }
+    }
+    let n_t = periods.len();
+    let mut problems: Vec<Vec<String>> = vec![Vec::new(); n_t];
+    let mut coarse = vec![false; n_t];
+    let mut missing = Vec::new();
+    let mut settle = |prm: &Prm, q: Quantity, who: &str| -> Vec<f64> {
+        match by_key.get(&(prm.clone(), q)) {
+            Some(c) => {
+                let s = loadcurve::settle(c, &job.grid, &periods);
+                for (t, p) in s.problem.into_iter().enumerate() {
+                    if let Some(p) = p {
+                        problems[t].push(format!("{} {p}", q.as_str()));
+                    }
+                }
+                for (t, c) in s.coarse.into_iter().enumerate() {
+                    coarse[t] |= c;
+                }
+                s.kwh
+            }
+            None => {
+                missing.push(format!("no {} curve for PRM {prm} ({who})", q.as_str()));
+                vec![0.0; n_t]
+            }
+        }
+    };
+    let prod_cols: Vec<Vec<f64>> = job
+        .producers
+        .iter()
+        .map(|p| settle(p, Quantity::Production, "producer"))
+        .collect();
+    let cons_cols: Vec<Vec<f64>> = job
+        .consumers
+        .iter()
+        .map(|c| settle(&c.prm, Quantity::Consumption, &c.id))
+        .collect();
+    if !missing.is_empty() {
+        return Err(KeysError::Input(format!(
+            "{}: {}",
+            dir.display(),
+            missing.join("; ")
+        )));
+    }
+    let transpose = |cols: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        (0..n_t)
+            .map(|t| cols.iter().map(|c| c[t]).collect())
+            .collect()
+    };
+    Ok(Measured {
+        production_kwh: transpose(&prod_cols),
+        consumption_kwh: transpose(&cons_cols),
+        problems,
+        coarse_steps: coarse.iter().filter(|&&c| c).count(),
+        periods,
+        inputs,
+    })
+}
+
+/// Keys of a run, before rendering.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    /// Simple: one row set for all producers; full: one per producer.
+    pub rows: Vec<Vec<KeyRow>>,
+    /// `[t][i]` intended (after fallbacks) and allocated by the DSO's rule on
+    /// the exported keys.
+    pub intended_kwh: Vec<Vec<f64>>,
+    pub allocated_kwh: Vec<Vec<f64>>,
+    pub fallback_steps: Vec<usize>,
+    pub allocator: &'static str,
+    /// `[t][i]` what the DSO's default (pro rata, unquantised) would give:
+    /// the baseline of the participants' statements.
+    pub prorata_kwh: Vec<Vec<f64>>,
+}
+
+/// Allocation and quantisation of every step.
+pub fn compute(
+    job: &KeysJob,
+    m: &Measured,
+    allocator: &dyn MonthAllocator,
+) -> Result<Computed, KeysError> {
+    let n_t = m.periods.len();
+    let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
+    let tariffs: Vec<f64> = job.consumers.iter().map(|c| c.tariff_eur_per_kwh).collect();
+    let priority: Vec<u8> = job.consumers.iter().map(|c| c.priority).collect();
+    let mut intended = allocator.allocate(&MonthInput {
+        production_kwh: &pooled,
+        consumption_kwh: &m.consumption_kwh,
+        tariffs_eur_per_kwh: &tariffs,
+        priority: &priority,
+    })?;
+    if intended.len() != n_t {
+        return Err(AllocationError::Length {
+            expected: n_t,
+            got: intended.len(),
+        }
+        .into());
+    }
+    let mut fallback_steps = Vec::new();
+    for t in 0..n_t {
+        if !m.problems[t].is_empty() {
+            intended[t] =
+                allocation::intended_for_step(pooled[t], &m.consumption_kwh[t], &Policy::ProRata)
+                    .map_err(AllocationError::Policy)?;
+            fallback_steps.push(t);
+        }
+    }
+    let is_static = job.policy == KeyPolicy::Static;
+    let policy = job.policy();
+    let n_prod = job.producers.len();
+    let mut rows: Vec<Vec<KeyRow>> = match job.kind {
+        KeyKind::Simple => vec![Vec::with_capacity(n_t)],
+        KeyKind::Full => vec![Vec::with_capacity(n_t); n_prod],
+    };
+    let mut allocated = Vec::with_capacity(n_t);
+    let mut prorata = Vec::with_capacity(n_t);
+    for t in 0..n_t {
+        prorata.push(
+            allocation::intended_for_step(pooled[t], &m.consumption_kwh[t], &Policy::ProRata)
+                .map_err(AllocationError::Policy)?,
+        );
+        let start = m.periods[t];
+        let c = &m.consumption_kwh[t];
+        let fallback = !m.problems[t].is_empty();
+        match job.kind {
+            KeyKind::Simple => {
+                let input = StepInput {
+                    production_kwh: pooled[t],
+                    consumption_kwh: c.clone(),
+                };
+                // Static keys are the declared shares, not a quantised allocation.
+                let k = if is_static && !fallback {
+                    allocation::keys_for_step(&input, &policy, job.precision)?
+                } else {
+                    allocation::keys_from_intended(&input, &intended[t], job.precision)?
+                };
+                rows[0].push(KeyRow {
+                    start,
+                    units: k.units,
+                });
+                allocated.push(k.allocated_kwh);
+            }
+            KeyKind::Full => {
+                let input = FullStepInput {
+                    production_kwh: m.production_kwh[t].clone(),
+                    consumption_kwh: c.clone(),
+                };
+                let k = if is_static && !fallback {
+                    let shares: Vec<f64> = job.consumers.iter().map(|c| c.static_share).collect();
+                    let intended: Vec<f64> = shares
+                        .iter()
+                        .zip(c)
+                        .map(|(s, &ci)| (s * pooled[t]).min(ci))
+                        .collect();
+                    allocation::full_keys_from_intended(&input, &intended, job.precision, false)?
+                } else {
+                    allocation::full_keys_from_intended(&input, &intended[t], job.precision, true)?
+                };
+                for (j, units) in k.units.into_iter().enumerate() {
+                    rows[j].push(KeyRow { start, units });
+                }
+                allocated.push(k.allocated_kwh);
+            }
+        }
+    }
+    Ok(Computed {
+        rows,
+        intended_kwh: intended,
+        allocated_kwh: allocated,
+        fallback_steps,
+        allocator: allocator.name(),
+        prorata_kwh: prorata,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub name: String,
+    pub sha256: String,
+    pub bytes: usize,
+    /// The producer a key file is for (Enedis); absent for whole-site files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub period: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantTotal {
+    pub id: String,
+    pub prm: String,
+    pub consumption_kwh: f64,
+    pub intended_kwh: f64,
+    pub allocated_kwh: f64,
+    pub tariff_eur_per_kwh: f64,
+}
+
+/// What was generated, from what, and how; the archive stores it as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: Format,
+    pub kind: KeyKind,
+    pub policy: KeyPolicy,
+    pub allocator: String,
+    pub units_per_one: u32,
+    pub settlement_minutes: u32,
+    pub timezone: String,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub periods: usize,
+    pub first_period: String,
+    pub last_period: String,
+    pub site: Option<InputFile>,
+    pub inputs: Vec<InputFile>,
+    pub files: Vec<OutputFile>,
+    pub fallback_steps: Vec<Fallback>,
+    pub coarse_steps: usize,
+    pub production_kwh: f64,
+    pub self_consumed_kwh: f64,
+    pub participants: Vec<ParticipantTotal>,
+}
+
+/// The name of the per-step allocation file written beside the keys; the
+/// reconciliation reads it back.
+pub const ALLOCATION_FILE: &str = "allocation.csv";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Renders every file of the run and reads each back with its validator.
+pub fn render_files(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+) -> Result<Vec<(String, String, Option<String>)>, KeysError> {
+    let consumers: Vec<Prm> = job.consumers.iter().map(|c| c.prm.clone()).collect();
+    let mut files = Vec::new();
+    match job.format {
+        Format::Enedis => {
+            if job.producers.is_empty() {
+                return Err(DsoError::Empty("no producer PRM").into());
+            }
+            let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
+                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
+                enedis::validate(&text, &job.grid, job.precision)?;
+                Ok(text)
+            };
+            // Simple keys: one text, read back once, for every producer.
+            let shared = match job.kind {
+                KeyKind::Simple => Some(checked(&k.rows[0])?),
+                KeyKind::Full => None,
+            };
+            for (j, producer) in job.producers.iter().enumerate() {
+                let rows = match job.kind {
+                    KeyKind::Simple => &k.rows[0],
+                    KeyKind::Full => &k.rows[j],
+                };
+                let text = match &shared {
+                    Some(t) => t.clone(),
+                    None => checked(rows)?,
+                };
+                let name = enedis::file_name(&job.grid, producer, rows)?;
+                files.push((name, text, Some(producer.to_string())));
+            }
+        }
+        Format::Spain => {
+            let cups = job
+                .consumers
+                .iter()
+                .map(|c| {
+                    job.cups.get(&c.prm).cloned().ok_or_else(|| {
+                        KeysError::Input(format!(
+                            "no CUPS for PRM {} (participant {}): add `{};<CUPS>` to the --cups file",
+                            c.prm, c.id, c.prm
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
+            let rows = spain::hourly_rows(
+                job.grid.tz(),
+                &m.periods,
+                &pooled,
+                &k.intended_kwh,
+                &m.consumption_kwh,
+            )?;
+            let text = spain::render(&cups, &rows)?;
+            spain::validate(&text)?;
+            files.push((spain::file_name(&job.cau, job.from, job.to), text, None));
+        }
+    }
+    let mut alloc = String::from("Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n");
+    for (t, start) in m.periods.iter().enumerate() {
+        let stamp = job.grid.format_local(*start);
+        for (i, c) in job.consumers.iter().enumerate() {
+            let _ = writeln!(
+                alloc,
+                "{stamp};{};{:.6};{:.6};{:.6}",
+                c.prm, m.consumption_kwh[t][i], k.allocated_kwh[t][i], k.prorata_kwh[t][i]
+            );
+        }
+    }
+    files.push((ALLOCATION_FILE.to_string(), alloc, None));
+    Ok(files)
+}
+
+pub fn manifest(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    files: &[(String, String, Option<String>)],
+) -> Result<Manifest, KeysError> {
+    let site = match &job.site_file {
+        Some(p) => Some(InputFile {
+            file: p.display().to_string(),
+            sha256: sha256_hex(&std::fs::read(p).map_err(io(p))?),
+            prm: String::new(),
+            quantity: "site".into(),
+        }),
+        None => None,
+    };
+    let n = job.consumers.len();
+    let mut cons = vec![0.0; n];
+    let mut int = vec![0.0; n];
+    let mut alloc = vec![0.0; n];
+    for t in 0..m.periods.len() {
+        for i in 0..n {
+            cons[i] += m.consumption_kwh[t][i];
+            int[i] += k.intended_kwh[t][i];
+            alloc[i] += k.allocated_kwh[t][i];
+        }
+    }
+    let fmt = |t: &DateTime<Utc>| job.grid.format_local(*t);
+    Ok(Manifest {
+        format: job.format,
+        kind: job.kind,
+        policy: job.policy,
+        allocator: k.allocator.into(),
+        units_per_one: job.precision.units_per_one,
+        settlement_minutes: job.grid.step_minutes(),
+        timezone: job.grid.tz().to_string(),
+        from: job.from,
+        to: job.to,
+        periods: m.periods.len(),
+        first_period: m.periods.first().map(fmt).unwrap_or_default(),
+        last_period: m.periods.last().map(fmt).unwrap_or_default(),
+        site,
+        inputs: m.inputs.clone(),
+        files: files
+            .iter()
+            .map(|(name, text, producer)| OutputFile {
+                name: name.clone(),
+                sha256: sha256_hex(text.as_bytes()),
+                bytes: text.len(),
+                producer: producer.clone(),
+            })
+            .collect(),
+        fallback_steps: k
+            .fallback_steps
+            .iter()
+            .map(|&t| Fallback {
+                period: fmt(&m.periods[t]),
+                reasons: m.problems[t].clone(),
+            })
+            .collect(),
+        coarse_steps: m.coarse_steps,
+        production_kwh: m.production_kwh.iter().flatten().sum(),
+        self_consumed_kwh: alloc.iter().sum(),
+        participants: job
+            .consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ParticipantTotal {
+                id: c.id.clone(),
+                prm: c.prm.to_string(),
+                consumption_kwh: cons[i],
+                intended_kwh: int[i],
+                allocated_kwh: alloc[i],
+                tariff_eur_per_kwh: c.tariff_eur_per_kwh,
+            })
+            .collect(),
+    })
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// A new directory of files.
+    New(Manifest),
+    /// `out` already held exactly these files: nothing was touched.
+    Unchanged(Manifest),
+}
+
+/// Writes the files and the manifest into `out`, all or nothing: into a
+/// sibling temporary directory, synced, then renamed to `out`. If `out`
+/// exists with the same files (same hashes), the run is idempotent and
+/// nothing changes; if it holds anything else, nothing is overwritten.
+pub fn write_out(
+    out: &Path,
+    files: &[(String, String, Option<String>)],
+    manifest: &Manifest,
+) -> Result<Written, KeysError> {
+    if out.exists() {
+        let old = std::fs::read(out.join(MANIFEST_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        let same_files = old.as_ref().is_some_and(|o| {
+            o.files == manifest.files
+                && o.files.iter().all(|f| {
+                    std::fs::read(out.join(&f.name)).is_ok_and(|b| sha256_hex(&b) == f.sha256)
+                })
+        });
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if same_files {
+            if let Some(o) = old {
+                return Ok(Written::Unchanged(o));
+            }
+        }
+        if !empty {
+            return Err(KeysError::Differs(out.to_path_buf()));
+        }
+        std::fs::remove_dir(out).map_err(io(out))?;
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let base = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            KeysError::Input(format!("--out {}: not a directory name", out.display()))
+        })?;
+    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        let json = serde_json::to_string_pretty(manifest)
+            .map_err(|e| KeysError::Input(format!("manifest: {e}")))?;
+        let mut all: Vec<(String, String)> = files
+            .iter()
+            .map(|(n, t, _)| (n.clone(), t.clone()))
+            .collect();
+        all.push((MANIFEST_FILE.to_string(), json + "\n"));
+        enedis::write_atomic(&tmp, &all)?;
+        std::fs::rename(&tmp, out).map_err(io(out))
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(Written::New(manifest.clone()))
+}
+
+/// The whole run: load curves in `dir` → files in `out`.
+pub fn run(
+    job: &KeysJob,
+    load_curves: &Path,
+    out: &Path,
+    allocator: Option<&dyn MonthAllocator>,
+) -> Result<Written, KeysError> {
+    let m = measure_load_curves(job, load_curves)?;
+    let default = PerStepAllocator {
+        policy: job.policy(),
+    };
+    let k = compute(job, &m, allocator.unwrap_or(&default))?;
+    let files = render_files(job, &m, &k)?;
+    let man = manifest(job, &m, &k, &files)?;
+    write_out(out, &files, &man)
+}
+
+/// Reads a key file back and checks every rule of its format (chosen by the
+/// file's extension: `.txt` Spain, else Enedis); returns a one-line summary.
+pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<String, KeysError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| DsoError::invalid(1, 1, "file is not UTF-8"))?;
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    {
+        let r = spain::validate(&text)?;
+        Ok(format!(
+            "spain: {} CUPS, {} hour(s) from hour {}",
+            r.cups.len(),
+            r.rows.len(),
+            r.rows.first().map_or(0, |r| r.hour_of_year)
+        ))
+    } else {
+        let r = enedis::validate(&text, grid, precision)?;
+        Ok(format!(
+            "enedis: {} consumer(s), {} step(s) from {} to {}",
+            r.consumers.len(),
+            r.rows.len(),
+            r.first_day,
+            r.last_day
+        ))
+    }
+}
+
+/// Reads a `PRM;CUPS` mapping (one pair a line, `#` comments).
+pub fn read_cups_map(path: &Path) -> Result<BTreeMap<Prm, String>, KeysError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut map = BTreeMap::new();
+    for (k, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bad = |why: String| KeysError::Input(format!("{}:{}: {why}", path.display(), k + 1));
+        let (prm, cups) = l
+            .split_once(';')
+            .ok_or_else(|| bad("expected PRM;CUPS".into()))?;
+        let prm: Prm = prm.trim().parse().map_err(|e| bad(format!("{e}")))?;
+        spain::check_cups(cups.trim()).map_err(bad)?;
+        map.insert(prm, cups.trim().to_string());
+    }
+    Ok(map)
+}

@@ -1,0 +1,569 @@
+//! `ped keys` end to end: Enedis load curves in `tests/data/keys/` (written
+//! by `gen_curves.py` there) → key files, manifest and allocation, checked by
+//! reading them back and applying the DSO's rule; DST days, bad lines, the
+//! Spain format, idempotent reruns and golden files.
+//! Regenerate the golden files after an intended change with
+//! `PED_BLESS_GOLDEN=1 cargo test --test keys_cli` and review the diff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ped::allocation::{apply_rule, apply_rule_full, Precision};
+use ped::dso::keys::{sha256_hex, Manifest};
+use ped::dso::{enedis, spain};
+use ped::time::Grid;
+
+fn data(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/keys")
+        .join(p)
+}
+
+fn keys(args: &[&str]) -> Output {
+    let site = data("site.toml");
+    Command::new(env!("CARGO_BIN_EXE_ped"))
+        .arg("keys")
+        .arg("--site")
+        .arg(&site)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = keys(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn grid() -> Grid {
+    Grid::new(15, chrono_tz::Europe::Paris).unwrap()
+}
+
+fn manifest(dir: &Path) -> Manifest {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+/// `allocation.csv` → per step: (consumption, allocated) per PRM column order.
+fn allocation(dir: &Path) -> Vec<(String, Vec<f64>, Vec<f64>)> {
+    let text = std::fs::read_to_string(dir.join("allocation.csv")).unwrap();
+    let mut out: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    for l in text.lines().skip(1) {
+        let f: Vec<&str> = l.split(';').collect();
+        let (c, a): (f64, f64) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        match out.last_mut() {
+            Some(last) if last.0 == f[0] => {
+                last.1.push(c);
+                last.2.push(a);
+            }
+            _ => out.push((f[0].to_string(), vec![c], vec![a])),
+        }
+    }
+    out
+}
+
+/// Production per step and producer PRM straight from the fixture curves,
+/// settled by ped's importer (tested on its own in `dso::loadcurve`).
+fn production(dir: &str, day: &str) -> BTreeMap<String, Vec<f64>> {
+    let g = grid();
+    let periods = g
+        .periods_of_local_day(chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap())
+        .unwrap();
+    ped::dso::loadcurve::read_dir(&data(dir), &g)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.quantity == ped::dso::loadcurve::Quantity::Production)
+        .map(|c| {
+            (
+                c.prm.to_string(),
+                ped::dso::loadcurve::settle(&c, &g, &periods).kwh,
+            )
+        })
+        .collect()
+}
+
+fn golden(name: &str, dir: &Path, files: &[String]) {
+    let gdir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/keys")
+        .join(name);
+    for f in files {
+        let got = std::fs::read(dir.join(f)).unwrap();
+        let path = gdir.join(f);
+        if std::env::var_os("PED_BLESS_GOLDEN").is_some() {
+            std::fs::create_dir_all(&gdir).unwrap();
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (bless with PED_BLESS_GOLDEN=1)", path.display()));
+        assert!(
+            got == want,
+            "{f} differs from {}; if intended, bless with PED_BLESS_GOLDEN=1",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn autumn_dst_day_full_dynamic_with_a_battery_and_a_missing_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("oct");
+    let o = out.to_str().unwrap();
+    let text = run_ok(&[
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        data("curves-2025-10-26").to_str().unwrap(),
+        "--policy",
+        "optimised",
+        "--kind",
+        "full",
+        "--format",
+        "enedis",
+        "--out",
+        o,
+    ]);
+    assert!(text.contains("written: 4 file(s), 100 periods"), "{text}");
+    let m = manifest(&out);
+    assert_eq!(m.periods, 100);
+    // FLAT-2's point ending 12:15+01:00 is empty: that step, and only it,
+    // falls back to pro rata and is flagged.
+    assert_eq!(m.fallback_steps.len(), 1, "{:?}", m.fallback_steps);
+    assert_eq!(m.fallback_steps[0].period, "2025-10-26T12:00:00+01:00");
+    assert!(m.fallback_steps[0].reasons[0].contains("20000000000003"));
+    // PV-2's hourly night points are spread over 4 quarter-hours each.
+    assert_eq!(m.coarse_steps, 28);
+    assert_eq!(m.inputs.len(), 7);
+    for f in &m.files {
+        let bytes = std::fs::read(out.join(&f.name)).unwrap();
+        assert_eq!(sha256_hex(&bytes), f.sha256, "{}", f.name);
+    }
+
+    // Read every producer's file back and apply the DSO's full dynamic rule.
+    let prec = Precision::default();
+    let prod = production("curves-2025-10-26", "2025-10-26");
+    let producers = ["30000000000001", "30000000000002", "30000000000009"];
+    let reps: Vec<_> = producers
+        .iter()
+        .map(|p| {
+            let t =
+                std::fs::read_to_string(out.join(format!("{p}_20251026_20251026.csv"))).unwrap();
+            enedis::validate(&t, &grid(), prec).unwrap()
+        })
+        .collect();
+    assert!(reps.iter().all(|r| r.rows.len() == 100));
+    let alloc = allocation(&out);
+    assert_eq!(alloc.len(), 100);
+    let battery = reps[2]
+        .consumers
+        .iter()
+        .position(|c| c.as_str() == "30000000000009")
+        .unwrap();
+    for (t, (stamp, cons, allocated)) in alloc.iter().enumerate() {
+        assert_eq!(stamp, &grid().format_local(reps[0].rows[t].start));
+        let units: Vec<Vec<u32>> = reps.iter().map(|r| r.rows[t].units.clone()).collect();
+        let p: Vec<f64> = producers.iter().map(|id| prod[*id][t]).collect();
+        let got = apply_rule_full(&units, prec, &p, cons);
+        for (g, a) in got.iter().zip(allocated) {
+            assert!(
+                (g - a).abs() < 1e-5,
+                "step {stamp}: rule gives {g}, file says {a}"
+            );
+        }
+        // The battery is a producer row only while it discharges...
+        if p[2] == 0.0 {
+            assert!(units[2].iter().all(|&u| u == 0), "{stamp}");
+        }
+        // ...and never gets keys on its own discharge.
+        assert_eq!(units[2][battery], 0);
+        let total: f64 = got.iter().sum();
+        assert!(total <= p.iter().sum::<f64>() + 1e-9);
+    }
+    // While it charges (11:00-14:00) the battery is a consumer and is served.
+    let charging: f64 = alloc
+        .iter()
+        .filter(|(s, _, _)| s.as_str() >= "2025-10-26T11:00" && s.as_str() < "2025-10-26T14:00")
+        .map(|(_, _, a)| a[battery])
+        .sum();
+    assert!(charging > 1.0, "battery got {charging} kWh while charging");
+    let names: Vec<String> = m
+        .files
+        .iter()
+        .filter(|f| f.producer.is_some())
+        .map(|f| f.name.clone())
+        .collect();
+    golden("enedis_full_2025-10-26", &out, &names);
+}
+
+#[test]
+fn spring_dst_day_simple_dynamic_is_idempotent_and_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mar");
+    let o = out.to_str().unwrap();
+    let curves = data("curves-2025-03-30");
+    let args = [
+        "--from",
+        "2025-03-30",
+        "--to",
+        "2025-03-30",
+        "--load-curves",
+        curves.to_str().unwrap(),
+        "--policy",
+        "prorata",
+        "--out",
+        o,
+    ];
+    let text = run_ok(&args);
+    assert!(text.contains("written: 4 file(s), 92 periods"), "{text}");
+    let m = manifest(&out);
+    assert!(m.fallback_steps.is_empty());
+    let prec = Precision::default();
+    let first = std::fs::read(out.join("30000000000001_20250330_20250330.csv")).unwrap();
+    // Simple dynamic: the same keys for every producer, on the pooled production.
+    for p in ["30000000000002", "30000000000009"] {
+        assert_eq!(
+            first,
+            std::fs::read(out.join(format!("{p}_20250330_20250330.csv"))).unwrap()
+        );
+    }
+    let rep = enedis::validate(std::str::from_utf8(&first).unwrap(), &grid(), prec).unwrap();
+    assert_eq!(rep.rows.len(), 92);
+    let prod = production("curves-2025-03-30", "2025-03-30");
+    let alloc = allocation(&out);
+    let mut lost = 0.0;
+    for (t, (_, cons, allocated)) in alloc.iter().enumerate() {
+        let p: f64 = prod.values().map(|v| v[t]).sum();
+        let got = apply_rule(&rep.rows[t].units, prec, p, cons);
+        for (g, a) in got.iter().zip(allocated) {
+            assert!((g - a).abs() < 1e-5);
+        }
+        let ideal = p.min(cons.iter().sum());
+        let total: f64 = got.iter().sum();
+        assert!(total >= ideal - cons.len() as f64 * p / 1000.0 - 1e-9);
+        lost += ideal - total;
+    }
+    assert!(lost >= -1e-9);
+    golden(
+        "enedis_simple_2025-03-30",
+        &out,
+        &["30000000000001_20250330_20250330.csv".to_string()],
+    );
+
+    // Same inputs again: nothing changes.
+    let before = std::fs::read(out.join("manifest.json")).unwrap();
+    let text = run_ok(&args);
+    assert!(text.contains("unchanged"), "{text}");
+    assert_eq!(before, std::fs::read(out.join("manifest.json")).unwrap());
+    // Different keys for the same month: refused, the old version stays.
+    let mut other = args.to_vec();
+    other[7] = "optimised";
+    let o2 = keys(&other);
+    assert!(!o2.status.success());
+    assert!(String::from_utf8_lossy(&o2.stderr).contains("new version"));
+    assert_eq!(before, std::fs::read(out.join("manifest.json")).unwrap());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn bad_lines_are_all_reported_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("jun");
+    let o = keys(&[
+        "--from",
+        "2025-06-21",
+        "--to",
+        "2025-06-21",
+        "--load-curves",
+        data("curves-bad").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("4 bad line(s)"), "{err}");
+    for needle in [
+        "FLAT-1.csv:11: Horodate `2025-06-21T00:30:00+01:00` has an offset",
+        "FLAT-1.csv:21: Valeur `-12`",
+        "FLAT-1.csv:31: Horodate `21/06/2025 02:00`",
+        "SCHOOL.csv:2: Unite `kWh`",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in\n{err}");
+    }
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn spain_hourly_coefficients_sum_to_one_on_a_25_hour_day() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("es");
+    let cups = data("cups.txt");
+    run_ok(&[
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        data("curves-2025-10-26").to_str().unwrap(),
+        "--format",
+        "spain",
+        "--cups",
+        cups.to_str().unwrap(),
+        "--cau",
+        "ES0031000000000001AB1FA000",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let name = "ES0031000000000001AB1FA000_20251026_20251026.txt";
+    let text = std::fs::read_to_string(out.join(name)).unwrap();
+    let rep = spain::validate(&text).unwrap();
+    assert_eq!(rep.rows.len(), 25);
+    assert_eq!(rep.cups.len(), 4);
+    // 26 October is day 299; hours are real hours since 1 January, and the
+    // spring day had 23: the day is hours 7152..=7176, the repeated one included.
+    assert_eq!(rep.rows[0].hour_of_year, 298 * 24 - 1 + 1);
+    assert_eq!(rep.rows[24].hour_of_year, 7176);
+    for r in &rep.rows {
+        assert_eq!(
+            r.units.iter().map(|&u| u64::from(u)).sum::<u64>(),
+            1_000_000
+        );
+    }
+    let v = keys(&["--validate", out.join(name).to_str().unwrap()]);
+    assert!(v.status.success());
+    golden("spain_2025-10-26", &out, &[name.to_string()]);
+}
+
+#[test]
+fn validate_names_file_line_and_column_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/keys/enedis_full_2025-10-26/30000000000001_20251026_20251026.csv");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    // Line 60: push the third key over 100 % in total.
+    let mut f: Vec<String> = lines[59].split(';').map(String::from).collect();
+    f[3] = "99,9".into();
+    lines[59] = f.join(";");
+    let bad = tmp.path().join("30000000000001_bad.csv");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let bad_es = tmp.path().join("x.txt");
+    std::fs::write(
+        &bad_es,
+        "ES0031000000000001AB;1;0,5\nES0031000000000002CD;1;0,500000\n",
+    )
+    .unwrap();
+    let o = keys(&[
+        "--validate",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        bad_es.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("30000000000001_20251026_20251026.csv: ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("30000000000001_bad.csv: line 60, column 1: keys sum to"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("x.txt: line 1, column 3"), "{stdout}");
+}
+
+/// A DSO settlement file made from a run's own allocation, as the DSO would
+/// return it if it applied ped's keys to the same data (Wh, end stamps);
+/// `shift_wh` moves SCHOOL's self-consumption in its largest step.
+fn settlement_from(dir: &Path, curves: &str, day: &str, shift_wh: f64) -> String {
+    let g = grid();
+    let alloc = allocation(dir);
+    let prod = production(curves, day);
+    let prms = [
+        "20000000000001",
+        "20000000000002",
+        "20000000000003",
+        "30000000000009",
+    ];
+    let biggest = (0..alloc.len())
+        .max_by(|&a, &b| alloc[a].2[0].total_cmp(&alloc[b].2[0]))
+        .unwrap();
+    let mut s = String::from(
+        "\u{feff}Identifiant PRM;Role;Horodate;Energie totale;Energie autoconsommee;Complement ou surplus\n",
+    );
+    for (t, (stamp, cons, allocated)) in alloc.iter().enumerate() {
+        let start = chrono::DateTime::parse_from_rfc3339(stamp)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let end = g.format_local(g.next_period(start));
+        for (i, prm) in prms.iter().enumerate() {
+            let total = (cons[i] * 1000.0).round();
+            let mut own = (allocated[i] * 1000.0).round();
+            if i == 0 && t == biggest {
+                own += shift_wh;
+            }
+            s += &format!("{prm};consommateur;{end};{total};{own};{}\n", total - own);
+        }
+        let p_total: f64 = prod.values().map(|v| v[t]).sum();
+        let a_total: f64 = allocated.iter().sum();
+        for (prm, v) in &prod {
+            let p = v[t];
+            let own = if p_total > 0.0 {
+                (a_total * p / p_total * 1000.0).round()
+            } else {
+                0.0
+            };
+            let total = (p * 1000.0).round();
+            s += &format!("{prm};producteur;{end};{total};{own};{}\n", total - own);
+        }
+    }
+    s
+}
+
+#[test]
+fn reconciliation_reports_the_participant_the_dso_settled_differently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("oct");
+    run_ok(&[
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        data("curves-2025-10-26").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let same = tmp.path().join("dso-same.csv");
+    std::fs::write(
+        &same,
+        settlement_from(&out, "curves-2025-10-26", "2025-10-26", 0.0),
+    )
+    .unwrap();
+    let text = run_ok(&[
+        "--reconcile",
+        same.to_str().unwrap(),
+        "--intended",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        text.lines().filter(|l| l.ends_with(";ok")).count(),
+        5,
+        "{text}"
+    );
+
+    let off = tmp.path().join("dso-off.csv");
+    std::fs::write(
+        &off,
+        settlement_from(&out, "curves-2025-10-26", "2025-10-26", -2000.0),
+    )
+    .unwrap();
+    let report = tmp.path().join("report.csv");
+    let prom = tmp.path().join("ped.prom");
+    let o = keys(&[
+        "--reconcile",
+        off.to_str().unwrap(),
+        "--intended",
+        out.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--metrics-textfile",
+        prom.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let r = std::fs::read_to_string(&report).unwrap();
+    let school = r.lines().find(|l| l.starts_with("SCHOOL;")).unwrap();
+    assert!(school.ends_with(";-2.000;difference"), "{r}");
+    assert!(r
+        .lines()
+        .find(|l| l.starts_with("FLAT-1;"))
+        .unwrap()
+        .ends_with(";ok"));
+    // The producers' side was settled from ped's allocation: it matches.
+    assert!(
+        r.lines()
+            .find(|l| l.starts_with("*producers*"))
+            .unwrap()
+            .ends_with(";ok"),
+        "{r}"
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    // -2 kWh, give or take the DSO's rounding to Wh per step.
+    let school: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "ped_reconciliation_difference_joules{participant=\"SCHOOL\",site=\"keys-test\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!((school + 7.2e6).abs() < 0.05 * 3.6e6, "{school}");
+
+    let bad = tmp.path().join("dso-bad.csv");
+    std::fs::write(&bad, "Identifiant PRM;Role;Horodate;Energie totale;Energie autoconsommee;Complement ou surplus\n20000000000001;client;2025-10-26T00:15:00+02:00;1;1;0\n").unwrap();
+    let o = keys(&[
+        "--reconcile",
+        bad.to_str().unwrap(),
+        "--intended",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("dso-bad.csv:2: Role `client`"));
+}
+
+#[test]
+fn statements_per_participant_add_up_to_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("oct");
+    run_ok(&[
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        data("curves-2025-10-26").to_str().unwrap(),
+        "--policy",
+        "optimised",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let st = tmp.path().join("st");
+    let text = run_ok(&[
+        "--statements",
+        out.to_str().unwrap(),
+        "--out",
+        st.to_str().unwrap(),
+    ]);
+    assert!(text.contains("8 statement file(s)"), "{text}");
+    let m = manifest(&out);
+    let mut share = 0.0;
+    for p in &m.participants {
+        let csv = std::fs::read_to_string(st.join(format!("{}.csv", p.id))).unwrap();
+        let field = |k: &str| -> f64 {
+            csv.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k};")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!((field("allocated_local_kwh") - p.allocated_kwh).abs() < 1e-3);
+        assert!((field("consumption_kwh") - p.consumption_kwh).abs() < 1e-3);
+        share += field("share_of_local_energy");
+        // Optimised keys serve FLAT-1/FLAT-2 (priority 1) at least as well as pro rata.
+        if p.id.starts_with("FLAT") {
+            assert!(field("savings_vs_prorata_eur") >= -0.01, "{csv}");
+        }
+        let html = std::fs::read_to_string(st.join(format!("{}.html", p.id))).unwrap();
+        assert!(html.contains("<svg") && html.contains(&p.prm), "{html}");
+    }
+    assert!((share - 1.0).abs() < 1e-4);
+}
