@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
             // Settle over the span the points cover, bounded so a far-apart pair of
             // stamps cannot make the target allocate without limit.
             let mut periods = Vec::new();
-            let mut at = grid.period_start(first.end - chrono::Duration::minutes(first.minutes.max(0)));
+            let mut at =
+                grid.period_start(first.end - chrono::Duration::minutes(first.minutes.max(0)));
             while at < last.end && periods.len() < 10_000 {
                 periods.push(at);
                 at = grid.next_period(at);
