@@ -382,46 +382,44 @@ fn quantise(
         over -= 1;
     }
 
-    let mut shortfall = BinaryHeap::with_capacity(n);
-    for i in 0..n {
-        let gap = intended[i] - served(units[i], p, c[i], precision);
-        if gap > EPS_KWH {
-            shortfall.push(Need { kwh: gap, index: i });
+    // First to those short of their intended share, then (if allowed) to
+    // anyone who can still absorb energy.
+    spend_residue(&mut units, &mut residue, intended, p, c, precision);
+    if redistribute {
+        spend_residue(&mut units, &mut residue, c, p, c, precision);
+    }
+    units
+}
+
+/// Gives residue units one at a time to the participant furthest below
+/// `target` (kWh), until the residue or the gaps run out.
+fn spend_residue(
+    units: &mut [u32],
+    residue: &mut u64,
+    target: &[f64],
+    p: f64,
+    c: &[f64],
+    precision: Precision,
+) {
+    let gap = |units: &[u32], i: usize| target[i] - served(units[i], p, c[i], precision);
+    let mut heap = BinaryHeap::with_capacity(units.len());
+    for i in 0..units.len() {
+        let g = gap(units, i);
+        if g > EPS_KWH {
+            heap.push(Need { kwh: g, index: i });
         }
     }
-    while residue > 0 {
-        let Some(Need { index, .. }) = shortfall.pop() else {
+    while *residue > 0 {
+        let Some(Need { index, .. }) = heap.pop() else {
             break;
         };
         units[index] += 1;
-        residue -= 1;
-        let gap = intended[index] - served(units[index], p, c[index], precision);
-        if gap > EPS_KWH {
-            shortfall.push(Need { kwh: gap, index });
+        *residue -= 1;
+        let g = gap(units, index);
+        if g > EPS_KWH {
+            heap.push(Need { kwh: g, index });
         }
     }
-
-    if redistribute {
-        let mut unmet = BinaryHeap::with_capacity(n);
-        for i in 0..n {
-            let gap = c[i] - served(units[i], p, c[i], precision);
-            if gap > EPS_KWH {
-                unmet.push(Need { kwh: gap, index: i });
-            }
-        }
-        while residue > 0 {
-            let Some(Need { index, .. }) = unmet.pop() else {
-                break;
-            };
-            units[index] += 1;
-            residue -= 1;
-            let gap = c[index] - served(units[index], p, c[index], precision);
-            if gap > EPS_KWH {
-                unmet.push(Need { kwh: gap, index });
-            }
-        }
-    }
-    units
 }
 
 fn finish(
