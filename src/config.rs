@@ -327,6 +327,76 @@ pub struct DeviceConfig {
     /// The device's own communication watchdog, s: setpoints are re-sent at a
     /// third of it so that it never lapses while ped is in control. Default 15.
     pub revert_timeout_s: Option<f64>,
+    /// The serial line, for `transport = "rtu"` (then `address` is the port's
+    /// path, e.g. `/dev/ttyUSB0`). Every device on one port gives the same line.
+    pub serial: Option<SerialConfig>,
+}
+
+/// Character framing parity of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// One RS-485 line. Defaults are the Modbus serial line specification's:
+/// 19200 baud, even parity, 8 data bits, 1 stop bit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Quiet time before each request, ms. Default: 3.5 characters at `baud`,
+    /// and 1.75 ms above 19200 baud (Modbus over serial line, §2.5.1.1).
+    pub silence_ms: Option<f64>,
+}
+
+impl Default for SerialConfig {
+    fn default() -> Self {
+        SerialConfig {
+            baud: default_baud(),
+            parity: default_parity(),
+            data_bits: default_data_bits(),
+            stop_bits: default_stop_bits(),
+            silence_ms: None,
+        }
+    }
+}
+
+impl SerialConfig {
+    /// The inter-frame silence this line keeps between requests.
+    pub fn silence(&self) -> std::time::Duration {
+        if let Some(ms) = self.silence_ms {
+            return std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+        }
+        if self.baud > 19_200 || self.baud == 0 {
+            return std::time::Duration::from_micros(1_750);
+        }
+        // One character is 11 bits on the wire (start, 8 data, parity or a
+        // second stop bit, stop).
+        std::time::Duration::from_secs_f64(3.5 * 11.0 / f64::from(self.baud))
+    }
+}
+
+fn default_baud() -> u32 {
+    19_200
+}
+fn default_parity() -> Parity {
+    Parity::Even
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -503,6 +573,79 @@ fn problem(key: impl Into<String>, message: impl Into<String>, fix: impl Into<St
     }
 }
 
+/// Serial-line keys of one device: only with `transport = "rtu"`, within what
+/// Modbus RTU allows, and the same line for every device on one port.
+fn check_serial<'a>(
+    p: &mut Vec<Problem>,
+    key: &dyn Fn(&str) -> String,
+    d: &'a DeviceConfig,
+    i: usize,
+    lines: &mut BTreeMap<&'a str, (SerialConfig, usize)>,
+) {
+    if d.transport != Transport::Rtu {
+        if d.serial.is_some() {
+            p.push(problem(
+                key("serial"),
+                "serial line settings on a device that is not on a serial port",
+                "remove [devices.serial], or set transport = \"rtu\" and address = the port's path",
+            ));
+        }
+        return;
+    }
+    if !d.address.starts_with('/') {
+        p.push(problem(
+            key("address"),
+            format!("`{}` is not a serial port path", d.address),
+            "with transport = \"rtu\" give the port's absolute path, e.g. address = \"/dev/ttyUSB0\" (or /dev/serial/by-id/...)",
+        ));
+    }
+    let line = d.serial.clone().unwrap_or_default();
+    if !(300..=4_000_000).contains(&line.baud) {
+        p.push(problem(
+            key("serial.baud"),
+            format!("{} baud is outside 300..4000000", line.baud),
+            "give the bus speed set on the devices, e.g. baud = 9600 or 19200",
+        ));
+    }
+    if line.data_bits != 8 {
+        p.push(problem(
+            key("serial.data_bits"),
+            format!("{} data bits: Modbus RTU frames are 8-bit", line.data_bits),
+            "use data_bits = 8 (7 bits is Modbus ASCII, which ped does not speak)",
+        ));
+    }
+    if !(1..=2).contains(&line.stop_bits) {
+        p.push(problem(
+            key("serial.stop_bits"),
+            format!("{} stop bits", line.stop_bits),
+            "use stop_bits = 1, or 2 with parity = \"none\"",
+        ));
+    }
+    if let Some(ms) = line.silence_ms {
+        if !(ms.is_finite() && (0.0..=1000.0).contains(&ms)) {
+            p.push(problem(
+                key("serial.silence_ms"),
+                format!("{ms} ms is outside 0..1000"),
+                "leave it out for 3.5 characters at the line's speed, or give a few ms",
+            ));
+        }
+    }
+    match lines.get(d.address.as_str()) {
+        Some((other, j)) if *other != line => p.push(problem(
+            key("serial"),
+            format!(
+                "{} shares {} with devices[{j}], whose serial line differs",
+                d.id, d.address
+            ),
+            "one port is one line: give every device on it the same [devices.serial] settings",
+        )),
+        Some(_) => {}
+        None => {
+            lines.insert(&d.address, (line, i));
+        }
+    }
+}
+
 /// Checks everything that serde cannot: returns every problem at once.
 pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -605,6 +748,7 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     let mut device_ids: BTreeMap<&str, usize> = BTreeMap::new();
     let mut endpoint_units: BTreeMap<(String, u8), usize> = BTreeMap::new();
     let mut endpoint_transport: BTreeMap<&str, (Transport, usize)> = BTreeMap::new();
+    let mut serial_lines: BTreeMap<&str, (SerialConfig, usize)> = BTreeMap::new();
     let mut prms: BTreeMap<&str, String> = BTreeMap::new();
     for (i, d) in config.devices.iter().enumerate() {
         let key = |f: &str| format!("devices[{i}].{f} (id `{}`)", d.id);
@@ -622,8 +766,14 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                 "give every device its own id",
             ));
         }
-        match resolve_address(&d.address) {
-            Ok(_) => {
+        // A serial port is named by its path, checked in `check_serial`.
+        let resolved = if d.transport == Transport::Rtu {
+            Ok(())
+        } else {
+            resolve_address(&d.address).map(|_| ())
+        };
+        match resolved {
+            Ok(()) => {
                 if let Some(j) = endpoint_units.insert((d.address.clone(), d.unit), i) {
                     p.push(problem(
                         key("unit"),
@@ -745,13 +895,7 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                 endpoint_transport.insert(&d.address, (d.transport, i));
             }
         }
-        if d.transport == Transport::Rtu {
-            p.push(problem(
-                key("transport"),
-                "RTU over a serial port is not supported by this build",
-                "put a transparent serial-to-TCP gateway in front of the bus and use transport = \"rtu-over-tcp\"",
-            ));
-        }
+        check_serial(&mut p, &key, d, i, &mut serial_lines);
         if let Some(ms) = d.interval_ms {
             if ms < 50 {
                 p.push(problem(
@@ -1060,6 +1204,64 @@ meter = "M-1"
             "{keys:?}"
         );
         assert!(problems.iter().all(|p| !p.fix.is_empty()));
+    }
+
+    #[test]
+    fn a_serial_line_is_accepted_and_its_bad_keys_are_named() {
+        let rtu = MINIMAL
+            .replace(
+                "address = \"127.0.0.1:1502\"",
+                "address = \"/dev/ttyUSB0\"\ntransport = \"rtu\"\nunit = 2\nserial = { baud = 9600, parity = \"none\", stop_bits = 2 }",
+            )
+            .replace(
+                "address = \"127.0.0.1:1503\"",
+                "address = \"/dev/ttyUSB0\"\ntransport = \"rtu\"\nunit = 3\nserial = { baud = 9600, parity = \"none\", stop_bits = 2 }",
+            );
+        let (_d, path) = write(&rtu);
+        let site = load(&path, &maps()).unwrap();
+        let line = site.config.devices[0].serial.clone().unwrap();
+        assert_eq!(
+            (line.baud, line.parity, line.data_bits),
+            (9600, Parity::None, 8)
+        );
+        // 3.5 characters of 11 bits at 9600 baud.
+        assert_eq!(line.silence().as_micros(), 4010);
+        assert_eq!(SerialConfig::default().silence().as_micros(), 2005);
+
+        let bad = rtu
+            .replacen("baud = 9600, parity = \"none\", stop_bits = 2", "baud = 9600, data_bits = 7, stop_bits = 3, silence_ms = -1", 1)
+            .replacen("address = \"/dev/ttyUSB0\"", "address = \"ttyUSB0\"", 1)
+            + "\n[[devices]]\nid = \"M-2\"\nkind = \"meter\"\naddress = \"127.0.0.1:1504\"\nserial = { baud = 9600 }\n";
+        let (_d, path) = write(&bad);
+        let ConfigError::Invalid { problems, .. } = load(&path, &maps()).unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "devices[0].address",
+            "devices[0].serial.data_bits",
+            "devices[0].serial.stop_bits",
+            "devices[0].serial.silence_ms",
+            "devices[2].serial",
+        ] {
+            assert!(
+                keys.iter().any(|x| x.starts_with(k)),
+                "{k} missing: {keys:?}"
+            );
+        }
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
+        // Two devices on one port with different lines.
+        let split = rtu.replacen("baud = 9600", "baud = 19200", 1);
+        let (_d, path) = write(&split);
+        let ConfigError::Invalid { problems, .. } = load(&path, &maps()).unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key.starts_with("devices[1].serial") && p.message.contains("differs")),
+            "{problems:?}"
+        );
     }
 
     #[test]

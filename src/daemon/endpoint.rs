@@ -12,9 +12,9 @@
 //! loss and after lost contact.
 
 use super::{Event, Shared, Snapshot};
-use crate::config::{DeviceConfig, DeviceKind, Transport};
+use crate::config::{DeviceConfig, DeviceKind, Parity, Transport};
 use crate::devices::{self, Command, PollPlan};
-use crate::modbus::{sunspec, Framing, ModbusClient, ModbusError};
+use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLine};
 use crate::registers::ModelLibrary;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -101,14 +101,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
         i64::from(task.shared.site.config.site.settlement_minutes)
             * i64::from(task.shared.site.config.control.plan_loss_steps.unwrap_or(2)),
     );
-    let framing = match task.devices.first().map(|d| d.transport) {
-        Some(Transport::RtuOverTcp) => Framing::Rtu,
-        _ => Framing::Tcp,
-    };
-    let addr: Option<SocketAddr> = tokio::net::lookup_host(&task.addr)
-        .await
-        .ok()
-        .and_then(|mut a| a.next());
+    let link = link_of(&task).await;
     let start = Instant::now();
     let mut devs: Vec<DevState> = task
         .devices
@@ -142,8 +135,8 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        let client = match addr {
-            Some(a) => ModbusClient::connect_framed(a, timeout, framing).await,
+        let client = match &link {
+            Some(l) => ModbusClient::open(l, timeout).await,
             None => Err(ModbusError::Connect(format!(
                 "{} does not resolve",
                 task.addr
@@ -219,11 +212,13 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                     continue;
                 }
                 let mut result = poll_device(&task, &mut client, d).await;
-                if let (Err(ModbusError::Io(_)), Some(a)) = (&result, addr) {
+                if let (Err(ModbusError::Io(_)), Some(l)) = (&result, &link) {
                     // A connection the peer closed while it sat idle (a device
                     // restart, a gateway's idle timeout) fails on first use:
                     // retry once on a fresh one before counting a failure.
-                    if let Ok(c) = ModbusClient::connect_framed(a, timeout, framing).await {
+                    // The old one goes first: a serial port opens exclusively.
+                    client.close();
+                    if let Ok(c) = ModbusClient::open(l, timeout).await {
                         client = c;
                         result = poll_device(&task, &mut client, d).await;
                     }
@@ -274,6 +269,43 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// How to reach this endpoint: the serial line of its first device for
+/// `transport = "rtu"` (`ped check` makes every device on a port agree), else
+/// the TCP address, resolved once. `None` when the address does not resolve.
+async fn link_of(task: &EndpointTask) -> Option<Link> {
+    let first = task.devices.first()?;
+    if first.transport == Transport::Rtu {
+        let line = first.serial.clone().unwrap_or_default();
+        return Some(Link::Serial(SerialLine {
+            path: task.addr.clone(),
+            baud: line.baud,
+            parity: match line.parity {
+                Parity::None => tokio_serial::Parity::None,
+                Parity::Even => tokio_serial::Parity::Even,
+                Parity::Odd => tokio_serial::Parity::Odd,
+            },
+            data_bits: match line.data_bits {
+                5 => tokio_serial::DataBits::Five,
+                6 => tokio_serial::DataBits::Six,
+                7 => tokio_serial::DataBits::Seven,
+                _ => tokio_serial::DataBits::Eight,
+            },
+            stop_bits: if line.stop_bits == 2 {
+                tokio_serial::StopBits::Two
+            } else {
+                tokio_serial::StopBits::One
+            },
+            silence: line.silence(),
+        }));
+    }
+    let framing = match first.transport {
+        Transport::RtuOverTcp => Framing::Rtu,
+        _ => Framing::Tcp,
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(&task.addr).await.ok()?.next()?;
+    Some(Link::Tcp { addr, framing })
 }
 
 /// After [`CONTACT_LOST_AFTER`] failed polls a controlled device has reverted

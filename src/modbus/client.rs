@@ -1,4 +1,5 @@
-//! One Modbus TCP connection with a timeout on every request.
+//! One Modbus connection (TCP, RTU over TCP, or RTU on a serial port) with a
+//! timeout on every request.
 //!
 //! After a [`ModbusError::Timeout`] or [`ModbusError::Io`] the connection is
 //! unusable: a late response to the abandoned request would otherwise be taken
@@ -68,12 +69,44 @@ pub enum Framing {
     Rtu,
 }
 
-/// One TCP connection; callers serialise access through `&mut self`.
+/// One RS-485 line as a serial port sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialLine {
+    pub path: String,
+    pub baud: u32,
+    pub parity: tokio_serial::Parity,
+    pub data_bits: tokio_serial::DataBits,
+    pub stop_bits: tokio_serial::StopBits,
+    /// Quiet time on the line before each request (3.5 characters in the spec).
+    pub silence: Duration,
+}
+
+/// Where an endpoint is and how frames travel to it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    Tcp { addr: SocketAddr, framing: Framing },
+    Serial(SerialLine),
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Tcp { addr, .. } => write!(f, "{addr}"),
+            Link::Serial(l) => write!(f, "{}", l.path),
+        }
+    }
+}
+
+/// One connection; callers serialise access through `&mut self`.
 pub struct ModbusClient {
-    ctx: Context,
-    peer: SocketAddr,
+    /// `None` once [`ModbusClient::close`] released the link.
+    ctx: Option<Context>,
+    peer: String,
     timeout: Duration,
     broken: bool,
+    /// Serial lines only: the silence to keep before a request, and when the
+    /// line last carried a frame.
+    silence: Option<(Duration, tokio::time::Instant)>,
 }
 
 impl std::fmt::Debug for ModbusClient {
@@ -90,6 +123,46 @@ impl ModbusClient {
     /// Connects within `timeout`, which also becomes the per-request timeout.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ModbusError> {
         Self::connect_framed(addr, timeout, Framing::Tcp).await
+    }
+
+    /// Opens `link`: a TCP connection, or the serial port.
+    pub async fn open(link: &Link, timeout: Duration) -> Result<Self, ModbusError> {
+        match link {
+            Link::Tcp { addr, framing } => Self::connect_framed(*addr, timeout, *framing).await,
+            Link::Serial(line) => Self::open_serial(line, timeout),
+        }
+    }
+
+    /// Opens a serial port for Modbus RTU. The port is opened exclusively (a
+    /// second master on the same line would garble both), and whatever sat in
+    /// its input buffer is discarded: a late answer to a request abandoned on
+    /// an earlier open must not be taken for the next one's.
+    pub fn open_serial(line: &SerialLine, timeout: Duration) -> Result<Self, ModbusError> {
+        use tokio_serial::SerialPort as _;
+        let builder = tokio_serial::new(line.path.as_str(), line.baud)
+            .parity(line.parity)
+            .data_bits(line.data_bits)
+            .stop_bits(line.stop_bits)
+            .flow_control(tokio_serial::FlowControl::None);
+        let port = tokio_serial::SerialStream::open(&builder)
+            .map_err(|e| ModbusError::Connect(format!("{}: {e}", line.path)))?;
+        port.clear(tokio_serial::ClearBuffer::Input)
+            .map_err(|e| ModbusError::Connect(format!("{}: {e}", line.path)))?;
+        let ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(1));
+        Ok(ModbusClient {
+            ctx: Some(ctx),
+            peer: line.path.clone(),
+            timeout,
+            broken: false,
+            silence: Some((line.silence, tokio::time::Instant::now())),
+        })
+    }
+
+    /// Releases the connection or the port now (a serial port is exclusive:
+    /// it must be closed before it can be opened again).
+    pub fn close(&mut self) {
+        self.ctx = None;
+        self.broken = true;
     }
 
     /// [`ModbusClient::connect`], speaking `framing` over the TCP stream.
@@ -110,10 +183,11 @@ impl ModbusClient {
             Framing::Rtu => tokio_modbus::client::rtu::attach_slave(stream, Slave(1)),
         };
         Ok(ModbusClient {
-            ctx,
-            peer: addr,
+            ctx: Some(ctx),
+            peer: addr.to_string(),
             timeout,
             broken: false,
+            silence: None,
         })
     }
 
@@ -121,8 +195,9 @@ impl ModbusClient {
         self.timeout = t;
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    /// The TCP peer or the serial port's path.
+    pub fn peer(&self) -> &str {
+        &self.peer
     }
 
     /// False once a timeout or I/O error made the connection unusable.
@@ -168,16 +243,17 @@ impl ModbusClient {
         addr: u16,
         n: u16,
     ) -> Result<Vec<u16>, ModbusError> {
-        self.usable()?;
-        self.ctx.set_slave(Slave(unit));
+        self.quiet().await;
+        let timeout = self.timeout;
+        let ctx = self.ctx(unit)?;
         let (function, res) = match table {
             Table::Holding => (
                 0x03,
-                tokio::time::timeout(self.timeout, self.ctx.read_holding_registers(addr, n)).await,
+                tokio::time::timeout(timeout, ctx.read_holding_registers(addr, n)).await,
             ),
             Table::Input => (
                 0x04,
-                tokio::time::timeout(self.timeout, self.ctx.read_input_registers(addr, n)).await,
+                tokio::time::timeout(timeout, ctx.read_input_registers(addr, n)).await,
             ),
         };
         self.settle(function, res)
@@ -200,35 +276,46 @@ impl ModbusClient {
         }
         if mode == WriteMode::SingleOnly || words.len() == 1 {
             for (i, w) in words.iter().enumerate() {
-                self.usable()?;
-                self.ctx.set_slave(Slave(unit));
+                self.quiet().await;
+                let timeout = self.timeout;
+                let ctx = self.ctx(unit)?;
                 let a = addr + i as u16;
-                let res =
-                    tokio::time::timeout(self.timeout, self.ctx.write_single_register(a, *w)).await;
+                let res = tokio::time::timeout(timeout, ctx.write_single_register(a, *w)).await;
                 self.settle(0x06, res)?;
             }
             return Ok(());
         }
         for (i, chunk) in words.chunks(usize::from(MAX_WRITE_WORDS)).enumerate() {
-            self.usable()?;
-            self.ctx.set_slave(Slave(unit));
+            self.quiet().await;
+            let timeout = self.timeout;
+            let ctx = self.ctx(unit)?;
             let a = addr + (i * usize::from(MAX_WRITE_WORDS)) as u16;
-            let res =
-                tokio::time::timeout(self.timeout, self.ctx.write_multiple_registers(a, chunk))
-                    .await;
+            let res = tokio::time::timeout(timeout, ctx.write_multiple_registers(a, chunk)).await;
             self.settle(0x10, res)?;
         }
         Ok(())
     }
 
-    fn usable(&self) -> Result<(), ModbusError> {
-        if self.broken {
-            return Err(ModbusError::Io(format!(
+    /// The context addressed to `unit`, unless the link is broken or closed.
+    fn ctx(&mut self, unit: u8) -> Result<&mut Context, ModbusError> {
+        match (&mut self.ctx, self.broken) {
+            (Some(ctx), false) => {
+                ctx.set_slave(Slave(unit));
+                Ok(ctx)
+            }
+            _ => Err(ModbusError::Io(format!(
                 "connection to {} is unusable after an earlier timeout or i/o error; reconnect",
                 self.peer
-            )));
+            ))),
         }
-        Ok(())
+    }
+
+    /// On a serial line, waits out the inter-frame silence since the last
+    /// frame, so that every device on the bus sees where a request begins.
+    async fn quiet(&mut self) {
+        if let Some((silence, last)) = self.silence {
+            tokio::time::sleep_until(last + silence).await;
+        }
     }
 
     fn settle<T>(
@@ -236,6 +323,9 @@ impl ModbusClient {
         function: u8,
         res: Result<tokio_modbus::Result<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, ModbusError> {
+        if let Some((_, last)) = &mut self.silence {
+            *last = tokio::time::Instant::now();
+        }
         let out = match res {
             Err(_) => Err(ModbusError::Timeout),
             Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ModbusError::Io(e.to_string())),

@@ -1,4 +1,4 @@
-//! Modbus transport: a TCP client ([`ModbusClient`]), SunSpec discovery
+//! Modbus transport: a client over TCP, RTU over TCP or a serial port ([`ModbusClient`]), SunSpec discovery
 //! ([`sunspec::discover`]) and a register-bank server ([`server::serve`]) used by
 //! the simulator and tests.
 
@@ -6,7 +6,7 @@ pub mod client;
 pub mod server;
 pub mod sunspec;
 
-pub use client::{Framing, ModbusClient, ModbusError};
+pub use client::{Framing, Link, ModbusClient, ModbusError, SerialLine};
 pub use sunspec::{discover, DiscoveredModel};
 
 /// Most registers one read request may ask for (Modbus application protocol, functions 03/04).

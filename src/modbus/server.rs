@@ -1,4 +1,5 @@
-//! A generic register bank served over real Modbus TCP, for the simulator and tests.
+//! A generic register bank served over real Modbus (TCP, RTU over TCP, RTU on
+//! a serial port), for the simulator and tests.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -177,6 +178,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct BankService {
     units: Arc<HashMap<u8, SharedBank>>,
     faults: SharedFaults,
+    /// Devices on a serial bus: an absent or silent unit sends nothing.
+    bus: bool,
 }
 
 type Answer = Result<Option<Response>, ExceptionCode>;
@@ -190,8 +193,14 @@ impl tokio_modbus::server::Service for BankService {
     fn call(&self, req: Self::Request) -> Self::Future {
         let faults = lock(&self.faults).clone();
         let bank = self.units.get(&req.slave).cloned();
+        let bus = self.bus;
         Box::pin(async move {
-            if faults.silent_units.contains(&req.slave) {
+            let silent = faults.silent_units.contains(&req.slave);
+            if bus && (silent || bank.is_none()) {
+                // On a bus every device hears every request; only the addressed one answers.
+                return Ok(None);
+            }
+            if silent {
                 std::future::pending::<()>().await;
             }
             if let Some(d) = faults.delay {
@@ -285,44 +294,13 @@ pub async fn serve_with_faults(
     faults: SharedFaults,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let units = Arc::new(units);
-    let server = Server::new(listener);
-    let on_connected = move |stream: TcpStream, _peer: SocketAddr| {
-        let units = Arc::clone(&units);
-        let faults = Arc::clone(&faults);
-        async move {
-            if lock(&faults).drop_connections {
-                return Ok(None);
-            }
-            let _ = stream.set_nodelay(true);
-            let service = BankService {
-                units,
-                faults: Arc::clone(&faults),
-            };
-            Ok(Some((
-                service,
-                FaultyStream {
-                    inner: stream,
-                    faults,
-                },
-            )))
-        }
-    };
+    let on_connected = connection_handler(units, faults);
     let on_process_error = |e: io::Error| tracing::debug!("modbus server connection ended: {e}");
-    // Box the shutdown future: serve_until wants it Sync, which callers' futures
-    // (e.g. holding a oneshot receiver) need not be.
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let abort = async move {
-        let _ = rx.await;
-    };
-    let result = server
-        .serve_until(&on_connected, on_process_error, abort)
+    let abort = sync_shutdown(shutdown);
+    let result = Server::new(listener)
+        .serve_until(&on_connected, on_process_error, abort.signal)
         .await;
-    relay.abort();
+    abort.relay.abort();
     result.map(|_| ())
 }
 
@@ -334,12 +312,56 @@ pub async fn serve_rtu_over_tcp(
     faults: SharedFaults,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let on_connected = connection_handler(units, faults);
+    let on_process_error =
+        |e: io::Error| tracing::debug!("modbus rtu server connection ended: {e}");
+    let abort = sync_shutdown(shutdown);
+    let result = tokio_modbus::server::rtu_over_tcp::Server::new(listener)
+        .serve_until(&on_connected, on_process_error, abort.signal)
+        .await;
+    abort.relay.abort();
+    result.map(|_| ())
+}
+
+/// Serves `units` as the devices on one RS-485 line, through `port` (in tests
+/// and the simulator, the master side of a pseudo-terminal pair). Unlike a
+/// gateway, a unit that does not exist, or that `faults.silent_units` names,
+/// sends nothing at all, as an absent device on a bus does; the next request
+/// is served as usual. `drop_connections` and `drop_before_answer` do not
+/// apply: a serial line has no connection to drop.
+pub async fn serve_rtu_serial(
+    port: tokio_serial::SerialStream,
+    units: HashMap<u8, SharedBank>,
+    faults: SharedFaults,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let service = BankService {
+        units: Arc::new(units),
+        faults,
+        bus: true,
+    };
+    let abort = sync_shutdown(shutdown);
+    let result = tokio_modbus::server::rtu::Server::new(port)
+        .serve_until(service, abort.signal)
+        .await;
+    abort.relay.abort();
+    result.map(|_| ())
+}
+
+/// What a TCP server runs for each accepted connection: the bank service on a
+/// stream that honours the connection faults.
+fn connection_handler(
+    units: HashMap<u8, SharedBank>,
+    faults: SharedFaults,
+) -> impl Fn(
+    TcpStream,
+    SocketAddr,
+) -> Pin<Box<dyn Future<Output = io::Result<Option<(BankService, FaultyStream)>>> + Send>> {
     let units = Arc::new(units);
-    let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
-    let on_connected = move |stream: TcpStream, _peer: SocketAddr| {
+    move |stream: TcpStream, _peer: SocketAddr| {
         let units = Arc::clone(&units);
         let faults = Arc::clone(&faults);
-        async move {
+        Box::pin(async move {
             if lock(&faults).drop_connections {
                 return Ok(None);
             }
@@ -347,6 +369,7 @@ pub async fn serve_rtu_over_tcp(
             let service = BankService {
                 units,
                 faults: Arc::clone(&faults),
+                bus: false,
             };
             Ok(Some((
                 service,
@@ -355,21 +378,29 @@ pub async fn serve_rtu_over_tcp(
                     faults,
                 },
             )))
-        }
-    };
-    let on_process_error =
-        |e: io::Error| tracing::debug!("modbus rtu server connection ended: {e}");
+        })
+    }
+}
+
+/// A shutdown future turned into the `Sync` one `serve_until` wants (callers'
+/// futures, e.g. holding a oneshot receiver, need not be `Sync`).
+struct Abort<F> {
+    signal: F,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+fn sync_shutdown(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Abort<impl Future<Output = ()> + Send + Sync + 'static> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let relay = tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(());
     });
-    let abort = async move {
-        let _ = rx.await;
-    };
-    let result = server
-        .serve_until(&on_connected, on_process_error, abort)
-        .await;
-    relay.abort();
-    result.map(|_| ())
+    Abort {
+        signal: async move {
+            let _ = rx.await;
+        },
+        relay,
+    }
 }

@@ -1,4 +1,6 @@
-//! A whole district served as real Modbus TCP devices on 127.0.0.1.
+//! A whole district served as real Modbus devices: TCP (or RTU over TCP) on
+//! 127.0.0.1, and `transport = "rtu"` lines on pseudo-terminals whose slave
+//! side the daemon opens like any serial port.
 //!
 //! Each device of the site config gets a register image built from the same
 //! maps in `models/` that the daemon reads with (PV inverters and batteries as
@@ -11,8 +13,10 @@
 pub mod profiles;
 
 use crate::clock::Clock;
-use crate::config::{DeviceConfig, DeviceKind, ParticipantKind, Site};
-use crate::modbus::server::{serve, Bank, SharedBank};
+use crate::config::{DeviceConfig, DeviceKind, ParticipantKind, Site, Transport};
+use crate::modbus::server::{
+    serve, serve_rtu_over_tcp, serve_rtu_serial, Bank, SharedBank, SharedFaults,
+};
 use crate::registers::{ModelLibrary, RegisterMap, Table};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +34,8 @@ pub enum SimError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot make a serial line for {path}: {reason} (use --ephemeral-ports, or a path ped may create a symlink at)")]
+    Serial { path: String, reason: String },
     #[error("register map `{0}` needed by the simulator is missing from models/")]
     MissingMap(String),
     #[error("device {device}: {source}")]
@@ -197,6 +203,8 @@ pub struct Simulator {
     /// Endpoint address in the original config → address actually listened on.
     pub endpoints: BTreeMap<String, String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Symlinks made at configured serial paths, removed on drop.
+    links: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Simulator {
@@ -204,7 +212,46 @@ impl Drop for Simulator {
         for t in &self.tasks {
             t.abort();
         }
+        for l in &self.links {
+            let _ = std::fs::remove_file(l);
+        }
     }
+}
+
+/// A pseudo-terminal pair for one serial line: the master side is served, the
+/// slave's path is what the daemon opens. With `link_at`, a symlink there
+/// points to the slave, so a config can keep its own port path.
+fn serial_line(
+    link_at: Option<&str>,
+) -> Result<
+    (
+        tokio_serial::SerialStream,
+        tokio_serial::SerialStream,
+        String,
+    ),
+    SimError,
+> {
+    use tokio_serial::SerialPort as _;
+    let fail = |reason: String| SimError::Serial {
+        path: link_at.unwrap_or("a pseudo-terminal").to_string(),
+        reason,
+    };
+    let (master, slave) = tokio_serial::SerialStream::pair().map_err(|e| fail(e.to_string()))?;
+    let pts = slave
+        .name()
+        .ok_or_else(|| fail("the pseudo-terminal has no name".into()))?;
+    let Some(at) = link_at else {
+        return Ok((master, slave, pts));
+    };
+    let path = std::path::Path::new(at);
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_symlink() {
+            return Err(fail("a file that is not a symlink is in the way".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| fail(e.to_string()))?;
+    }
+    std::os::unix::fs::symlink(&pts, path).map_err(|e| fail(e.to_string()))?;
+    Ok((master, slave, at.to_string()))
 }
 
 fn participant_kw(
@@ -281,7 +328,34 @@ impl Simulator {
 
         let mut tasks = Vec::new();
         let mut endpoints = BTreeMap::new();
+        let mut links = Vec::new();
         for (addr, units) in by_endpoint {
+            let transport = site
+                .config
+                .devices
+                .iter()
+                .find(|d| d.address == addr)
+                .map(|d| d.transport)
+                .unwrap_or_default();
+            let faults = SharedFaults::default();
+            if transport == Transport::Rtu {
+                let (master, slave, path) = serial_line((!ephemeral).then_some(addr.as_str()))?;
+                if !ephemeral {
+                    links.push(std::path::PathBuf::from(&path));
+                }
+                endpoints.insert(addr.clone(), path);
+                tasks.push(tokio::spawn(async move {
+                    // Holding the slave side open keeps the line up while the
+                    // daemon closes and re-opens the port.
+                    let _slave = slave;
+                    if let Err(e) =
+                        serve_rtu_serial(master, units, faults, std::future::pending::<()>()).await
+                    {
+                        tracing::error!(error = %e, "simulated serial line stopped");
+                    }
+                }));
+                continue;
+            }
             let bind_to = if ephemeral {
                 "127.0.0.1:0".to_string()
             } else {
@@ -299,7 +373,13 @@ impl Simulator {
                 .unwrap_or(bind_to);
             endpoints.insert(addr.clone(), actual);
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = serve(listener, units, std::future::pending::<()>()).await {
+                let never = std::future::pending::<()>();
+                let served = if transport == Transport::RtuOverTcp {
+                    serve_rtu_over_tcp(listener, units, faults, never).await
+                } else {
+                    serve(listener, units, never).await
+                };
+                if let Err(e) = served {
                     tracing::error!(error = %e, "simulated endpoint stopped");
                 }
             }));
@@ -344,6 +424,7 @@ impl Simulator {
             truth: rx,
             endpoints,
             tasks,
+            links,
         })
     }
 }
