@@ -235,6 +235,9 @@ pub struct Write {
     pub addr: u16,
     pub words: Vec<u16>,
     pub value: f64,
+    /// The device's own revert timer: written only when the device does not
+    /// already hold this value (once per connection, again if it changed).
+    pub timer: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +322,17 @@ pub fn command_writes(
         device: dev.id.clone(),
         what: format!("register map {}", bl.map_key),
     })?;
+    // The device's own watchdog goes first, so that the setpoint that follows
+    // is already covered by it if ped dies right after writing it. Written only
+    // where the site config allows it, like every other point.
+    let timer = (cmd != Command::Release)
+        .then(|| revert_timer_point(map, points.first().map(|p| p.0)))
+        .flatten()
+        .filter(|t| dev.writes.iter().any(|w| w == t));
+    let mut points = points;
+    if let Some(t) = timer {
+        points.insert(0, (t, revert_timer_s(dev)));
+    }
     let mut out = Vec::new();
     for (point, value) in points {
         if !dev.writes.iter().any(|w| w == point) {
@@ -347,9 +361,41 @@ pub fn command_writes(
             addr: bl.addr.wrapping_add(offset),
             words: w,
             value,
+            timer: Some(point) == timer,
         });
     }
     Ok(out)
+}
+
+/// The revert-timer point that covers a command's first point, if the map has
+/// one: 704 `WSetRvrtTms` (battery power) and `WMaxLimPctRvrtTms`, 123
+/// `WMaxLimPct_RvrtTms`, and a vendor map's `revert_seconds`.
+fn revert_timer_point(map: &RegisterMap, first: Option<&str>) -> Option<&'static str> {
+    let candidates: &[&'static str] = match first {
+        Some("WSetEna") | Some("WSet") => &["WSetRvrtTms"],
+        Some("WMaxLimPct") | Some("WMaxLimPctEna") | Some("WMaxLim_Ena") => {
+            &["WMaxLimPct_RvrtTms", "WMaxLimPctRvrtTms"]
+        }
+        _ => &["revert_seconds"],
+    };
+    candidates.iter().copied().find(|c| map.point(c).is_some())
+}
+
+/// Seconds for the device's own revert timer: the configured watchdog
+/// (`revert_timeout_s`, default 15 s) rounded up to whole seconds, since
+/// these points count in seconds.
+pub fn revert_timer_s(dev: &DeviceConfig) -> f64 {
+    dev.revert_timeout_s.unwrap_or(15.0).ceil().max(1.0)
+}
+
+/// Whether the last block read from the device already holds `w`'s words.
+pub fn device_holds(blocks: &[(Block, Vec<u16>)], w: &Write) -> bool {
+    blocks.iter().any(|(b, words)| {
+        let off = usize::from(w.addr.wrapping_sub(b.addr));
+        b.map_key == w.map_key
+            && off + w.words.len() <= words.len()
+            && words[off..off + w.words.len()] == w.words[..]
+    })
 }
 
 fn has_block(blocks: &[(Block, Vec<u16>)], id: u16) -> bool {
@@ -646,5 +692,44 @@ writes = ["WMaxLimPct", "WMaxLim_Ena"]
             command_writes(&locked, &lib, &read, Command::PvLimitPct(50.0)),
             Err(CommandError::NotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn the_devices_own_revert_timer_is_written_first_when_allowed() {
+        let lib = lib();
+        let mut dev = pv();
+        dev.writes.push("WMaxLimPct_RvrtTms".into());
+        dev.revert_timeout_s = Some(7.2);
+        let (found, image) = chain(&lib);
+        let blocks = blocks_for(&dev, &lib, &found);
+        let mut read: Vec<(Block, Vec<u16>)> = blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect();
+        let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(40.0)).unwrap();
+        let points: Vec<&str> = w.iter().map(|w| w.point.as_str()).collect();
+        assert_eq!(points, ["WMaxLimPct_RvrtTms", "WMaxLimPct", "WMaxLim_Ena"]);
+        assert!(w[0].timer && !w[1].timer && !w[2].timer);
+        assert_eq!(w[0].words, vec![8], "whole seconds, rounded up");
+        // Not yet on the device; once a read shows it there, it is not rewritten.
+        assert!(!device_holds(&read, &w[0]));
+        for (b, words) in read.iter_mut() {
+            let off = usize::from(w[0].addr.wrapping_sub(b.addr));
+            if b.map_key == w[0].map_key && off < words.len() {
+                words[off] = 8;
+            }
+        }
+        assert!(device_holds(&read, &w[0]));
+        assert!(!device_holds(&read, &w[1]));
+        // A release leaves the timer alone; without the point in `writes` it is
+        // not written (the setpoint still is).
+        let rel = command_writes(&dev, &lib, &read, Command::Release).unwrap();
+        assert!(rel.iter().all(|w| !w.timer));
+        dev.writes.retain(|p| p != "WMaxLimPct_RvrtTms");
+        let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(40.0)).unwrap();
+        assert!(w.iter().all(|w| !w.timer) && w.len() == 2);
     }
 }

@@ -477,7 +477,7 @@ async fn actuate(
     }
     let m = &task.shared.metrics;
     let effective = envelope(task, d, cmd);
-    let writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, effective) {
+    let mut writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, effective) {
         Ok(w) => w,
         Err(e) => {
             m.setpoint_writes
@@ -488,6 +488,13 @@ async fn actuate(
             return Ok(());
         }
     };
+    // The device's own revert timer is written when it does not hold ped's
+    // value yet: on the first command of a connection (the poll before it read
+    // the point) and whenever a read shows that someone changed it.
+    writes.retain(|w| !(w.timer && devices::device_holds(&d.last, w)));
+    if let Some(w) = writes.iter().find(|w| w.timer) {
+        tracing::info!(device = %d.cfg.id, point = %w.point, seconds = w.value, "setting the device's own revert timer");
+    }
     let kw_written = command_kw(effective);
     if task.dry_run {
         for w in &writes {

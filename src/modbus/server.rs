@@ -348,15 +348,16 @@ pub async fn serve_rtu_serial(
     result.map(|_| ())
 }
 
+/// A connection taken on (or refused, `None`) by [`connection_handler`].
+type Accepted =
+    Pin<Box<dyn Future<Output = io::Result<Option<(BankService, FaultyStream)>>> + Send>>;
+
 /// What a TCP server runs for each accepted connection: the bank service on a
 /// stream that honours the connection faults.
 fn connection_handler(
     units: HashMap<u8, SharedBank>,
     faults: SharedFaults,
-) -> impl Fn(
-    TcpStream,
-    SocketAddr,
-) -> Pin<Box<dyn Future<Output = io::Result<Option<(BankService, FaultyStream)>>> + Send>> {
+) -> impl Fn(TcpStream, SocketAddr) -> Accepted {
     let units = Arc::new(units);
     move |stream: TcpStream, _peer: SocketAddr| {
         let units = Arc::clone(&units);

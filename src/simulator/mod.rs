@@ -132,6 +132,7 @@ impl Writer<'_> {
 
 enum State {
     Pv {
+        last_cmd: Option<Instant>,
         kwp: f64,
         tilt: f64,
         az: f64,
@@ -252,6 +253,16 @@ fn serial_line(
     }
     std::os::unix::fs::symlink(&pts, path).map_err(|e| fail(e.to_string()))?;
     Ok((master, slave, at.to_string()))
+}
+
+/// A device's own revert timer as written to its register, in real seconds
+/// (the simulator's devices time their watchdog on the wall clock, like real
+/// ones, whatever the simulated clock's speed). 0 or absent: `default`.
+fn revert_timer(register: Option<f64>, default: Option<Duration>) -> Option<Duration> {
+    match register {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        _ => default,
+    }
 }
 
 fn participant_kw(
@@ -565,6 +576,7 @@ fn build_device(
             (
                 img,
                 State::Pv {
+                    last_cmd: None,
                     kwp,
                     tilt: d.tilt_deg.unwrap_or(20.0),
                     az: d.azimuth_deg.unwrap_or(180.0),
@@ -776,6 +788,7 @@ fn step_all(
         };
         match &mut dev.state {
             State::Pv {
+                last_cmd,
                 kwp,
                 tilt,
                 az,
@@ -784,7 +797,18 @@ fn step_all(
             } => {
                 *wh += *kw * 1000.0 * dt_h;
                 let mut p = profiles::pv_kw(seed, t, lat, lon, *kwp, *tilt, *az);
-                let ena = w.get("sunspec/123", "WMaxLim_Ena").unwrap_or(0.0);
+                if written {
+                    *last_cmd = Some(Instant::now());
+                }
+                let mut ena = w.get("sunspec/123", "WMaxLim_Ena").unwrap_or(0.0);
+                // 123's own timer (0 = none): the limit lapses unless refreshed.
+                let timer = revert_timer(w.get("sunspec/123", "WMaxLimPct_RvrtTms"), None);
+                if ena == 1.0
+                    && timer.is_some_and(|d| last_cmd.map_or(true, |t0| t0.elapsed() >= d))
+                {
+                    w.raw("sunspec/123", "WMaxLim_Ena", 0);
+                    ena = 0.0;
+                }
                 if ena == 1.0 {
                     let pct = w.get("sunspec/123", "WMaxLimPct").unwrap_or(100.0);
                     p = p.min(*kwp * 0.85 * pct / 100.0);
@@ -833,8 +857,14 @@ fn step_all(
                 if written {
                     *last_cmd = Some(Instant::now());
                 }
-                let fresh = last_cmd.is_some_and(|t0| t0.elapsed() < REVERT_AFTER);
-                let ena = w.get("sunspec/704", "WSetEna").unwrap_or(0.0) == 1.0;
+                let timer = revert_timer(w.get("sunspec/704", "WSetRvrtTms"), Some(REVERT_AFTER));
+                let fresh = last_cmd.is_some_and(|t0| timer.map_or(true, |d| t0.elapsed() < d));
+                let mut ena = w.get("sunspec/704", "WSetEna").unwrap_or(0.0) == 1.0;
+                if ena && !fresh {
+                    // Reverted by its own watchdog: the enable drops, as a read shows.
+                    w.raw("sunspec/704", "WSetEna", 0);
+                    ena = false;
+                }
                 // 704 WSet: W, positive = discharge.
                 let wset = w.get("sunspec/704", "WSet").unwrap_or(0.0);
                 let mut p = if fresh && ena { -wset / 1000.0 } else { 0.0 };
@@ -940,7 +970,8 @@ fn step_all(
                 if written {
                     *last_cmd = Some(Instant::now());
                 }
-                let fresh = last_cmd.is_some_and(|t0| t0.elapsed() < REVERT_AFTER);
+                let timer = revert_timer(w.get(&key, "revert_seconds"), Some(REVERT_AFTER));
+                let fresh = last_cmd.is_some_and(|t0| timer.map_or(true, |d| t0.elapsed() < d));
                 let mode = w.get(&key, "mode").unwrap_or(0.0);
                 let set = w.get(&key, "power_setpoint_kw").unwrap_or(0.0);
                 let mut p = if fresh && mode == 1.0 {

@@ -1,0 +1,182 @@
+//! The device's own revert timer: ped writes it (704 `WSetRvrtTms` here) from
+//! `revert_timeout_s` before the setpoint, refreshes the setpoint inside it,
+//! and when ped dies without releasing anything (its runtime is torn down: no
+//! task runs another line, as after kill -9) the simulated battery falls back
+//! to its own behaviour after that many seconds, not after the simulator's
+//! 15 s default.
+
+use ped::clock::Clock;
+use ped::config;
+use ped::daemon::{Daemon, Options};
+use ped::registers::ModelLibrary;
+use ped::simulator::{Simulator, REVERT_AFTER};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TIMER_S: f64 = 2.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
+    let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
+    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+    let toml = format!(
+        r#"
+[site]
+id = "revert"
+name = "revert timer"
+latitude = 47.32
+longitude = 5.0
+
+[polling]
+interval_ms = 100
+timeout_ms = 300
+
+[control]
+writes_allowed = true
+
+[plan]
+budget_ms = 500
+
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:1"
+prm = "99990000000001"
+kwp = 80.0
+
+[[devices]]
+id = "M1"
+kind = "meter"
+address = "127.0.0.1:2"
+participant = "P1"
+
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "127.0.0.1:3"
+writes = ["WSetEna", "WSet", "WSetRvrtTms"]
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 200.0
+max_charge_kw = 50.0
+max_discharge_kw = 50.0
+revert_timeout_s = {TIMER_S}
+
+[[participants]]
+id = "P1"
+kind = "household"
+prm = "99990000000011"
+meter = "M1"
+annual_kwh = 20000.0
+
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
+"#
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    let clock = Clock::simulated(origin, 60.0);
+    let sim = Simulator::start(&site, lib.clone(), clock, 5, true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // ped in a runtime of its own, so that it can be killed without a word to
+    // the devices: shutting that runtime down stops every task at its next
+    // await, and no release is ever written.
+    let daemon_site = sim.site.clone();
+    let daemon_lib = lib.clone();
+    let out = dir.path().join("out");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let ped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let daemon = rt.block_on(async {
+            Daemon::start(
+                daemon_site,
+                daemon_lib,
+                clock,
+                Options {
+                    dry_run: false,
+                    output_dir: Some(out),
+                    http_listen: Some("127.0.0.1:0".into()),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+        });
+        let _ = ready_tx.send(());
+        let _ = kill_rx.recv();
+        // Leak the daemon: dropping it could run clean-up; a killed process runs none.
+        std::mem::forget(daemon);
+        rt.shutdown_background();
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("ped did not start: {e}"));
+
+    // ped takes control: the battery moves and stays under control for longer
+    // than its own timer, because ped refreshes the setpoint inside it.
+    let bat_kw = |sim: &Simulator| {
+        sim.truth
+            .borrow()
+            .battery_kw
+            .get("BAT")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    let mut moving_since: Option<Instant> = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if bat_kw(&sim).abs() > 0.5 {
+            let since = *moving_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs_f64(TIMER_S * 1.5) {
+                break;
+            }
+        } else {
+            moving_since = None;
+        }
+    }
+    let held = moving_since.map(|t| t.elapsed()).unwrap_or_default();
+    assert!(
+        held > Duration::from_secs_f64(TIMER_S * 1.5),
+        "the battery was not held under control past its own timer: {held:?}"
+    );
+
+    // kill -9.
+    let _ = kill_tx.send(());
+    let _ = ped.join();
+    let killed = Instant::now();
+    let mut reverted_after = None;
+    while killed.elapsed() < REVERT_AFTER {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if bat_kw(&sim).abs() < 1e-9 {
+            reverted_after = Some(killed.elapsed());
+            break;
+        }
+    }
+    let after = reverted_after.unwrap_or_else(|| {
+        panic!("the battery still follows ped's last setpoint {REVERT_AFTER:?} after ped died")
+    });
+    // The last refresh came at most a third of the timer before the kill.
+    let lo = Duration::from_secs_f64(TIMER_S * 2.0 / 3.0 - 0.2);
+    let hi = Duration::from_secs_f64(TIMER_S + 0.5);
+    assert!(
+        after >= lo && after <= hi,
+        "reverted {after:?} after ped died; its own timer is {TIMER_S} s"
+    );
+    drop(sim);
+}
