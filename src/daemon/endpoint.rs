@@ -469,7 +469,10 @@ async fn actuate(
             None => false,
         };
     let due = match d.written {
-        Some((prev, at)) => prev != cmd || ramping || at.elapsed() >= d.refresh(),
+        // A release needs no refresh: the device's own mode has no watchdog.
+        Some((prev, at)) => {
+            prev != cmd || ramping || (cmd != Command::Release && at.elapsed() >= d.refresh())
+        }
         None => true,
     };
     if !due {

@@ -249,6 +249,75 @@ fn build_input(
     }
 }
 
+/// PV limits for the current step from the plan's curtailment: each plant
+/// that ped may limit keeps its share of the forecast, pro rata (plants share
+/// the forecast's clearness, so their shares are their clear-sky shares), as
+/// a percentage of its rating (`rated_kw` read from model 120, else `kwp`).
+/// When the plan does not curtail, the plants are released, so that a limit
+/// never outlives the negative price that called for it.
+fn curtailment_commands(
+    shared: &Shared,
+    input: &PlanInput,
+    p: &plan::Plan,
+) -> Vec<(String, Command)> {
+    let site = &shared.site;
+    let cfg = &site.config;
+    let plants: Vec<_> = site
+        .devices_of(DeviceKind::PvInverter)
+        .filter(|d| d.writes.iter().any(|w| w == "WMaxLimPct"))
+        .collect();
+    if plants.is_empty() {
+        return Vec::new();
+    }
+    let pv_kw = input.pv_kw.first().copied().unwrap_or(0.0);
+    let cut_kw = p.curtailment_kwh.first().copied().unwrap_or(0.0) / input.step_hours.max(1e-9);
+    // Below a watt the plan is not curtailing, whatever the solver's noise.
+    if !(pv_kw > 0.0 && cut_kw > 1e-3) {
+        return plants
+            .iter()
+            .map(|d| (d.id.clone(), Command::Release))
+            .collect();
+    }
+    let keep = ((pv_kw - cut_kw) / pv_kw).clamp(0.0, 1.0);
+    let now = shared.clock.now();
+    let clear: Vec<f64> = plants
+        .iter()
+        .map(|d| {
+            forecast::clear_sky_kw(
+                d.kwp.unwrap_or(0.0),
+                d.tilt_deg.unwrap_or(20.0),
+                d.azimuth_deg.unwrap_or(180.0),
+                cfg.site.latitude,
+                cfg.site.longitude,
+                now,
+            )
+        })
+        .collect();
+    let total: f64 = clear.iter().sum();
+    plants
+        .iter()
+        .zip(&clear)
+        .map(|(d, c)| {
+            let share = if total > 0.0 {
+                c / total
+            } else {
+                1.0 / plants.len() as f64
+            };
+            let allowed_kw = pv_kw * share * keep;
+            let rated = reading(shared, &d.id, "rated_kw")
+                .filter(|r| *r > 0.0)
+                .or(d.kwp)
+                .unwrap_or(0.0);
+            let pct = if rated > 0.0 {
+                (allowed_kw / rated * 100.0).clamp(0.0, 100.0)
+            } else {
+                0.0
+            };
+            (d.id.clone(), Command::PvLimitPct(pct))
+        })
+        .collect()
+}
+
 fn publish(
     shared: &Shared,
     input: &PlanInput,
@@ -277,6 +346,7 @@ fn publish(
         let first = kw.first().copied().unwrap_or(0.0);
         sp.insert(h.id.clone(), Command::PowerToHeat(first));
     }
+    sp.extend(curtailment_commands(shared, input, p));
     for (dev, cmd) in &sp {
         let kw = match cmd {
             Command::BatteryPower(kw) | Command::PowerToHeat(kw) => *kw,
