@@ -80,14 +80,14 @@ static BATTERY: &[Binding] = &[
     b("soc_pct", MapSel::SunSpec(&[802]), "SoC", 1.0),
     power("power_kw", MapSel::SunSpec(&[802]), "W", 0.001),
     b("capacity_kwh", MapSel::SunSpec(&[802]), "WHRtg", 0.001),
-    b("setpoint_kw", MapSel::SunSpec(&[704]), "WSet", 0.001),
+    power("setpoint_kw", MapSel::SunSpec(&[704]), "WSet", 0.001),
     counter("import_kwh", MapSel::SunSpec(METER), "TotWhImp", 0.001),
     counter("export_kwh", MapSel::SunSpec(METER), "TotWhExp", 0.001),
     // A battery with a vendor map: the same readings under ped's point names.
     b("soc_pct", MapSel::Configured, "soc_pct", 1.0),
     power("power_kw", MapSel::Configured, "power_kw", 1.0),
     b("capacity_kwh", MapSel::Configured, "capacity_kwh", 1.0),
-    b("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
+    power("setpoint_kw", MapSel::Configured, "power_setpoint_kw", 1.0),
     counter("import_kwh", MapSel::Configured, "import_kwh", 1.0),
     counter("export_kwh", MapSel::Configured, "export_kwh", 1.0),
 ];

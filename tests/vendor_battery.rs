@@ -31,6 +31,8 @@ async fn vendor_battery_map_is_read_and_controlled_without_code() {
     ok(map.encode_f64(&mut block, "import_kwh", 5120.0));
     ok(map.encode_f64(&mut block, "export_kwh", 4410.5));
     ok(map.encode_raw(&mut block, "mode", 803));
+    // The setpoint that has it discharge 12.5 kW, also in the device's convention.
+    ok(map.encode_f64(&mut block, "power_setpoint_kw", 12.5));
     let mut bank = Bank::new();
     for p in &map.points {
         let addr = map.base + p.offset;
@@ -132,6 +134,8 @@ meter = "BAT"
     assert_eq!(readings.get("soc_pct"), Some(&64.0));
     // Generation-positive device, ped's convention: discharging is negative.
     assert_eq!(readings.get("power_kw"), Some(&-12.5));
+    // The setpoint reads in the same convention as the power it sets.
+    assert_eq!(readings.get("setpoint_kw"), Some(&-12.5));
     assert_eq!(readings.get("import_kwh"), Some(&5120.0));
     assert_eq!(readings.get("export_kwh"), Some(&4410.5));
 
