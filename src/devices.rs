@@ -618,19 +618,24 @@ writes = ["WMaxLimPct", "WMaxLim_Ena"]
         (found, image)
     }
 
+    /// Each block as a device at 40000 holding `image` answers a whole-block read.
+    fn read_blocks(blocks: &[Block], image: &[u16]) -> Vec<(Block, Vec<u16>)> {
+        blocks
+            .iter()
+            .map(|b| {
+                let o = usize::from(b.addr - 40000);
+                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
+            })
+            .collect()
+    }
+
     #[test]
     fn coalesced_plan_reads_less_and_decodes_the_same() {
         let lib = lib();
         let dev = pv();
         let (found, image) = chain(&lib);
         let blocks = blocks_for(&dev, &lib, &found);
-        let full: Vec<(Block, Vec<u16>)> = blocks
-            .iter()
-            .map(|b| {
-                let o = usize::from(b.addr - 40000);
-                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
-            })
-            .collect();
+        let full = read_blocks(&blocks, &image);
         let plan = poll_plan(&dev, &lib, blocks.clone()).unwrap();
         let words_per_block: u32 = blocks.iter().map(|b| u32::from(b.len)).sum();
         let words_planned: u32 = plan.reads.iter().map(|r| u32::from(r.len)).sum();
@@ -662,13 +667,7 @@ writes = ["WMaxLimPct", "WMaxLim_Ena"]
         let dev = pv();
         let (found, image) = chain(&lib);
         let blocks = blocks_for(&dev, &lib, &found);
-        let read: Vec<(Block, Vec<u16>)> = blocks
-            .iter()
-            .map(|b| {
-                let o = usize::from(b.addr - 40000);
-                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
-            })
-            .collect();
+        let read = read_blocks(&blocks, &image);
         let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(62.5)).unwrap();
         assert_eq!(w.len(), 2);
         assert_eq!(w[0].point, "WMaxLimPct");
@@ -702,13 +701,7 @@ writes = ["WMaxLimPct", "WMaxLim_Ena"]
         dev.revert_timeout_s = Some(7.2);
         let (found, image) = chain(&lib);
         let blocks = blocks_for(&dev, &lib, &found);
-        let mut read: Vec<(Block, Vec<u16>)> = blocks
-            .iter()
-            .map(|b| {
-                let o = usize::from(b.addr - 40000);
-                (b.clone(), image[o..o + usize::from(b.len)].to_vec())
-            })
-            .collect();
+        let mut read = read_blocks(&blocks, &image);
         let w = command_writes(&dev, &lib, &read, Command::PvLimitPct(40.0)).unwrap();
         let points: Vec<&str> = w.iter().map(|w| w.point.as_str()).collect();
         assert_eq!(points, ["WMaxLimPct_RvrtTms", "WMaxLimPct", "WMaxLim_Ena"]);
