@@ -23,10 +23,18 @@
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
-//! When a coupling row binds, [`solve_allocation`] solves the LP restricted
-//! to the variables that can move (see `sift`), and proves the result optimal
-//! for the full problem from the LP's duals before returning it; if that
-//! proof fails after a few rounds it solves the full LP.
+//! When a coupling row binds, [`solve_allocation`] first estimates the LP
+//! dual (step prices π, multipliers λ on the floors and μ on the pro-rata
+//! rows) by exact block coordinate descent (see `warm_start`), fixes the
+//! variables whose adjusted weight `w + λ + μ v` is clearly above or below
+//! its step's threshold, and solves the LP over the rest (see `sift`). The
+//! restricted LP's λ, μ, with the step prices re-derived over *every*
+//! variable, give an upper bound on the full optimum by weak duality; the
+//! result is returned only when it meets that bound within 1e-8 relative
+//! (or when the LP's own duals price every fixed variable correctly).
+//! Otherwise the variables those prices name join the LP, and after a few
+//! rounds the full LP is solved ([`lp_fallbacks`] counts it, and the
+//! solution says `method: "lp"`).
 //!
 //! Determinism: the greedy shares a step among participants of **exactly
 //! equal** value in proportion to their consumption (the DSO's default key
