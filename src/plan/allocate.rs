@@ -1081,6 +1081,38 @@ mod tests {
     }
 
     #[test]
+    fn line_min_finds_the_leftmost_minimiser() {
+        let mut scratch = Vec::new();
+        // h(y) = 2 (y − 1)⁺ + 1 (y − 3)⁺ − 2.5 y: slope −2.5, then −0.5 after
+        // 1, then +0.5 after 3, so the minimum is at 3.
+        let terms = [(2.0, -1.0, 1.0), (1.0, -3.0, 1.0)];
+        assert_eq!(line_min(terms.into_iter(), 2.5, 10.0, &mut scratch), 3.0);
+        // Already rising at 0: stays at 0. Never rising: clipped at the cap.
+        assert_eq!(line_min(terms.into_iter(), -1.0, 10.0, &mut scratch), 0.0);
+        assert_eq!(line_min(terms.into_iter(), 4.0, 10.0, &mut scratch), 10.0);
+        // A negative slope coefficient switches its term off past −b/s.
+        let falling = [(1.0, 2.0, -1.0)];
+        assert_eq!(line_min(falling.into_iter(), 0.0, 10.0, &mut scratch), 2.0);
+    }
+
+    #[test]
+    fn synthetic_district_is_certified_without_the_full_lp() {
+        // Both fairness rows bind on the synthetic district; the structured
+        // path must prove its answer (and agree with the oracle) rather than
+        // fall back.
+        let p = super::super::synthetic::allocation(40, 48, 3);
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, "sifted_lp");
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
+            "{} vs {}",
+            s.score,
+            o.score
+        );
+    }
+
+    #[test]
     fn invalid_problem_is_an_error() {
         let mut p = problem(vec![1.0, 1.0], vec![(vec![1.0], 0.2, 1)]);
         assert!(matches!(solve_allocation(&p), Err(PlanError::Invalid(_))));
