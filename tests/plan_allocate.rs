@@ -20,6 +20,11 @@ fn arb_problem() -> impl Strategy<Value = AllocationProblem> {
                     prop_oneof![
                         (0.05..0.35f64).prop_map(move |x| vec![x; steps]),
                         prop::collection::vec(0.05..0.35f64, steps),
+                        // Few distinct values: exact ties between participants.
+                        prop::collection::vec(
+                            prop_oneof![Just(0.15), Just(0.2), Just(0.25)],
+                            steps
+                        ),
                     ],
                     1u8..4,
                     prop::option::of(0.0..0.5f64),

@@ -23,10 +23,18 @@
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
-//! When a coupling row binds, [`solve_allocation`] solves the LP restricted
-//! to the variables that can move (see `sift`), and proves the result optimal
-//! for the full problem from the LP's duals before returning it; if that
-//! proof fails after a few rounds it solves the full LP.
+//! When a coupling row binds, [`solve_allocation`] first estimates the LP
+//! dual (step prices π, multipliers λ on the floors and μ on the pro-rata
+//! rows) by exact block coordinate descent (see `warm_start`), fixes the
+//! variables whose adjusted weight `w + λ + μ v` is clearly above or below
+//! its step's threshold, and solves the LP over the rest (see `sift`). The
+//! restricted LP's λ, μ, with the step prices re-derived over *every*
+//! variable, give an upper bound on the full optimum by weak duality; the
+//! result is returned only when it meets that bound within 1e-8 relative
+//! (or when the LP's own duals price every fixed variable correctly).
+//! Otherwise the variables those prices name join the LP, and after a few
+//! rounds the full LP is solved ([`lp_fallbacks`] counts it, and the
+//! solution says `method: "lp"`).
 //!
 //! Determinism: the greedy shares a step among participants of **exactly
 //! equal** value in proportion to their consumption (the DSO's default key
@@ -414,7 +422,7 @@ fn shortfalls(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
 
 const ROW_TOL: f64 = 1e-9;
 /// Relative width of the band around a step's threshold that starts free.
-const BAND: f64 = 0.02;
+const BAND: f64 = 1e-4;
 
 fn finish(
     p: &AllocationProblem,
@@ -481,6 +489,14 @@ fn finish(
     }
 }
 
+static LP_FALLBACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times [`solve_allocation`] fell back to the full LP in this
+/// process (its result then says `method: "lp"`).
+pub fn lp_fallbacks() -> u64 {
+    LP_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The fast structured solver (see the module doc).
 pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
     validate_allocation(p)?;
@@ -493,7 +509,8 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     match sift(p, &m) {
         Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
         None => {
-            tracing::debug!("allocation: sifting did not certify, solving the full LP");
+            LP_FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("allocation: the structured solver did not prove its result optimal; solving the full LP");
             let a = lp(p, &m, None).map_err(PlanError::Solver)?.0;
             Ok(finish(p, &m, a, "lp"))
         }
@@ -654,70 +671,182 @@ fn lp(
     Ok((a, duals))
 }
 
-/// Lagrangian warm start: multipliers on the coupling rows (λ floor, μ pro
-/// rata) by projected subgradient steps, each one a greedy pass under the
-/// adjusted weights `w + λ + μ v`. Returns the adjusted weights, the last
-/// greedy allocation and the step thresholds. Cheap (a sort per step per
-/// iteration) and only a guess: `sift` proves or corrects it.
+/// Dual estimate by block coordinate descent on the LP dual
+///
+/// ```text
+/// D(π, λ, μ) = Σ_t P_t π_t + Σ_it c_it (w_it + λ_i + μ_i v_it − π_t)⁺ − Σ_i λ_i F_i − Σ_i μ_i R_i
+/// ```
+///
+/// over π ≥ 0, λ ∈ [0, M_f], μ ∈ [0, M_p] (the slacks' penalties bound the
+/// multipliers). With λ, μ fixed the step prices separate (π_t is the
+/// fractional knapsack's threshold); with π fixed every participant
+/// separates into two one-dimensional convex piecewise-linear problems
+/// (λ_i, then μ_i), each minimised exactly by walking its sorted
+/// breakpoints. Each block step is exact, so D never increases; a
+/// nonsmooth function can stall short of its minimum, which is why this is
+/// only an estimate: `sift` proves the result or corrects it. Returns the
+/// adjusted weights `w + λ + μ v`, the greedy allocation under them and the
+/// step thresholds.
 #[allow(clippy::type_complexity)]
 fn warm_start(p: &AllocationProblem, m: &Model) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) {
     let np = p.participants.len();
+    let n = m.n;
     let f = &p.fairness;
+    let cap = |i: usize, t: usize| p.participants[i].consumption_kwh[t];
     let mut lambda = vec![0.0; np];
     let mut mu = vec![0.0; np];
     let mut weight = m.weight.clone();
-    let mut out = greedy_with(p, m.n, &weight);
-    for k in 0..WARM_ITERATIONS {
-        let (fl, pr) = gaps(m, &out.0);
-        let step = 0.5 / (1.0 + k as f64 / 8.0);
-        let mut moved = false;
+    let mut pi = thresholds(p, n, &weight);
+    let mut last = f64::INFINITY;
+    let mut scratch: Vec<(f64, f64)> = Vec::with_capacity(n);
+    let mut base = vec![0.0; n];
+    for _sweep in 0..DUAL_SWEEPS {
         for i in 0..np {
+            // λ_i with μ_i fixed: the slope of Σ_t c (B_t + λ)⁺ is 1 per kWh.
             if let Some(target) = m.floor[i] {
-                let g = fl[i] / (target.abs() + 1e-3);
-                let new = (lambda[i] + step * 0.1 * g).clamp(0.0, f.floor_penalty_eur_per_kwh);
-                moved |= new != lambda[i];
-                lambda[i] = new;
+                for t in 0..n {
+                    base[t] = m.weight[i][t] + mu[i] * m.value[i][t] - pi[t];
+                }
+                lambda[i] = line_min(
+                    (0..n).map(|t| (cap(i, t), base[t], 1.0)),
+                    target,
+                    f.floor_penalty_eur_per_kwh,
+                    &mut scratch,
+                );
             }
             if let Some(target) = m.pro_rata[i] {
-                let g = pr[i] / (target.abs() + 1e-3);
-                let new = (mu[i] + step * g).clamp(0.0, f.pro_rata_penalty_eur_per_eur);
-                moved |= new != mu[i];
-                mu[i] = new;
+                for t in 0..n {
+                    base[t] = m.weight[i][t] + lambda[i] - pi[t];
+                }
+                mu[i] = line_min(
+                    (0..n).map(|t| (cap(i, t), base[t], m.value[i][t])),
+                    target,
+                    f.pro_rata_penalty_eur_per_eur,
+                    &mut scratch,
+                );
             }
-        }
-        if !moved {
-            break;
-        }
-        for i in 0..np {
-            for t in 0..m.n {
+            for t in 0..n {
                 weight[i][t] = m.weight[i][t] + lambda[i] + mu[i] * m.value[i][t];
             }
         }
-        out = greedy_with(p, m.n, &weight);
+        pi = thresholds(p, n, &weight);
+        let d = dual_value(p, m, &weight, &pi, &lambda, &mu);
+        tracing::trace!(sweep = _sweep, dual = d, "allocation: dual sweep");
+        if last - d <= 1e-12 * (1.0 + d.abs()) {
+            break;
+        }
+        last = d;
     }
-    (weight, out.0, out.1)
+    // The band is measured from `thresholds`, which is 0 when a step's
+    // production covers every consumer exactly (the greedy's own threshold
+    // is then the last weight served, and would put a whole step in play).
+    let a = greedy_with(p, n, &weight).0;
+    (weight, a, pi)
 }
 
-const WARM_ITERATIONS: usize = 60;
+const DUAL_SWEEPS: usize = 40;
+const SIFT_ROUNDS: usize = 10;
+/// Relative duality gap accepted as a proof of optimality (the solver's own
+/// tolerance is about 1e-8).
+const CERT_GAP: f64 = 1e-8;
 
-/// Signed row gaps (target − achieved; > 0 is short) of the coupling rows.
-fn gaps(m: &Model, a: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
-    let fl = a
-        .iter()
-        .zip(&m.floor)
-        .map(|(row, f)| f.map_or(0.0, |f| f - row.iter().sum::<f64>()))
-        .collect();
-    let pr = a
-        .iter()
-        .zip(&m.pro_rata)
-        .zip(&m.value)
-        .map(|((row, r), v)| {
-            r.map_or(0.0, |r| {
-                r - row.iter().zip(v).map(|(x, y)| x * y).sum::<f64>()
-            })
+/// The score of an allocation before rounding (what the LP maximises).
+fn primal_score(p: &AllocationProblem, m: &Model, a: &[Vec<f64>]) -> f64 {
+    let (fl, pr) = shortfalls(m, a);
+    let f = &p.fairness;
+    let mut s: f64 = (0..m.n).map(|t| m.export[t] * p.production_kwh[t]).sum();
+    for (row, w) in a.iter().zip(&m.weight) {
+        s += row.iter().zip(w).map(|(x, y)| x * y).sum::<f64>();
+    }
+    s - f.floor_penalty_eur_per_kwh * fl.iter().sum::<f64>()
+        - f.pro_rata_penalty_eur_per_eur * pr.iter().sum::<f64>()
+}
+
+/// Minimises `h(y) = Σ_t c_t (b_t + y s_t)⁺ − y·target` over `[0, hi]`:
+/// convex and piecewise linear, its slope rises by `c_t |s_t|` at each
+/// breakpoint `−b_t / s_t`. Returns the leftmost minimiser (deterministic).
+fn line_min(
+    terms: impl Iterator<Item = (f64, f64, f64)>,
+    target: f64,
+    hi: f64,
+    scratch: &mut Vec<(f64, f64)>,
+) -> f64 {
+    scratch.clear();
+    // Right-slope at 0.
+    let mut slope = -target;
+    for (c, b, s) in terms {
+        if c <= 0.0 {
+            continue;
+        }
+        let on_at_zero = b > 0.0 || (b == 0.0 && s > 0.0);
+        if on_at_zero {
+            slope += c * s;
+        }
+        if s != 0.0 {
+            let y = -b / s;
+            if y > 0.0 && y < hi {
+                scratch.push((y, c * s.abs()));
+            }
+        }
+    }
+    if slope >= 0.0 {
+        return 0.0;
+    }
+    scratch.sort_by(|x, y| x.0.total_cmp(&y.0));
+    for &(y, jump) in scratch.iter() {
+        slope += jump;
+        if slope >= 0.0 {
+            return y;
+        }
+    }
+    hi
+}
+
+/// The per-step knapsack thresholds π_t under the given weights (0 when
+/// every positive-weight consumer can be served).
+fn thresholds(p: &AllocationProblem, n: usize, weight: &[Vec<f64>]) -> Vec<f64> {
+    let np = p.participants.len();
+    let mut items: Vec<(f64, f64)> = Vec::with_capacity(np);
+    (0..n)
+        .map(|t| {
+            items.clear();
+            items.extend((0..np).filter_map(|i| {
+                let c = p.participants[i].consumption_kwh[t];
+                (weight[i][t] > 0.0 && c > 0.0).then_some((weight[i][t], c))
+            }));
+            let total: f64 = items.iter().map(|x| x.1).sum();
+            let mut left = p.production_kwh[t];
+            if total <= left {
+                return 0.0;
+            }
+            items.sort_by(|x, y| y.0.total_cmp(&x.0));
+            for &(w, c) in &items {
+                if c >= left {
+                    return w;
+                }
+                left -= c;
+            }
+            0.0
         })
-        .collect();
-    (fl, pr)
+        .collect()
+}
+
+fn dual_value(
+    p: &AllocationProblem,
+    m: &Model,
+    weight: &[Vec<f64>],
+    pi: &[f64],
+    lambda: &[f64],
+    mu: &[f64],
+) -> f64 {
+    let mut d: f64 = (0..m.n).map(|t| p.production_kwh[t] * pi[t]).sum();
+    for (i, q) in p.participants.iter().enumerate() {
+        for t in 0..m.n {
+            d += q.consumption_kwh[t] * (weight[i][t] - pi[t]).max(0.0);
+        }
+        d -= lambda[i] * m.floor[i].unwrap_or(0.0) + mu[i] * m.pro_rata[i].unwrap_or(0.0);
+    }
+    d
 }
 
 /// Sifting: solve the LP over a working set of variables with the rest fixed
@@ -730,15 +859,13 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
     let np = p.participants.len();
     let n = m.n;
     let (weight, start, threshold) = warm_start(p, m);
-    let (fl, pr) = shortfalls(m, &start);
     let cap = |i: usize, t: usize| p.participants[i].consumption_kwh[t];
     // Working set: the variables whose adjusted weight lies near their step's
-    // threshold (where a vertex optimum has its fractional values), strictly
-    // fractional ones, and those of participants still short of a row that
-    // could take more.
+    // threshold (where a vertex optimum has its fractional values) and the
+    // strictly fractional ones. With exact duals that is the whole support
+    // of the choice left; an inexact estimate is repaired by pricing below.
     let mut free = vec![vec![false; n]; np];
     for i in 0..np {
-        let short = fl[i] > ROW_TOL || pr[i] > ROW_TOL;
         for t in 0..n {
             let c = cap(i, t);
             if c <= 0.0 {
@@ -746,9 +873,7 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
             }
             let x = start[i][t];
             let band = BAND * (1.0 + threshold[t].abs());
-            free[i][t] = (x > 0.0 && x < c)
-                || (weight[i][t] - threshold[t]).abs() <= band
-                || (short && x < c && weight[i][t] > 0.0);
+            free[i][t] = (x > 0.0 && x < c) || (weight[i][t] - threshold[t]).abs() <= band;
         }
     }
     // A working set this large gains nothing over the full LP and costs a
@@ -763,36 +888,104 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
     if 2 * in_play > vars {
         return None;
     }
+    let f = &p.fairness;
+    let export_value: f64 = m
+        .export
+        .iter()
+        .zip(&p.production_kwh)
+        .map(|(x, y)| x * y)
+        .sum();
     let mut current = start;
-    for _round in 0..6 {
+    tracing::debug!(
+        in_play,
+        vars,
+        "allocation: working set from the dual estimate"
+    );
+    for _round in 0..SIFT_ROUNDS {
         let (a, d) = lp(p, m, Some((&free, &current))).ok()?;
         tracing::debug!(
             round = _round,
             free = free.iter().flatten().filter(|x| **x).count(),
             "allocation: sifting round"
         );
+        // Certificate: the LP's multipliers on the coupling rows, with the
+        // step prices re-derived over *every* variable (the restricted LP's
+        // own step duals are degenerate and misprice what it cannot see),
+        // give an upper bound on the full optimum by weak duality. A primal
+        // that meets it is optimal.
+        let lam: Vec<f64> = d
+            .floor
+            .iter()
+            .map(|x| x.abs().min(f.floor_penalty_eur_per_kwh))
+            .collect();
+        let mu: Vec<f64> = d
+            .pro_rata
+            .iter()
+            .map(|x| x.abs().min(f.pro_rata_penalty_eur_per_eur))
+            .collect();
+        let w2: Vec<Vec<f64>> = (0..np)
+            .map(|i| {
+                (0..n)
+                    .map(|t| m.weight[i][t] + lam[i] + mu[i] * m.value[i][t])
+                    .collect()
+            })
+            .collect();
+        let pi = thresholds(p, n, &w2);
+        let upper = dual_value(p, m, &w2, &pi, &lam, &mu) + export_value;
+        let lower = primal_score(p, m, &a);
+        let gap = upper - lower;
+        tracing::debug!(
+            round = _round,
+            upper,
+            lower,
+            gap,
+            "allocation: sifting bound"
+        );
+        if gap <= CERT_GAP * (1.0 + upper.abs()) {
+            return Some(a);
+        }
+        // Otherwise bring in what those prices say could move: the
+        // wrongly signed and the tied variables.
         let mut added = 0;
         for i in 0..np {
             for t in 0..n {
                 if free[i][t] || cap(i, t) <= 0.0 {
                     continue;
                 }
-                // Reduced cost of a_it in the maximisation: weight − π_t + λ_i + μ_i v_it.
-                let rc = m.weight[i][t] - d.step[t].abs()
-                    + d.floor[i].abs()
-                    + d.pro_rata[i].abs() * m.value[i][t];
+                let rc = w2[i][t] - pi[t];
+                let tol = 1e-9 * (1.0 + w2[i][t].abs());
                 let at_zero = a[i][t] <= 0.0;
-                let tol = 1e-6 * (1.0 + m.weight[i][t].abs());
-                if (at_zero && rc > tol) || (!at_zero && rc < -tol) {
+                if rc.abs() <= tol || (at_zero && rc > 0.0) || (!at_zero && rc < 0.0) {
                     free[i][t] = true;
                     added += 1;
                 }
             }
         }
-        current = a;
         if added == 0 {
-            return Some(current);
+            // The bound did not close and those prices name nothing to
+            // move: fall back to the LP's own step prices.
+            for i in 0..np {
+                for t in 0..n {
+                    if free[i][t] || cap(i, t) <= 0.0 {
+                        continue;
+                    }
+                    // Reduced cost of a_it in the maximisation: weight − π_t + λ_i + μ_i v_it.
+                    let rc = m.weight[i][t] - d.step[t].abs()
+                        + d.floor[i].abs()
+                        + d.pro_rata[i].abs() * m.value[i][t];
+                    let at_zero = a[i][t] <= 0.0;
+                    let tol = 1e-6 * (1.0 + m.weight[i][t].abs());
+                    if (at_zero && rc > tol) || (!at_zero && rc < -tol) {
+                        free[i][t] = true;
+                        added += 1;
+                    }
+                }
+            }
+            if added == 0 {
+                return Some(a);
+            }
         }
+        current = a;
     }
     None
 }
@@ -885,6 +1078,38 @@ mod tests {
             s.allocated_kwh
         );
         assert!((s.allocated_kwh[0][0] - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn line_min_finds_the_leftmost_minimiser() {
+        let mut scratch = Vec::new();
+        // h(y) = 2 (y − 1)⁺ + 1 (y − 3)⁺ − 2.5 y: slope −2.5, then −0.5 after
+        // 1, then +0.5 after 3, so the minimum is at 3.
+        let terms = [(2.0, -1.0, 1.0), (1.0, -3.0, 1.0)];
+        assert_eq!(line_min(terms.into_iter(), 2.5, 10.0, &mut scratch), 3.0);
+        // Already rising at 0: stays at 0. Never rising: clipped at the cap.
+        assert_eq!(line_min(terms.into_iter(), -1.0, 10.0, &mut scratch), 0.0);
+        assert_eq!(line_min(terms.into_iter(), 4.0, 10.0, &mut scratch), 10.0);
+        // A negative slope coefficient switches its term off past −b/s.
+        let falling = [(1.0, 2.0, -1.0)];
+        assert_eq!(line_min(falling.into_iter(), 0.0, 10.0, &mut scratch), 2.0);
+    }
+
+    #[test]
+    fn synthetic_district_is_certified_without_the_full_lp() {
+        // Both fairness rows bind on the synthetic district; the structured
+        // path must prove its answer (and agree with the oracle) rather than
+        // fall back.
+        let p = super::super::synthetic::allocation(40, 48, 3);
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, "sifted_lp");
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
+            "{} vs {}",
+            s.score,
+            o.score
+        );
     }
 
     #[test]
