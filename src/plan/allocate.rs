@@ -627,6 +627,17 @@ fn lp(
         &mut obj,
         &mut rows,
     );
+    // Nothing left to decide (no production to share or no consumption to
+    // fill): HiGHS refuses a model without columns (`ModelEmpty`), and the
+    // answer is known anyway: what is fixed, with no row binding.
+    if vars.is_empty() {
+        let zeros = Duals {
+            step: vec![0.0; n],
+            floor: vec![0.0; np],
+            pro_rata: vec![0.0; np],
+        };
+        return Ok((fixed_out, zeros));
+    }
     #[cfg(not(feature = "highs"))]
     let mut model = vars.maximise(obj).using(good_lp::clarabel);
     #[cfg(feature = "highs")]
