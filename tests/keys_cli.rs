@@ -567,3 +567,79 @@ fn statements_per_participant_add_up_to_the_run() {
     }
     assert!((share - 1.0).abs() < 1e-4);
 }
+
+#[test]
+fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let curves = data("curves-2025-10-26");
+    let run = |name: &str, extra: &[&str]| -> (PathBuf, String) {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "--from",
+            "2025-10-26",
+            "--to",
+            "2025-10-26",
+            "--load-curves",
+            curves.to_str().unwrap(),
+            "--policy",
+            "optimised",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let text = run_ok(&args);
+        (out, text)
+    };
+    let (month, text) = run("month", &[]);
+    let m = manifest(&month);
+    assert_eq!(m.allocator, "optimised_month");
+    let note = m.month_solver.as_ref().expect("month solver note");
+    assert!(note.fallback.is_none(), "{note:?}");
+    assert!(
+        ["greedy", "sifted_lp", "lp"].contains(&note.method.as_str()),
+        "{note:?}"
+    );
+    assert!(
+        text.contains(&format!("month solver: {}", note.method)),
+        "{text}"
+    );
+
+    // This month needs a sifted LP (about 70 ms in a debug build): 1 ms cannot
+    // hold it, so the keys are computed per step and the run says so.
+    let prom = tmp.path().join("keys.prom");
+    let (fell, text) = run(
+        "fallback",
+        &[
+            "--month-budget-ms",
+            "1",
+            "--metrics-textfile",
+            prom.to_str().unwrap(),
+        ],
+    );
+    let f = manifest(&fell);
+    let note = f.month_solver.as_ref().expect("month solver note");
+    assert_eq!(note.method, "per_step");
+    assert!(
+        note.fallback
+            .as_deref()
+            .is_some_and(|w| w.contains("budget of 1 ms")),
+        "{note:?}"
+    );
+    assert!(text.contains("month solver: not used"), "{text}");
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains(
+            "ped_period_fallbacks_total{reason=\"month_solver\",site=\"keys-test\"} 100\n"
+        ),
+        "{metrics}"
+    );
+    // The missing point still falls back to pro rata in both runs.
+    assert_eq!(m.fallback_steps.len(), 1);
+    assert_eq!(f.fallback_steps.len(), 1);
+
+    // Turned off: per-step keys, no month note, as before the month solver.
+    let (off, _) = run("off", &["--month-budget-ms", "0"]);
+    let o = manifest(&off);
+    assert_eq!(o.allocator, "optimised");
+    assert!(o.month_solver.is_none());
+}

@@ -303,6 +303,20 @@ pub struct Computed {
     /// `[t][i]` what the DSO's default (pro rata, unquantised) would give:
     /// the baseline of the participants' statements.
     pub prorata_kwh: Vec<Vec<f64>>,
+    pub month: MonthNote,
+}
+
+/// How the month allocator reached its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthNote {
+    /// `greedy`, `sifted_lp`, `lp` (month solver) or the per-step policy's name.
+    pub method: String,
+    /// Why the month solver's answer was not used (budget, solver failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Fairness rules the month could not meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
 }
 
 /// Allocation and quantisation of every step.
@@ -315,12 +329,18 @@ pub fn compute(
     let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
     let tariffs: Vec<f64> = job.consumers.iter().map(|c| c.tariff_eur_per_kwh).collect();
     let priority: Vec<u8> = job.consumers.iter().map(|c| c.priority).collect();
-    let mut intended = allocator.allocate(&MonthInput {
+    let outcome = allocator.allocate_month(&MonthInput {
         production_kwh: &pooled,
         consumption_kwh: &m.consumption_kwh,
         tariffs_eur_per_kwh: &tariffs,
         priority: &priority,
     })?;
+    let month = MonthNote {
+        method: outcome.method,
+        fallback: outcome.fallback,
+        violations: outcome.violations,
+    };
+    let mut intended = outcome.intended_kwh;
     if intended.len() != n_t {
         return Err(AllocationError::Length {
             expected: n_t,
@@ -402,6 +422,7 @@ pub fn compute(
         fallback_steps,
         allocator: allocator.name(),
         prorata_kwh: prorata,
+        month,
     })
 }
 
@@ -454,6 +475,9 @@ pub struct Manifest {
     pub production_kwh: f64,
     pub self_consumed_kwh: f64,
     pub participants: Vec<ParticipantTotal>,
+    /// Only for month solvers (absent for per-step policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_solver: Option<MonthNote>,
 }
 
 /// The name of the per-step allocation file written beside the keys; the
@@ -613,6 +637,38 @@ pub fn manifest(
                 tariff_eur_per_kwh: c.tariff_eur_per_kwh,
             })
             .collect(),
+        month_solver: (k.allocator == MONTH_SOLVER).then(|| k.month.clone()),
+    })
+}
+
+const MONTH_SOLVER: &str = "optimised_month";
+
+/// The month solver for a site's optimised keys: fairness from `[keys]`,
+/// subscription = each participant's `static_share` (when > 0), prices from
+/// `[plan]`. None when the policy is not optimised or `keys.month_budget_ms`
+/// is 0 (per-step keys then).
+pub fn month_solver(site: &Site, job: &KeysJob) -> Option<allocation::MonthSolverAllocator> {
+    let k = &site.config.keys;
+    if job.policy != KeyPolicy::Optimised || k.month_budget_ms == 0 {
+        return None;
+    }
+    Some(allocation::MonthSolverAllocator {
+        ids: job.consumers.iter().map(|c| c.id.clone()).collect(),
+        local_price_eur_per_kwh: site.config.plan.local_price_eur_per_kwh,
+        export_price_eur_per_kwh: site.config.plan.export_price_eur_per_kwh,
+        fairness: crate::plan::allocate::Fairness {
+            floor_ratio: k.floor_ratio,
+            no_worse_than_pro_rata: k.no_worse_than_pro_rata,
+            ..Default::default()
+        },
+        subscription_share: job
+            .consumers
+            .iter()
+            .map(|c| (c.static_share > 0.0).then_some(c.static_share))
+            .collect(),
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        budget: Some(std::time::Duration::from_millis(k.month_budget_ms)),
     })
 }
 
