@@ -232,7 +232,8 @@ struct KeysArgs {
     /// Output directory (must not exist, or hold the same files).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Validate key files instead (format from the extension: .csv Enedis, .txt Spain).
+    /// Validate key files instead (format from the content; ped's allocation
+    /// and manifest beside the keys are skipped with a note).
     #[arg(long, num_args = 1..)]
     validate: Vec<PathBuf>,
     /// Reconcile the DSO's settlement series (CSV) against --intended.
@@ -698,7 +699,8 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         let mut failed = 0;
         for f in &a.validate {
             match keys::validate_file(f, &site.grid, precision) {
-                Ok(summary) => println!("{}: ok ({summary})", f.display()),
+                Ok(keys::Checked::Valid(summary)) => println!("{}: ok ({summary})", f.display()),
+                Ok(keys::Checked::Skipped(why)) => println!("{}: skipped ({why})", f.display()),
                 Err(e) => {
                     failed += 1;
                     println!("{}: {e}", f.display());

@@ -643,3 +643,65 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     assert_eq!(o.allocator, "optimised");
     assert!(o.month_solver.is_none());
 }
+
+#[test]
+fn validate_decides_by_content_and_skips_the_files_beside_the_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_ok(&[
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        data("curves-2025-10-26").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // A Spanish file whose name says CSV, and a stray file that is neither.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keys/spain_2025-10-26");
+    let es = std::fs::read_dir(&golden)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "txt"))
+        .unwrap();
+    let es_csv = tmp.path().join("coeficientes.csv");
+    std::fs::copy(&es, &es_csv).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.push(es_csv);
+    let args: Vec<&str> = std::iter::once("--validate")
+        .chain(files.iter().map(|p| p.to_str().unwrap()))
+        .collect();
+    let o = keys(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("allocation.csv: skipped (ped's per-step allocation"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("manifest.json: skipped (a JSON document"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("coeficientes.csv: ok (spain: "), "{stdout}");
+    assert_eq!(stdout.matches(": ok (enedis: ").count(), 3, "{stdout}");
+
+    // Content that names no format is checked as its extension says, and fails.
+    let stray = tmp.path().join("notes.csv");
+    std::fs::write(&stray, "hello;world\n").unwrap();
+    let o = keys(&["--validate", stray.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("notes.csv: line 1"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -764,32 +764,102 @@ pub fn run(
     write_out(out, &files, &man)
 }
 
-/// Reads a key file back and checks every rule of its format (chosen by the
-/// file's extension: `.txt` Spain, else Enedis); returns a one-line summary.
-pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<String, KeysError> {
+/// What `--validate` made of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// A key file that passed every rule of its format; a one-line summary.
+    Valid(String),
+    /// Not a key file, but one `ped keys` writes beside them (the
+    /// allocation, the manifest): nothing to check, and why.
+    Skipped(String),
+}
+
+/// What a file's content says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Enedis,
+    Spain,
+    Allocation,
+    Manifest,
+    Unknown,
+}
+
+/// Decides by content, not by name: an Enedis key file starts with
+/// `Horodate;<PRM>`, ped's allocation with `Horodate;PRM;`, a Spanish file
+/// with a CUPS (`ES…;hour;coefficient`), a manifest with `{`.
+fn sniff(text: &str) -> Sniffed {
+    let first = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let mut fields = first.split(';');
+    let head = fields.next().unwrap_or("").trim();
+    let second = fields.next().unwrap_or("").trim();
+    if first.starts_with('{') {
+        Sniffed::Manifest
+    } else if head.eq_ignore_ascii_case("Horodate") {
+        if second.eq_ignore_ascii_case("PRM") {
+            Sniffed::Allocation
+        } else {
+            Sniffed::Enedis
+        }
+    } else if head.len() >= 2 && head[..2].eq_ignore_ascii_case("ES") {
+        Sniffed::Spain
+    } else {
+        Sniffed::Unknown
+    }
+}
+
+/// Reads a file back and checks every rule of its format. The format comes
+/// from the content (see `sniff`); a file whose content names no format is
+/// checked as its extension says (`.txt` Spain, else Enedis) so the error
+/// points at the line and column that break that format.
+pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<Checked, KeysError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let text =
         String::from_utf8(bytes).map_err(|_| DsoError::invalid(1, 1, "file is not UTF-8"))?;
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
-    {
-        let r = spain::validate(&text)?;
-        Ok(format!(
-            "spain: {} CUPS, {} hour(s) from hour {}",
-            r.cups.len(),
-            r.rows.len(),
-            r.rows.first().map_or(0, |r| r.hour_of_year)
-        ))
-    } else {
-        let r = enedis::validate(&text, grid, precision)?;
-        Ok(format!(
-            "enedis: {} consumer(s), {} step(s) from {} to {}",
-            r.consumers.len(),
-            r.rows.len(),
-            r.first_day,
-            r.last_day
-        ))
+    let by_ext = || {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+        {
+            Sniffed::Spain
+        } else {
+            Sniffed::Enedis
+        }
+    };
+    let kind = match sniff(&text) {
+        Sniffed::Unknown => by_ext(),
+        k => k,
+    };
+    match kind {
+        Sniffed::Allocation => Ok(Checked::Skipped(
+            "ped's per-step allocation (Horodate;PRM;…), not a key file".into(),
+        )),
+        Sniffed::Manifest => Ok(Checked::Skipped(
+            "a JSON document (ped's manifest), not a key file".into(),
+        )),
+        Sniffed::Spain => {
+            let r = spain::validate(&text)?;
+            Ok(Checked::Valid(format!(
+                "spain: {} CUPS, {} hour(s) from hour {}",
+                r.cups.len(),
+                r.rows.len(),
+                r.rows.first().map_or(0, |r| r.hour_of_year)
+            )))
+        }
+        Sniffed::Enedis | Sniffed::Unknown => {
+            let r = enedis::validate(&text, grid, precision)?;
+            Ok(Checked::Valid(format!(
+                "enedis: {} consumer(s), {} step(s) from {} to {}",
+                r.consumers.len(),
+                r.rows.len(),
+                r.first_day,
+                r.last_day
+            )))
+        }
     }
 }
 
