@@ -263,6 +263,10 @@ struct KeysArgs {
     /// the site's keys.month_budget_ms; 0 computes the keys per step).
     #[arg(long)]
     month_budget_ms: Option<u64>,
+    /// Archive the run's key files in this ledger as key-file versions (an
+    /// unchanged month adds nothing; a changed month is a new version).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
 }
 
 fn init_logs(format: &str) {
@@ -793,6 +797,28 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
                 }
                 for v in &ms.violations {
                     tracing::warn!(violation = %v, "month fairness rule not met");
+                }
+            }
+            if let Some(l) = &a.ledger {
+                let mut ledger = ped::ledger::Ledger::open(l)?;
+                let mut files = Vec::new();
+                for f in &m.files {
+                    let p = out.join(&f.name);
+                    files.push((
+                        f.name.clone(),
+                        std::fs::read(&p).with_context(|| format!("{}", p.display()))?,
+                    ));
+                }
+                let versions = ped::ledger::keys::archive_run(&mut ledger, &m, &files)
+                    .with_context(|| format!("--ledger {}", l.display()))?;
+                let new = versions.iter().filter(|v| v.new).count();
+                println!(
+                    "{}: {new} new key-file version(s), {} unchanged",
+                    l.display(),
+                    versions.len() - new
+                );
+                for v in versions.iter().filter(|v| v.new) {
+                    tracing::info!(file = %v.name, version = v.version, sha256 = %v.sha256, "key file archived");
                 }
             }
             if let Some(p) = &a.metrics_textfile {

@@ -705,3 +705,106 @@ fn validate_decides_by_content_and_skips_the_files_beside_the_keys() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = tmp.path().join("ledger.sqlite");
+    let l = ledger.to_str().unwrap();
+    let curves = data("curves-2025-10-26");
+    let run = |name: &str, policy: &str| -> String {
+        run_ok(&[
+            "--from",
+            "2025-10-26",
+            "--to",
+            "2025-10-26",
+            "--load-curves",
+            curves.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--out",
+            tmp.path().join(name).to_str().unwrap(),
+            "--ledger",
+            l,
+        ])
+    };
+    let text = run("a", "prorata");
+    assert!(
+        text.contains("3 new key-file version(s), 0 unchanged"),
+        "{text}"
+    );
+    // The same month again, into the same directory and into another one:
+    // nothing new in the archive.
+    let text = run("a", "prorata");
+    assert!(
+        text.contains("0 new key-file version(s), 3 unchanged"),
+        "{text}"
+    );
+    let text = run("a-again", "prorata");
+    assert!(
+        text.contains("0 new key-file version(s), 3 unchanged"),
+        "{text}"
+    );
+    // A changed month (another policy): new versions beside the old ones.
+    let text = run("b", "optimised");
+    assert!(text.contains("new key-file version(s)"), "{text}");
+    let first = manifest(&tmp.path().join("a"));
+    let second = manifest(&tmp.path().join("b"));
+    let db = rusqlite::Connection::open(&ledger).unwrap();
+    for (f1, f2) in first.files.iter().zip(&second.files) {
+        if f1.name == "allocation.csv" {
+            continue;
+        }
+        let rows: Vec<(i64, String, Vec<u8>, String, String)> = db
+            .prepare("SELECT version, sha256, content, inputs, policy FROM key_files WHERE name = ?1 ORDER BY version")
+            .unwrap()
+            .query_map([&f1.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let want = if f1.sha256 == f2.sha256 { 1 } else { 2 };
+        assert_eq!(rows.len(), want, "{}", f1.name);
+        assert_eq!(rows[0].0, 1);
+        assert_eq!(rows[0].1, f1.sha256);
+        assert_eq!(
+            sha256_hex(&rows[0].2),
+            f1.sha256,
+            "stored content is the file"
+        );
+        assert!(rows[0].3.contains(&first.inputs[0].sha256), "{}", rows[0].3);
+        assert!(
+            rows[0].4.contains("\"policy\":\"prorata\""),
+            "{}",
+            rows[0].4
+        );
+        if want == 2 {
+            assert_eq!(rows[1].1, f2.sha256);
+            assert!(
+                rows[1].4.contains("\"policy\":\"optimised\""),
+                "{}",
+                rows[1].4
+            );
+        }
+    }
+    assert!(
+        db.query_row("SELECT count(*) FROM key_files", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+            > 3,
+        "the optimised month changed no file"
+    );
+    // A stored version cannot be rewritten in place.
+    assert!(db
+        .execute("UPDATE key_files SET content = x'00' WHERE version = 1", [])
+        .is_err());
+    drop(db);
+    let v = Command::new(env!("CARGO_BIN_EXE_ped"))
+        .args(["audit", "verify", "--ledger", l])
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success() && String::from_utf8_lossy(&v.stdout).contains("chain intact"),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+}
