@@ -382,13 +382,84 @@ fn quantise(
         over -= 1;
     }
 
-    // First to those short of their intended share, then (if allowed) to
-    // anyone who can still absorb energy.
-    spend_residue(&mut units, &mut residue, intended, p, c, precision);
     if redistribute {
-        spend_residue(&mut units, &mut residue, c, p, c, precision);
+        spend_for_energy(&mut units, &mut residue, intended, p, c, precision);
+    } else {
+        spend_residue(&mut units, &mut residue, intended, p, c, precision);
     }
     units
+}
+
+/// Gives residue units one at a time where a unit adds the most energy under
+/// the DSO's rule (`min(unit × P, C_i − served_i)`); among equal gains, to the
+/// participant furthest below its intended energy, then the lower index.
+///
+/// Every floored unit already yields a full unit of energy (a floor never
+/// exceeds the intended energy, which is at most `C_i`), and `served` is
+/// concave in the units, so this greedy reaches the largest self-consumption
+/// any key vector can give at this precision, whatever the policy: the
+/// exported keys of an optimised step never self-consume less than pro
+/// rata's. Restoring the intended share first instead (what
+/// [`spend_residue`] does) spends units on consumers the intended allocation
+/// caps at their consumption, where a unit is mostly wasted: with 1,000
+/// participants at 0.1 % that cost a few per cent of self-consumption.
+/// Nobody ends more than one unit below its intended energy either way.
+fn spend_for_energy(
+    units: &mut [u32],
+    residue: &mut u64,
+    intended: &[f64],
+    p: f64,
+    c: &[f64],
+    precision: Precision,
+) {
+    let full = precision.unit_share() * p;
+    let key = |units: &[u32], i: usize| -> Option<Gain> {
+        let now = served(units[i], p, c[i], precision);
+        let gain = served(units[i] + 1, p, c[i], precision) - now;
+        // Float noise must not decide between two full units.
+        let gain = if gain >= full * (1.0 - 1e-9) {
+            full
+        } else {
+            gain
+        };
+        (gain > EPS_KWH).then_some(Gain {
+            kwh: gain,
+            gap: intended[i] - now,
+            index: i,
+        })
+    };
+    let mut heap: BinaryHeap<Gain> = (0..units.len()).filter_map(|i| key(units, i)).collect();
+    while *residue > 0 {
+        let Some(Gain { index, .. }) = heap.pop() else {
+            break;
+        };
+        units[index] += 1;
+        *residue -= 1;
+        if let Some(g) = key(units, index) {
+            heap.push(g);
+        }
+    }
+}
+
+#[derive(PartialEq)]
+struct Gain {
+    kwh: f64,
+    gap: f64,
+    index: usize,
+}
+impl Eq for Gain {}
+impl Ord for Gain {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.kwh
+            .total_cmp(&other.kwh)
+            .then(self.gap.total_cmp(&other.gap))
+            .then(other.index.cmp(&self.index))
+    }
+}
+impl PartialOrd for Gain {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Gives residue units one at a time to the participant furthest below
@@ -1286,6 +1357,65 @@ mod tests {
                     priority: p
                 }),
         ]
+    }
+
+    /// Many consumers at a coarse precision, so each key is a handful of
+    /// units and the rounding matters (the 1,000-participant case at 0.1 %).
+    fn arb_crowded_step() -> impl Strategy<Value = (f64, Vec<f64>, Vec<f64>, Vec<u8>)> {
+        (20usize..400).prop_flat_map(|n| {
+            (
+                0.0..2.0f64,
+                prop::collection::vec(prop_oneof![1 => Just(0.0), 9 => 0.0..0.2f64], n),
+                prop::collection::vec(0.12..0.3f64, n),
+                prop::collection::vec(1u8..4, n),
+            )
+                .prop_map(|(ratio, c, t, pr)| {
+                    let total: f64 = c.iter().sum();
+                    (ratio * total, c, t, pr)
+                })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Exported optimised keys (per step, or from any intended
+        /// allocation such as the month solver's) never self-consume less
+        /// under the DSO's rule than pro rata's exported keys. The residue
+        /// goes where a unit adds the most energy, which reaches the largest
+        /// self-consumption any key vector can give at this precision, so
+        /// the only slack allowed is float noise (not the rounding bound).
+        #[test]
+        fn optimised_keys_never_self_consume_less_than_pro_rata(
+            (p, c, tariffs, prio) in arb_crowded_step(),
+            fine in any::<bool>(),
+            warp in 0.0..1.0f64,
+        ) {
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let s = step(p, &c);
+            let pr = keys_for_step(&s, &Policy::ProRata, prec).unwrap();
+            let opt = keys_for_step(
+                &s,
+                &Policy::Optimised { tariffs_eur_per_kwh: tariffs, priority: prio },
+                prec,
+            ).unwrap();
+            let eps = 1e-9 * p.max(1.0);
+            prop_assert!(opt.self_consumed_kwh >= pr.self_consumed_kwh - eps,
+                "optimised {} < pro rata {}", opt.self_consumed_kwh, pr.self_consumed_kwh);
+            // An intended allocation decided elsewhere: some consumers capped
+            // at their consumption, some starved.
+            let intended: Vec<f64> = c.iter().enumerate()
+                .map(|(i, ci)| if (i as f64 * warp).fract() < 0.5 { *ci } else { 0.0 })
+                .collect();
+            let from = keys_from_intended(&s, &intended, prec).unwrap();
+            prop_assert!(from.self_consumed_kwh >= pr.self_consumed_kwh - eps,
+                "from intended {} < pro rata {}", from.self_consumed_kwh, pr.self_consumed_kwh);
+            // And nobody ends more than one unit below its intended energy.
+            let unit = p / f64::from(prec.units_per_one) + 1e-9;
+            for (g, want) in opt.allocated_kwh.iter().zip(&opt.intended_kwh) {
+                prop_assert!(*g >= want - unit, "got {} intended {}", g, want);
+            }
+        }
     }
 
     proptest! {
