@@ -5,15 +5,19 @@
 //! Enedis file. Each case runs in a child process of this binary, so its
 //! peak memory (VmHWM) is its own.
 //!
-//! The optimised policy is the per-step one (`PerStepAllocator`); a month
-//! solver plugs into the same `MonthAllocator` seam.
+//! `optimised` is the per-step policy (`PerStepAllocator`); `month` is the
+//! month solver (`MonthSolverAllocator`, `plan::allocate::solve_allocation`
+//! over the whole month with the fairness rows: floor at half the
+//! subscription, nobody worse off than pro rata) under a wall-clock budget of
+//! `PED_KEYS_BENCH_MONTH_BUDGET_S` seconds (default 300); past it the case
+//! reports the per-step fallback, as `ped keys` would.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use ped::allocation::{PerStepAllocator, Precision};
+use ped::allocation::{MonthAllocator, MonthSolverAllocator, PerStepAllocator, Precision};
 use ped::config::KeyPolicy;
 use ped::dso::keys::{self, Consumer, Format, KeyKind, KeysJob, Measured};
 use ped::ids::Prm;
@@ -120,6 +124,10 @@ fn run_case(n: usize, policy: &str, kind: &str) {
         "prorata" => KeyPolicy::Prorata,
         _ => KeyPolicy::Optimised,
     };
+    let budget_s: f64 = std::env::var("PED_KEYS_BENCH_MONTH_BUDGET_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300.0);
     let kd = if kind == "full" {
         KeyKind::Full
     } else {
@@ -128,16 +136,32 @@ fn run_case(n: usize, policy: &str, kind: &str) {
     let j = job(n, pol, kd);
     let m = measured(&j);
     let t0 = Instant::now();
-    let alloc = PerStepAllocator { policy: j.policy() };
-    let k = keys::compute(&j, &m, &alloc).expect("compute");
+    let per_step = PerStepAllocator { policy: j.policy() };
+    let month = MonthSolverAllocator {
+        ids: j.consumers.iter().map(|c| c.id.clone()).collect(),
+        local_price_eur_per_kwh: 0.10,
+        export_price_eur_per_kwh: 0.06,
+        fairness: ped::plan::allocate::Fairness {
+            floor_ratio: Some(0.5),
+            ..Default::default()
+        },
+        subscription_share: vec![Some(1.0 / n as f64); n],
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        budget: Some(std::time::Duration::from_secs_f64(budget_s)),
+    };
+    let alloc: &dyn MonthAllocator = if policy == "month" { &month } else { &per_step };
+    let k = keys::compute(&j, &m, alloc).expect("compute");
     let t_keys = t0.elapsed();
     let files = keys::render_files(&j, &m, &k).expect("render");
     let total = t0.elapsed();
     let self_consumed: f64 = k.allocated_kwh.iter().flatten().sum();
     let bytes: usize = files.iter().map(|f| f.1.len()).sum();
     println!(
-        "{{\"participants\":{n},\"steps\":{},\"policy\":\"{policy}\",\"kind\":\"{kind}\",\"keys_s\":{:.3},\"total_s\":{:.3},\"vm_hwm_mib\":{:.1},\"self_consumed_mwh\":{:.3},\"file_bytes\":{bytes}}}",
+        "{{\"participants\":{n},\"steps\":{},\"policy\":\"{policy}\",\"kind\":\"{kind}\",\"method\":\"{}\",\"fallback\":{},\"keys_s\":{:.3},\"total_s\":{:.3},\"vm_hwm_mib\":{:.1},\"self_consumed_mwh\":{:.3},\"file_bytes\":{bytes}}}",
         m.periods.len(),
+        k.month.method,
+        k.month.fallback.is_some(),
         t_keys.as_secs_f64(),
         total.as_secs_f64(),
         vm_hwm_kib() as f64 / 1024.0,
@@ -164,12 +188,18 @@ fn main() {
     }
     let exe = std::env::current_exe().expect("bench executable");
     println!("month of keys: 2,976 quarter-hours (July 2025, Europe/Paris), {PRODUCERS} producers, 0.1 % precision");
-    for n in [120usize, 1000] {
+    // PED_KEYS_BENCH_SIZES=120 runs one size only.
+    let sizes: Vec<usize> = std::env::var("PED_KEYS_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![120, 1000]);
+    for n in sizes {
         let mut base = None;
         for (policy, kind) in [
             ("prorata", "simple"),
             ("optimised", "simple"),
             ("optimised", "full"),
+            ("month", "simple"),
         ] {
             let out = Command::new(&exe)
                 .env("PED_KEYS_BENCH_CASE", format!("{n},{policy},{kind}"))

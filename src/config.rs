@@ -239,17 +239,38 @@ pub struct KeysSection {
     /// Export precision in units per 100 %: 1000 = 0.1 %.
     #[serde(default = "default_precision")]
     pub units_per_one: u32,
+    /// Optimised keys: wall-clock budget of the month solver; past it the
+    /// run falls back to per-step optimised keys (flagged in the manifest).
+    /// 0 turns the month solver off.
+    #[serde(default = "default_month_budget_ms")]
+    pub month_budget_ms: u64,
+    /// Optimised keys: floor on a participant's month share, as a ratio of
+    /// its subscribed share (`static_share`); unset: no floor.
+    #[serde(default)]
+    pub floor_ratio: Option<f64>,
+    /// Optimised keys: nobody's month allocation worth less than pro rata.
+    #[serde(default = "default_keys_no_worse")]
+    pub no_worse_than_pro_rata: bool,
 }
 impl Default for KeysSection {
     fn default() -> Self {
         KeysSection {
             policy: KeyPolicy::default(),
             units_per_one: default_precision(),
+            month_budget_ms: default_month_budget_ms(),
+            floor_ratio: None,
+            no_worse_than_pro_rata: default_keys_no_worse(),
         }
     }
 }
 fn default_precision() -> u32 {
     1000
+}
+fn default_month_budget_ms() -> u64 {
+    60_000
+}
+fn default_keys_no_worse() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -741,6 +762,22 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             "keys.units_per_one",
             format!("{} is not a supported precision", config.keys.units_per_one),
             "use 1000 (0.1 %, default), 100 (1 %) or 10000 (0.01 %)",
+        ));
+    }
+    if let Some(r) = config.keys.floor_ratio {
+        if !r.is_finite() || !(0.0..=1.0).contains(&r) {
+            p.push(problem(
+                "keys.floor_ratio",
+                format!("{r} is outside 0..1"),
+                "use e.g. 0.5 (half the subscribed share), or remove the key for no floor",
+            ));
+        }
+    }
+    if config.keys.month_budget_ms > 3_600_000 {
+        p.push(problem(
+            "keys.month_budget_ms",
+            format!("{} ms is more than an hour", config.keys.month_budget_ms),
+            "use 60000 (default) or 0 to turn the month solver off",
         ));
     }
 

@@ -232,7 +232,8 @@ struct KeysArgs {
     /// Output directory (must not exist, or hold the same files).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Validate key files instead (format from the extension: .csv Enedis, .txt Spain).
+    /// Validate key files instead (format from the content; ped's allocation
+    /// and manifest beside the keys are skipped with a note).
     #[arg(long, num_args = 1..)]
     validate: Vec<PathBuf>,
     /// Reconcile the DSO's settlement series (CSV) against --intended.
@@ -250,13 +251,22 @@ struct KeysArgs {
     /// Reconciliation: tolerated difference as a share of the allocation.
     #[arg(long, default_value_t = 0.005)]
     tolerance_ratio: f64,
-    /// Reconciliation: write the metrics here (Prometheus textfile format).
+    /// Write the metrics here (Prometheus textfile format): reconciliation
+    /// differences, or a key run's fallback periods by reason.
     #[arg(long)]
     metrics_textfile: Option<PathBuf>,
     /// Write each participant's statement (CSV + HTML) for a `ped keys`
     /// output directory, into --out (default DIR/statements).
     #[arg(long)]
     statements: Option<PathBuf>,
+    /// Optimised keys: the month solver's wall-clock budget in ms (default:
+    /// the site's keys.month_budget_ms; 0 computes the keys per step).
+    #[arg(long)]
+    month_budget_ms: Option<u64>,
+    /// Archive the run's key files in this ledger as key-file versions (an
+    /// unchanged month adds nothing; a changed month is a new version).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
 }
 
 fn init_logs(format: &str) {
@@ -693,7 +703,8 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         let mut failed = 0;
         for f in &a.validate {
             match keys::validate_file(f, &site.grid, precision) {
-                Ok(summary) => println!("{}: ok ({summary})", f.display()),
+                Ok(keys::Checked::Valid(summary)) => println!("{}: ok ({summary})", f.display()),
+                Ok(keys::Checked::Skipped(why)) => println!("{}: skipped ({why})", f.display()),
                 Err(e) => {
                     failed += 1;
                     println!("{}: {e}", f.display());
@@ -744,7 +755,15 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     if let Some(c) = a.cau {
         job.cau = c;
     }
-    match keys::run(&job, &dir, &out, None) {
+    let mut site = site;
+    if let Some(b) = a.month_budget_ms {
+        site.config.keys.month_budget_ms = b;
+    }
+    let month = keys::month_solver(&site, &job);
+    let month_dyn = month
+        .as_ref()
+        .map(|m| m as &dyn ped::allocation::MonthAllocator);
+    match keys::run(&job, &dir, &out, month_dyn) {
         Ok(w) => {
             let (what, m) = match w {
                 Written::New(m) => ("written", m),
@@ -766,6 +785,58 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             );
             for f in &m.fallback_steps {
                 tracing::warn!(period = %f.period, reasons = ?f.reasons, "step fell back to the default rule");
+            }
+            if let Some(ms) = &m.month_solver {
+                match &ms.fallback {
+                    Some(why) => println!("month solver: not used ({why}); keys computed per step"),
+                    None => println!(
+                        "month solver: {} ({} fairness violation(s))",
+                        ms.method,
+                        ms.violations.len()
+                    ),
+                }
+                for v in &ms.violations {
+                    tracing::warn!(violation = %v, "month fairness rule not met");
+                }
+            }
+            if let Some(l) = &a.ledger {
+                let mut ledger = ped::ledger::Ledger::open(l)?;
+                let mut files = Vec::new();
+                for f in &m.files {
+                    let p = out.join(&f.name);
+                    files.push((
+                        f.name.clone(),
+                        std::fs::read(&p).with_context(|| format!("{}", p.display()))?,
+                    ));
+                }
+                let versions = ped::ledger::keys::archive_run(&mut ledger, &m, &files)
+                    .with_context(|| format!("--ledger {}", l.display()))?;
+                let new = versions.iter().filter(|v| v.new).count();
+                println!(
+                    "{}: {new} new key-file version(s), {} unchanged",
+                    l.display(),
+                    versions.len() - new
+                );
+                for v in versions.iter().filter(|v| v.new) {
+                    tracing::info!(file = %v.name, version = v.version, sha256 = %v.sha256, "key file archived");
+                }
+            }
+            if let Some(p) = &a.metrics_textfile {
+                let metrics = ped::metrics::Metrics::new(&site.config.site.id)?;
+                metrics
+                    .period_fallbacks
+                    .with_label_values(&["missing_data"])
+                    .inc_by(m.fallback_steps.len() as u64);
+                if m.month_solver
+                    .as_ref()
+                    .is_some_and(|s| s.fallback.is_some())
+                {
+                    metrics
+                        .period_fallbacks
+                        .with_label_values(&["month_solver"])
+                        .inc_by(m.periods as u64);
+                }
+                std::fs::write(p, metrics.render()).with_context(|| format!("{}", p.display()))?;
             }
             Ok(())
         }

@@ -303,6 +303,20 @@ pub struct Computed {
     /// `[t][i]` what the DSO's default (pro rata, unquantised) would give:
     /// the baseline of the participants' statements.
     pub prorata_kwh: Vec<Vec<f64>>,
+    pub month: MonthNote,
+}
+
+/// How the month allocator reached its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthNote {
+    /// `greedy`, `sifted_lp`, `lp` (month solver) or the per-step policy's name.
+    pub method: String,
+    /// Why the month solver's answer was not used (budget, solver failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Fairness rules the month could not meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<String>,
 }
 
 /// Allocation and quantisation of every step.
@@ -315,12 +329,18 @@ pub fn compute(
     let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
     let tariffs: Vec<f64> = job.consumers.iter().map(|c| c.tariff_eur_per_kwh).collect();
     let priority: Vec<u8> = job.consumers.iter().map(|c| c.priority).collect();
-    let mut intended = allocator.allocate(&MonthInput {
+    let outcome = allocator.allocate_month(&MonthInput {
         production_kwh: &pooled,
         consumption_kwh: &m.consumption_kwh,
         tariffs_eur_per_kwh: &tariffs,
         priority: &priority,
     })?;
+    let month = MonthNote {
+        method: outcome.method,
+        fallback: outcome.fallback,
+        violations: outcome.violations,
+    };
+    let mut intended = outcome.intended_kwh;
     if intended.len() != n_t {
         return Err(AllocationError::Length {
             expected: n_t,
@@ -402,6 +422,7 @@ pub fn compute(
         fallback_steps,
         allocator: allocator.name(),
         prorata_kwh: prorata,
+        month,
     })
 }
 
@@ -454,6 +475,9 @@ pub struct Manifest {
     pub production_kwh: f64,
     pub self_consumed_kwh: f64,
     pub participants: Vec<ParticipantTotal>,
+    /// Only for month solvers (absent for per-step policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_solver: Option<MonthNote>,
 }
 
 /// The name of the per-step allocation file written beside the keys; the
@@ -613,6 +637,38 @@ pub fn manifest(
                 tariff_eur_per_kwh: c.tariff_eur_per_kwh,
             })
             .collect(),
+        month_solver: (k.allocator == MONTH_SOLVER).then(|| k.month.clone()),
+    })
+}
+
+const MONTH_SOLVER: &str = "optimised_month";
+
+/// The month solver for a site's optimised keys: fairness from `[keys]`,
+/// subscription = each participant's `static_share` (when > 0), prices from
+/// `[plan]`. None when the policy is not optimised or `keys.month_budget_ms`
+/// is 0 (per-step keys then).
+pub fn month_solver(site: &Site, job: &KeysJob) -> Option<allocation::MonthSolverAllocator> {
+    let k = &site.config.keys;
+    if job.policy != KeyPolicy::Optimised || k.month_budget_ms == 0 {
+        return None;
+    }
+    Some(allocation::MonthSolverAllocator {
+        ids: job.consumers.iter().map(|c| c.id.clone()).collect(),
+        local_price_eur_per_kwh: site.config.plan.local_price_eur_per_kwh,
+        export_price_eur_per_kwh: site.config.plan.export_price_eur_per_kwh,
+        fairness: crate::plan::allocate::Fairness {
+            floor_ratio: k.floor_ratio,
+            no_worse_than_pro_rata: k.no_worse_than_pro_rata,
+            ..Default::default()
+        },
+        subscription_share: job
+            .consumers
+            .iter()
+            .map(|c| (c.static_share > 0.0).then_some(c.static_share))
+            .collect(),
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        budget: Some(std::time::Duration::from_millis(k.month_budget_ms)),
     })
 }
 
@@ -708,32 +764,102 @@ pub fn run(
     write_out(out, &files, &man)
 }
 
-/// Reads a key file back and checks every rule of its format (chosen by the
-/// file's extension: `.txt` Spain, else Enedis); returns a one-line summary.
-pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<String, KeysError> {
+/// What `--validate` made of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// A key file that passed every rule of its format; a one-line summary.
+    Valid(String),
+    /// Not a key file, but one `ped keys` writes beside them (the
+    /// allocation, the manifest): nothing to check, and why.
+    Skipped(String),
+}
+
+/// What a file's content says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    Enedis,
+    Spain,
+    Allocation,
+    Manifest,
+    Unknown,
+}
+
+/// Decides by content, not by name: an Enedis key file starts with
+/// `Horodate;<PRM>`, ped's allocation with `Horodate;PRM;`, a Spanish file
+/// with a CUPS (`ES…;hour;coefficient`), a manifest with `{`.
+fn sniff(text: &str) -> Sniffed {
+    let first = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let mut fields = first.split(';');
+    let head = fields.next().unwrap_or("").trim();
+    let second = fields.next().unwrap_or("").trim();
+    if first.starts_with('{') {
+        Sniffed::Manifest
+    } else if head.eq_ignore_ascii_case("Horodate") {
+        if second.eq_ignore_ascii_case("PRM") {
+            Sniffed::Allocation
+        } else {
+            Sniffed::Enedis
+        }
+    } else if head.len() >= 2 && head[..2].eq_ignore_ascii_case("ES") {
+        Sniffed::Spain
+    } else {
+        Sniffed::Unknown
+    }
+}
+
+/// Reads a file back and checks every rule of its format. The format comes
+/// from the content (see `sniff`); a file whose content names no format is
+/// checked as its extension says (`.txt` Spain, else Enedis) so the error
+/// points at the line and column that break that format.
+pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<Checked, KeysError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let text =
         String::from_utf8(bytes).map_err(|_| DsoError::invalid(1, 1, "file is not UTF-8"))?;
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
-    {
-        let r = spain::validate(&text)?;
-        Ok(format!(
-            "spain: {} CUPS, {} hour(s) from hour {}",
-            r.cups.len(),
-            r.rows.len(),
-            r.rows.first().map_or(0, |r| r.hour_of_year)
-        ))
-    } else {
-        let r = enedis::validate(&text, grid, precision)?;
-        Ok(format!(
-            "enedis: {} consumer(s), {} step(s) from {} to {}",
-            r.consumers.len(),
-            r.rows.len(),
-            r.first_day,
-            r.last_day
-        ))
+    let by_ext = || {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+        {
+            Sniffed::Spain
+        } else {
+            Sniffed::Enedis
+        }
+    };
+    let kind = match sniff(&text) {
+        Sniffed::Unknown => by_ext(),
+        k => k,
+    };
+    match kind {
+        Sniffed::Allocation => Ok(Checked::Skipped(
+            "ped's per-step allocation (Horodate;PRM;…), not a key file".into(),
+        )),
+        Sniffed::Manifest => Ok(Checked::Skipped(
+            "a JSON document (ped's manifest), not a key file".into(),
+        )),
+        Sniffed::Spain => {
+            let r = spain::validate(&text)?;
+            Ok(Checked::Valid(format!(
+                "spain: {} CUPS, {} hour(s) from hour {}",
+                r.cups.len(),
+                r.rows.len(),
+                r.rows.first().map_or(0, |r| r.hour_of_year)
+            )))
+        }
+        Sniffed::Enedis | Sniffed::Unknown => {
+            let r = enedis::validate(&text, grid, precision)?;
+            Ok(Checked::Valid(format!(
+                "enedis: {} consumer(s), {} step(s) from {} to {}",
+                r.consumers.len(),
+                r.rows.len(),
+                r.first_day,
+                r.last_day
+            )))
+        }
     }
 }
 
