@@ -741,6 +741,8 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         load_kw: f,
                         tariff_eur_per_kwh: site.tariff[i],
                         priority: site.priority[i],
+                        // The replay values energy at the flat tariff (TOU windows not replayed yet).
+                        tariff_steps_eur_per_kwh: vec![],
                     }
                 })
                 .collect();
