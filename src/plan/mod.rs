@@ -686,7 +686,10 @@ fn solve_lp_with(
                                 .iter()
                                 .map(|&i| input.participants[i].load_kw[t])
                                 .sum();
-                            if cap <= 0.0 {
+                            // A class worth no more than the export it displaces is
+                            // left out: its variable has a cost ≤ 0 and sits only in a
+                            // ≤ row, so 0 is optimal for it (same optimum, fewer columns).
+                            if cap <= 0.0 || w - price <= 0.0 {
                                 return None;
                             }
                             let v = vars.add(variable().min(0.0).max(cap));
@@ -801,8 +804,14 @@ fn solve_lp_with(
     let mut curtail = Vec::with_capacity(n);
     for t in 0..n {
         let mut e = Expression::with_capacity(np + 2 * nb + input.heat.len() + 1);
-        let cut = vars.add(variable().min(0.0).max(input.pv_kw[t]));
-        e.add_mul(1.0, cut);
+        // Curtailment only pays at a negative export price; otherwise its
+        // column would cost ≥ 0 in a ≤ row, so it is fixed at 0 (`None`).
+        let price_h = input.export_price_eur_per_kwh[t] * h;
+        let cut = (price_h < 0.0).then(|| vars.add(variable().min(0.0).max(input.pv_kw[t])));
+        if let Some(cut) = cut {
+            e.add_mul(1.0, cut);
+            obj.add_mul(-price_h, cut);
+        }
         curtail.push(cut);
         match &alloc {
             AllocVars::Each(a) => a.iter().for_each(|row| e.add_mul(1.0, row[t])),
@@ -817,7 +826,6 @@ fn solve_lp_with(
         }
         // export_t = pv_t − e  ⇒  its value is price·h·(pv_t − e); the pv part
         // is constant (the allocation's share is in its weight above).
-        let price_h = input.export_price_eur_per_kwh[t] * h;
         for b in 0..nb {
             obj.add_mul(-price_h, charge[b][t]);
             obj.add_mul(price_h, discharge[b][t]);
@@ -825,7 +833,6 @@ fn solve_lp_with(
         for p in &p2h {
             obj.add_mul(-price_h, p[t]);
         }
-        obj.add_mul(-price_h, curtail[t]);
         constraints.push(constraint::leq(e, input.pv_kw[t]));
     }
 
@@ -860,7 +867,7 @@ fn solve_lp_with(
         p2h: read(&p2h),
         served: read(&served),
         alloc,
-        curtail: curtail.iter().map(get).collect(),
+        curtail: curtail.iter().map(|c| c.as_ref().map_or(0.0, get)).collect(),
     })
 }
 
