@@ -867,7 +867,10 @@ fn solve_lp_with(
         p2h: read(&p2h),
         served: read(&served),
         alloc,
-        curtail: curtail.iter().map(|c| c.as_ref().map_or(0.0, get)).collect(),
+        curtail: curtail
+            .iter()
+            .map(|c| c.as_ref().map_or(0.0, get))
+            .collect(),
     })
 }
 
