@@ -168,7 +168,13 @@ for p, port, unit, group in meters:
     w(f'group = "{group}"')
     w(f'prm = "{p["prm"]}"')
     w(f'meter = "MTR-{p["id"]}"')
-    w(f'tariff_eur_per_kwh = {TARIFF.get(kind, 0.2000):.4f}')
+    if kind == "household" and group == "Residence 2":
+        # Regulated "Heures pleines / Heures creuses" option (TRVE, Feb 2025):
+        # HP 0.2700, HC 0.2068 €/kWh, off-peak 22:00-06:00 local time.
+        w("tariff_eur_per_kwh = 0.2700")
+        w('tou = [{ from = "22:00", to = "06:00", eur_kwh = 0.2068 }]')
+    else:
+        w(f'tariff_eur_per_kwh = {TARIFF.get(kind, 0.2000):.4f}')
     w(f'priority = {1 if kind == "household" else 2}')
     w(f'static_share = {float(p["subscription_share"]):.6f}')
     w(f'annual_kwh = {float(p["annual_kwh"]):.1f}')

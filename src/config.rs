@@ -492,6 +492,59 @@ pub struct ParticipantConfig {
     /// Expected annual consumption, for the simulator's profiles and forecasts' priors.
     #[serde(default)]
     pub annual_kwh: f64,
+    /// Time-of-use windows in the site's local time (e.g. French HC
+    /// 22:00–06:00); `tariff_eur_per_kwh` applies outside every window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tou: Vec<TouWindow>,
+}
+
+/// A time-of-use window, `from` inclusive to `to` exclusive, both "HH:MM" in
+/// the site's time zone; a window with `from` after `to` runs over midnight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TouWindow {
+    pub from: String,
+    pub to: String,
+    pub eur_kwh: f64,
+}
+
+/// Minutes after local midnight of "HH:MM" (24:00 allowed as an end).
+pub fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+}
+
+impl ParticipantConfig {
+    /// Retail price (€/kWh) at local minute-of-day `minute`: the first TOU
+    /// window that holds it, else the flat tariff. Windows that fail to
+    /// parse are ignored here (validation reports them).
+    pub fn tariff_at_minute(&self, minute: u32) -> f64 {
+        for w in &self.tou {
+            let (Some(a), Some(b)) = (parse_hhmm(&w.from), parse_hhmm(&w.to)) else {
+                continue;
+            };
+            let inside = if a <= b {
+                (a..b).contains(&minute)
+            } else {
+                minute >= a || minute < b
+            };
+            if inside {
+                return w.eur_kwh;
+            }
+        }
+        self.tariff_eur_per_kwh
+    }
+
+    /// Retail price at instant `t` in time zone `tz`.
+    pub fn tariff_at(&self, t: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> f64 {
+        use chrono::Timelike;
+        let local = t.with_timezone(&tz);
+        self.tariff_at_minute(local.hour() * 60 + local.minute())
+    }
 }
 
 fn default_tariff() -> f64 {
@@ -1027,6 +1080,31 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                 "give €/kWh, e.g. 0.2516",
             ));
         }
+        for (j, w) in q.tou.iter().enumerate() {
+            for (name, v) in [("from", &w.from), ("to", &w.to)] {
+                if parse_hhmm(v).is_none() {
+                    p.push(problem(
+                        key(&format!("tou[{j}].{name}")),
+                        format!("`{v}` is not a local time HH:MM"),
+                        "write e.g. \"22:00\" (00:00 to 24:00, site time zone)",
+                    ));
+                }
+            }
+            if w.from == w.to {
+                p.push(problem(
+                    key(&format!("tou[{j}]")),
+                    format!("window {}–{} is empty", w.from, w.to),
+                    "give different from and to (a window over midnight has from after to)",
+                ));
+            }
+            if !w.eur_kwh.is_finite() || !(0.0..=5.0).contains(&w.eur_kwh) {
+                p.push(problem(
+                    key(&format!("tou[{j}].eur_kwh")),
+                    format!("{} is not a plausible retail price", w.eur_kwh),
+                    "give €/kWh, e.g. 0.2068 for French off-peak (HC)",
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&q.static_share) {
             p.push(problem(
                 key("static_share"),
@@ -1358,5 +1436,50 @@ meter = "M-1"
             err.contains("ledger.path") && err.contains("is a file"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tou_windows_price_local_time_and_bad_ones_are_named() {
+        let tou = "\ntariff_eur_per_kwh = 0.2700\ntou = [{ from = \"22:00\", to = \"06:00\", eur_kwh = 0.2068 }]\n";
+        let (_d, path) = write(&(MINIMAL.to_string() + tou));
+        let site = load(&path, &maps()).unwrap();
+        let p = &site.config.participants[0];
+        assert_eq!(p.tariff_at_minute(23 * 60), 0.2068);
+        assert_eq!(p.tariff_at_minute(5 * 60 + 59), 0.2068);
+        assert_eq!(p.tariff_at_minute(6 * 60), 0.27);
+        assert_eq!(p.tariff_at_minute(12 * 60), 0.27);
+        // 21:30 UTC is 22:30 in Paris in winter (HC), 23:30 in summer; 04:30 UTC is 06:30 in summer (HP).
+        let tz: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        assert_eq!(p.tariff_at(at("2025-12-01T21:30:00Z"), tz), 0.2068);
+        assert_eq!(p.tariff_at(at("2025-06-01T04:30:00Z"), tz), 0.27);
+        assert_eq!(p.tariff_at(at("2025-12-01T04:30:00Z"), tz), 0.2068);
+
+        let bad = "\ntou = [{ from = \"25:00\", to = \"06:00\", eur_kwh = 0.2 }, { from = \"08:00\", to = \"08:00\", eur_kwh = -1.0 }]\n";
+        let (_d, path) = write(&(MINIMAL.to_string() + bad));
+        let ConfigError::Invalid { problems, .. } = load(&path, &maps()).unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("participants[0].tou[0].from")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("participants[0].tou[1] ")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with("participants[0].tou[1].eur_kwh")),
+            "{keys:?}"
+        );
+        assert!(problems.iter().all(|p| !p.fix.is_empty()));
     }
 }

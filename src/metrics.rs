@@ -80,6 +80,8 @@ pub struct Metrics {
     pub plan_soft_violations: Gauge,
     // Reconciliation with the DSO's settlement.
     pub reconciliation_difference: GaugeVec,
+    // Plan re-solves by trigger (issue 4).
+    pub plan_resolves: IntCounterVec,
 }
 
 impl Metrics {
@@ -236,6 +238,7 @@ impl Metrics {
                 "DSO's self-consumed energy minus ped's allocation over the last reconciled run.",
                 &["participant"],
             )?,
+            plan_resolves: icv("plan_resolves_total", "Plans solved again, by trigger: step (the next settlement step), forecast_miss (measured PV far from the plan's forecast).", &["reason"])?,
             registry,
         };
         m.build_info

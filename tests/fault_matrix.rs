@@ -206,6 +206,7 @@ fn plan_input(steps: usize) -> PlanInput {
             load_kw: vec![20.0; steps],
             tariff_eur_per_kwh: 0.25,
             priority: 1,
+            tariff_steps_eur_per_kwh: vec![],
         }],
         batteries: vec![BatteryModel {
             id: "BAT-1".into(),

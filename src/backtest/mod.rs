@@ -21,7 +21,8 @@
 //!   the actual energies: consumers are the participants, then the batteries
 //!   (their charge), then the P2H units; production is PV plus discharge.
 //! - The LP is re-solved every `replan_every` steps and after a large PV miss
-//!   (actual PV off the plan's forecast by more than a fifth of the peak).
+//!   (actual PV off the plan's forecast by more than a quarter of the larger
+//!   of the two and 5 % of the peak, as in the daemon).
 //!
 //! Scenarios (dispatch × keys): `ped` (LP, the site's key policy),
 //! `ped_prorata` (LP, pro rata: the same energy, the DSO's default key),
@@ -82,8 +83,12 @@ const P2H_EFF: f64 = 0.98;
 const STORE_LOSS_PER_HOUR: f64 = 0.005;
 /// Part of its substation's demand a heat store may cover.
 const STORE_SHARE_OF_DEMAND: f64 = 0.5;
-/// A PV miss this large (share of the installed peak) triggers a re-solve.
-const MISS_REPLAN_SHARE_OF_PEAK: f64 = 0.2;
+/// A PV miss triggers a re-solve when it exceeds this share of the installed
+/// peak and [`MISS_REPLAN_SHARE_OF_PV`] of the larger of actual and forecast
+/// PV: the daemon's rule (`daemon::planner`). A fifth of the peak alone never
+/// fired in winter, when a day's PV stays below that.
+const MISS_REPLAN_SHARE_OF_PEAK: f64 = 0.05;
+const MISS_REPLAN_SHARE_OF_PV: f64 = 0.25;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -689,10 +694,13 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             Some((t0, p)) => {
                 let k = t - t0;
                 let plan_len = p.export_kwh.len().max(1);
-                let miss = (total_pv[t - 1] - forecast_pv_at(p, k.saturating_sub(1))).abs();
+                let (got, want) = (total_pv[t - 1], forecast_pv_at(p, k.saturating_sub(1)));
+                let miss = (got - want).abs();
                 if k >= opts.replan_every || k >= plan_len {
                     true
-                } else if miss > MISS_REPLAN_SHARE_OF_PEAK * peak_kw {
+                } else if miss > MISS_REPLAN_SHARE_OF_PEAK * peak_kw
+                    && miss > MISS_REPLAN_SHARE_OF_PV * got.max(want)
+                {
                     stats.replans_on_miss += 1;
                     true
                 } else {
@@ -741,6 +749,8 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         load_kw: f,
                         tariff_eur_per_kwh: site.tariff[i],
                         priority: site.priority[i],
+                        // The replay values energy at the flat tariff (TOU windows not replayed yet).
+                        tariff_steps_eur_per_kwh: vec![],
                     }
                 })
                 .collect();

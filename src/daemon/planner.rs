@@ -38,6 +38,12 @@ pub async fn run(
         _ = shutdown.changed() => return,
     }
     let mut last_valid: Option<plan::Plan> = None;
+    // The step whose plan was already re-solved after a forecast miss.
+    let mut missed_start = None;
+    for reason in ["step", "forecast_miss"] {
+        // Exported at 0 from the start, so a rate over it is defined.
+        shared.metrics.plan_resolves.with_label_values(&[reason]);
+    }
     loop {
         while let Ok(rec) = periods.try_recv() {
             for (pid, kwh) in &rec.consumption_kwh {
@@ -87,13 +93,56 @@ pub async fn run(
         }
         let elapsed = started.elapsed().as_secs_f64();
         publish(&shared, &input, &p, &setpoints, elapsed);
-        // Re-plan at the next step.
+        // Re-plan at the next step, or earlier after a large forecast miss.
         let next = grid.next_period(start);
-        tokio::select! {
-            _ = clock.sleep_until(next) => {}
-            _ = shutdown.changed() => return,
-        }
+        let reason = loop {
+            let now = clock.now();
+            if now >= next {
+                break "step";
+            }
+            let wake =
+                (now + chrono::Duration::seconds((grid.step_minutes() * 10) as i64)).min(next);
+            tokio::select! {
+                _ = clock.sleep_until(wake) => {}
+                _ = shutdown.changed() => return,
+            }
+            if clock.now() < next && missed_start != Some(start) {
+                if let Some((got, want)) = forecast_miss(&shared, &input) {
+                    tracing::info!(
+                        measured_kw = format!("{got:.1}"),
+                        forecast_kw = format!("{want:.1}"),
+                        "plan: PV forecast miss, re-solving before the next step"
+                    );
+                    missed_start = Some(start);
+                    break "forecast_miss";
+                }
+            }
+        };
+        shared
+            .metrics
+            .plan_resolves
+            .with_label_values(&[reason])
+            .inc();
     }
+}
+
+/// Measured PV against the plan's forecast for the current step, when they
+/// differ by more than a quarter of the larger and 5 % of the installed peak:
+/// the plan then under- or over-charges for the rest of the day (it charged
+/// too little on mornings that turned out sunnier than forecast), so it is
+/// solved again with the clearness just measured instead of waiting for the
+/// next step. At most once per step, so a flickering sky cannot make the
+/// planner spin.
+fn forecast_miss(shared: &Shared, input: &PlanInput) -> Option<(f64, f64)> {
+    let plants: Vec<_> = shared.site.devices_of(DeviceKind::PvInverter).collect();
+    let kwp: f64 = plants.iter().map(|d| d.kwp.unwrap_or(0.0)).sum();
+    let mut got = 0.0;
+    for d in &plants {
+        got += reading(shared, &d.id, "production_kw")?;
+    }
+    let want = input.pv_kw.first().copied()?;
+    let gap = (got - want).abs();
+    (gap > 0.25 * got.max(want) && gap > 0.05 * kwp).then_some((got, want))
 }
 
 /// Lower rungs of the ladder when the solver thread itself failed or was
@@ -184,11 +233,23 @@ fn build_input(
                 let now_kw = reading(shared, &p.meter, "power_kw").unwrap_or(p.annual_kwh / 8760.0);
                 load = vec![now_kw.max(0.0); steps];
             }
+            // Time-of-use windows in the site's local time, one price per step.
+            let tariff_steps = match cfg.site.timezone.parse::<chrono_tz::Tz>() {
+                Ok(tz) if !p.tou.is_empty() => (0..steps)
+                    .map(|k| {
+                        let at = start
+                            + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
+                        p.tariff_at(at, tz)
+                    })
+                    .collect(),
+                _ => vec![],
+            };
             ParticipantForecast {
                 id: p.id.clone(),
                 load_kw: load,
                 tariff_eur_per_kwh: p.tariff_eur_per_kwh,
                 priority: p.priority,
+                tariff_steps_eur_per_kwh: tariff_steps,
             }
         })
         .collect();

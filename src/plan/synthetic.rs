@@ -95,6 +95,22 @@ pub fn allocation(participants: usize, steps: usize, seed: u64) -> AllocationPro
     }
 }
 
+/// A real district's participants share a handful of retail offers
+/// (`site-configs/fontaine-douche.toml` has four tariffs for 120
+/// participants): the joint plan's participant takes the offer nearest its
+/// random level, so the plan's value classes (see `plan::solve_lp_with`)
+/// are as few as on a real site. The allocation instances keep their
+/// continuous levels.
+const RETAIL_OFFERS_EUR_PER_KWH: [f64; 4] = [0.1440, 0.1800, 0.2000, 0.2516];
+
+fn retail_offer(level: f64) -> f64 {
+    RETAIL_OFFERS_EUR_PER_KWH
+        .iter()
+        .copied()
+        .min_by(|a, b| (a - level).abs().total_cmp(&(b - level).abs()))
+        .unwrap_or(level)
+}
+
 /// Joint plan instance: the same district with `batteries` batteries and one
 /// heat store with power-to-heat.
 pub fn plan_input(participants: usize, steps: usize, batteries: usize, seed: u64) -> PlanInput {
@@ -111,8 +127,9 @@ pub fn plan_input(participants: usize, steps: usize, batteries: usize, seed: u64
             .map(|p| ParticipantForecast {
                 id: p.id.clone(),
                 load_kw: p.consumption_kwh.iter().map(|e| e / 0.25).collect(),
-                tariff_eur_per_kwh: p.tariff_eur_per_kwh[0],
+                tariff_eur_per_kwh: retail_offer(p.tariff_eur_per_kwh[0]),
                 priority: p.tier - 1,
+                tariff_steps_eur_per_kwh: vec![],
             })
             .collect(),
         batteries: (0..batteries)
