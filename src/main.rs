@@ -440,6 +440,7 @@ async fn main() -> Result<()> {
                     path: ledger,
                     deliver,
                     backoff: None,
+                    ..Default::default()
                 },
             )
             .await?;

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub plan_soft_violations: Gauge,
     // Reconciliation with the DSO's settlement.
     pub reconciliation_difference: GaugeVec,
+    // Hand-off and gaps (issue 7, session 3).
+    pub handoff_samples_dropped: IntCounter,
+    pub periods_estimated: IntCounter,
 }
 
 impl Metrics {
@@ -236,6 +239,8 @@ impl Metrics {
                 "DSO's self-consumed energy minus ped's allocation over the last reconciled run.",
                 &["participant"],
             )?,
+            handoff_samples_dropped: reg(r, IntCounter::new("handoff_samples_dropped_total", "Counter samples dropped because the aggregator fell days behind the pollers (oldest first).")?)?,
+            periods_estimated: reg(r, IntCounter::new("periods_estimated_total", "Closed periods whose energies were interpolated across a gap (ped down, clock jump) rather than measured.")?)?,
             registry,
         };
         m.build_info
