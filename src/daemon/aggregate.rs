@@ -663,8 +663,9 @@ pub async fn run(
     ));
     // A period is closed only once every device had the chance to be polled
     // since start: after a restart the first samples complete the open period.
-    let first_close = clock.now() + grace;
+    let mut first_close = clock.now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_tick = (clock.now(), std::time::Instant::now());
     loop {
         tokio::select! {
             _ = handoff.wait() => {
@@ -673,6 +674,19 @@ pub async fn run(
             _ = tick.tick() => {
                 // Samples taken before the boundary must be in before it closes.
                 on_drained(&shared, &mut counters, handoff.drain());
+                // A forward clock step (NTP correcting a gateway that booted
+                // with a wrong clock) puts the periods it skipped behind "now"
+                // at once, before any sample from after the step is in. They
+                // wait a grace, as after a restart: the first sample after the
+                // step then spans the gap, which flags them `estimated` rather
+                // than `missing`.
+                let (now, real) = (clock.now(), std::time::Instant::now());
+                let expected = clock.clock_duration(real - last_tick.1);
+                if now - last_tick.0 - expected > grid.step() {
+                    tracing::warn!(from = %grid.format_local(last_tick.0), to = %grid.format_local(now), "clock jumped forward; the periods it skipped are closed from the samples after it, flagged estimated");
+                    first_close = first_close.max(now + grace);
+                }
+                last_tick = (now, real);
                 while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
                     let (rec, closed) = close_period(&shared, &counters, next);
                     // The planner need not wait for the ledger's fsync; files and
@@ -934,6 +948,9 @@ fn close_period(
             (vec![0; n], vec![0.0; n], 0.0, total_p)
         }
     };
+    if estimated {
+        m.periods_estimated.inc();
+    }
     let quality = if problems.is_empty() {
         if estimated {
             "estimated".to_string()
