@@ -288,6 +288,10 @@ impl Sink {
                 }
                 Err(e) => {
                     self.write_error(shared, &e);
+                    // Reopened at the next try: a connection SQLite opened
+                    // read-only (the file was immutable then) stays read-only
+                    // after the file becomes writable.
+                    self.ledger = None;
                     break;
                 }
             }
@@ -722,7 +726,16 @@ fn resume(
 ) -> Option<DateTime<Utc>> {
     let grid = shared.site.grid;
     let now = shared.clock.now();
-    let ledger = sink.ledger.as_mut()?;
+    // A ledger readable but not writable at start (catch-up mode) is still
+    // where the resume point is.
+    let mut read_only;
+    let ledger = match sink.ledger.as_mut() {
+        Some(l) => l,
+        None => {
+            read_only = Ledger::open_read_only(&sink.path).ok()?;
+            &mut read_only
+        }
+    };
     let last = match ledger.last_period() {
         Ok(l) => l?,
         Err(e) => {

@@ -46,6 +46,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 #[derive(Debug, Clone)]
@@ -394,6 +396,14 @@ impl Daemon {
             .output_dir
             .clone()
             .unwrap_or_else(|| site.config.site.output_dir.clone());
+        let ledger_path = ledger
+            .path
+            .clone()
+            .or_else(|| site.config.ledger.path.clone())
+            .unwrap_or_else(|| output_dir.join("ledger").join("ped.sqlite"));
+        // Before anything starts: a ledger that exists but cannot be resumed
+        // from stops ped rather than being replaced by a fresh one.
+        crate::ledger::Ledger::check_usable(&ledger_path)?;
         std::fs::create_dir_all(&output_dir).map_err(|e| DaemonError::Output {
             path: output_dir.clone(),
             source: e,
@@ -497,11 +507,6 @@ impl Daemon {
                 shutdown_rx.clone(),
             )));
         }
-        let ledger_path = ledger
-            .path
-            .clone()
-            .or_else(|| site.config.ledger.path.clone())
-            .unwrap_or_else(|| shared.output_dir.join("ledger").join("ped.sqlite"));
         // Opened (and migrated) before the first poll, so the resume point is known.
         let mut sink = aggregate::Sink::open(ledger_path.clone());
         sink.slow = ledger.writer_delay.unwrap_or_default();
