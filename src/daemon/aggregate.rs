@@ -301,6 +301,7 @@ impl Sink {
                 match finalise(shared, ledger, first, last) {
                     Ok(()) => {
                         self.to_finalise.remove(&(first, last));
+                        prune(shared, ledger, last);
                     }
                     Err(e) => {
                         self.write_error(shared, &e);
@@ -344,6 +345,28 @@ impl Sink {
                 None => true,
                 Some(t) => t.elapsed() >= Duration::from_secs(1),
             }
+    }
+}
+
+/// Once a day is final: counter snapshots older than the retention are
+/// folded (`ledger.snapshot_retention_days`). A failure only delays it.
+fn prune(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) {
+    let days = shared.site.config.ledger.snapshot_retention_days;
+    if days == 0 {
+        return;
+    }
+    let Ok(end) = shared.site.grid.local_midnight(day) else {
+        return;
+    };
+    let before = end - chrono::Duration::days(i64::from(days));
+    match ledger.prune_snapshots(before) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(before = %before, snapshots = n, "old counter snapshots folded to daily")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "counter snapshots not pruned; retried after the next day")
+        }
     }
 }
 
