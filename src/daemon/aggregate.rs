@@ -399,6 +399,11 @@ fn write_day_files(
                     .inc_by(n);
                 shared
                     .metrics
+                    .key_files_validated
+                    .with_label_values(&["ok"])
+                    .inc_by(n);
+                shared
+                    .metrics
                     .key_files_last_written
                     .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
                 return;
@@ -471,7 +476,9 @@ fn append_day_row(shared: &Shared, p: &ClosedPeriod, day: NaiveDate) -> Result<u
     if row.units.len() != consumers.len() {
         return Err("participant list changed".into());
     }
+    // Rendered and read back by the validator like a whole file (header + the row).
     let text = enedis::render(&grid, &consumers, std::slice::from_ref(&row), precision)
+        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
         .map_err(|e| e.to_string())?;
     let line = text.split_once('\n').map(|(_, l)| l).unwrap_or_default();
     let dir = shared
