@@ -111,6 +111,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows.push((label.to_string(), times, size));
     }
 
+    // (e) Counter-snapshot pruning: the same periods, with the snapshots older
+    // than one day folded at each day's end (the daemon uses
+    // `ledger.snapshot_retention_days`, 35 by default; one day here so that a
+    // short run shows the steady state). Bytes in use = pages − free list,
+    // since freed pages are reused by later periods.
+    {
+        let path = dir.path().join("pruned.sqlite");
+        let mut l = Ledger::open(&path)?;
+        let unpruned = Ledger::open(&dir.path().join("FULL.sqlite"))?.bytes_in_use()?;
+        let mut prune_ms = Vec::new();
+        for (k, p) in periods.iter().enumerate() {
+            l.commit_period(p)?;
+            if (k + 1) % 96 == 0 {
+                let t = Instant::now();
+                l.prune_snapshots(p.end - Duration::days(1))?;
+                prune_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let pruned = l.bytes_in_use()?;
+        println!(
+            "snapshot pruning over {n} periods: bytes in use {} → {} per period ({:.2}×); prune per day p50 {:.1} ms",
+            unpruned / n as u64,
+            pruned / n as u64,
+            pruned as f64 / unpruned.max(1) as f64,
+            if prune_ms.is_empty() { 0.0 } else { pct(&mut prune_ms, 0.5) }
+        );
+    }
+
     let path = dir.path().join("periods.jsonl");
     let mut times = Vec::with_capacity(n);
     for p in &periods {

@@ -70,14 +70,34 @@ pub struct SiteConfig {
     pub ledger: LedgerSection,
 }
 
-/// `[ledger]`: where the SQLite ledger lives.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// `[ledger]`: where the SQLite ledger lives and how long it keeps every
+/// counter snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSection {
     /// Default: `<output_dir>/ledger/ped.sqlite`. Relative paths are relative
     /// to the working directory, like `site.output_dir`.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Counter snapshots older than this many days are folded to one per
+    /// counter and UTC day (each counter's latest is always kept): a restart
+    /// needs only the latest, and closed periods keep their own energies.
+    /// 35 days cover a monthly key file and its re-computation. 0 keeps all.
+    #[serde(default = "default_snapshot_days")]
+    pub snapshot_retention_days: u32,
+}
+
+fn default_snapshot_days() -> u32 {
+    35
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            path: None,
+            snapshot_retention_days: default_snapshot_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -450,6 +450,7 @@ async fn main() -> Result<()> {
                     path: ledger,
                     deliver,
                     backoff: None,
+                    ..Default::default()
                 },
             )
             .await?;

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub reconciliation_difference: GaugeVec,
     // Plan re-solves by trigger (issue 4).
     pub plan_resolves: IntCounterVec,
+    // Hand-off and gaps (issue 7, session 3).
+    pub handoff_samples_dropped: IntCounter,
+    pub periods_estimated: IntCounter,
 }
 
 impl Metrics {
@@ -239,6 +242,8 @@ impl Metrics {
                 &["participant"],
             )?,
             plan_resolves: icv("plan_resolves_total", "Plans solved again, by trigger: step (the next settlement step), forecast_miss (measured PV far from the plan's forecast).", &["reason"])?,
+            handoff_samples_dropped: reg(r, IntCounter::new("handoff_samples_dropped_total", "Counter samples dropped because the aggregator fell days behind the pollers (oldest first).")?)?,
+            periods_estimated: reg(r, IntCounter::new("periods_estimated_total", "Closed periods whose energies were interpolated across a gap (ped down, clock jump) rather than measured.")?)?,
             registry,
         };
         m.build_info

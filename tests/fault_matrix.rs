@@ -459,6 +459,7 @@ async fn clock_jumps_lose_no_period_and_count_none_twice() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let before_forward = closed(&daemon);
     assert!(before_forward >= 1, "periods close before the jump");
+    let jumped_from = clock.now();
     assert!(clock.step(chrono::Duration::hours(1)));
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let after_forward = closed(&daemon);
@@ -491,6 +492,58 @@ async fn clock_jumps_lose_no_period_and_count_none_twice() {
         metric(&metrics, "ped_periods_closed_total"),
         Some(starts.len() as f64),
         "each closed period is in the key files exactly once"
+    );
+
+    // The periods wholly inside the skipped hour are interpolated across the
+    // gap, and say so: the period (its keys) and its energies are `estimated`.
+    let ledger =
+        ped::ledger::Ledger::open_read_only(&out.path().join("ledger/ped.sqlite")).expect("ledger");
+    let stored = ledger.periods().expect("periods");
+    let skipped_end = jumped_from + chrono::Duration::hours(1);
+    let inside: Vec<_> = stored
+        .iter()
+        .filter(|p| p.start > jumped_from && p.start + chrono::Duration::minutes(15) <= skipped_end)
+        .collect();
+    assert!(
+        inside.len() >= 3,
+        "{} periods inside the skipped hour",
+        inside.len()
+    );
+    for p in &inside {
+        assert_eq!(
+            p.quality, "estimated",
+            "period {} in the skipped hour",
+            p.start
+        );
+        let energies = ledger.energies(p.start).expect("energies");
+        assert!(
+            energies
+                .iter()
+                .any(|e| e.quality == ped::ledger::Quality::Estimated),
+            "no estimated energy in {}",
+            p.start
+        );
+        assert!(
+            energies
+                .iter()
+                .all(|e| e.quality != ped::ledger::Quality::Measured),
+            "a measured energy inside the skipped hour at {}",
+            p.start
+        );
+    }
+    let before: Vec<_> = stored
+        .iter()
+        .filter(|p| p.start + chrono::Duration::minutes(30) <= jumped_from)
+        .collect();
+    assert!(
+        before.iter().all(|p| p.quality != "estimated"),
+        "a period before the jump was flagged estimated"
+    );
+    let flagged = stored.iter().filter(|p| p.quality == "estimated").count();
+    assert!(
+        metric(&metrics, "ped_periods_estimated_total").unwrap_or(0.0) >= flagged as f64
+            && flagged >= inside.len(),
+        "ped_periods_estimated_total counts the flagged periods ({flagged})"
     );
 }
 

@@ -18,7 +18,8 @@
 //! a week of quarter-hours) and are written, in order, when the ledger accepts
 //! writes again.
 
-use super::{Event, PeriodRecord, Shared};
+use super::handoff::{Drained, Handoff, Latest};
+use super::{PeriodRecord, Shared};
 use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy};
 use crate::dso::{enedis, KeyRow};
@@ -188,6 +189,12 @@ pub(super) struct Sink {
     to_finalise: BTreeSet<(NaiveDate, NaiveDate)>,
     failing: bool,
     last_try: Option<std::time::Instant>,
+    /// Local days whose working key files this process wrote whole: later
+    /// periods of the day are appended to them.
+    days_current: BTreeSet<NaiveDate>,
+    /// Test-only: a pause before every period commit, standing in for a slow
+    /// disk ([`super::LedgerOptions::writer_delay`]).
+    pub(super) slow: Duration,
 }
 
 impl Sink {
@@ -206,6 +213,8 @@ impl Sink {
             to_finalise: BTreeSet::new(),
             failing: false,
             last_try: None,
+            days_current: BTreeSet::new(),
+            slow: Duration::ZERO,
         }
     }
 
@@ -217,14 +226,20 @@ impl Sink {
         self.failing = true;
     }
 
+    #[cfg(test)]
     fn push(&mut self, shared: &Shared, p: ClosedPeriod) {
+        self.enqueue(shared, p);
+        self.flush(shared);
+    }
+
+    fn enqueue(&mut self, shared: &Shared, p: ClosedPeriod) {
         if self.pending.len() >= MAX_PENDING {
             if let Some(old) = self.pending.pop_front() {
                 tracing::error!(period = %old.start, "ledger unwritable for too long: oldest unwritten period dropped from memory (still in periods.jsonl)");
             }
         }
         self.pending.push_back(p);
-        self.flush(shared);
+        self.gauge(shared);
     }
 
     /// Writes what is pending, oldest first; stops at the first failure.
@@ -240,8 +255,8 @@ impl Sink {
                 }
             }
         }
-        // A long backlog is written a batch per second: each commit is an
-        // fsync on the runtime's thread, and polling must not stall meanwhile.
+        // A long backlog is written a batch at a time, so that retries and
+        // final files are interleaved with it.
         let mut budget = CATCH_UP_BATCH;
         while let Some(p) = self.pending.front() {
             let Some(ledger) = self.ledger.as_mut() else {
@@ -251,6 +266,9 @@ impl Sink {
                 break;
             }
             budget -= 1;
+            if !self.slow.is_zero() {
+                std::thread::sleep(self.slow);
+            }
             match ledger.commit_period(p) {
                 Ok(_) => {
                     if self.failing {
@@ -259,7 +277,7 @@ impl Sink {
                     }
                     let p = self.pending.pop_front();
                     if let Some(p) = p {
-                        write_day_files(shared, ledger, &p);
+                        write_day_files(shared, ledger, &p, &mut self.days_current);
                         self.day_complete(shared, p.start, p.end);
                     }
                 }
@@ -270,6 +288,10 @@ impl Sink {
                 }
                 Err(e) => {
                     self.write_error(shared, &e);
+                    // Reopened at the next try: a connection SQLite opened
+                    // read-only (the file was immutable then) stays read-only
+                    // after the file becomes writable.
+                    self.ledger = None;
                     break;
                 }
             }
@@ -279,6 +301,7 @@ impl Sink {
                 match finalise(shared, ledger, first, last) {
                     Ok(()) => {
                         self.to_finalise.remove(&(first, last));
+                        prune(shared, ledger, last);
                     }
                     Err(e) => {
                         self.write_error(shared, &e);
@@ -317,17 +340,82 @@ impl Sink {
     fn retry_due(&self) -> bool {
         (!self.pending.is_empty() || !self.to_finalise.is_empty())
             && match self.last_try {
+                // A backlog on a healthy ledger goes on at once, a batch at a time.
+                _ if !self.failing && !self.pending.is_empty() => true,
                 None => true,
                 Some(t) => t.elapsed() >= Duration::from_secs(1),
             }
     }
 }
 
-/// Rewrites the local day's working key files from the ledger's rows.
-fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
+/// Once a day is final: counter snapshots older than the retention are
+/// folded (`ledger.snapshot_retention_days`). A failure only delays it.
+fn prune(shared: &Shared, ledger: &mut Ledger, day: NaiveDate) {
+    let days = shared.site.config.ledger.snapshot_retention_days;
+    if days == 0 {
+        return;
+    }
+    let Ok(end) = shared.site.grid.local_midnight(day) else {
+        return;
+    };
+    let before = end - chrono::Duration::days(i64::from(days));
+    match ledger.prune_snapshots(before) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(before = %before, snapshots = n, "old counter snapshots folded to daily")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "counter snapshots not pruned; retried after the next day")
+        }
+    }
+}
+
+/// Brings the local day's working key files up to the period just stored.
+///
+/// The first period of a day seen by this process rewrites every producer's
+/// file from the ledger's rows (atomically: temporary file, sync, rename);
+/// later ones append the new period's single line, so closing a period costs
+/// one line per producer rather than the whole day. The line is rendered by
+/// the same code as the whole file. A crash can at worst tear the last
+/// appended line; the first period after a restart rewrites the day whole.
+/// What is delivered is never these files but the final ones, rendered and
+/// validated from the ledger when the day is complete ([`finalise`]).
+fn write_day_files(
+    shared: &Shared,
+    ledger: &Ledger,
+    p: &ClosedPeriod,
+    days_current: &mut BTreeSet<NaiveDate>,
+) {
     let site = &shared.site;
     let grid = site.grid;
     let day = grid.local_day(p.start);
+    if days_current.contains(&day) {
+        match append_day_row(shared, p, day) {
+            Ok(n) => {
+                shared
+                    .metrics
+                    .key_files
+                    .with_label_values(&["enedis"])
+                    .inc_by(n);
+                shared
+                    .metrics
+                    .key_files_validated
+                    .with_label_values(&["ok"])
+                    .inc_by(n);
+                shared
+                    .metrics
+                    .key_files_last_written
+                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "key line not appended; rewriting the day's files");
+                days_current.remove(&day);
+            }
+        }
+    }
+    // Days before this one are complete; only today's can still grow.
+    days_current.retain(|d| *d >= day);
     let rows = match range_rows(shared, ledger, day, day) {
         Ok(r) => r,
         Err(e) => {
@@ -359,6 +447,7 @@ fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
                 })
         }) {
         Ok(files) => {
+            days_current.insert(day);
             m.key_files
                 .with_label_values(&["enedis"])
                 .inc_by(files.len() as u64);
@@ -370,6 +459,48 @@ fn write_day_files(shared: &Shared, ledger: &Ledger, p: &ClosedPeriod) {
         }
         Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
     }
+}
+
+/// Appends `p`'s line to each producer's working file of `day`; the number of
+/// files appended to.
+fn append_day_row(shared: &Shared, p: &ClosedPeriod, day: NaiveDate) -> Result<u64, String> {
+    let grid = shared.site.grid;
+    let (producers, consumers) = prms(shared);
+    let precision = Precision {
+        units_per_one: shared.site.config.keys.units_per_one,
+    };
+    let row = KeyRow {
+        start: p.start,
+        units: p.keys.iter().map(|k| k.2).collect(),
+    };
+    if row.units.len() != consumers.len() {
+        return Err("participant list changed".into());
+    }
+    // Rendered and read back by the validator like a whole file (header + the row).
+    let text = enedis::render(&grid, &consumers, std::slice::from_ref(&row), precision)
+        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
+        .map_err(|e| e.to_string())?;
+    let line = text.split_once('\n').map(|(_, l)| l).unwrap_or_default();
+    let dir = shared
+        .output_dir
+        .join("keys")
+        .join(day.format("%Y-%m-%d").to_string());
+    let mut n = 0;
+    for producer in &producers {
+        let name = enedis::file_name(&grid, producer, std::slice::from_ref(&row))
+            .map_err(|e| e.to_string())?;
+        let path = dir.join(&name);
+        // Never creates: a missing file means the day must be written whole.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn prms(shared: &Shared) -> (Vec<Prm>, Vec<Prm>) {
@@ -480,9 +611,63 @@ fn finalise(
     Ok(())
 }
 
+/// What the aggregator hands to the writer thread.
+struct ToWrite {
+    closed: ClosedPeriod,
+}
+
+/// The ledger writer: its own OS thread, because a commit is an fsync and the
+/// day files are more; the aggregator only queues closed periods (unbounded:
+/// a closed period is never dropped here, the [`MAX_PENDING`] cap applies
+/// when the ledger keeps refusing) and never waits for the disk.
+fn spawn_writer(
+    shared: Arc<Shared>,
+    mut sink: Sink,
+) -> (
+    std::sync::mpsc::Sender<ToWrite>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<ToWrite>();
+    let handle = std::thread::spawn(move || {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut open = true;
+        while open {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(first) => {
+                    // Take everything queued: a backlog is written in batches.
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    for w in batch {
+                        if let Err(e) = append_record(&shared.output_dir, &w.closed.record_json) {
+                            tracing::error!(error = %e, "period record not archived");
+                        }
+                        sink.enqueue(&shared, w.closed);
+                    }
+                    sink.flush(&shared);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if sink.retry_due() {
+                        sink.flush(&shared);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+        }
+        // Stopping: write what is still pending while the ledger takes it.
+        while !sink.pending.is_empty() || !sink.to_finalise.is_empty() {
+            let before = (sink.pending.len(), sink.to_finalise.len());
+            sink.flush(&shared);
+            if (sink.pending.len(), sink.to_finalise.len()) == before {
+                break;
+            }
+        }
+    });
+    (tx, handle)
+}
+
 pub async fn run(
     shared: Arc<Shared>,
-    mut events: mpsc::Receiver<Event>,
+    handoff: Arc<Handoff>,
     periods: mpsc::Sender<PeriodRecord>,
     mut shutdown: watch::Receiver<bool>,
     mut sink: Sink,
@@ -505,31 +690,46 @@ pub async fn run(
     if let Some(resume) = resume(&shared, &mut sink, &mut counters, &kinds) {
         next = resume;
     }
+    let (writer, writer_thread) = spawn_writer(shared.clone(), sink);
     let poll = &site.config.polling;
     let grace = clock.clock_duration(Duration::from_millis(
         3 * poll.interval_ms + 2 * poll.timeout_ms,
     ));
     // A period is closed only once every device had the chance to be polled
     // since start: after a restart the first samples complete the open period.
-    let first_close = clock.now() + grace;
+    let mut first_close = clock.now() + grace;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_tick = (clock.now(), std::time::Instant::now());
     loop {
         tokio::select! {
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                on_event(&shared, &kinds, &mut counters, ev);
+            _ = handoff.wait() => {
+                on_drained(&shared, &mut counters, handoff.drain());
             }
             _ = tick.tick() => {
+                // Samples taken before the boundary must be in before it closes.
+                on_drained(&shared, &mut counters, handoff.drain());
+                // A forward clock step (NTP correcting a gateway that booted
+                // with a wrong clock) puts the periods it skipped behind "now"
+                // at once, before any sample from after the step is in. They
+                // wait a grace, as after a restart: the first sample after the
+                // step then spans the gap, which flags them `estimated` rather
+                // than `missing`.
+                let (now, real) = (clock.now(), std::time::Instant::now());
+                let expected = clock.clock_duration(real - last_tick.1);
+                if now - last_tick.0 - expected > grid.step() {
+                    tracing::warn!(from = %grid.format_local(last_tick.0), to = %grid.format_local(now), "clock jumped forward; the periods it skipped are closed from the samples after it, flagged estimated");
+                    first_close = first_close.max(now + grace);
+                }
+                last_tick = (now, real);
                 while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
                     let (rec, closed) = close_period(&shared, &counters, next);
                     // The planner need not wait for the ledger's fsync; files and
                     // deliveries are built only from what the ledger committed.
                     let _ = periods.try_send(rec);
-                    sink.push(&shared, closed);
+                    if writer.send(ToWrite { closed }).is_err() {
+                        tracing::error!("ledger writer gone; period not stored");
+                    }
                     next = grid.next_period(next);
-                }
-                if sink.retry_due() {
-                    sink.flush(&shared);
                 }
                 let now = clock.now();
                 let mut st = shared.status();
@@ -541,6 +741,9 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
+    drop(writer);
+    // The writer finishes what is pending unless the ledger refuses it.
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
 }
 
 /// Where to go on from the ledger: the period after the last stored one,
@@ -553,7 +756,16 @@ fn resume(
 ) -> Option<DateTime<Utc>> {
     let grid = shared.site.grid;
     let now = shared.clock.now();
-    let ledger = sink.ledger.as_mut()?;
+    // A ledger readable but not writable at start (catch-up mode) is still
+    // where the resume point is.
+    let mut read_only;
+    let ledger = match sink.ledger.as_mut() {
+        Some(l) => l,
+        None => {
+            read_only = Ledger::open_read_only(&sink.path).ok()?;
+            &mut read_only
+        }
+    };
     let last = match ledger.last_period() {
         Ok(l) => l?,
         Err(e) => {
@@ -588,24 +800,55 @@ fn resume(
     Some(next)
 }
 
-fn on_event(
-    shared: &Shared,
-    kinds: &HashMap<String, DeviceKind>,
-    counters: &mut Counters,
-    ev: Event,
-) {
+fn on_drained(shared: &Shared, counters: &mut Counters, d: Drained) {
     let m = &shared.metrics;
-    match ev {
-        Event::Down { device, kind } => {
+    if d.dropped > 0 {
+        m.handoff_samples_dropped.inc_by(d.dropped);
+        tracing::warn!(
+            dropped = d.dropped,
+            "aggregator stalled for days: oldest counter samples dropped"
+        );
+    }
+    for (device, samples) in d.samples {
+        for s in samples {
+            for (reading, v) in s.values {
+                if let Some(delta) = counters.sample(&device, reading, s.at, v) {
+                    let dir = match reading {
+                        "export_kwh" => "export",
+                        "heat_kwh" => "heat",
+                        "production_kwh" => "production",
+                        _ => "import",
+                    };
+                    m.device_energy
+                        .with_label_values(&[&device, dir])
+                        .inc_by(delta.max(0.0) * JOULES_PER_KWH);
+                }
+            }
+        }
+    }
+    for (device, latest) in d.latest {
+        on_latest(shared, device, latest);
+    }
+}
+
+fn on_latest(shared: &Shared, device: String, latest: Latest) {
+    let m = &shared.metrics;
+    match latest {
+        Latest::Down(kind) => {
             let mut st = shared.status();
             if let Some(d) = st.devices.get_mut(&device) {
                 d.up = false;
                 d.last_error = Some(kind.to_string());
             }
         }
-        Event::Snapshot(s) => {
-            let kind = kinds.get(&s.device).copied();
-            let kind_s = kind.map(|k| k.as_str()).unwrap_or("unknown");
+        Latest::Up(s) => {
+            let kind_s = shared
+                .status()
+                .devices
+                .get(&s.device)
+                .map(|d| d.kind.clone())
+                .unwrap_or_else(|| "unknown".into());
+            let kind_s = kind_s.as_str();
             for (name, v) in &s.readings {
                 let dev = s.device.as_str();
                 match *name {
@@ -630,23 +873,6 @@ fn on_event(
                         .with_label_values(&[dev, n.trim_end_matches("_c")])
                         .set(*v),
                     _ => {}
-                }
-            }
-            if let Some(k) = kind {
-                for b in crate::devices::bindings(k).iter().filter(|b| b.counter) {
-                    if let Some(v) = s.readings.get(b.reading) {
-                        if let Some(delta) = counters.sample(&s.device, b.reading, s.at, *v) {
-                            let dir = match b.reading {
-                                "export_kwh" => "export",
-                                "heat_kwh" => "heat",
-                                "production_kwh" => "production",
-                                _ => "import",
-                            };
-                            m.device_energy
-                                .with_label_values(&[&s.device, dir])
-                                .inc_by(delta.max(0.0) * JOULES_PER_KWH);
-                        }
-                    }
                 }
             }
             let mut st = shared.status();
@@ -765,6 +991,9 @@ fn close_period(
             (vec![0; n], vec![0.0; n], 0.0, total_p)
         }
     };
+    if estimated {
+        m.periods_estimated.inc();
+    }
     let quality = if problems.is_empty() {
         if estimated {
             "estimated".to_string()
@@ -827,9 +1056,6 @@ fn close_period(
             .collect(),
         snapshots: counters.snapshots_at(&[start, grid.next_period(start)]),
     };
-    if let Err(e) = append_record(&shared.output_dir, &rec) {
-        tracing::error!(error = %e, "period record not archived");
-    }
 
     m.periods_closed.inc();
     m.period_start.set(start.timestamp() as f64);
@@ -885,14 +1111,15 @@ fn close_period(
     (rec, closed)
 }
 
-fn append_record(dir: &std::path::Path, rec: &PeriodRecord) -> std::io::Result<()> {
+/// The JSON-lines export of period records, appended (on the writer thread)
+/// even while the ledger refuses writes.
+fn append_record(dir: &std::path::Path, line: &str) -> std::io::Result<()> {
     let ledger = dir.join("ledger");
     std::fs::create_dir_all(&ledger)?;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(ledger.join("periods.jsonl"))?;
-    let line = serde_json::to_string(rec).map_err(std::io::Error::other)?;
     writeln!(f, "{line}")?;
     f.sync_data()
 }

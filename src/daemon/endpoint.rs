@@ -11,7 +11,7 @@
 //! revert timer, and release to the device's own safe mode on stop, on plan
 //! loss and after lost contact.
 
-use super::{Event, Shared, Snapshot};
+use super::{handoff::Handoff, Shared, Snapshot};
 use crate::config::{DeviceConfig, DeviceKind, Parity, Transport};
 use crate::devices::{self, Command, PollPlan};
 use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLine};
@@ -20,14 +20,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub struct EndpointTask {
     pub addr: String,
     pub devices: Vec<DeviceConfig>,
     pub lib: Arc<ModelLibrary>,
     pub shared: Arc<Shared>,
-    pub events: mpsc::Sender<Event>,
+    /// Never waits: polling must not depend on how fast readings are consumed.
+    pub events: Arc<Handoff>,
     pub setpoints: watch::Receiver<BTreeMap<String, Command>>,
     pub dry_run: bool,
 }
@@ -76,13 +77,7 @@ async fn report_down(task: &EndpointTask, d: &DeviceConfig, e: &ModbusError) {
     m.device_up
         .with_label_values(&[&d.id, d.kind.as_str()])
         .set(0);
-    let _ = task
-        .events
-        .send(Event::Down {
-            device: d.id.clone(),
-            kind: e.kind(),
-        })
-        .await;
+    task.events.down(&d.id, e.kind());
 }
 
 fn controlled(d: &DeviceConfig) -> bool {
@@ -378,14 +373,11 @@ async fn poll_device(
     m.device_last_success
         .with_label_values(&[id])
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    let _ = task
-        .events
-        .send(Event::Snapshot(Snapshot {
-            device: d.cfg.id.clone(),
-            at,
-            readings,
-        }))
-        .await;
+    task.events.push(Snapshot {
+        device: d.cfg.id.clone(),
+        at,
+        readings,
+    });
     Ok(())
 }
 
@@ -695,8 +687,6 @@ meter = "BAT"
             status: std::sync::Mutex::new(super::super::Status::default()),
             output_dir: dir.path().to_path_buf(),
         });
-        let (events, mut events_rx) = mpsc::channel(64);
-        tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
         let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
@@ -705,7 +695,10 @@ meter = "BAT"
                 devices: vec![bat],
                 lib,
                 shared: shared.clone(),
-                events,
+                events: Arc::new(super::super::handoff::Handoff::new(
+                    shared.site.grid,
+                    Default::default(),
+                )),
                 setpoints: plan_rx,
                 dry_run: false,
             },

@@ -1,10 +1,14 @@
 //! Wires the stages as tokio tasks with one shutdown signal:
 //!
 //! - one **endpoint task** per Modbus endpoint (one connection shared by every
-//!   unit id behind it): polls its devices, sends [`Snapshot`]s, writes setpoints;
+//!   unit id behind it): polls its devices, hands [`Snapshot`]s over without
+//!   ever waiting (latest-value slots, thinned counter queues: `handoff`),
+//!   writes setpoints;
 //! - the **aggregator**: readings → metrics and status; energy counters →
 //!   energies per settlement period; at each closed period: keys, DSO files,
 //!   the period record;
+//! - the **ledger writer** (an OS thread): commits closed periods, appends to
+//!   the day's key files, records final files; a slow disk delays only it;
 //! - the **planner**: at each period start, forecasts + state → LP → setpoints.
 //!
 //! Data moves one way through channels; the only shared state is the status
@@ -12,6 +16,7 @@
 
 mod aggregate;
 mod endpoint;
+mod handoff;
 mod planner;
 
 use crate::clock::Clock;
@@ -41,6 +46,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 #[derive(Debug, Clone)]
@@ -59,13 +66,6 @@ pub struct Snapshot {
     pub device: String,
     pub at: DateTime<Utc>,
     pub readings: Readings,
-}
-
-/// Device health reported by an endpoint task.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Snapshot(Snapshot),
-    Down { device: String, kind: &'static str },
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -219,6 +219,10 @@ pub struct LedgerOptions {
     pub deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
     /// Retry schedule; default 1 min doubling up to 1 h, clock time.
     pub backoff: Option<crate::ledger::outbox::Backoff>,
+    /// Test-only knob: the ledger writer pauses this long before every period
+    /// it commits, standing in for a slow disk. Polling and control must not
+    /// notice (`tests/slow_writer.rs`).
+    pub writer_delay: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for LedgerOptions {
@@ -392,6 +396,14 @@ impl Daemon {
             .output_dir
             .clone()
             .unwrap_or_else(|| site.config.site.output_dir.clone());
+        let ledger_path = ledger
+            .path
+            .clone()
+            .or_else(|| site.config.ledger.path.clone())
+            .unwrap_or_else(|| output_dir.join("ledger").join("ped.sqlite"));
+        // Before anything starts: a ledger that exists but cannot be resumed
+        // from stops ped rather than being replaced by a fresh one.
+        crate::ledger::Ledger::check_usable(&ledger_path)?;
         std::fs::create_dir_all(&output_dir).map_err(|e| DaemonError::Output {
             path: output_dir.clone(),
             source: e,
@@ -459,7 +471,13 @@ impl Daemon {
             output_dir,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
+        let kinds = site
+            .config
+            .devices
+            .iter()
+            .map(|d| (d.id.clone(), d.kind))
+            .collect();
+        let handoff = Arc::new(handoff::Handoff::new(site.grid, kinds));
         let (periods_tx, periods_rx) = mpsc::channel::<PeriodRecord>(64);
         let (setpoints_tx, setpoints_rx) = watch::channel(BTreeMap::<String, Command>::new());
         let mut tasks = Vec::new();
@@ -482,24 +500,19 @@ impl Daemon {
                     devices: devs,
                     lib: lib.clone(),
                     shared: shared.clone(),
-                    events: events_tx.clone(),
+                    events: handoff.clone(),
                     setpoints: setpoints_rx.clone(),
                     dry_run: opts.dry_run || !site.config.control.writes_allowed,
                 },
                 shutdown_rx.clone(),
             )));
         }
-        drop(events_tx);
-        let ledger_path = ledger
-            .path
-            .clone()
-            .or_else(|| site.config.ledger.path.clone())
-            .unwrap_or_else(|| shared.output_dir.join("ledger").join("ped.sqlite"));
         // Opened (and migrated) before the first poll, so the resume point is known.
-        let sink = aggregate::Sink::open(ledger_path.clone());
+        let mut sink = aggregate::Sink::open(ledger_path.clone());
+        sink.slow = ledger.writer_delay.unwrap_or_default();
         tasks.push(tokio::spawn(aggregate::run(
             shared.clone(),
-            events_rx,
+            handoff,
             periods_tx,
             shutdown_rx.clone(),
             sink,

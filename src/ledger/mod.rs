@@ -43,6 +43,12 @@ pub enum LedgerError {
         found: i64,
         known: i64,
     },
+    #[error("ledger {path} cannot be used: {cause}; nothing in it was changed. Fix: {fix}")]
+    Unusable {
+        path: PathBuf,
+        cause: String,
+        fix: String,
+    },
     #[error("ledger {path}: period {start} already closed with different content (stored {stored}, new {new}); closed periods are never rewritten")]
     PeriodConflict {
         path: PathBuf,
@@ -339,6 +345,93 @@ impl Ledger {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| l.err(e))?;
         Ok(l)
+    }
+
+    /// Checks, without writing to it, that an existing ledger can be resumed
+    /// from: a SQLite file of a schema this ped knows whose periods can be read.
+    /// A missing file is fine (a fresh start creates it); one that is readable
+    /// but not writable is fine too (the daemon starts in catch-up mode). Any
+    /// other state would make a fresh start silently lose the history and the
+    /// outbox, so it is [`LedgerError::Unusable`] with the cause and the fix.
+    pub fn check_usable(path: &Path) -> Result<(), LedgerError> {
+        let unusable = |cause: String, fix: &str| LedgerError::Unusable {
+            path: path.to_path_buf(),
+            cause,
+            fix: fix.to_string(),
+        };
+        const RESTORE: &str = "restore the file from a backup, or move it away to keep it for \
+             analysis, or point ped at another file (--ledger or ledger.path) to start a fresh ledger";
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(unusable(format!("cannot be inspected ({e})"), RESTORE)),
+        };
+        if !meta.is_file() {
+            return Err(unusable("not a regular file".into(), RESTORE));
+        }
+        let mut header = [0u8; 16];
+        let read = std::fs::File::open(path).and_then(|mut f| {
+            use std::io::Read;
+            let mut n = 0;
+            while n < header.len() {
+                match f.read(&mut header[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        });
+        match read {
+            // SQLite creates an empty file before its first write; nothing to lose.
+            Ok(0) => return Ok(()),
+            Ok(16) if &header == b"SQLite format 3\0" => {}
+            Ok(_) => {
+                return Err(unusable(
+                    "not a SQLite database (corrupt or another file)".into(),
+                    RESTORE,
+                ))
+            }
+            Err(e) => return Err(unusable(format!("unreadable ({e})"), RESTORE)),
+        }
+        // `immutable=1`: no lock, no -wal or -shm created beside a file that
+        // may be refused. A WAL not yet checkpointed is not read, which is
+        // fine for this check: the schema and the periods table are in the
+        // main file from the first checkpoint on.
+        let escaped: String = path
+            .to_string_lossy()
+            .chars()
+            .map(|c| match c {
+                '%' => "%25".to_string(),
+                '?' => "%3f".to_string(),
+                '#' => "%23".to_string(),
+                c => c.to_string(),
+            })
+            .collect();
+        let conn = Connection::open_with_flags(
+            format!("file:{escaped}?immutable=1"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| unusable(format!("cannot be opened ({e})"), RESTORE))?;
+        let l = Ledger {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let found = l
+            .schema_version()
+            .map_err(|e| unusable(format!("schema unreadable ({e})"), RESTORE))?;
+        if found > SCHEMA_VERSION {
+            return Err(unusable(
+                format!("schema version {found} is newer than this ped knows ({SCHEMA_VERSION})"),
+                "run the ped version that wrote it (or a newer one); do not downgrade onto this file",
+            ));
+        }
+        if found > 0 {
+            l.last_period()
+                .map_err(|e| unusable(format!("periods unreadable ({e})"), RESTORE))?;
+        }
+        Ok(())
     }
 
     /// For the benchmark that shows what `synchronous=FULL` costs; ped itself never calls it.
@@ -808,6 +901,55 @@ impl Ledger {
         let tx = self.conn.transaction().map_err(e)?;
         append_audit(&tx, kind, subject, detail).map_err(e)?;
         tx.commit().map_err(e)
+    }
+
+    /// Folds counter snapshots older than `before`: of those, only the ones
+    /// at a UTC midnight (one per counter and day, enough to recompute daily
+    /// totals per device) and each counter's latest (the resume point, even
+    /// for a device gone for months) are kept. The energies of closed periods
+    /// are stored in their own rows, so nothing a restart or a period's
+    /// figures need is lost; the fold is recorded in the audit log. Freed
+    /// pages are reused by later periods, so the file stops growing by them.
+    /// Returns the number of snapshots removed.
+    pub fn prune_snapshots(&mut self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        let path = self.path.clone();
+        let e = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        let n = tx
+            .execute(
+                "DELETE FROM counter_snapshots AS c
+                 WHERE c.at < ?1 AND c.at % 86400 != 0
+                   AND c.at < (SELECT max(l.at) FROM counter_snapshots AS l
+                               WHERE l.device = c.device AND l.reading = c.reading)",
+                params![ts(before)],
+            )
+            .map_err(e)?;
+        if n > 0 {
+            append_audit(
+                &tx,
+                "prune",
+                &before.to_rfc3339(),
+                &format!("{n} counter snapshots folded to daily"),
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(n as u64)
+    }
+
+    /// Bytes of the file in use (pages minus the free list), for the benchmark.
+    #[doc(hidden)]
+    pub fn bytes_in_use(&self) -> Result<u64, LedgerError> {
+        let q = |sql: &str| -> Result<i64, LedgerError> {
+            self.conn
+                .query_row(sql, [], |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let pages = q("PRAGMA page_count")? - q("PRAGMA freelist_count")?;
+        Ok((pages * q("PRAGMA page_size")?).max(0) as u64)
     }
 
     pub(crate) fn conn(&mut self) -> &mut Connection {

@@ -217,3 +217,68 @@ fn snapshots_give_the_latest_boundary_per_counter() {
     assert_eq!(s[0].value, 102.0);
     assert_eq!(l.last_period().unwrap(), Some(t("2025-06-21T10:30:00Z")));
 }
+
+#[test]
+fn pruning_folds_old_snapshots_and_keeps_the_resume_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut l = Ledger::open(&dir.path().join("l.sqlite")).expect("ledger");
+    let t0 = t("2025-06-20T00:00:00Z");
+    // Three days of quarter-hours; "M" counts throughout, "GONE" stops after day 1.
+    for k in 0..(3 * 96) {
+        let start = t0 + chrono::Duration::minutes(15 * k);
+        let mut p = period(&start.to_rfc3339(), 1.0);
+        p.snapshots = vec![CounterSnapshot {
+            device: "M".into(),
+            reading: "import_kwh".into(),
+            at: start,
+            value: k as f64,
+        }];
+        if k < 96 {
+            p.snapshots.push(CounterSnapshot {
+                device: "GONE".into(),
+                reading: "import_kwh".into(),
+                at: start,
+                value: k as f64,
+            });
+        }
+        l.commit_period(&p).expect("commit");
+    }
+    let latest_before = l.latest_snapshots().expect("latest");
+    let cut = t0 + chrono::Duration::days(2);
+    let removed = l.prune_snapshots(cut).expect("prune");
+    // M: 192 older than the cut, 2 at midnight kept; GONE: 96, 1 midnight and its latest kept.
+    assert_eq!(removed, (192 - 2) + (96 - 2));
+    assert_eq!(l.latest_snapshots().expect("latest"), latest_before);
+    for (at, kept) in [
+        (t0, true),
+        (t0 + chrono::Duration::minutes(15), false),
+        (t0 + chrono::Duration::days(1), true),
+        (
+            t0 + chrono::Duration::days(1) + chrono::Duration::minutes(15),
+            false,
+        ),
+        (cut, true),
+        (cut + chrono::Duration::hours(5), true),
+    ] {
+        assert_eq!(
+            l.snapshot("M", "import_kwh", at)
+                .expect("snapshot")
+                .is_some(),
+            kept,
+            "{at}"
+        );
+    }
+    assert!(l
+        .snapshot(
+            "GONE",
+            "import_kwh",
+            t0 + chrono::Duration::minutes(15 * 95)
+        )
+        .expect("snapshot")
+        .is_some());
+    // Periods are untouched, the fold is audited, the chain verifies; a second
+    // prune has nothing left to do and writes no entry.
+    assert_eq!(l.periods().expect("periods").len(), 3 * 96);
+    assert!(l.verify().expect("verify").ok());
+    assert_eq!(l.prune_snapshots(cut).expect("prune"), 0);
+}
