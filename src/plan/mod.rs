@@ -916,6 +916,13 @@ fn run_backend(
                 .with_time_limit(secs);
             finish(m, constraints, &all)
         }
+        // HiGHS refuses a model without columns (`ModelEmpty`), which happens
+        // when every column is dropped as never positive (no participant, no
+        // storage). clarabel answers such a model, constant rows included.
+        #[cfg(feature = "highs")]
+        Backend::Highs if all.is_empty() => {
+            run_backend(vars, obj, constraints, budget, Backend::Clarabel)
+        }
         #[cfg(feature = "highs")]
         Backend::Highs => {
             let m = vars
