@@ -68,6 +68,8 @@ pub struct SiteConfig {
     pub participants: Vec<ParticipantConfig>,
     #[serde(default)]
     pub ledger: LedgerSection,
+    #[serde(default)]
+    pub delivery: Option<DeliverySection>,
 }
 
 /// `[ledger]`: where the SQLite ledger lives and how long it keeps every
@@ -1189,6 +1191,9 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             ));
         }
     }
+    if let Some(d) = &config.delivery {
+        check_delivery(d, &mut p);
+    }
     p
 }
 
@@ -1501,5 +1506,221 @@ meter = "M-1"
             "{keys:?}"
         );
         assert!(problems.iter().all(|p| !p.fix.is_empty()));
+    }
+
+    #[test]
+    fn delivery_section_names_key_and_fix() {
+        let (d, _path) = write(MINIMAL);
+        let ok = "\n[delivery]\nkind = \"https\"\nurl = \"http://127.0.0.1:9/keys\"\n";
+        let (_d1, good) = write(&(MINIMAL.to_string() + ok));
+        let site = load(&good, &maps()).expect("local http is allowed");
+        let del = site.config.delivery.expect("section kept");
+        assert_eq!(del.kind, DeliveryKind::Https);
+        assert_eq!(del.backoff_base_s, 60);
+
+        let remote = "\n[delivery]\nkind = \"https\"\nurl = \"http://dso.example/keys\"\n";
+        let (_d2, bad) = write(&(MINIMAL.to_string() + remote));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("delivery.url") && err.contains("in clear"),
+            "{err}"
+        );
+
+        let missing = format!(
+            "\n[delivery]\nkind = \"https\"\nurl = \"https://dso.example/keys\"\ntoken_file = \"{}/absent\"\n",
+            d.path().display()
+        );
+        let (_d3, bad) = write(&(MINIMAL.to_string() + &missing));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("delivery.token_file")
+                && err.contains("absent")
+                && err.contains("create the file"),
+            "{err}"
+        );
+
+        let secret = d.path().join("token");
+        std::fs::write(&secret, "s3cr3t-token\n").unwrap();
+        let with = format!(
+            "\n[delivery]\nkind = \"https\"\nurl = \"https://dso.example/keys\"\ntoken_file = \"{}\"\n",
+            secret.display()
+        );
+        let (_d4, good) = write(&(MINIMAL.to_string() + &with));
+        assert!(load(&good, &maps()).is_ok());
+        assert_eq!(read_delivery_token(&secret).unwrap(), "s3cr3t-token");
+
+        let folder = "\n[delivery]\nkind = \"folder\"\n";
+        let (_d5, bad) = write(&(MINIMAL.to_string() + folder));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(err.contains("delivery.dir"), "{err}");
+
+        let backoff = "\n[delivery]\nkind = \"folder\"\ndir = \"spool\"\nbackoff_base_s = 0\n";
+        let (_d6, bad) = write(&(MINIMAL.to_string() + backoff));
+        let err = load(&bad, &maps()).unwrap_err().to_string();
+        assert!(err.contains("delivery.backoff_base_s"), "{err}");
+    }
+}
+
+/// `[delivery]`: where the outbox sends validated key files when `ped run`
+/// has no `--deliver-dir` (the flag wins).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub kind: DeliveryKind,
+    /// `kind = "folder"`: the spool folder (relative to the working directory).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// `kind = "https"`: the endpoint the files are POSTed to. Plain `http://`
+    /// only for 127.0.0.1 / localhost (tests, a local relay).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file holding the bearer token, read at start and never logged, so
+    /// the secret stays out of the site file (which goes into the ledger).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Connect and read timeout of one POST, seconds.
+    #[serde(default = "default_delivery_timeout_s")]
+    pub timeout_s: f64,
+    /// First wait after a transient failure, seconds (site clock); doubles per failure.
+    #[serde(default = "default_delivery_backoff_base_s")]
+    pub backoff_base_s: u64,
+    /// Longest wait between two tries, seconds (site clock).
+    #[serde(default = "default_delivery_backoff_cap_s")]
+    pub backoff_cap_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryKind {
+    Folder,
+    Https,
+}
+
+fn default_delivery_timeout_s() -> f64 {
+    30.0
+}
+fn default_delivery_backoff_base_s() -> u64 {
+    60
+}
+fn default_delivery_backoff_cap_s() -> u64 {
+    3600
+}
+
+/// The host part of an `http(s)://host[:port]/…` URL.
+fn url_host(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or("");
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+/// Reads `delivery.token_file`; the error is a config problem naming key,
+/// file and fix. The token itself never appears in a message.
+pub fn read_delivery_token(path: &std::path::Path) -> Result<String, Problem> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(problem(
+            "delivery.token_file",
+            format!("{} is empty", path.display()),
+            "put the DSO API token (one line) in that file",
+        )),
+        Err(e) => Err(problem(
+            "delivery.token_file",
+            format!("{} cannot be read: {e}", path.display()),
+            "create the file with the token (one line), readable by the ped user, or remove token_file",
+        )),
+    }
+}
+
+fn check_delivery(d: &DeliverySection, p: &mut Vec<Problem>) {
+    match d.kind {
+        DeliveryKind::Folder => {
+            match &d.dir {
+                None => p.push(problem(
+                    "delivery.dir",
+                    "kind = \"folder\" needs a folder",
+                    "add dir = \"out/spool\" (created if missing)",
+                )),
+                Some(dir) if dir.is_file() => p.push(problem(
+                    "delivery.dir",
+                    format!("{} is a file", dir.display()),
+                    "give a folder, e.g. out/spool",
+                )),
+                Some(_) => {}
+            }
+            if d.url.is_some() || d.token_file.is_some() {
+                p.push(problem(
+                    "delivery.url",
+                    "url and token_file are for kind = \"https\"",
+                    "remove them, or set kind = \"https\"",
+                ));
+            }
+        }
+        DeliveryKind::Https => {
+            match d.url.as_deref() {
+                None => p.push(problem(
+                    "delivery.url",
+                    "kind = \"https\" needs a url",
+                    "add url = \"https://…\" (the DSO or relay endpoint)",
+                )),
+                Some(url) => {
+                    let local = |host: &str| matches!(host, "127.0.0.1" | "localhost" | "::1");
+                    if let Some(rest) = url.strip_prefix("https://") {
+                        if url_host(rest).is_empty() {
+                            p.push(problem(
+                                "delivery.url",
+                                format!("`{url}` has no host"),
+                                "use https://host/path",
+                            ));
+                        }
+                    } else if let Some(rest) = url.strip_prefix("http://") {
+                        if !local(url_host(rest)) {
+                            p.push(problem(
+                                "delivery.url",
+                                format!("`{url}` is plain http to a remote host: key files and token would travel in clear"),
+                                "use https://, or http:// only to 127.0.0.1/localhost",
+                            ));
+                        }
+                    } else {
+                        p.push(problem(
+                            "delivery.url",
+                            format!("`{url}` is not an http(s) URL"),
+                            "use https://host/path",
+                        ));
+                    }
+                }
+            }
+            if d.dir.is_some() {
+                p.push(problem(
+                    "delivery.dir",
+                    "dir is for kind = \"folder\"",
+                    "remove it, or set kind = \"folder\"",
+                ));
+            }
+            if let Some(f) = &d.token_file {
+                if let Err(e) = read_delivery_token(f) {
+                    p.push(e);
+                }
+            }
+        }
+    }
+    if !(d.timeout_s.is_finite() && d.timeout_s > 0.0 && d.timeout_s <= 600.0) {
+        p.push(problem(
+            "delivery.timeout_s",
+            format!("{} is not in (0, 600]", d.timeout_s),
+            "use e.g. timeout_s = 30",
+        ));
+    }
+    if d.backoff_base_s == 0 || d.backoff_cap_s < d.backoff_base_s {
+        p.push(problem(
+            "delivery.backoff_base_s",
+            format!(
+                "backoff_base_s = {} and backoff_cap_s = {}: need 0 < base ≤ cap",
+                d.backoff_base_s, d.backoff_cap_s
+            ),
+            "use e.g. backoff_base_s = 60, backoff_cap_s = 3600",
+        ));
     }
 }

@@ -43,6 +43,7 @@ enum Cmd {
         #[arg(long)]
         listen: Option<String>,
         /// Deliver finished key files into this spool folder (plus deliveries.log).
+        /// Wins over the site's [delivery] section, which is used without it.
         #[arg(long)]
         deliver_dir: Option<PathBuf>,
         /// Run on a simulated clock shared with `simulate --devices-only`:
@@ -433,10 +434,14 @@ async fn main() -> Result<()> {
                 (None, None, None) => Clock::System,
                 _ => bail!("--start and --speed go with --clock-origin UNIX_TS (a simulated clock shared with `simulate --devices-only`)"),
             };
-            let deliver = deliver_dir.map(|dir| {
-                Arc::new(ped::ledger::outbox::SpoolDir { dir })
-                    as Arc<dyn ped::dso::delivery::Deliver>
-            });
+            let (deliver, backoff) = match deliver_dir {
+                Some(dir) => (
+                    Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
+                        as Arc<dyn ped::dso::delivery::Deliver>),
+                    None,
+                ),
+                None => site_delivery(&site)?,
+            };
             let daemon = Daemon::start_with_ledger(
                 site,
                 lib,
@@ -449,7 +454,7 @@ async fn main() -> Result<()> {
                 ped::daemon::LedgerOptions {
                     path: ledger,
                     deliver,
-                    backoff: None,
+                    backoff,
                     ..Default::default()
                 },
             )
@@ -914,4 +919,63 @@ fn reconcile_cmd(site: &config::Site, a: &KeysArgs, dso_file: &Path) -> Result<(
         std::process::exit(1);
     }
     Ok(())
+}
+
+type SiteDelivery = (
+    Option<Arc<dyn ped::dso::delivery::Deliver>>,
+    Option<ped::ledger::outbox::Backoff>,
+);
+
+/// The outbox channel and backoff from the site's `[delivery]` section
+/// (`ped run` without `--deliver-dir`). The token is read here, once.
+fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
+    use ped::config::DeliveryKind;
+    let Some(d) = &site.config.delivery else {
+        return Ok((None, None));
+    };
+    let backoff = ped::ledger::outbox::Backoff {
+        base: chrono::Duration::seconds(d.backoff_base_s as i64),
+        cap: chrono::Duration::seconds(d.backoff_cap_s as i64),
+    };
+    let deliver: Arc<dyn ped::dso::delivery::Deliver> = match d.kind {
+        DeliveryKind::Folder => {
+            let Some(dir) = d.dir.clone() else {
+                bail!(
+                    "{}: delivery.dir missing for kind = \"folder\"; add dir = \"out/spool\"",
+                    site.source.display()
+                );
+            };
+            Arc::new(ped::ledger::outbox::SpoolDir { dir })
+        }
+        DeliveryKind::Https => {
+            let Some(url) = d.url.as_deref() else {
+                bail!(
+                    "{}: delivery.url missing for kind = \"https\"; add url = \"https://…\"",
+                    site.source.display()
+                );
+            };
+            let token = match &d.token_file {
+                Some(f) => Some(ped::config::read_delivery_token(f).map_err(|p| {
+                    anyhow::anyhow!(
+                        "{}: {}: {} (fix: {})",
+                        site.source.display(),
+                        p.key,
+                        p.message,
+                        p.fix
+                    )
+                })?),
+                None => None,
+            };
+            let t = std::time::Duration::from_secs_f64(d.timeout_s);
+            Arc::new(
+                ped::dso::channels::HttpPost::new(url, t, t, token)
+                    .map_err(|e| anyhow::anyhow!("{}: delivery.url: {e}", site.source.display()))?,
+            )
+        }
+    };
+    tracing::info!(
+        channel = deliver.channel(),
+        "outbox delivers per the site's [delivery] section"
+    );
+    Ok((Some(deliver), Some(backoff)))
 }
