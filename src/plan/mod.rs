@@ -588,13 +588,7 @@ pub fn solve_joint_lp(
     budget: Duration,
     backend: Backend,
 ) -> Result<Plan, PlanError> {
-    validate(input)?;
-    let began = Instant::now();
-    let d = solve_lp_with(input, budget, true, backend, false).map_err(PlanError::Solver)?;
-    let mut plan = assemble(input, PlanStatus::Optimal, d);
-    plan.solve_seconds = began.elapsed().as_secs_f64();
-    check(&plan, input)?;
-    Ok(plan)
+    solve_strict(input, budget, backend, false)
 }
 
 /// The decomposed joint LP on a chosen backend, no fallback: what [`solve`]
@@ -604,9 +598,19 @@ pub fn solve_decomposed(
     budget: Duration,
     backend: Backend,
 ) -> Result<Plan, PlanError> {
+    solve_strict(input, budget, backend, true)
+}
+
+/// One strict solve on `backend`, grouped by value class or not, checked.
+fn solve_strict(
+    input: &PlanInput,
+    budget: Duration,
+    backend: Backend,
+    grouped: bool,
+) -> Result<Plan, PlanError> {
     validate(input)?;
     let began = Instant::now();
-    let d = solve_lp_with(input, budget, true, backend, true).map_err(PlanError::Solver)?;
+    let d = solve_lp_with(input, budget, true, backend, grouped).map_err(PlanError::Solver)?;
     let mut plan = assemble(input, PlanStatus::Optimal, d);
     plan.solve_seconds = began.elapsed().as_secs_f64();
     check(&plan, input)?;
