@@ -375,6 +375,18 @@ pub struct DeviceConfig {
     pub serial: Option<SerialConfig>,
 }
 
+impl DeviceConfig {
+    /// Panel tilt and azimuth (degrees, azimuth 180 = south). A plant whose
+    /// config leaves them out is taken as a typical south-facing 20° roof;
+    /// the forecast, the curtailment split and the simulator must agree on it.
+    pub fn pv_tilt_azimuth(&self) -> (f64, f64) {
+        (
+            self.tilt_deg.unwrap_or(20.0),
+            self.azimuth_deg.unwrap_or(180.0),
+        )
+    }
+}
+
 /// Character framing parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

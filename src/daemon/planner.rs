@@ -185,11 +185,8 @@ fn build_input(
     let mut pv = vec![0.0; steps];
     let plants: Vec<_> = site.devices_of(DeviceKind::PvInverter).collect();
     for d in &plants {
-        let (kwp, tilt, az) = (
-            d.kwp.unwrap_or(0.0),
-            d.tilt_deg.unwrap_or(20.0),
-            d.azimuth_deg.unwrap_or(180.0),
-        );
+        let kwp = d.kwp.unwrap_or(0.0);
+        let (tilt, az) = d.pv_tilt_azimuth();
         measured += reading(shared, &d.id, "production_kw").unwrap_or(0.0);
         clear += forecast::clear_sky_kw(kwp, tilt, az, cfg.site.latitude, cfg.site.longitude, now);
     }
@@ -199,10 +196,11 @@ fn build_input(
         0.8
     };
     for d in &plants {
+        let (tilt, az) = d.pv_tilt_azimuth();
         let f = forecast::pv_forecast(
             d.kwp.unwrap_or(0.0),
-            d.tilt_deg.unwrap_or(20.0),
-            d.azimuth_deg.unwrap_or(180.0),
+            tilt,
+            az,
             cfg.site.latitude,
             cfg.site.longitude,
             start,
@@ -344,10 +342,11 @@ fn curtailment_commands(
     let clear: Vec<f64> = plants
         .iter()
         .map(|d| {
+            let (tilt, az) = d.pv_tilt_azimuth();
             forecast::clear_sky_kw(
                 d.kwp.unwrap_or(0.0),
-                d.tilt_deg.unwrap_or(20.0),
-                d.azimuth_deg.unwrap_or(180.0),
+                tilt,
+                az,
                 cfg.site.latitude,
                 cfg.site.longitude,
                 now,

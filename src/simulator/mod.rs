@@ -507,6 +507,7 @@ fn build_device(
             let mut img = Image::sunspec(lib, &[1, 103, 120, 123, 160])?;
             common(&mut img, "PV inverter")?;
             let kwp = d.kwp.unwrap_or(100.0);
+            let (tilt, az) = d.pv_tilt_azimuth();
             set_sf(
                 &mut img,
                 "sunspec/103",
@@ -578,8 +579,8 @@ fn build_device(
                 State::Pv {
                     last_cmd: None,
                     kwp,
-                    tilt: d.tilt_deg.unwrap_or(20.0),
-                    az: d.azimuth_deg.unwrap_or(180.0),
+                    tilt,
+                    az,
                     wh: lifetime_wh,
                     kw: 0.0,
                 },
