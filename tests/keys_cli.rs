@@ -31,6 +31,87 @@ fn keys(args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn keys_with_site(site: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ped"))
+        .arg("keys")
+        .arg("--site")
+        .arg(site)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The fixture operation of 2025-10-26 with its three consumers copied
+/// `copies` times (new PRMs, same curves) and its PV scaled to match, so the
+/// month solver has the same structure on a larger instance. Returns a folder
+/// holding `site.toml` and `curves/`.
+fn scaled_operation(dir: &Path, copies: usize) -> PathBuf {
+    let src = data("curves-2025-10-26");
+    let curves = dir.join("curves");
+    std::fs::create_dir_all(&curves).unwrap();
+    let site = std::fs::read_to_string(data("site.toml")).unwrap();
+    // Keep [site], [keys], the plants and the battery; replace the consumers.
+    let head = &site[..site.find("[[devices]]\nid = \"M-1\"").unwrap()];
+    let mut toml = head.to_string();
+    let bat = &site[site.find("[[participants]]\nid = \"BAT-1\"").unwrap()..];
+    let consumers = [
+        ("SCHOOL", "20000000000001", "school", 0.20, 2),
+        ("FLAT-1", "20000000000002", "household", 0.25, 1),
+        ("FLAT-2", "20000000000003", "household", 0.25, 1),
+    ];
+    let mut unit = 0;
+    for k in 0..copies {
+        for (name, prm, ..) in consumers.iter() {
+            unit += 1;
+            let j = (unit - 1) % 3;
+            let new_prm = format!("21{k:09}{j:03}");
+            toml.push_str(&format!(
+                "[[devices]]\nid = \"M-{unit}\"\nkind = \"meter\"\naddress = \"127.0.0.1:1505\"\nunit = {unit}\nparticipant = \"{name}-{k}\"\n\n"
+            ));
+            let text = std::fs::read_to_string(src.join(format!("{name}.csv"))).unwrap();
+            std::fs::write(
+                curves.join(format!("{name}-{k}.csv")),
+                text.replacen(prm, &new_prm, 1),
+            )
+            .unwrap();
+        }
+    }
+    for k in 0..copies {
+        for (j, (name, _, kind, tariff, prio)) in consumers.iter().enumerate() {
+            toml.push_str(&format!(
+                "[[participants]]\nid = \"{name}-{k}\"\nkind = \"{kind}\"\nprm = \"21{k:09}{j:03}\"\nmeter = \"M-{}\"\ntariff_eur_per_kwh = {tariff}\npriority = {prio}\n\n",
+                3 * k + j + 1
+            ));
+        }
+    }
+    toml.push_str(bat);
+    std::fs::write(dir.join("site.toml"), toml).unwrap();
+    for f in ["BAT-1-cons.csv", "BAT-1-prod.csv"] {
+        std::fs::copy(src.join(f), curves.join(f)).unwrap();
+    }
+    // The plants grow with the consumers so that sharing still binds.
+    for f in ["PV-1.csv", "PV-2.csv"] {
+        let text = std::fs::read_to_string(src.join(f)).unwrap();
+        let mut after_header = false;
+        let scaled: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if after_header {
+                    if let Some((stamp, v)) = l.split_once(';') {
+                        if let Ok(w) = v.parse::<f64>() {
+                            return format!("{stamp};{}", w * copies as f64);
+                        }
+                    }
+                }
+                after_header |= l.starts_with("Horodate;");
+                l.to_string()
+            })
+            .collect();
+        std::fs::write(curves.join(f), scaled.join("\n") + "\n").unwrap();
+    }
+    dir.to_path_buf()
+}
+
 fn run_ok(args: &[&str]) -> String {
     let out = keys(args);
     let text = format!(
@@ -607,18 +688,59 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
         "{text}"
     );
 
-    // This month needs a sifted LP (about 70 ms in a debug build): 1 ms cannot
-    // hold it, so the keys are computed per step and the run says so.
-    let prom = tmp.path().join("keys.prom");
-    let (fell, text) = run(
-        "fallback",
+    // A budget the solver cannot hold, on an operation 40 times this one: its
+    // sifted LP takes hundreds of milliseconds in a debug build, while the
+    // 4-participant day above can finish inside 1 ms on a fast machine (CI
+    // once did), so the small instance cannot prove the fallback.
+    let big = scaled_operation(&tmp.path().join("big"), 40);
+    // Unbounded, the large operation needs the sifted LP too (greedy would
+    // answer in microseconds and prove nothing about the budget).
+    let full = tmp.path().join("big-full");
+    let out = keys_with_site(
+        &big.join("site.toml"),
         &[
+            "--from",
+            "2025-10-26",
+            "--to",
+            "2025-10-26",
+            "--load-curves",
+            big.join("curves").to_str().unwrap(),
+            "--policy",
+            "optimised",
+            "--out",
+            full.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let note = manifest(&full).month_solver.expect("month solver note");
+    assert_eq!(note.method, "sifted_lp", "{note:?}");
+    let prom = tmp.path().join("keys.prom");
+    let fell = tmp.path().join("fallback");
+    let out = keys_with_site(
+        &big.join("site.toml"),
+        &[
+            "--from",
+            "2025-10-26",
+            "--to",
+            "2025-10-26",
+            "--load-curves",
+            big.join("curves").to_str().unwrap(),
+            "--policy",
+            "optimised",
+            "--out",
+            fell.to_str().unwrap(),
             "--month-budget-ms",
             "1",
             "--metrics-textfile",
             prom.to_str().unwrap(),
         ],
     );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
     let f = manifest(&fell);
     let note = f.month_solver.as_ref().expect("month solver note");
     assert_eq!(note.method, "per_step");
