@@ -261,6 +261,39 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+
+    /// Creates at 0 the labelled series whose label values are known before
+    /// anything happens, so that a dashboard panel or an alert on "how many
+    /// times did X happen" reads 0, not "no data", on a site where X never
+    /// happened (`scripts/promql-dashboards.py` fails on empty expressions).
+    /// `controlled`: devices ped may write to; `delivery_channel`: the
+    /// outbox's channel, if it has one.
+    pub fn precreate<'a>(
+        &self,
+        controlled: impl IntoIterator<Item = &'a str>,
+        delivery_channel: Option<&str>,
+    ) {
+        for reason in ["step", "forecast_miss"] {
+            self.plan_resolves.with_label_values(&[reason]);
+        }
+        for state in ["pending", "sent", "failed"] {
+            self.outbox_files.with_label_values(&[state]);
+        }
+        if let Some(channel) = delivery_channel {
+            for result in ["ok", "transient_error", "permanent_error"] {
+                self.deliveries.with_label_values(&[channel, result]);
+            }
+        }
+        for d in controlled {
+            self.setpoint_readback_mismatch.with_label_values(&[d]);
+            for limit in ["bound", "ramp"] {
+                self.setpoint_clamped.with_label_values(&[d, limit]);
+            }
+            for reason in ["stop", "plan_loss", "contact_lost"] {
+                self.device_releases.with_label_values(&[d, reason]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -280,5 +313,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ped_build_info"));
+    }
+
+    #[test]
+    fn precreated_series_read_zero_and_only_for_controlled_devices() {
+        let m = Metrics::new("s").unwrap();
+        m.precreate(["BAT-01"], Some("https"));
+        let text = m.render();
+        for line in [
+            "ped_setpoint_clamped_total{device=\"BAT-01\",limit=\"ramp\",site=\"s\"} 0",
+            "ped_device_releases_total{device=\"BAT-01\",reason=\"contact_lost\",site=\"s\"} 0",
+            "ped_setpoint_readback_mismatch_total{device=\"BAT-01\",site=\"s\"} 0",
+            "ped_plan_resolves_total{reason=\"forecast_miss\",site=\"s\"} 0",
+            "ped_outbox_files{site=\"s\",state=\"failed\"} 0",
+            "ped_deliveries_total{channel=\"https\",result=\"permanent_error\",site=\"s\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("PV-01"), "{text}");
+        let without = Metrics::new("s").unwrap();
+        without.precreate([], None);
+        assert!(!without.render().contains("ped_deliveries_total{"));
     }
 }

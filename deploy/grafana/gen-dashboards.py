@@ -216,6 +216,20 @@ def devices():
     b.ts("Energy counted per hour", [target(
         f'sum by (device, direction) (increase(ped_device_energy_joules_total{{{D}}}[1h])) / {KWH}',
         "{{device}} {{direction}}")], "kwatth", w=12)
+    b.row("From counters to the ledger")
+    warn = {"thresholds": {"mode": "absolute", "steps": [
+        {"color": "green", "value": None}, {"color": "orange", "value": 1}]}}
+    b.stat("Ledger write errors, 24 h", [target(
+        f'increase(ped_ledger_write_errors_total{{{S}}}[1d])', instant=True)], w=6, defaults=warn,
+        description="Read-only file or full disk: periods wait in memory and are written when the ledger accepts writes.")
+    b.stat("Periods waiting for the ledger", [target(f'ped_ledger_pending_periods{{{S}}}', instant=True)], w=6,
+           defaults=warn)
+    b.stat("Periods estimated, 24 h", [target(
+        f'increase(ped_periods_estimated_total{{{S}}}[1d])', instant=True)], w=6, defaults=warn,
+        description="Energies interpolated across a gap (ped down, clock jump) instead of measured.")
+    b.stat("Counter samples dropped, 24 h", [target(
+        f'increase(ped_handoff_samples_dropped_total{{{S}}}[1d])', instant=True)], w=6, defaults=warn,
+        description="The aggregator fell days behind the pollers; the oldest samples were thinned.")
     return b
 
 
@@ -243,6 +257,25 @@ def optimiser():
     b.ts("Setpoints written", [target(f'ped_setpoint_watts{{{S}}}', "{{device}}")], "watt", w=8)
     b.ts("Setpoint writes by result", [target(
         f'sum by (result) (increase(ped_setpoint_writes_total{{{S}}}[1h]))', "{{result}}")], w=8)
+    b.row("Safety envelope")
+    b.ts("Setpoints clamped per hour", [target(
+        f'sum by (device, limit) (increase(ped_setpoint_clamped_total{{{S}}}[1h]))', "{{device}} {{limit}}")], w=8,
+        description="The plan asked for more than a device's bounds or ramp allow; ped wrote the limit.")
+    b.ts("Read-back mismatches per hour", [target(
+        f'sum by (device) (increase(ped_setpoint_readback_mismatch_total{{{S}}}[1h]))', "{{device}}")], w=8,
+        description="The device holds another value than ped wrote: a local override, a lapsed limit or a faulty map.")
+    b.ts("Devices handed back to their safe mode", [target(
+        f'sum by (device, reason) (increase(ped_device_releases_total{{{S}}}[1h]))', "{{device}} {{reason}}")], w=8,
+        description="stop: ped stopped; plan_loss: no valid plan; contact_lost: the device stopped answering.")
+    b.row("Fallbacks and re-solves")
+    b.ts("Fallback ladder rung", [target(f'ped_plan_fallback_level{{{S}}}', "rung")], w=8,
+         description="0 optimal, 1 relaxed, 2 last plan shifted by one step, 3 rule-based.",
+         defaults={"min": 0, "max": 3, "decimals": 0})
+    b.ts("Soft limits violated by the plan", [target(f'ped_plan_soft_violations{{{S}}}', "violations")], w=8,
+         description="Limits the plan could only meet by paying their penalty; the plan lists which and by how much.")
+    b.ts("Re-solves per hour by trigger", [target(
+        f'sum by (reason) (increase(ped_plan_resolves_total{{{S}}}[1h]))', "{{reason}}")], w=8,
+        description="step: the next settlement step; forecast_miss: measured PV far from the plan's forecast.")
     return b
 
 
@@ -282,6 +315,13 @@ def participants():
            "dateTimeAsIso", w=4)
     b.ts("Key files validated by result", [target(
         f'sum by (result) (increase(ped_key_files_validated_total{{{S}}}[1h]))', "{{result}}")], w=24)
+    b.row("Delivery to the DSO")
+    b.ts("Outbox by state", [target(f'ped_outbox_files{{{S}}}', "{{state}}")], w=12,
+         description="pending: waiting for a (re)try; sent: delivered; failed: refused for good, needs a person.")
+    b.ts("Delivery attempts per hour", [target(
+        f'sum by (channel, result) (increase(ped_deliveries_total{{{S}}}[1h])) or on() vector(0)',
+        "{{channel}} {{result}}")], w=12,
+        description="0 when the site has no [delivery] section: files then wait in the outbox.")
     return b
 
 

@@ -392,6 +392,14 @@ impl Daemon {
         ledger: LedgerOptions,
     ) -> Result<Daemon, DaemonError> {
         let metrics = Metrics::new(&site.config.site.id)?;
+        metrics.precreate(
+            site.config
+                .devices
+                .iter()
+                .filter(|d| site.config.control.writes_allowed && !d.writes.is_empty())
+                .map(|d| d.id.as_str()),
+            ledger.deliver.as_ref().map(|d| d.channel()),
+        );
         let output_dir = opts
             .output_dir
             .clone()
