@@ -325,7 +325,7 @@ mod tests {
             "ped_device_releases_total{device=\"BAT-01\",reason=\"contact_lost\",site=\"s\"} 0",
             "ped_setpoint_readback_mismatch_total{device=\"BAT-01\",site=\"s\"} 0",
             "ped_plan_resolves_total{reason=\"forecast_miss\",site=\"s\"} 0",
-            "ped_outbox_files{site=\"s\",state=\"failed\"} 0",
+            "ped_outbox_files{state=\"failed\",site=\"s\"} 0",
             "ped_deliveries_total{channel=\"https\",result=\"permanent_error\",site=\"s\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
