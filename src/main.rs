@@ -110,12 +110,29 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_SITE)]
         site: PathBuf,
     },
-    /// Scan a Modbus TCP device for SunSpec models and print the main values.
+    /// Scan a Modbus device for SunSpec models and print the main values:
+    /// over TCP (host:port), RTU through a TCP gateway (--rtu-over-tcp), or
+    /// RTU on a serial port (a path such as /dev/ttyUSB0).
     Scan {
-        /// host:port
+        /// host:port, or the path of a serial port
         target: String,
         #[arg(long, default_value_t = 1)]
         unit: u8,
+        /// host:port is a transparent serial gateway: RTU frames over TCP.
+        #[arg(long)]
+        rtu_over_tcp: bool,
+        /// Serial port only: baud rate.
+        #[arg(long, default_value_t = 19_200)]
+        baud: u32,
+        /// Serial port only: none, even or odd.
+        #[arg(long, default_value = "even")]
+        parity: String,
+        /// Serial port only: 1 or 2.
+        #[arg(long, default_value_t = 1)]
+        stop_bits: u8,
+        /// Per-request timeout, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
     /// Replay a data set (the layout of district-2025) through forecast, plan,
     /// simulated storage and keys; compare with baselines in the same run.
@@ -577,9 +594,25 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Cmd::Scan { target, unit } => {
+        Cmd::Scan {
+            target,
+            unit,
+            rtu_over_tcp,
+            baud,
+            parity,
+            stop_bits,
+            timeout_ms,
+        } => {
             let lib = library(None)?;
-            scan(&target, unit, &lib).await
+            let link = scan_link(&target, rtu_over_tcp, baud, &parity, stop_bits).await?;
+            scan(
+                &target,
+                &link,
+                unit,
+                Duration::from_millis(timeout_ms),
+                &lib,
+            )
+            .await
         }
         Cmd::Plan {
             synthetic,
@@ -631,14 +664,59 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn scan(target: &str, unit: u8, lib: &ModelLibrary) -> Result<()> {
-    use ped::modbus::{sunspec, ModbusClient};
+/// A target that is a path (starts with `/` or `.`) is a serial port; any
+/// other is host:port.
+async fn scan_link(
+    target: &str,
+    rtu_over_tcp: bool,
+    baud: u32,
+    parity: &str,
+    stop_bits: u8,
+) -> Result<ped::modbus::Link> {
+    use ped::config::{Parity, SerialConfig};
+    use ped::modbus::{Framing, Link, SerialLine};
+    if target.starts_with('/') || target.starts_with('.') {
+        let parity = match parity {
+            "none" => Parity::None,
+            "even" => Parity::Even,
+            "odd" => Parity::Odd,
+            other => anyhow::bail!("--parity {other}: expected none, even or odd"),
+        };
+        anyhow::ensure!(
+            matches!(stop_bits, 1 | 2),
+            "--stop-bits {stop_bits}: expected 1 or 2"
+        );
+        anyhow::ensure!(baud > 0, "--baud 0: give the line's rate, e.g. 19200");
+        let line = SerialConfig {
+            baud,
+            parity,
+            stop_bits,
+            ..SerialConfig::default()
+        };
+        return Ok(Link::Serial(SerialLine::from_config(target, &line)));
+    }
     let addr = tokio::net::lookup_host(target)
         .await
-        .with_context(|| format!("{target}: not host:port"))?
+        .with_context(|| format!("{target}: not host:port (nor a serial port path)"))?
         .next()
         .with_context(|| format!("{target} does not resolve"))?;
-    let mut c = ModbusClient::connect(addr, Duration::from_secs(2)).await?;
+    let framing = if rtu_over_tcp {
+        Framing::Rtu
+    } else {
+        Framing::Tcp
+    };
+    Ok(Link::Tcp { addr, framing })
+}
+
+async fn scan(
+    target: &str,
+    link: &ped::modbus::Link,
+    unit: u8,
+    timeout: Duration,
+    lib: &ModelLibrary,
+) -> Result<()> {
+    use ped::modbus::{sunspec, ModbusClient};
+    let mut c = ModbusClient::open(link, timeout).await?;
     let models = sunspec::discover(&mut c, unit).await?;
     println!("{target} unit {unit}: {} SunSpec model(s)", models.len());
     for m in models {

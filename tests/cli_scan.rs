@@ -1,15 +1,19 @@
 //! `ped scan` against a served device whose SunSpec base is 0 (not 40000) and
-//! whose chain ends with an exception instead of the 0xFFFF end marker.
+//! whose chain ends with an exception instead of the 0xFFFF end marker, over
+//! each transport ped speaks: Modbus TCP, RTU through a TCP gateway, and RTU
+//! on a serial port (a pseudo-terminal made in-process, opened by its path
+//! exactly as /dev/ttyUSB0 would be).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ped::modbus::server::{serve, Bank};
+use ped::modbus::server::{serve, serve_rtu_over_tcp, serve_rtu_serial, Bank, SharedFaults};
 use ped::registers::{ModelLibrary, Table};
 use tokio::net::TcpListener;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scan_finds_base_0_and_stops_at_the_exception() {
+/// Common model 1 (manufacturer "ScanCo") and an inverter 103 at 8760 W, from
+/// register 0, with no end marker: the next header read gets exception 0x02.
+fn device() -> HashMap<u8, ped::modbus::server::SharedBank> {
     let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
     let ok = |r: Result<(), ped::registers::RegisterError>| r.unwrap_or_else(|e| panic!("{e}"));
     let common = lib.sunspec(1).unwrap_or_else(|| panic!("1"));
@@ -28,39 +32,129 @@ async fn scan_finds_base_0_and_stops_at_the_exception() {
     let mut image = vec![0x5375, 0x6E53];
     image.extend_from_slice(&c);
     image.extend_from_slice(&i);
-    // No end marker: the next header read gets exception 0x02.
     let mut bank = Bank::new();
     bank.map_range(Table::Holding, 0, image.len() as u16, false);
     bank.set(Table::Holding, 0, &image);
+    HashMap::from([(2u8, Arc::new(Mutex::new(bank)))])
+}
 
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        HashMap::from([(2u8, Arc::new(Mutex::new(bank)))]),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+async fn scan(args: Vec<String>) -> String {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
-            .args(["scan", &addr.to_string(), "--unit", "2"])
+            .arg("scan")
+            .args(&args)
             .output()
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"))
     .unwrap_or_else(|e| panic!("{e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+fn assert_found(stdout: &str) {
     assert!(stdout.contains("2 SunSpec model(s)"), "{stdout}");
     assert!(stdout.contains("model  103"), "{stdout}");
     assert!(stdout.contains("ScanCo"), "{stdout}");
     assert!(stdout.contains("8760 W"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_finds_base_0_and_stops_at_the_exception() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, device(), async move {
+        let _ = rx.await;
+    }));
+    let stdout = scan(vec![addr.to_string(), "--unit".into(), "2".into()]).await;
+    assert_found(&stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_speaks_rtu_through_a_tcp_gateway_and_fails_without_the_flag() {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_rtu_over_tcp(
+        listener,
+        device(),
+        SharedFaults::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let stdout = scan(vec![
+        addr.to_string(),
+        "--unit".into(),
+        "2".into(),
+        "--rtu-over-tcp".into(),
+    ])
+    .await;
+    assert_found(&stdout);
+    // Modbus TCP framing to an RTU gateway finds nothing: the flag matters.
+    let a = addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+            .args(["scan", &a, "--unit", "2", "--timeout-ms", "300"])
+            .output()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() || !text.contains("model  103"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_reads_a_serial_port_by_its_path() {
+    use tokio_serial::SerialPort as _;
+    let (master, slave) = tokio_serial::SerialStream::pair().unwrap_or_else(|e| panic!("{e}"));
+    let path = slave.name().unwrap_or_else(|| panic!("pty without a name"));
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve_rtu_serial(
+        master,
+        device(),
+        SharedFaults::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let stdout = scan(vec![
+        path.clone(),
+        "--unit".into(),
+        "2".into(),
+        "--baud".into(),
+        "9600".into(),
+        "--parity".into(),
+        "none".into(),
+    ])
+    .await;
+    assert_found(&stdout);
+    assert!(stdout.starts_with(&format!("{path} unit 2")), "{stdout}");
+    drop(slave);
+
+    // A bad line setting names the flag and the values it takes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+        .args(["scan", &path, "--parity", "mark"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--parity mark: expected none, even or odd"),
+        "{stderr}"
+    );
 }

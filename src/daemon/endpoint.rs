@@ -12,7 +12,7 @@
 //! loss and after lost contact.
 
 use super::{handoff::Handoff, Shared, Snapshot};
-use crate::config::{DeviceConfig, DeviceKind, Parity, Transport};
+use crate::config::{DeviceConfig, DeviceKind, Transport};
 use crate::devices::{self, Command, PollPlan};
 use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLine};
 use crate::registers::ModelLibrary;
@@ -273,27 +273,7 @@ async fn link_of(task: &EndpointTask) -> Option<Link> {
     let first = task.devices.first()?;
     if first.transport == Transport::Rtu {
         let line = first.serial.clone().unwrap_or_default();
-        return Some(Link::Serial(SerialLine {
-            path: task.addr.clone(),
-            baud: line.baud,
-            parity: match line.parity {
-                Parity::None => tokio_serial::Parity::None,
-                Parity::Even => tokio_serial::Parity::Even,
-                Parity::Odd => tokio_serial::Parity::Odd,
-            },
-            data_bits: match line.data_bits {
-                5 => tokio_serial::DataBits::Five,
-                6 => tokio_serial::DataBits::Six,
-                7 => tokio_serial::DataBits::Seven,
-                _ => tokio_serial::DataBits::Eight,
-            },
-            stop_bits: if line.stop_bits == 2 {
-                tokio_serial::StopBits::Two
-            } else {
-                tokio_serial::StopBits::One
-            },
-            silence: line.silence(),
-        }));
+        return Some(Link::Serial(SerialLine::from_config(&task.addr, &line)));
     }
     let framing = match first.transport {
         Transport::RtuOverTcp => Framing::Rtu,

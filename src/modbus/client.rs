@@ -81,6 +81,34 @@ pub struct SerialLine {
     pub silence: Duration,
 }
 
+impl SerialLine {
+    /// The line `path` configured as `[devices.serial]` says.
+    pub fn from_config(path: &str, c: &crate::config::SerialConfig) -> SerialLine {
+        use crate::config::Parity;
+        SerialLine {
+            path: path.to_string(),
+            baud: c.baud,
+            parity: match c.parity {
+                Parity::None => tokio_serial::Parity::None,
+                Parity::Even => tokio_serial::Parity::Even,
+                Parity::Odd => tokio_serial::Parity::Odd,
+            },
+            data_bits: match c.data_bits {
+                5 => tokio_serial::DataBits::Five,
+                6 => tokio_serial::DataBits::Six,
+                7 => tokio_serial::DataBits::Seven,
+                _ => tokio_serial::DataBits::Eight,
+            },
+            stop_bits: if c.stop_bits == 2 {
+                tokio_serial::StopBits::Two
+            } else {
+                tokio_serial::StopBits::One
+            },
+            silence: c.silence(),
+        }
+    }
+}
+
 /// Where an endpoint is and how frames travel to it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Link {
