@@ -624,6 +624,29 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Stored periods with a start in `[from, to)`, oldest first.
+    pub fn periods_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredPeriod>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT start, quality, content_hash, record_json FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([ts(from), ts(to)], |r| {
+                Ok(StoredPeriod {
+                    start: from_ts(r.get(0)?),
+                    quality: r.get(1)?,
+                    content_hash: r.get(2)?,
+                    record_json: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Start of the latest closed period.
     pub fn last_period(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
         self.conn
