@@ -766,10 +766,27 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         site.config.keys.month_budget_ms = b;
     }
     let month = keys::month_solver(&site, &job);
-    let month_dyn = month
-        .as_ref()
-        .map(|m| m as &dyn ped::allocation::MonthAllocator);
-    match keys::run(&job, &dir, &out, month_dyn) {
+    let run = match &month {
+        Some(solver) => {
+            // The archive of the month's earlier days, if --ledger holds it.
+            let archive = match &a.ledger {
+                Some(l) if l.exists() => Some(
+                    ped::ledger::Ledger::open_read_only(l)
+                        .with_context(|| format!("--ledger {}", l.display()))?,
+                ),
+                _ => None,
+            };
+            keys::run_in_month(&job, &dir, &out, solver, archive.as_ref())
+        }
+        None => keys::run(
+            &job,
+            &dir,
+            &out,
+            None,
+            site.config.plan.local_price_eur_per_kwh,
+        ),
+    };
+    match run {
         Ok(w) => {
             let (what, m) = match w {
                 Written::New(m) => ("written", m),
@@ -791,6 +808,12 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             );
             for f in &m.fallback_steps {
                 tracing::warn!(period = %f.period, reasons = ?f.reasons, "step fell back to the default rule");
+            }
+            if let Some(st) = &m.month_start {
+                println!(
+                    "month to date ({}): {}; {:.3} kWh pooled before {}",
+                    st.source, st.note, st.production_kwh, m.from
+                );
             }
             if let Some(ms) = &m.month_solver {
                 match &ms.fallback {

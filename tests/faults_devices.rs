@@ -434,7 +434,9 @@ kwp = 100.0
     // the loop's 40 ms; more when a loaded machine stalls this loop).
     let gap_kwh = METER_KW * max_write_gap.as_secs_f64() * SPEED / 3600.0;
     let tolerance = (0.05 * per_period).max(1.2 * gap_kwh);
-    eprintln!("counter writes at most {max_write_gap:?} apart: period tolerance {tolerance:.3} kWh");
+    eprintln!(
+        "counter writes at most {max_write_gap:?} apart: period tolerance {tolerance:.3} kWh"
+    );
     let mut ok_total = (0.0, 0);
     let mut reset_flagged = false;
     for r in &records {

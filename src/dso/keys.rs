@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -478,6 +478,14 @@ pub struct Manifest {
     /// Only for month solvers (absent for per-step policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month_solver: Option<MonthNote>,
+    /// A run that starts after the month's first day: where the month's
+    /// figures before `from` came from (absent for runs from the 1st).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_start: Option<MonthStart>,
+    /// The month's figures at the end of the run (month solver only), for
+    /// the run that continues the month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date: Option<MonthFigures>,
 }
 
 /// The name of the per-step allocation file written beside the keys; the
@@ -638,6 +646,8 @@ pub fn manifest(
             })
             .collect(),
         month_solver: (k.allocator == MONTH_SOLVER).then(|| k.month.clone()),
+        month_start: None,
+        month_to_date: None,
     })
 }
 
@@ -747,12 +757,18 @@ pub fn write_out(
     Ok(Written::New(manifest.clone()))
 }
 
-/// The whole run: load curves in `dir` → files in `out`.
+/// The whole run: load curves in `dir` → files in `out`. A run from the
+/// month's first day records the month's figures at its end in the
+/// manifest (values at `local_price_eur_per_kwh`), so a month solver run
+/// that continues the month knows what was allocated before it; a run from
+/// mid-month without the month solver does not know the month before it
+/// and records none.
 pub fn run(
     job: &KeysJob,
     load_curves: &Path,
     out: &Path,
     allocator: Option<&dyn MonthAllocator>,
+    local_price_eur_per_kwh: f64,
 ) -> Result<Written, KeysError> {
     let m = measure_load_curves(job, load_curves)?;
     let default = PerStepAllocator {
@@ -760,7 +776,274 @@ pub fn run(
     };
     let k = compute(job, &m, allocator.unwrap_or(&default))?;
     let files = render_files(job, &m, &k)?;
-    let man = manifest(job, &m, &k, &files)?;
+    let mut man = manifest(job, &m, &k, &files)?;
+    if job.from == first_of_month(job.from) {
+        man.month_to_date = Some(month_figures(job, &m, &k, None, local_price_eur_per_kwh)?);
+    }
+    write_out(out, &files, &man)
+}
+
+// ---------------------------------------------------------------------------
+// A run that starts mid-month.
+
+/// One participant's month so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantMonth {
+    pub id: String,
+    pub prm: String,
+    pub allocated_kwh: f64,
+    /// Σ (tariff − local price) × allocated.
+    pub value_eur: f64,
+    /// The same under the DSO's default pro-rata key.
+    pub pro_rata_value_eur: f64,
+}
+
+/// A local month's figures from its first day through `through`: what the
+/// month solver needs to go on with the month's fairness rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthFigures {
+    /// First day of the local month.
+    pub month: NaiveDate,
+    /// Last local day covered, inclusive.
+    pub through: NaiveDate,
+    pub production_kwh: f64,
+    pub participants: Vec<ParticipantMonth>,
+}
+
+/// Where a mid-month run's figures before `--from` came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthStart {
+    /// `ledger` (an archived earlier run), `load_curves` (the month's first
+    /// days computed with the same policy) or `none` (fairness starts at `from`).
+    pub source: String,
+    pub month: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<NaiveDate>,
+    pub production_kwh: f64,
+    pub note: String,
+}
+
+fn first_of_month(d: NaiveDate) -> NaiveDate {
+    d.with_day(1).unwrap_or(d)
+}
+
+/// The job's consumers' month-to-date account from `figs` (matched by id;
+/// a consumer the figures do not know starts at zero).
+pub fn account_from(job: &KeysJob, figs: &MonthFigures) -> allocation::MonthToDateAccount {
+    let mut acc = allocation::MonthToDateAccount::new(job.consumers.len());
+    for (c, slot) in job.consumers.iter().zip(acc.participants.iter_mut()) {
+        if let Some(p) = figs.participants.iter().find(|p| p.id == c.id) {
+            slot.allocated_kwh = p.allocated_kwh;
+            slot.value_eur = p.value_eur;
+            slot.pro_rata_value_eur = p.pro_rata_value_eur;
+        }
+    }
+    acc.production_kwh = figs.production_kwh;
+    acc
+}
+
+/// The month of the run's last day at the end of the run: `carried` (the
+/// month before `from`, when `from` is in that month) plus the run's steps
+/// of that month, each valued at the consumer's tariff minus `local_price`.
+pub fn month_figures(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    carried: Option<&MonthFigures>,
+    local_price_eur_per_kwh: f64,
+) -> Result<MonthFigures, KeysError> {
+    let month = first_of_month(job.to);
+    let mut acc = match carried {
+        Some(f) if f.month == month && first_of_month(job.from) == month => account_from(job, f),
+        _ => allocation::MonthToDateAccount::new(job.consumers.len()),
+    };
+    let values: Vec<f64> = job
+        .consumers
+        .iter()
+        .map(|c| c.tariff_eur_per_kwh - local_price_eur_per_kwh)
+        .collect();
+    for (t, start) in m.periods.iter().enumerate() {
+        if first_of_month(job.grid.local_day(*start)) != month {
+            continue;
+        }
+        let pooled: f64 = m.production_kwh[t].iter().sum();
+        acc.add_step(pooled, &m.consumption_kwh[t], &k.allocated_kwh[t], &values)?;
+    }
+    Ok(MonthFigures {
+        month,
+        through: job.to,
+        production_kwh: acc.production_kwh,
+        participants: job
+            .consumers
+            .iter()
+            .zip(&acc.participants)
+            .map(|(c, a)| ParticipantMonth {
+                id: c.id.clone(),
+                prm: c.prm.to_string(),
+                allocated_kwh: a.allocated_kwh,
+                value_eur: a.value_eur,
+                pro_rata_value_eur: a.pro_rata_value_eur,
+            })
+            .collect(),
+    })
+}
+
+/// The month before `job.from` from load curves in `dir`, computed with the
+/// same solver; `Err(why)` when the curves do not cover those days.
+fn month_from_load_curves(
+    job: &KeysJob,
+    dir: &Path,
+    solver: &allocation::MonthSolverAllocator,
+) -> Result<MonthFigures, String> {
+    let first = first_of_month(job.from);
+    let through = job.from.pred_opt().ok_or("date out of range")?;
+    let prefix = KeysJob {
+        from: first,
+        to: through,
+        ..job.clone()
+    };
+    let m = measure_load_curves(&prefix, dir).map_err(|e| e.to_string())?;
+    // A day every step of which is flagged is a day the curves do not hold.
+    let mut day_has_data: BTreeMap<NaiveDate, bool> = BTreeMap::new();
+    for (t, start) in m.periods.iter().enumerate() {
+        *day_has_data
+            .entry(prefix.grid.local_day(*start))
+            .or_default() |= m.problems[t].is_empty();
+    }
+    let missing: Vec<String> = day_has_data
+        .iter()
+        .filter(|(_, has)| !**has)
+        .map(|(d, _)| d.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the load curves in {} do not cover {}",
+            dir.display(),
+            missing.join(", ")
+        ));
+    }
+    let fresh = allocation::MonthSolverAllocator {
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        ..solver.clone()
+    };
+    let k = compute(&prefix, &m, &fresh).map_err(|e| e.to_string())?;
+    if let Some(why) = &k.month.fallback {
+        tracing::warn!(reason = %why, "the month's first days fell back to per-step keys");
+    }
+    month_figures(&prefix, &m, &k, None, solver.local_price_eur_per_kwh).map_err(|e| e.to_string())
+}
+
+/// Where the month before `job.from` comes from: the ledger's archive of
+/// the run that ended the day before, else the load curves of the month's
+/// first days, else nowhere (the month's fairness then starts at `from`).
+/// `None` for a run from the month's first day.
+pub fn month_start(
+    job: &KeysJob,
+    load_curves: &Path,
+    solver: &allocation::MonthSolverAllocator,
+    ledger: Option<&crate::ledger::Ledger>,
+) -> Option<(MonthStart, Option<MonthFigures>)> {
+    let month = first_of_month(job.from);
+    if job.from == month {
+        return None;
+    }
+    let through = job.from.pred_opt();
+    let mut why_not = Vec::new();
+    if let Some(l) = ledger {
+        match crate::ledger::keys::month_to_date_before(l, job.from) {
+            Ok(Some(f)) => {
+                let start = MonthStart {
+                    source: "ledger".into(),
+                    month,
+                    through,
+                    production_kwh: f.production_kwh,
+                    note: format!(
+                        "month-to-date figures from the archived run that ended {}",
+                        f.through
+                    ),
+                };
+                return Some((start, Some(f)));
+            }
+            Ok(None) => why_not.push(format!(
+                "the ledger archives no run of this month ending {}",
+                through.map(|d| d.to_string()).unwrap_or_default()
+            )),
+            Err(e) => why_not.push(format!("the ledger's archive is unreadable: {e}")),
+        }
+    }
+    match month_from_load_curves(job, load_curves, solver) {
+        Ok(f) => {
+            let start = MonthStart {
+                source: "load_curves".into(),
+                month,
+                through,
+                production_kwh: f.production_kwh,
+                note: format!(
+                    "month-to-date figures computed from the load curves of {month} .. {}, same policy",
+                    f.through
+                ),
+            };
+            Some((start, Some(f)))
+        }
+        Err(why) => {
+            why_not.push(why);
+            let start = MonthStart {
+                source: "none".into(),
+                month,
+                through: None,
+                production_kwh: 0.0,
+                note: format!(
+                    "the month's fairness starts at {} ({})",
+                    job.from,
+                    why_not.join("; ")
+                ),
+            };
+            Some((start, None))
+        }
+    }
+}
+
+/// The whole run with the month solver, for a range that may start
+/// mid-month: the month before `from` comes from [`month_start`], the
+/// manifest says where from, and it carries the month's figures at the end
+/// of the run for the run that continues it.
+pub fn run_in_month(
+    job: &KeysJob,
+    load_curves: &Path,
+    out: &Path,
+    solver: &allocation::MonthSolverAllocator,
+    ledger: Option<&crate::ledger::Ledger>,
+) -> Result<Written, KeysError> {
+    let m = measure_load_curves(job, load_curves)?;
+    let start = month_start(job, load_curves, solver, ledger);
+    let carried = start.as_ref().and_then(|(_, f)| f.clone());
+    let solver = match &carried {
+        Some(f) => {
+            let acc = account_from(job, f);
+            allocation::MonthSolverAllocator {
+                month_to_date: acc.participants,
+                month_to_date_production_kwh: acc.production_kwh,
+                ..solver.clone()
+            }
+        }
+        None => allocation::MonthSolverAllocator {
+            month_to_date: Vec::new(),
+            month_to_date_production_kwh: 0.0,
+            ..solver.clone()
+        },
+    };
+    let k = compute(job, &m, &solver)?;
+    let files = render_files(job, &m, &k)?;
+    let mut man = manifest(job, &m, &k, &files)?;
+    man.month_to_date = Some(month_figures(
+        job,
+        &m,
+        &k,
+        carried.as_ref(),
+        solver.local_price_eur_per_kwh,
+    )?);
+    man.month_start = start.map(|(s, _)| s);
     write_out(out, &files, &man)
 }
 

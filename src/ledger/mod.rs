@@ -827,6 +827,19 @@ impl Ledger {
         })
     }
 
+    /// The `inputs` of every key-file version whose range ends on
+    /// `last_day`, newest first.
+    pub fn key_file_inputs_ending(&self, last_day: NaiveDate) -> Result<Vec<String>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT inputs FROM key_files WHERE last_day = ?1 ORDER BY created_at DESC, rowid DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([last_day.to_string()], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Number of versions recorded for a key file.
     pub fn key_file_versions(&self, name: &str) -> Result<i64, LedgerError> {
         self.conn
