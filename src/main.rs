@@ -99,6 +99,10 @@ enum Cmd {
         /// and the poll interval here, for `ped run --site`.
         #[arg(long)]
         write_site: Option<PathBuf>,
+        /// Deliver finished key files into this spool folder (plus deliveries.log).
+        /// Wins over the site's [delivery] section, which is used without it.
+        #[arg(long)]
+        deliver_dir: Option<PathBuf>,
     },
     /// The ledger's audit log.
     Audit {
@@ -477,6 +481,7 @@ async fn main() -> Result<()> {
             dry_run,
             clock_origin,
             write_site,
+            deliver_dir,
         } => {
             let (mut site, lib) = load_site(&site)?;
             let origin = if start == "now" {
@@ -526,7 +531,16 @@ async fn main() -> Result<()> {
                 wait_for_stop(clock, until).await;
                 return Ok(());
             }
-            let daemon = Daemon::start(
+            // Delivered as `ped run` delivers: --deliver-dir, else [delivery].
+            let (deliver, backoff) = match deliver_dir {
+                Some(dir) => (
+                    Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
+                        as Arc<dyn ped::dso::delivery::Deliver>),
+                    None,
+                ),
+                None => site_delivery(&sim.site)?,
+            };
+            let daemon = Daemon::start_with_ledger(
                 sim.site.clone(),
                 lib,
                 clock,
@@ -534,6 +548,11 @@ async fn main() -> Result<()> {
                     dry_run,
                     output_dir: out,
                     http_listen: listen,
+                },
+                ped::daemon::LedgerOptions {
+                    deliver,
+                    backoff,
+                    ..Default::default()
                 },
             )
             .await?;
