@@ -850,7 +850,8 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             if let Some(l) = &a.ledger {
                 let mut ledger = ped::ledger::Ledger::open(l)?;
                 let mut files = Vec::new();
-                for f in &m.files {
+                // Only key files are archived; allocation.csv is the largest file.
+                for f in m.files.iter().filter(|f| f.name != keys::ALLOCATION_FILE) {
                     let p = out.join(&f.name);
                     files.push((
                         f.name.clone(),

@@ -530,44 +530,187 @@ pub fn render_files(
             }
         }
         Format::Spain => {
-            let cups = job
-                .consumers
-                .iter()
-                .map(|c| {
-                    job.cups.get(&c.prm).cloned().ok_or_else(|| {
-                        KeysError::Input(format!(
-                            "no CUPS for PRM {} (participant {}): add `{};<CUPS>` to the --cups file",
-                            c.prm, c.id, c.prm
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
-            let rows = spain::hourly_rows(
-                job.grid.tz(),
-                &m.periods,
-                &pooled,
-                &k.intended_kwh,
-                &m.consumption_kwh,
-            )?;
-            let text = spain::render(&cups, &rows)?;
-            spain::validate(&text)?;
-            files.push((spain::file_name(&job.cau, job.from, job.to), text, None));
+            let (name, text) = spain_file(job, m, k)?;
+            files.push((name, text, None));
         }
     }
-    let mut alloc = String::from("Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n");
+    let mut alloc = Vec::new();
+    allocation_lines(job, m, k, &mut alloc).map_err(io(Path::new(ALLOCATION_FILE)))?;
+    let alloc = String::from_utf8(alloc)
+        .map_err(|e| KeysError::Input(format!("{ALLOCATION_FILE}: {e}")))?;
+    files.push((ALLOCATION_FILE.to_string(), alloc, None));
+    Ok(files)
+}
+
+/// The Spanish file of the run: hourly coefficients per CUPS, read back.
+fn spain_file(job: &KeysJob, m: &Measured, k: &Computed) -> Result<(String, String), KeysError> {
+    let cups = job
+        .consumers
+        .iter()
+        .map(|c| {
+            job.cups.get(&c.prm).cloned().ok_or_else(|| {
+                KeysError::Input(format!(
+                    "no CUPS for PRM {} (participant {}): add `{};<CUPS>` to the --cups file",
+                    c.prm, c.id, c.prm
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
+    let rows = spain::hourly_rows(
+        job.grid.tz(),
+        &m.periods,
+        &pooled,
+        &k.intended_kwh,
+        &m.consumption_kwh,
+    )?;
+    let text = spain::render(&cups, &rows)?;
+    spain::validate(&text)?;
+    Ok((spain::file_name(&job.cau, job.from, job.to), text))
+}
+
+/// `allocation.csv`: per step and consumer, consumption, allocation under
+/// the exported keys, and the DSO's default.
+fn allocation_lines(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    w.write_all(b"Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n")?;
     for (t, start) in m.periods.iter().enumerate() {
         let stamp = job.grid.format_local(*start);
         for (i, c) in job.consumers.iter().enumerate() {
-            let _ = writeln!(
-                alloc,
+            writeln!(
+                w,
                 "{stamp};{};{:.6};{:.6};{:.6}",
                 c.prm, m.consumption_kwh[t][i], k.allocated_kwh[t][i], k.prorata_kwh[t][i]
-            );
+            )?;
         }
     }
-    files.push((ALLOCATION_FILE.to_string(), alloc, None));
-    Ok(files)
+    Ok(())
+}
+
+/// Hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * digest.len());
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Renders, reads back and writes the run's files into `dir` one at a time,
+/// so at most one producer's text is in memory (full dynamic keys of 1,000
+/// participants are ~15 MB per producer, `allocation.csv` ~170 MB, written
+/// as it is produced). Same files, bytes and checks as [`render_files`].
+fn stream_files(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    dir: &Path,
+) -> Result<Vec<OutputFile>, KeysError> {
+    let write = |name: &str, text: &str| -> Result<(), KeysError> {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
+    };
+    let consumers: Vec<Prm> = job.consumers.iter().map(|c| c.prm.clone()).collect();
+    let mut outputs = Vec::new();
+    match job.format {
+        Format::Enedis => {
+            if job.producers.is_empty() {
+                return Err(DsoError::Empty("no producer PRM").into());
+            }
+            let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
+                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
+                enedis::validate(&text, &job.grid, job.precision)?;
+                Ok(text)
+            };
+            // Simple keys: one text, read back once, for every producer.
+            let shared = match job.kind {
+                KeyKind::Simple => Some(checked(&k.rows[0])?),
+                KeyKind::Full => None,
+            };
+            for (j, producer) in job.producers.iter().enumerate() {
+                let rows = match job.kind {
+                    KeyKind::Simple => &k.rows[0],
+                    KeyKind::Full => &k.rows[j],
+                };
+                let own;
+                let text = match &shared {
+                    Some(t) => t,
+                    None => {
+                        own = checked(rows)?;
+                        &own
+                    }
+                };
+                let name = enedis::file_name(&job.grid, producer, rows)?;
+                write(&name, text)?;
+                outputs.push(OutputFile {
+                    name,
+                    sha256: sha256_hex(text.as_bytes()),
+                    bytes: text.len(),
+                    producer: Some(producer.to_string()),
+                });
+            }
+        }
+        Format::Spain => {
+            let (name, text) = spain_file(job, m, k)?;
+            write(&name, &text)?;
+            outputs.push(OutputFile {
+                name,
+                sha256: sha256_hex(text.as_bytes()),
+                bytes: text.len(),
+                producer: None,
+            });
+        }
+    }
+    let path = dir.join(ALLOCATION_FILE);
+    let f = std::fs::File::create(&path).map_err(io(&path))?;
+    let mut w = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    allocation_lines(job, m, k, &mut w).map_err(io(&path))?;
+    std::io::Write::flush(&mut w).map_err(io(&path))?;
+    let Hashing {
+        inner,
+        hasher,
+        bytes,
+    } = w;
+    let f = inner.into_inner().map_err(|e| KeysError::Io {
+        path: path.clone(),
+        source: e.into_error(),
+    })?;
+    f.sync_all().map_err(io(&path))?;
+    outputs.push(OutputFile {
+        name: ALLOCATION_FILE.to_string(),
+        sha256: hex(&hasher.finalize()),
+        bytes,
+        producer: None,
+    });
+    Ok(outputs)
 }
 
 pub fn manifest(
@@ -575,6 +718,25 @@ pub fn manifest(
     m: &Measured,
     k: &Computed,
     files: &[(String, String, Option<String>)],
+) -> Result<Manifest, KeysError> {
+    let outputs = files
+        .iter()
+        .map(|(name, text, producer)| OutputFile {
+            name: name.clone(),
+            sha256: sha256_hex(text.as_bytes()),
+            bytes: text.len(),
+            producer: producer.clone(),
+        })
+        .collect();
+    manifest_of(job, m, k, outputs)
+}
+
+/// The manifest of files already written (`outputs` hold their hashes).
+fn manifest_of(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    outputs: Vec<OutputFile>,
 ) -> Result<Manifest, KeysError> {
     let site = match &job.site_file {
         Some(p) => Some(InputFile {
@@ -612,15 +774,7 @@ pub fn manifest(
         last_period: m.periods.last().map(fmt).unwrap_or_default(),
         site,
         inputs: m.inputs.clone(),
-        files: files
-            .iter()
-            .map(|(name, text, producer)| OutputFile {
-                name: name.clone(),
-                sha256: sha256_hex(text.as_bytes()),
-                bytes: text.len(),
-                producer: producer.clone(),
-            })
-            .collect(),
+        files: outputs,
         fallback_steps: k
             .fallback_steps
             .iter()
@@ -700,45 +854,10 @@ pub fn write_out(
     files: &[(String, String, Option<String>)],
     manifest: &Manifest,
 ) -> Result<Written, KeysError> {
-    if out.exists() {
-        let old = std::fs::read(out.join(MANIFEST_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
-        let same_files = old.as_ref().is_some_and(|o| {
-            o.files == manifest.files
-                && o.files.iter().all(|f| {
-                    std::fs::read(out.join(&f.name)).is_ok_and(|b| sha256_hex(&b) == f.sha256)
-                })
-        });
-        let empty = std::fs::read_dir(out)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if same_files {
-            if let Some(o) = old {
-                return Ok(Written::Unchanged(o));
-            }
-        }
-        if !empty {
-            return Err(KeysError::Differs(out.to_path_buf()));
-        }
-        std::fs::remove_dir(out).map_err(io(out))?;
+    if let Some(w) = existing_out(out, manifest)? {
+        return Ok(w);
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let base = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| {
-            KeysError::Input(format!("--out {}: not a directory name", out.display()))
-        })?;
-    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let tmp = temporary_beside(out)?;
     let result = (|| {
         let json = serde_json::to_string_pretty(manifest)
             .map_err(|e| KeysError::Input(format!("manifest: {e}")))?;
@@ -755,6 +874,87 @@ pub fn write_out(
         return Err(e);
     }
     Ok(Written::New(manifest.clone()))
+}
+
+/// Like [`write_out`], with each file rendered, read back and written in
+/// turn (see `stream_files`) rather than all held in memory first. The
+/// manifest is built from what was written, then `finish` completes it.
+pub fn write_streamed(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    out: &Path,
+    finish: impl FnOnce(&mut Manifest),
+) -> Result<Written, KeysError> {
+    let tmp = temporary_beside(out)?;
+    let result = (|| {
+        let outputs = stream_files(job, m, k, &tmp)?;
+        let mut man = manifest_of(job, m, k, outputs)?;
+        finish(&mut man);
+        if let Some(w) = existing_out(out, &man)? {
+            return Ok(w);
+        }
+        let json = serde_json::to_string_pretty(&man)
+            .map_err(|e| KeysError::Input(format!("manifest: {e}")))?;
+        enedis::write_atomic(&tmp, &[(MANIFEST_FILE.to_string(), json + "\n")])?;
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        Ok(Written::New(man))
+    })();
+    if !matches!(result, Ok(Written::New(_))) {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// An empty sibling directory of `out` to write into before the rename.
+fn temporary_beside(out: &Path) -> Result<PathBuf, KeysError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let base = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            KeysError::Input(format!("--out {}: not a directory name", out.display()))
+        })?;
+    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    Ok(tmp)
+}
+
+/// What an existing `out` means for a run that would write `manifest`:
+/// the same files (unchanged, nothing to do), other files (refused), or
+/// nothing (an empty directory, removed so the run can take its place).
+fn existing_out(out: &Path, manifest: &Manifest) -> Result<Option<Written>, KeysError> {
+    if out.exists() {
+        let old = std::fs::read(out.join(MANIFEST_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        let same_files = old.as_ref().is_some_and(|o| {
+            o.files == manifest.files
+                && o.files.iter().all(|f| {
+                    std::fs::read(out.join(&f.name)).is_ok_and(|b| sha256_hex(&b) == f.sha256)
+                })
+        });
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if same_files {
+            if let Some(o) = old {
+                return Ok(Some(Written::Unchanged(o)));
+            }
+        }
+        if !empty {
+            return Err(KeysError::Differs(out.to_path_buf()));
+        }
+        std::fs::remove_dir(out).map_err(io(out))?;
+    }
+    Ok(None)
 }
 
 /// The whole run: load curves in `dir` → files in `out`. A run from the
@@ -775,12 +975,12 @@ pub fn run(
         policy: job.policy(),
     };
     let k = compute(job, &m, allocator.unwrap_or(&default))?;
-    let files = render_files(job, &m, &k)?;
-    let mut man = manifest(job, &m, &k, &files)?;
-    if job.from == first_of_month(job.from) {
-        man.month_to_date = Some(month_figures(job, &m, &k, None, local_price_eur_per_kwh)?);
-    }
-    write_out(out, &files, &man)
+    let figures = if job.from == first_of_month(job.from) {
+        Some(month_figures(job, &m, &k, None, local_price_eur_per_kwh)?)
+    } else {
+        None
+    };
+    write_streamed(job, &m, &k, out, |man| man.month_to_date = figures)
 }
 
 // ---------------------------------------------------------------------------
@@ -1034,17 +1234,17 @@ pub fn run_in_month(
         },
     };
     let k = compute(job, &m, &solver)?;
-    let files = render_files(job, &m, &k)?;
-    let mut man = manifest(job, &m, &k, &files)?;
-    man.month_to_date = Some(month_figures(
+    let figures = month_figures(
         job,
         &m,
         &k,
         carried.as_ref(),
         solver.local_price_eur_per_kwh,
-    )?);
-    man.month_start = start.map(|(s, _)| s);
-    write_out(out, &files, &man)
+    )?;
+    write_streamed(job, &m, &k, out, |man| {
+        man.month_to_date = Some(figures);
+        man.month_start = start.map(|(s, _)| s);
+    })
 }
 
 /// What `--validate` made of a file.
@@ -1164,4 +1364,106 @@ pub fn read_cups_map(path: &Path) -> Result<BTreeMap<Prm, String>, KeysError> {
         map.insert(prm, cups.trim().to_string());
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(kind: KeyKind) -> (KeysJob, Measured) {
+        let grid = Grid::new(15, chrono_tz::Europe::Paris).expect("grid");
+        let prm = |k: u64| -> Prm { format!("{k:014}").parse().expect("prm") };
+        let job = KeysJob {
+            grid,
+            from: NaiveDate::from_ymd_opt(2025, 10, 25).expect("date"),
+            to: NaiveDate::from_ymd_opt(2025, 10, 26).expect("date"),
+            consumers: (0..5)
+                .map(|i| Consumer {
+                    id: format!("C{i}"),
+                    prm: prm(20_000_000_000_000 + i),
+                    tariff_eur_per_kwh: 0.18 + 0.02 * i as f64,
+                    priority: 1 + (i % 2) as u8,
+                    static_share: 0.2,
+                })
+                .collect(),
+            producers: (0..2).map(|j| prm(30_000_000_000_000 + j)).collect(),
+            policy: KeyPolicy::Optimised,
+            kind,
+            format: Format::Enedis,
+            precision: Precision::default(),
+            cups: BTreeMap::new(),
+            cau: "t".into(),
+            site_file: None,
+        };
+        let periods = job.periods().expect("periods");
+        let n_t = periods.len();
+        let m = Measured {
+            production_kwh: (0..n_t)
+                .map(|t| vec![(t % 37) as f64 * 0.05, (t % 11) as f64 * 0.07])
+                .collect(),
+            consumption_kwh: (0..n_t)
+                .map(|t| {
+                    (0..5)
+                        .map(|i| 0.1 + ((t * (i + 3)) % 13) as f64 * 0.03)
+                        .collect()
+                })
+                .collect(),
+            problems: vec![Vec::new(); n_t],
+            coarse_steps: 0,
+            inputs: Vec::new(),
+            periods,
+        };
+        (job, m)
+    }
+
+    #[test]
+    fn streamed_files_are_the_rendered_files_byte_for_byte() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for kind in [KeyKind::Simple, KeyKind::Full] {
+            let (job, m) = small(kind);
+            let k = compute(
+                &job,
+                &m,
+                &PerStepAllocator {
+                    policy: job.policy(),
+                },
+            )
+            .expect("keys");
+            let files = render_files(&job, &m, &k).expect("render");
+            let want = manifest(&job, &m, &k, &files).expect("manifest");
+            let out = tmp.path().join(format!("{kind:?}"));
+            let Written::New(got) = write_streamed(&job, &m, &k, &out, |_| {}).expect("write")
+            else {
+                panic!("{kind:?}: a fresh directory must be new");
+            };
+            assert_eq!(got, want, "{kind:?}");
+            for (name, text, _) in &files {
+                assert_eq!(
+                    std::fs::read(out.join(name)).expect("file"),
+                    text.as_bytes(),
+                    "{kind:?} {name}"
+                );
+            }
+            // Again: unchanged, nothing rewritten, no temporary left behind.
+            let again = write_streamed(&job, &m, &k, &out, |_| {}).expect("rerun");
+            assert!(matches!(again, Written::Unchanged(_)), "{kind:?}");
+            // Other keys into the same directory: refused, nothing left behind.
+            let other = compute(
+                &job,
+                &m,
+                &PerStepAllocator {
+                    policy: Policy::ProRata,
+                },
+            )
+            .expect("keys");
+            let err = write_streamed(&job, &m, &other, &out, |_| {}).unwrap_err();
+            assert!(matches!(err, KeysError::Differs(_)), "{err}");
+            let stray: Vec<_> = std::fs::read_dir(tmp.path())
+                .expect("dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+                .collect();
+            assert!(stray.is_empty(), "{stray:?}");
+        }
+    }
 }
