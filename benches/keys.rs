@@ -153,10 +153,32 @@ fn run_case(n: usize, policy: &str, kind: &str) {
     let alloc: &dyn MonthAllocator = if policy == "month" { &month } else { &per_step };
     let k = keys::compute(&j, &m, alloc).expect("compute");
     let t_keys = t0.elapsed();
-    let files = keys::render_files(&j, &m, &k).expect("render");
+    // PED_KEYS_BENCH_WRITE: unset renders every file in memory (as the
+    // figures above were measured); `memory` also writes them as `ped keys`
+    // did until 2026-11-24 (all texts held, then written); `stream` writes
+    // them as `ped keys` does now (one file at a time).
+    let write = std::env::var("PED_KEYS_BENCH_WRITE").unwrap_or_default();
+    let out_dir = std::env::temp_dir().join(format!("ped-keys-bench-{}", std::process::id()));
+    let bytes: usize = match write.as_str() {
+        "stream" => {
+            let w = keys::write_streamed(&j, &m, &k, &out_dir.join("out"), |_| {}).expect("write");
+            let man = match w {
+                keys::Written::New(man) | keys::Written::Unchanged(man) => man,
+            };
+            man.files.iter().map(|f| f.bytes).sum()
+        }
+        _ => {
+            let files = keys::render_files(&j, &m, &k).expect("render");
+            if write == "memory" {
+                let man = keys::manifest(&j, &m, &k, &files).expect("manifest");
+                keys::write_out(&out_dir.join("out"), &files, &man).expect("write");
+            }
+            files.iter().map(|f| f.1.len()).sum()
+        }
+    };
+    let _ = std::fs::remove_dir_all(&out_dir);
     let total = t0.elapsed();
     let self_consumed: f64 = k.allocated_kwh.iter().flatten().sum();
-    let bytes: usize = files.iter().map(|f| f.1.len()).sum();
     println!(
         "{{\"participants\":{n},\"steps\":{},\"policy\":\"{policy}\",\"kind\":\"{kind}\",\"method\":\"{}\",\"fallback\":{},\"keys_s\":{:.3},\"total_s\":{:.3},\"vm_hwm_mib\":{:.1},\"self_consumed_mwh\":{:.3},\"file_bytes\":{bytes}}}",
         m.periods.len(),

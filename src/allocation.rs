@@ -1020,6 +1020,131 @@ impl MonthAllocator for MonthSolverAllocator {
     }
 }
 
+// ---------------------------------------------------------------------------
+// One closed step at a time, with the month's figures so far.
+
+/// The month's figures before the next closed step, kept by whoever closes
+/// steps one at a time (the daemon): what each participant was allocated
+/// under the exported keys, its value, the value the DSO's default pro-rata
+/// key would have given, and the month's pooled production. With them a
+/// single step solved by [`MonthSolverAllocator`] honours the month's
+/// fairness rules (floor on the month's share, nobody worse off than pro
+/// rata over the month) rather than the step's alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MonthToDateAccount {
+    pub participants: Vec<crate::plan::allocate::MonthToDate>,
+    pub production_kwh: f64,
+    pub steps: usize,
+}
+
+impl MonthToDateAccount {
+    pub fn new(n: usize) -> Self {
+        MonthToDateAccount {
+            participants: vec![Default::default(); n],
+            production_kwh: 0.0,
+            steps: 0,
+        }
+    }
+
+    /// Adds one closed step. `allocated_kwh` is what the DSO's rule gives
+    /// with the exported keys (not the intended allocation: the month must
+    /// make up for what quantisation and fallbacks cost), `value_eur_per_kwh`
+    /// is each participant's tariff minus the local price at that step.
+    /// Non-finite or negative measurements count as 0, as the keys did.
+    pub fn add_step(
+        &mut self,
+        production_kwh: f64,
+        consumption_kwh: &[f64],
+        allocated_kwh: &[f64],
+        value_eur_per_kwh: &[f64],
+    ) -> Result<(), AllocationError> {
+        let n = self.participants.len();
+        for len in [
+            consumption_kwh.len(),
+            allocated_kwh.len(),
+            value_eur_per_kwh.len(),
+        ] {
+            if len != n {
+                return Err(AllocationError::Length {
+                    expected: n,
+                    got: len,
+                });
+            }
+        }
+        let clean = |v: f64| if v.is_finite() && v > 0.0 { v } else { 0.0 };
+        let p = clean(production_kwh);
+        let c: Vec<f64> = consumption_kwh.iter().map(|&v| clean(v)).collect();
+        // The same pro-rata rule as the month solver's target
+        // (`plan::allocate::pro_rata`), so the month's rows compare like with like.
+        let total: f64 = c.iter().sum();
+        let ratio = if total > 0.0 {
+            (p / total).min(1.0)
+        } else {
+            0.0
+        };
+        for (i, m) in self.participants.iter_mut().enumerate() {
+            let a = clean(allocated_kwh[i]);
+            let v = if value_eur_per_kwh[i].is_finite() {
+                value_eur_per_kwh[i]
+            } else {
+                0.0
+            };
+            m.allocated_kwh += a;
+            m.value_eur += v * a;
+            m.pro_rata_value_eur += v * c[i] * ratio;
+        }
+        self.production_kwh += p;
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// Per participant: how much less its month so far is worth than under
+    /// pro rata (0 when it is not behind), €.
+    pub fn pro_rata_shortfall_eur(&self) -> Vec<f64> {
+        self.participants
+            .iter()
+            .map(|m| (m.pro_rata_value_eur - m.value_eur).max(0.0))
+            .collect()
+    }
+}
+
+/// Keys of one closed step solved as the month's next step: `solver` carries
+/// the site's prices and fairness rules, `account` the month so far (it
+/// replaces whatever month-to-date figures `solver` held). `tariffs` are the
+/// participants' retail prices at this step. The outcome says how the step
+/// was solved and which month rules it could not meet.
+pub fn keys_for_step_in_month(
+    solver: &MonthSolverAllocator,
+    account: &MonthToDateAccount,
+    input: &StepInput,
+    tariffs_eur_per_kwh: &[f64],
+    priority: &[u8],
+    precision: Precision,
+) -> Result<(StepKeys, MonthOutcome), AllocationError> {
+    checked(input, precision)?;
+    let solver = MonthSolverAllocator {
+        month_to_date: account.participants.clone(),
+        month_to_date_production_kwh: account.production_kwh,
+        ..solver.clone()
+    };
+    let production = [input.production_kwh];
+    let consumption = [input.consumption_kwh.clone()];
+    let outcome = solver.allocate_month(&MonthInput {
+        production_kwh: &production,
+        consumption_kwh: &consumption,
+        tariffs_eur_per_kwh,
+        priority,
+    })?;
+    let intended = outcome
+        .intended_kwh
+        .first()
+        .ok_or(AllocationError::Length {
+            expected: 1,
+            got: 0,
+        })?;
+    Ok((keys_from_intended(input, intended, precision)?, outcome))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1156,6 +1281,56 @@ mod tests {
             out.intended_kwh,
             PerStepAllocator { policy }.allocate(&input).unwrap()
         );
+    }
+
+    #[test]
+    fn a_step_in_the_month_gives_back_to_whoever_the_month_left_behind() {
+        // 2 kWh for three who each draw 1 kWh; A and B on 0.20 €/kWh, C on
+        // 0.12 (values 0.10, 0.10, 0.02 over the local price).
+        let solver = MonthSolverAllocator {
+            ids: vec!["A".into(), "B".into(), "C".into()],
+            local_price_eur_per_kwh: 0.10,
+            export_price_eur_per_kwh: 0.0,
+            fairness: crate::plan::allocate::Fairness::default(),
+            subscription_share: vec![None; 3],
+            month_to_date: Vec::new(),
+            month_to_date_production_kwh: 0.0,
+            budget: None,
+        };
+        let input = StepInput {
+            production_kwh: 2.0,
+            consumption_kwh: vec![1.0; 3],
+        };
+        let (tariffs, prio) = ([0.20, 0.20, 0.12], [1u8; 3]);
+        let p = Precision::default();
+        let fresh = MonthToDateAccount::new(3);
+        let (k, out) = keys_for_step_in_month(&solver, &fresh, &input, &tariffs, &prio, p).unwrap();
+        assert!(out.violations.is_empty(), "{:?}", out.violations);
+        // A fresh month: C gets its pro-rata 2/3 kWh, not greed's 0.
+        assert!((k.allocated_kwh[2] - 2.0 / 3.0).abs() < 0.003, "{k:?}");
+        // Earlier in the month C was left 0.004 € short and A, B were 0.05 € ahead.
+        let mut behind = MonthToDateAccount::new(3);
+        behind
+            .add_step(
+                1.5,
+                &[1.0, 1.0, 1.0],
+                &[0.75, 0.75, 0.0],
+                &[0.10, 0.10, 0.02],
+            )
+            .unwrap();
+        assert!((behind.participants[2].pro_rata_value_eur - 0.01).abs() < 1e-12);
+        assert!((behind.pro_rata_shortfall_eur()[2] - 0.01).abs() < 1e-12);
+        assert_eq!(behind.pro_rata_shortfall_eur()[0], 0.0);
+        assert!((behind.production_kwh - 1.5).abs() < 1e-12);
+        let (k, out) =
+            keys_for_step_in_month(&solver, &behind, &input, &tariffs, &prio, p).unwrap();
+        // C now needs (0.01 + 2/3 × 0.02) / 0.02 = 1.1667 kWh: it gets its
+        // whole 1 kWh and the 0.0033 € it still lacks is reported.
+        assert!(k.allocated_kwh[2] > 0.99, "{k:?}");
+        assert_eq!(out.violations, vec!["pro_rata C 0.003333 EUR".to_string()]);
+        validate_units(&k.units, p).unwrap();
+        // Shapes are checked.
+        assert!(behind.add_step(1.0, &[1.0], &[0.0; 3], &[0.1; 3]).is_err());
     }
 
     #[test]

@@ -99,6 +99,10 @@ enum Cmd {
         /// and the poll interval here, for `ped run --site`.
         #[arg(long)]
         write_site: Option<PathBuf>,
+        /// Deliver finished key files into this spool folder (plus deliveries.log).
+        /// Wins over the site's [delivery] section, which is used without it.
+        #[arg(long)]
+        deliver_dir: Option<PathBuf>,
     },
     /// The ledger's audit log.
     Audit {
@@ -494,6 +498,7 @@ async fn main() -> Result<()> {
             dry_run,
             clock_origin,
             write_site,
+            deliver_dir,
         } => {
             let (mut site, lib) = load_site(&site)?;
             let origin = if start == "now" {
@@ -543,7 +548,16 @@ async fn main() -> Result<()> {
                 wait_for_stop(clock, until).await;
                 return Ok(());
             }
-            let daemon = Daemon::start(
+            // Delivered as `ped run` delivers: --deliver-dir, else [delivery].
+            let (deliver, backoff) = match deliver_dir {
+                Some(dir) => (
+                    Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
+                        as Arc<dyn ped::dso::delivery::Deliver>),
+                    None,
+                ),
+                None => site_delivery(&sim.site)?,
+            };
+            let daemon = Daemon::start_with_ledger(
                 sim.site.clone(),
                 lib,
                 clock,
@@ -551,6 +565,11 @@ async fn main() -> Result<()> {
                     dry_run,
                     output_dir: out,
                     http_listen: listen,
+                },
+                ped::daemon::LedgerOptions {
+                    deliver,
+                    backoff,
+                    ..Default::default()
                 },
             )
             .await?;
@@ -844,10 +863,27 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         site.config.keys.month_budget_ms = b;
     }
     let month = keys::month_solver(&site, &job);
-    let month_dyn = month
-        .as_ref()
-        .map(|m| m as &dyn ped::allocation::MonthAllocator);
-    match keys::run(&job, &dir, &out, month_dyn) {
+    let run = match &month {
+        Some(solver) => {
+            // The archive of the month's earlier days, if --ledger holds it.
+            let archive = match &a.ledger {
+                Some(l) if l.exists() => Some(
+                    ped::ledger::Ledger::open_read_only(l)
+                        .with_context(|| format!("--ledger {}", l.display()))?,
+                ),
+                _ => None,
+            };
+            keys::run_in_month(&job, &dir, &out, solver, archive.as_ref())
+        }
+        None => keys::run(
+            &job,
+            &dir,
+            &out,
+            None,
+            site.config.plan.local_price_eur_per_kwh,
+        ),
+    };
+    match run {
         Ok(w) => {
             let (what, m) = match w {
                 Written::New(m) => ("written", m),
@@ -870,6 +906,12 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             for f in &m.fallback_steps {
                 tracing::warn!(period = %f.period, reasons = ?f.reasons, "step fell back to the default rule");
             }
+            if let Some(st) = &m.month_start {
+                println!(
+                    "month to date ({}): {}; {:.3} kWh pooled before {}",
+                    st.source, st.note, st.production_kwh, m.from
+                );
+            }
             if let Some(ms) = &m.month_solver {
                 match &ms.fallback {
                     Some(why) => println!("month solver: not used ({why}); keys computed per step"),
@@ -886,7 +928,8 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             if let Some(l) = &a.ledger {
                 let mut ledger = ped::ledger::Ledger::open(l)?;
                 let mut files = Vec::new();
-                for f in &m.files {
+                // Only key files are archived; allocation.csv is the largest file.
+                for f in m.files.iter().filter(|f| f.name != keys::ALLOCATION_FILE) {
                     let p = out.join(&f.name);
                     files.push((
                         f.name.clone(),

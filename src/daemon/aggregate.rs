@@ -690,6 +690,7 @@ pub async fn run(
     if let Some(resume) = resume(&shared, &mut sink, &mut counters, &kinds) {
         next = resume;
     }
+    let mut month = month_from_sink(&shared, &mut sink, next);
     let (writer, writer_thread) = spawn_writer(shared.clone(), sink);
     let poll = &site.config.polling;
     let grace = clock.clock_duration(Duration::from_millis(
@@ -722,7 +723,7 @@ pub async fn run(
                 }
                 last_tick = (now, real);
                 while clock.now() >= grid.next_period(next) + grace && clock.now() >= first_close {
-                    let (rec, closed) = close_period(&shared, &counters, next);
+                    let (rec, closed) = close_period(&shared, &counters, &mut month, next);
                     // The planner need not wait for the ledger's fsync; files and
                     // deliveries are built only from what the ledger committed.
                     let _ = periods.try_send(rec);
@@ -744,6 +745,17 @@ pub async fn run(
     drop(writer);
     // The writer finishes what is pending unless the ledger refuses it.
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+}
+
+/// The month so far from the ledger (read-only when it cannot be written).
+fn month_from_sink(shared: &Shared, sink: &mut Sink, next: DateTime<Utc>) -> Month {
+    if let Some(l) = sink.ledger.as_ref() {
+        return Month::from_ledger(shared, l, next);
+    }
+    match Ledger::open_read_only(&sink.path) {
+        Ok(l) => Month::from_ledger(shared, &l, next),
+        Err(_) => Month::new(),
+    }
 }
 
 /// Where to go on from the ledger: the period after the last stored one,
@@ -890,9 +902,164 @@ fn on_latest(shared: &Shared, device: String, latest: Latest) {
     }
 }
 
+/// The local month's figures so far, for optimised keys that honour the
+/// month's fairness rules (`[keys] floor_ratio`, `no_worse_than_pro_rata`)
+/// across periods rather than within each period alone.
+///
+/// Every closed period is added from its archived record (the JSON the
+/// ledger stores), both live and when the month is rebuilt from the ledger
+/// at start, so a restart mid-month carries exactly the same figures as an
+/// uninterrupted run. The account restarts at each local month.
+pub(super) struct Month {
+    /// Local (year, month) the account is for.
+    key: Option<(i32, u32)>,
+    account: allocation::MonthToDateAccount,
+}
+
+/// The parts of a period record the month's account needs.
+#[derive(serde::Deserialize)]
+struct RecordFigures {
+    start: DateTime<Utc>,
+    #[serde(default)]
+    consumption_kwh: BTreeMap<String, f64>,
+    #[serde(default)]
+    allocated_kwh: BTreeMap<String, f64>,
+    #[serde(default)]
+    total_production_kwh: f64,
+}
+
+impl Month {
+    pub(super) fn new() -> Month {
+        Month {
+            key: None,
+            account: allocation::MonthToDateAccount::default(),
+        }
+    }
+
+    fn key_of(grid: &crate::time::Grid, start: DateTime<Utc>) -> (i32, u32) {
+        let d = grid.local_day(start);
+        (d.year(), d.month())
+    }
+
+    /// The account for the period starting at `start`: emptied when the
+    /// period opens a new local month.
+    fn roll(&mut self, shared: &Shared, start: DateTime<Utc>) -> &allocation::MonthToDateAccount {
+        let key = Month::key_of(&shared.site.grid, start);
+        let n = shared.site.config.participants.len();
+        if self.key != Some(key) || self.account.participants.len() != n {
+            self.key = Some(key);
+            self.account = allocation::MonthToDateAccount::new(n);
+        }
+        &self.account
+    }
+
+    /// Adds a closed period from its archived record. Participants are
+    /// matched by id, so a record stored under another participant list
+    /// still counts for those present; a participant absent from the record
+    /// (its meter unknown that period) counts as zero, as its keys did.
+    fn add_record(&mut self, shared: &Shared, record_json: &str) {
+        let rec: RecordFigures = match serde_json::from_str(record_json) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "period record unreadable; left out of the month's fairness figures");
+                return;
+            }
+        };
+        self.roll(shared, rec.start);
+        let cfg = &shared.site.config;
+        let tz = shared.site.grid.tz();
+        let get = |m: &BTreeMap<String, f64>, id: &str| m.get(id).copied().unwrap_or(0.0);
+        let consumption: Vec<f64> = cfg
+            .participants
+            .iter()
+            .map(|p| get(&rec.consumption_kwh, &p.id))
+            .collect();
+        let allocated: Vec<f64> = cfg
+            .participants
+            .iter()
+            .map(|p| get(&rec.allocated_kwh, &p.id))
+            .collect();
+        let values: Vec<f64> = cfg
+            .participants
+            .iter()
+            .map(|p| p.tariff_at(rec.start, tz) - cfg.plan.local_price_eur_per_kwh)
+            .collect();
+        if let Err(e) =
+            self.account
+                .add_step(rec.total_production_kwh, &consumption, &allocated, &values)
+        {
+            tracing::warn!(error = %e, "period left out of the month's fairness figures");
+        }
+    }
+
+    /// The month up to (not including) `next`, rebuilt from the ledger.
+    fn from_ledger(shared: &Shared, ledger: &Ledger, next: DateTime<Utc>) -> Month {
+        let grid = shared.site.grid;
+        let mut month = Month::new();
+        month.roll(shared, next);
+        let day = grid.local_day(next);
+        let Some(first) = day.with_day(1) else {
+            return month;
+        };
+        let Ok(from) = grid.local_midnight(first) else {
+            return month;
+        };
+        match ledger.periods_between(from, next) {
+            Ok(periods) => {
+                for p in &periods {
+                    month.add_record(shared, &p.record_json);
+                }
+                if !periods.is_empty() {
+                    tracing::info!(
+                        periods = month.account.steps,
+                        production_kwh = month.account.production_kwh,
+                        "month-to-date figures rebuilt from the ledger"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "month-to-date periods unreadable; the month's fairness starts now");
+            }
+        }
+        month
+    }
+}
+
+/// The month solver of the site's optimised keys, for one period at a time:
+/// `None` when `keys.month_budget_ms` is 0 (plain per-period optimised keys).
+fn period_solver(shared: &Shared) -> Option<allocation::MonthSolverAllocator> {
+    let cfg = &shared.site.config;
+    let k = &cfg.keys;
+    if k.month_budget_ms == 0 {
+        return None;
+    }
+    Some(allocation::MonthSolverAllocator {
+        ids: cfg.participants.iter().map(|p| p.id.clone()).collect(),
+        local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
+        export_price_eur_per_kwh: cfg.plan.export_price_eur_per_kwh,
+        fairness: crate::plan::allocate::Fairness {
+            floor_ratio: k.floor_ratio,
+            no_worse_than_pro_rata: k.no_worse_than_pro_rata,
+            ..Default::default()
+        },
+        subscription_share: cfg
+            .participants
+            .iter()
+            .map(|p| (p.static_share > 0.0).then_some(p.static_share))
+            .collect(),
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        // A single period solves in milliseconds; the cap only keeps a
+        // pathological case from holding the aggregator's task for the
+        // whole month budget.
+        budget: Some(Duration::from_millis(k.month_budget_ms.min(5_000))),
+    })
+}
+
 fn close_period(
     shared: &Shared,
     counters: &Counters,
+    month: &mut Month,
     start: DateTime<Utc>,
 ) -> (PeriodRecord, ClosedPeriod) {
     let site = &shared.site;
@@ -978,10 +1145,45 @@ fn close_period(
         production_kwh: total_p,
         consumption_kwh: consumption.clone(),
     };
-    let keys = allocation::keys_for_step(&input, &policy, precision).or_else(|e| {
-        problems.push(format!("keys: {e}"));
-        allocation::keys_for_step(&input, &Policy::ProRata, precision)
-    });
+    let account = month.roll(shared, start);
+    let in_month = match (&policy, period_solver(shared)) {
+        (Policy::Optimised { priority, .. }, Some(solver)) => {
+            // Valued at the period's own time-of-use prices, as the month's
+            // account values it (`Month::add_record`).
+            let tariffs: Vec<f64> = cfg
+                .participants
+                .iter()
+                .map(|p| p.tariff_at(start, grid.tz()))
+                .collect();
+            match allocation::keys_for_step_in_month(
+                &solver, account, &input, &tariffs, priority, precision,
+            ) {
+                Ok((k, outcome)) => {
+                    if let Some(why) = &outcome.fallback {
+                        m.period_fallbacks
+                            .with_label_values(&["month_solver"])
+                            .inc();
+                        tracing::warn!(period = %grid.format_local(start), reason = %why, "period's month-aware keys not solved; per-period optimised keys instead");
+                    }
+                    if !outcome.violations.is_empty() {
+                        tracing::warn!(period = %grid.format_local(start), violations = ?outcome.violations, "the month's fairness rules cannot all be met so far");
+                    }
+                    Some(Ok(k))
+                }
+                Err(e) => {
+                    tracing::warn!(period = %grid.format_local(start), error = %e, "period's month-aware keys failed; per-period optimised keys instead");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let keys = in_month
+        .unwrap_or_else(|| allocation::keys_for_step(&input, &policy, precision))
+        .or_else(|e| {
+            problems.push(format!("keys: {e}"));
+            allocation::keys_for_step(&input, &Policy::ProRata, precision)
+        });
     let (units, allocated, self_consumed, surplus) = match keys {
         Ok(k) => (k.units, k.allocated_kwh, k.self_consumed_kwh, k.surplus_kwh),
         Err(e) => {
@@ -1057,6 +1259,7 @@ fn close_period(
         snapshots: counters.snapshots_at(&[start, grid.next_period(start)]),
     };
 
+    month.add_record(shared, &closed.record_json);
     m.periods_closed.inc();
     m.period_start.set(start.timestamp() as f64);
     m.period_production.set(total_p * JOULES_PER_KWH);
@@ -1287,6 +1490,176 @@ mod tests {
         let snaps = c.snapshots_at(&[t("2025-06-21T10:00:00Z"), t("2025-06-21T10:45:00Z")]);
         assert_eq!(snaps.len(), 2);
         assert!((snaps[1].value - snaps[0].value - 45.0).abs() < 1e-9);
+    }
+
+    /// Three households on one PV plant: two on a 0.30 €/kWh tariff, one on
+    /// 0.12 €/kWh, each drawing 1 kWh a quarter-hour, under a midday bell
+    /// that never covers all three. Per-period greed (highest tariff first)
+    /// leaves the cheap one nothing while the sun is short.
+    fn fairness_day(out: &std::path::Path, month_budget_ms: u64) -> Shared {
+        let mut sh = shared(out);
+        let cfg = &mut sh.site.config;
+        cfg.keys.policy = KeyPolicy::Optimised;
+        cfg.keys.month_budget_ms = month_budget_ms;
+        cfg.keys.no_worse_than_pro_rata = true;
+        cfg.participants.truncate(3);
+        for (p, tariff) in cfg.participants.iter_mut().zip([0.30, 0.30, 0.12]) {
+            p.tariff_eur_per_kwh = tariff;
+            p.priority = 1;
+            p.tou.clear();
+        }
+        let producers: Vec<String> = sh.site.producers().iter().map(|d| d.id.clone()).collect();
+        let keep = producers[0].clone();
+        sh.site
+            .config
+            .devices
+            .retain(|d| d.id == keep || !producers.contains(&d.id));
+        sh
+    }
+
+    /// The day's periods and counters sampled at every boundary.
+    fn fairness_counters(sh: &Shared) -> (Vec<DateTime<Utc>>, Counters) {
+        let grid = sh.site.grid;
+        let day = NaiveDate::from_ymd_opt(2025, 6, 21).expect("day");
+        let periods = grid.periods_of_local_day(day).expect("periods");
+        let mut c = counters();
+        let pv = sh.site.producers()[0].id.clone();
+        let meters: Vec<String> = sh
+            .site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.meter.clone())
+            .collect();
+        let (mut prod, mut cons) = (0.0, 0.0);
+        // A sample before the first boundary, so that boundary is known.
+        let before = periods[0] - chrono::Duration::minutes(1);
+        c.sample(&pv, "production_kwh", before, prod);
+        for m in &meters {
+            c.sample(m, "import_kwh", before, cons);
+        }
+        for (k, b) in periods
+            .iter()
+            .copied()
+            .chain([grid.next_period(periods[periods.len() - 1])])
+            .enumerate()
+        {
+            c.sample(&pv, "production_kwh", b, prod);
+            for m in &meters {
+                c.sample(m, "import_kwh", b, cons);
+            }
+            let x = k as f64 / periods.len() as f64;
+            prod += 2.4 * (std::f64::consts::PI * (x - 0.25) * 2.0).sin().max(0.0);
+            cons += 1.0;
+        }
+        (periods, c)
+    }
+
+    fn value_and_pro_rata(sh: &Shared, recs: &[PeriodRecord]) -> Vec<(f64, f64)> {
+        let cfg = &sh.site.config;
+        cfg.participants
+            .iter()
+            .map(|p| {
+                let v = p.tariff_eur_per_kwh - cfg.plan.local_price_eur_per_kwh;
+                recs.iter().fold((0.0, 0.0), |(a, r), rec| {
+                    let c = rec.consumption_kwh[&p.id];
+                    let share = (rec.total_production_kwh / rec.total_consumption_kwh).min(1.0);
+                    (a + v * rec.allocated_kwh[&p.id], r + v * c * share)
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn month_aware_keys_bring_the_cheap_household_back_to_pro_rata() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Per-period greed: the month solver off.
+        let greedy = fairness_day(tmp.path(), 0);
+        let (periods, c) = fairness_counters(&greedy);
+        let mut month = Month::new();
+        let recs: Vec<PeriodRecord> = periods
+            .iter()
+            .map(|s| close_period(&greedy, &c, &mut month, *s).0)
+            .collect();
+        assert!(
+            recs.iter().all(|r| r.quality == "measured"),
+            "{:?}",
+            recs[0].quality
+        );
+        let (got, pro) = value_and_pro_rata(&greedy, &recs)[2];
+        assert!(
+            got < 0.5 * pro,
+            "greed gives the cheap household {got} € of {pro} €"
+        );
+
+        let sh = fairness_day(tmp.path(), 60_000);
+        let mut month = Month::new();
+        let recs: Vec<PeriodRecord> = periods
+            .iter()
+            .map(|s| close_period(&sh, &c, &mut month, *s).0)
+            .collect();
+        let unit_eur = 0.02 * 2.4 / 1000.0;
+        for (i, (got, pro)) in value_and_pro_rata(&sh, &recs).into_iter().enumerate() {
+            // The month's account carries each period's rounding, so the day
+            // ends within one key unit of pro rata.
+            assert!(
+                got >= pro - unit_eur,
+                "participant {i}: {got} € < pro rata {pro} €"
+            );
+        }
+        let shortfall = month.account.pro_rata_shortfall_eur();
+        assert!(shortfall.iter().all(|s| *s <= unit_eur), "{shortfall:?}");
+        // Still more local value in all than pro rata: greed is only curbed.
+        let total: f64 = value_and_pro_rata(&sh, &recs).iter().map(|x| x.0).sum();
+        let total_pro: f64 = value_and_pro_rata(&sh, &recs).iter().map(|x| x.1).sum();
+        assert!(total > total_pro, "{total} vs {total_pro}");
+
+        // The keys pass the Enedis validator.
+        let precision = Precision {
+            units_per_one: sh.site.config.keys.units_per_one,
+        };
+        let rows: Vec<KeyRow> = recs
+            .iter()
+            .map(|r| KeyRow {
+                start: r.start,
+                units: r.key_units.clone(),
+            })
+            .collect();
+        let (_, consumers) = prms(&sh);
+        let text = enedis::render(&sh.site.grid, &consumers, &rows, precision).expect("render");
+        enedis::validate(&text, &sh.site.grid, precision).expect("valid keys");
+    }
+
+    #[test]
+    fn a_restart_mid_month_rebuilds_the_same_month_to_date_from_the_ledger() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sh = fairness_day(tmp.path(), 60_000);
+        let (periods, c) = fairness_counters(&sh);
+        let mut ledger = Ledger::open(&tmp.path().join("l.sqlite")).expect("ledger");
+        let mut month = Month::new();
+        let mut units = Vec::new();
+        for s in &periods {
+            let (rec, closed) = close_period(&sh, &c, &mut month, *s);
+            ledger.commit_period(&closed).expect("commit");
+            units.push(rec.key_units);
+        }
+        // Restarted after period 40: the account from the ledger, then on.
+        let restart = periods[40];
+        let mut resumed = Month::from_ledger(&sh, &ledger, restart);
+        assert_eq!(resumed.account.steps, 40);
+        assert!(resumed.account.production_kwh > 0.0);
+        let mut again = Vec::new();
+        for s in &periods[40..] {
+            again.push(close_period(&sh, &c, &mut resumed, *s).0.key_units);
+        }
+        assert_eq!(again, units[40..].to_vec(), "keys after the restart differ");
+        assert_eq!(resumed.account, month.account);
+        let rebuilt = Month::from_ledger(&sh, &ledger, sh.site.grid.next_period(periods[95]));
+        assert_eq!(rebuilt.account, month.account);
+        // The first period of the next local month starts afresh.
+        let july = Month::from_ledger(&sh, &ledger, t("2025-06-30T22:00:00Z"));
+        assert_eq!(july.account.steps, 0);
+        assert_eq!(july.account.production_kwh, 0.0);
     }
 
     proptest::proptest! {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -478,6 +478,14 @@ pub struct Manifest {
     /// Only for month solvers (absent for per-step policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month_solver: Option<MonthNote>,
+    /// A run that starts after the month's first day: where the month's
+    /// figures before `from` came from (absent for runs from the 1st).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_start: Option<MonthStart>,
+    /// The month's figures at the end of the run (month solver only), for
+    /// the run that continues the month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date: Option<MonthFigures>,
 }
 
 /// The name of the per-step allocation file written beside the keys; the
@@ -522,44 +530,187 @@ pub fn render_files(
             }
         }
         Format::Spain => {
-            let cups = job
-                .consumers
-                .iter()
-                .map(|c| {
-                    job.cups.get(&c.prm).cloned().ok_or_else(|| {
-                        KeysError::Input(format!(
-                            "no CUPS for PRM {} (participant {}): add `{};<CUPS>` to the --cups file",
-                            c.prm, c.id, c.prm
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
-            let rows = spain::hourly_rows(
-                job.grid.tz(),
-                &m.periods,
-                &pooled,
-                &k.intended_kwh,
-                &m.consumption_kwh,
-            )?;
-            let text = spain::render(&cups, &rows)?;
-            spain::validate(&text)?;
-            files.push((spain::file_name(&job.cau, job.from, job.to), text, None));
+            let (name, text) = spain_file(job, m, k)?;
+            files.push((name, text, None));
         }
     }
-    let mut alloc = String::from("Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n");
+    let mut alloc = Vec::new();
+    allocation_lines(job, m, k, &mut alloc).map_err(io(Path::new(ALLOCATION_FILE)))?;
+    let alloc = String::from_utf8(alloc)
+        .map_err(|e| KeysError::Input(format!("{ALLOCATION_FILE}: {e}")))?;
+    files.push((ALLOCATION_FILE.to_string(), alloc, None));
+    Ok(files)
+}
+
+/// The Spanish file of the run: hourly coefficients per CUPS, read back.
+fn spain_file(job: &KeysJob, m: &Measured, k: &Computed) -> Result<(String, String), KeysError> {
+    let cups = job
+        .consumers
+        .iter()
+        .map(|c| {
+            job.cups.get(&c.prm).cloned().ok_or_else(|| {
+                KeysError::Input(format!(
+                    "no CUPS for PRM {} (participant {}): add `{};<CUPS>` to the --cups file",
+                    c.prm, c.id, c.prm
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pooled: Vec<f64> = m.production_kwh.iter().map(|r| r.iter().sum()).collect();
+    let rows = spain::hourly_rows(
+        job.grid.tz(),
+        &m.periods,
+        &pooled,
+        &k.intended_kwh,
+        &m.consumption_kwh,
+    )?;
+    let text = spain::render(&cups, &rows)?;
+    spain::validate(&text)?;
+    Ok((spain::file_name(&job.cau, job.from, job.to), text))
+}
+
+/// `allocation.csv`: per step and consumer, consumption, allocation under
+/// the exported keys, and the DSO's default.
+fn allocation_lines(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    w: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    w.write_all(b"Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh\n")?;
     for (t, start) in m.periods.iter().enumerate() {
         let stamp = job.grid.format_local(*start);
         for (i, c) in job.consumers.iter().enumerate() {
-            let _ = writeln!(
-                alloc,
+            writeln!(
+                w,
                 "{stamp};{};{:.6};{:.6};{:.6}",
                 c.prm, m.consumption_kwh[t][i], k.allocated_kwh[t][i], k.prorata_kwh[t][i]
-            );
+            )?;
         }
     }
-    files.push((ALLOCATION_FILE.to_string(), alloc, None));
-    Ok(files)
+    Ok(())
+}
+
+/// Hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: usize,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * digest.len());
+    for b in digest {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Renders, reads back and writes the run's files into `dir` one at a time,
+/// so at most one producer's text is in memory (full dynamic keys of 1,000
+/// participants are ~15 MB per producer, `allocation.csv` ~170 MB, written
+/// as it is produced). Same files, bytes and checks as [`render_files`].
+fn stream_files(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    dir: &Path,
+) -> Result<Vec<OutputFile>, KeysError> {
+    let write = |name: &str, text: &str| -> Result<(), KeysError> {
+        let path = dir.join(name);
+        let mut f = std::fs::File::create(&path).map_err(io(&path))?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
+    };
+    let consumers: Vec<Prm> = job.consumers.iter().map(|c| c.prm.clone()).collect();
+    let mut outputs = Vec::new();
+    match job.format {
+        Format::Enedis => {
+            if job.producers.is_empty() {
+                return Err(DsoError::Empty("no producer PRM").into());
+            }
+            let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
+                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
+                enedis::validate(&text, &job.grid, job.precision)?;
+                Ok(text)
+            };
+            // Simple keys: one text, read back once, for every producer.
+            let shared = match job.kind {
+                KeyKind::Simple => Some(checked(&k.rows[0])?),
+                KeyKind::Full => None,
+            };
+            for (j, producer) in job.producers.iter().enumerate() {
+                let rows = match job.kind {
+                    KeyKind::Simple => &k.rows[0],
+                    KeyKind::Full => &k.rows[j],
+                };
+                let own;
+                let text = match &shared {
+                    Some(t) => t,
+                    None => {
+                        own = checked(rows)?;
+                        &own
+                    }
+                };
+                let name = enedis::file_name(&job.grid, producer, rows)?;
+                write(&name, text)?;
+                outputs.push(OutputFile {
+                    name,
+                    sha256: sha256_hex(text.as_bytes()),
+                    bytes: text.len(),
+                    producer: Some(producer.to_string()),
+                });
+            }
+        }
+        Format::Spain => {
+            let (name, text) = spain_file(job, m, k)?;
+            write(&name, &text)?;
+            outputs.push(OutputFile {
+                name,
+                sha256: sha256_hex(text.as_bytes()),
+                bytes: text.len(),
+                producer: None,
+            });
+        }
+    }
+    let path = dir.join(ALLOCATION_FILE);
+    let f = std::fs::File::create(&path).map_err(io(&path))?;
+    let mut w = Hashing {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    allocation_lines(job, m, k, &mut w).map_err(io(&path))?;
+    std::io::Write::flush(&mut w).map_err(io(&path))?;
+    let Hashing {
+        inner,
+        hasher,
+        bytes,
+    } = w;
+    let f = inner.into_inner().map_err(|e| KeysError::Io {
+        path: path.clone(),
+        source: e.into_error(),
+    })?;
+    f.sync_all().map_err(io(&path))?;
+    outputs.push(OutputFile {
+        name: ALLOCATION_FILE.to_string(),
+        sha256: hex(&hasher.finalize()),
+        bytes,
+        producer: None,
+    });
+    Ok(outputs)
 }
 
 pub fn manifest(
@@ -567,6 +718,25 @@ pub fn manifest(
     m: &Measured,
     k: &Computed,
     files: &[(String, String, Option<String>)],
+) -> Result<Manifest, KeysError> {
+    let outputs = files
+        .iter()
+        .map(|(name, text, producer)| OutputFile {
+            name: name.clone(),
+            sha256: sha256_hex(text.as_bytes()),
+            bytes: text.len(),
+            producer: producer.clone(),
+        })
+        .collect();
+    manifest_of(job, m, k, outputs)
+}
+
+/// The manifest of files already written (`outputs` hold their hashes).
+fn manifest_of(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    outputs: Vec<OutputFile>,
 ) -> Result<Manifest, KeysError> {
     let site = match &job.site_file {
         Some(p) => Some(InputFile {
@@ -604,15 +774,7 @@ pub fn manifest(
         last_period: m.periods.last().map(fmt).unwrap_or_default(),
         site,
         inputs: m.inputs.clone(),
-        files: files
-            .iter()
-            .map(|(name, text, producer)| OutputFile {
-                name: name.clone(),
-                sha256: sha256_hex(text.as_bytes()),
-                bytes: text.len(),
-                producer: producer.clone(),
-            })
-            .collect(),
+        files: outputs,
         fallback_steps: k
             .fallback_steps
             .iter()
@@ -638,6 +800,8 @@ pub fn manifest(
             })
             .collect(),
         month_solver: (k.allocator == MONTH_SOLVER).then(|| k.month.clone()),
+        month_start: None,
+        month_to_date: None,
     })
 }
 
@@ -690,45 +854,10 @@ pub fn write_out(
     files: &[(String, String, Option<String>)],
     manifest: &Manifest,
 ) -> Result<Written, KeysError> {
-    if out.exists() {
-        let old = std::fs::read(out.join(MANIFEST_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
-        let same_files = old.as_ref().is_some_and(|o| {
-            o.files == manifest.files
-                && o.files.iter().all(|f| {
-                    std::fs::read(out.join(&f.name)).is_ok_and(|b| sha256_hex(&b) == f.sha256)
-                })
-        });
-        let empty = std::fs::read_dir(out)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if same_files {
-            if let Some(o) = old {
-                return Ok(Written::Unchanged(o));
-            }
-        }
-        if !empty {
-            return Err(KeysError::Differs(out.to_path_buf()));
-        }
-        std::fs::remove_dir(out).map_err(io(out))?;
+    if let Some(w) = existing_out(out, manifest)? {
+        return Ok(w);
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let base = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| {
-            KeysError::Input(format!("--out {}: not a directory name", out.display()))
-        })?;
-    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let tmp = temporary_beside(out)?;
     let result = (|| {
         let json = serde_json::to_string_pretty(manifest)
             .map_err(|e| KeysError::Input(format!("manifest: {e}")))?;
@@ -747,21 +876,375 @@ pub fn write_out(
     Ok(Written::New(manifest.clone()))
 }
 
-/// The whole run: load curves in `dir` → files in `out`.
+/// Like [`write_out`], with each file rendered, read back and written in
+/// turn (see `stream_files`) rather than all held in memory first. The
+/// manifest is built from what was written, then `finish` completes it.
+pub fn write_streamed(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    out: &Path,
+    finish: impl FnOnce(&mut Manifest),
+) -> Result<Written, KeysError> {
+    let tmp = temporary_beside(out)?;
+    let result = (|| {
+        let outputs = stream_files(job, m, k, &tmp)?;
+        let mut man = manifest_of(job, m, k, outputs)?;
+        finish(&mut man);
+        if let Some(w) = existing_out(out, &man)? {
+            return Ok(w);
+        }
+        let json = serde_json::to_string_pretty(&man)
+            .map_err(|e| KeysError::Input(format!("manifest: {e}")))?;
+        enedis::write_atomic(&tmp, &[(MANIFEST_FILE.to_string(), json + "\n")])?;
+        std::fs::rename(&tmp, out).map_err(io(out))?;
+        Ok(Written::New(man))
+    })();
+    if !matches!(result, Ok(Written::New(_))) {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// An empty sibling directory of `out` to write into before the rename.
+fn temporary_beside(out: &Path) -> Result<PathBuf, KeysError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let base = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| {
+            KeysError::Input(format!("--out {}: not a directory name", out.display()))
+        })?;
+    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    Ok(tmp)
+}
+
+/// What an existing `out` means for a run that would write `manifest`:
+/// the same files (unchanged, nothing to do), other files (refused), or
+/// nothing (an empty directory, removed so the run can take its place).
+fn existing_out(out: &Path, manifest: &Manifest) -> Result<Option<Written>, KeysError> {
+    if out.exists() {
+        let old = std::fs::read(out.join(MANIFEST_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+        let same_files = old.as_ref().is_some_and(|o| {
+            o.files == manifest.files
+                && o.files.iter().all(|f| {
+                    std::fs::read(out.join(&f.name)).is_ok_and(|b| sha256_hex(&b) == f.sha256)
+                })
+        });
+        let empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if same_files {
+            if let Some(o) = old {
+                return Ok(Some(Written::Unchanged(o)));
+            }
+        }
+        if !empty {
+            return Err(KeysError::Differs(out.to_path_buf()));
+        }
+        std::fs::remove_dir(out).map_err(io(out))?;
+    }
+    Ok(None)
+}
+
+/// The whole run: load curves in `dir` → files in `out`. A run from the
+/// month's first day records the month's figures at its end in the
+/// manifest (values at `local_price_eur_per_kwh`), so a month solver run
+/// that continues the month knows what was allocated before it; a run from
+/// mid-month without the month solver does not know the month before it
+/// and records none.
 pub fn run(
     job: &KeysJob,
     load_curves: &Path,
     out: &Path,
     allocator: Option<&dyn MonthAllocator>,
+    local_price_eur_per_kwh: f64,
 ) -> Result<Written, KeysError> {
     let m = measure_load_curves(job, load_curves)?;
     let default = PerStepAllocator {
         policy: job.policy(),
     };
     let k = compute(job, &m, allocator.unwrap_or(&default))?;
-    let files = render_files(job, &m, &k)?;
-    let man = manifest(job, &m, &k, &files)?;
-    write_out(out, &files, &man)
+    let figures = if job.from == first_of_month(job.from) {
+        Some(month_figures(job, &m, &k, None, local_price_eur_per_kwh)?)
+    } else {
+        None
+    };
+    write_streamed(job, &m, &k, out, |man| man.month_to_date = figures)
+}
+
+// ---------------------------------------------------------------------------
+// A run that starts mid-month.
+
+/// One participant's month so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantMonth {
+    pub id: String,
+    pub prm: String,
+    pub allocated_kwh: f64,
+    /// Σ (tariff − local price) × allocated.
+    pub value_eur: f64,
+    /// The same under the DSO's default pro-rata key.
+    pub pro_rata_value_eur: f64,
+}
+
+/// A local month's figures from its first day through `through`: what the
+/// month solver needs to go on with the month's fairness rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthFigures {
+    /// First day of the local month.
+    pub month: NaiveDate,
+    /// Last local day covered, inclusive.
+    pub through: NaiveDate,
+    pub production_kwh: f64,
+    pub participants: Vec<ParticipantMonth>,
+}
+
+/// Where a mid-month run's figures before `--from` came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthStart {
+    /// `ledger` (an archived earlier run), `load_curves` (the month's first
+    /// days computed with the same policy) or `none` (fairness starts at `from`).
+    pub source: String,
+    pub month: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<NaiveDate>,
+    pub production_kwh: f64,
+    pub note: String,
+}
+
+fn first_of_month(d: NaiveDate) -> NaiveDate {
+    d.with_day(1).unwrap_or(d)
+}
+
+/// The job's consumers' month-to-date account from `figs` (matched by id;
+/// a consumer the figures do not know starts at zero).
+pub fn account_from(job: &KeysJob, figs: &MonthFigures) -> allocation::MonthToDateAccount {
+    let mut acc = allocation::MonthToDateAccount::new(job.consumers.len());
+    for (c, slot) in job.consumers.iter().zip(acc.participants.iter_mut()) {
+        if let Some(p) = figs.participants.iter().find(|p| p.id == c.id) {
+            slot.allocated_kwh = p.allocated_kwh;
+            slot.value_eur = p.value_eur;
+            slot.pro_rata_value_eur = p.pro_rata_value_eur;
+        }
+    }
+    acc.production_kwh = figs.production_kwh;
+    acc
+}
+
+/// The month of the run's last day at the end of the run: `carried` (the
+/// month before `from`, when `from` is in that month) plus the run's steps
+/// of that month, each valued at the consumer's tariff minus `local_price`.
+pub fn month_figures(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+    carried: Option<&MonthFigures>,
+    local_price_eur_per_kwh: f64,
+) -> Result<MonthFigures, KeysError> {
+    let month = first_of_month(job.to);
+    let mut acc = match carried {
+        Some(f) if f.month == month && first_of_month(job.from) == month => account_from(job, f),
+        _ => allocation::MonthToDateAccount::new(job.consumers.len()),
+    };
+    let values: Vec<f64> = job
+        .consumers
+        .iter()
+        .map(|c| c.tariff_eur_per_kwh - local_price_eur_per_kwh)
+        .collect();
+    for (t, start) in m.periods.iter().enumerate() {
+        if first_of_month(job.grid.local_day(*start)) != month {
+            continue;
+        }
+        let pooled: f64 = m.production_kwh[t].iter().sum();
+        acc.add_step(pooled, &m.consumption_kwh[t], &k.allocated_kwh[t], &values)?;
+    }
+    Ok(MonthFigures {
+        month,
+        through: job.to,
+        production_kwh: acc.production_kwh,
+        participants: job
+            .consumers
+            .iter()
+            .zip(&acc.participants)
+            .map(|(c, a)| ParticipantMonth {
+                id: c.id.clone(),
+                prm: c.prm.to_string(),
+                allocated_kwh: a.allocated_kwh,
+                value_eur: a.value_eur,
+                pro_rata_value_eur: a.pro_rata_value_eur,
+            })
+            .collect(),
+    })
+}
+
+/// The month before `job.from` from load curves in `dir`, computed with the
+/// same solver; `Err(why)` when the curves do not cover those days.
+fn month_from_load_curves(
+    job: &KeysJob,
+    dir: &Path,
+    solver: &allocation::MonthSolverAllocator,
+) -> Result<MonthFigures, String> {
+    let first = first_of_month(job.from);
+    let through = job.from.pred_opt().ok_or("date out of range")?;
+    let prefix = KeysJob {
+        from: first,
+        to: through,
+        ..job.clone()
+    };
+    let m = measure_load_curves(&prefix, dir).map_err(|e| e.to_string())?;
+    // A day every step of which is flagged is a day the curves do not hold.
+    let mut day_has_data: BTreeMap<NaiveDate, bool> = BTreeMap::new();
+    for (t, start) in m.periods.iter().enumerate() {
+        *day_has_data
+            .entry(prefix.grid.local_day(*start))
+            .or_default() |= m.problems[t].is_empty();
+    }
+    let missing: Vec<String> = day_has_data
+        .iter()
+        .filter(|(_, has)| !**has)
+        .map(|(d, _)| d.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the load curves in {} do not cover {}",
+            dir.display(),
+            missing.join(", ")
+        ));
+    }
+    let fresh = allocation::MonthSolverAllocator {
+        month_to_date: Vec::new(),
+        month_to_date_production_kwh: 0.0,
+        ..solver.clone()
+    };
+    let k = compute(&prefix, &m, &fresh).map_err(|e| e.to_string())?;
+    if let Some(why) = &k.month.fallback {
+        tracing::warn!(reason = %why, "the month's first days fell back to per-step keys");
+    }
+    month_figures(&prefix, &m, &k, None, solver.local_price_eur_per_kwh).map_err(|e| e.to_string())
+}
+
+/// Where the month before `job.from` comes from: the ledger's archive of
+/// the run that ended the day before, else the load curves of the month's
+/// first days, else nowhere (the month's fairness then starts at `from`).
+/// `None` for a run from the month's first day.
+pub fn month_start(
+    job: &KeysJob,
+    load_curves: &Path,
+    solver: &allocation::MonthSolverAllocator,
+    ledger: Option<&crate::ledger::Ledger>,
+) -> Option<(MonthStart, Option<MonthFigures>)> {
+    let month = first_of_month(job.from);
+    if job.from == month {
+        return None;
+    }
+    let through = job.from.pred_opt();
+    let mut why_not = Vec::new();
+    if let Some(l) = ledger {
+        match crate::ledger::keys::month_to_date_before(l, job.from) {
+            Ok(Some(f)) => {
+                let start = MonthStart {
+                    source: "ledger".into(),
+                    month,
+                    through,
+                    production_kwh: f.production_kwh,
+                    note: format!(
+                        "month-to-date figures from the archived run that ended {}",
+                        f.through
+                    ),
+                };
+                return Some((start, Some(f)));
+            }
+            Ok(None) => why_not.push(format!(
+                "the ledger archives no run of this month ending {}",
+                through.map(|d| d.to_string()).unwrap_or_default()
+            )),
+            Err(e) => why_not.push(format!("the ledger's archive is unreadable: {e}")),
+        }
+    }
+    match month_from_load_curves(job, load_curves, solver) {
+        Ok(f) => {
+            let start = MonthStart {
+                source: "load_curves".into(),
+                month,
+                through,
+                production_kwh: f.production_kwh,
+                note: format!(
+                    "month-to-date figures computed from the load curves of {month} .. {}, same policy",
+                    f.through
+                ),
+            };
+            Some((start, Some(f)))
+        }
+        Err(why) => {
+            why_not.push(why);
+            let start = MonthStart {
+                source: "none".into(),
+                month,
+                through: None,
+                production_kwh: 0.0,
+                note: format!(
+                    "the month's fairness starts at {} ({})",
+                    job.from,
+                    why_not.join("; ")
+                ),
+            };
+            Some((start, None))
+        }
+    }
+}
+
+/// The whole run with the month solver, for a range that may start
+/// mid-month: the month before `from` comes from [`month_start`], the
+/// manifest says where from, and it carries the month's figures at the end
+/// of the run for the run that continues it.
+pub fn run_in_month(
+    job: &KeysJob,
+    load_curves: &Path,
+    out: &Path,
+    solver: &allocation::MonthSolverAllocator,
+    ledger: Option<&crate::ledger::Ledger>,
+) -> Result<Written, KeysError> {
+    let m = measure_load_curves(job, load_curves)?;
+    let start = month_start(job, load_curves, solver, ledger);
+    let carried = start.as_ref().and_then(|(_, f)| f.clone());
+    let solver = match &carried {
+        Some(f) => {
+            let acc = account_from(job, f);
+            allocation::MonthSolverAllocator {
+                month_to_date: acc.participants,
+                month_to_date_production_kwh: acc.production_kwh,
+                ..solver.clone()
+            }
+        }
+        None => allocation::MonthSolverAllocator {
+            month_to_date: Vec::new(),
+            month_to_date_production_kwh: 0.0,
+            ..solver.clone()
+        },
+    };
+    let k = compute(job, &m, &solver)?;
+    let figures = month_figures(
+        job,
+        &m,
+        &k,
+        carried.as_ref(),
+        solver.local_price_eur_per_kwh,
+    )?;
+    write_streamed(job, &m, &k, out, |man| {
+        man.month_to_date = Some(figures);
+        man.month_start = start.map(|(s, _)| s);
+    })
 }
 
 /// What `--validate` made of a file.
@@ -881,4 +1364,106 @@ pub fn read_cups_map(path: &Path) -> Result<BTreeMap<Prm, String>, KeysError> {
         map.insert(prm, cups.trim().to_string());
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small(kind: KeyKind) -> (KeysJob, Measured) {
+        let grid = Grid::new(15, chrono_tz::Europe::Paris).expect("grid");
+        let prm = |k: u64| -> Prm { format!("{k:014}").parse().expect("prm") };
+        let job = KeysJob {
+            grid,
+            from: NaiveDate::from_ymd_opt(2025, 10, 25).expect("date"),
+            to: NaiveDate::from_ymd_opt(2025, 10, 26).expect("date"),
+            consumers: (0..5)
+                .map(|i| Consumer {
+                    id: format!("C{i}"),
+                    prm: prm(20_000_000_000_000 + i),
+                    tariff_eur_per_kwh: 0.18 + 0.02 * i as f64,
+                    priority: 1 + (i % 2) as u8,
+                    static_share: 0.2,
+                })
+                .collect(),
+            producers: (0..2).map(|j| prm(30_000_000_000_000 + j)).collect(),
+            policy: KeyPolicy::Optimised,
+            kind,
+            format: Format::Enedis,
+            precision: Precision::default(),
+            cups: BTreeMap::new(),
+            cau: "t".into(),
+            site_file: None,
+        };
+        let periods = job.periods().expect("periods");
+        let n_t = periods.len();
+        let m = Measured {
+            production_kwh: (0..n_t)
+                .map(|t| vec![(t % 37) as f64 * 0.05, (t % 11) as f64 * 0.07])
+                .collect(),
+            consumption_kwh: (0..n_t)
+                .map(|t| {
+                    (0..5)
+                        .map(|i| 0.1 + ((t * (i + 3)) % 13) as f64 * 0.03)
+                        .collect()
+                })
+                .collect(),
+            problems: vec![Vec::new(); n_t],
+            coarse_steps: 0,
+            inputs: Vec::new(),
+            periods,
+        };
+        (job, m)
+    }
+
+    #[test]
+    fn streamed_files_are_the_rendered_files_byte_for_byte() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for kind in [KeyKind::Simple, KeyKind::Full] {
+            let (job, m) = small(kind);
+            let k = compute(
+                &job,
+                &m,
+                &PerStepAllocator {
+                    policy: job.policy(),
+                },
+            )
+            .expect("keys");
+            let files = render_files(&job, &m, &k).expect("render");
+            let want = manifest(&job, &m, &k, &files).expect("manifest");
+            let out = tmp.path().join(format!("{kind:?}"));
+            let Written::New(got) = write_streamed(&job, &m, &k, &out, |_| {}).expect("write")
+            else {
+                panic!("{kind:?}: a fresh directory must be new");
+            };
+            assert_eq!(got, want, "{kind:?}");
+            for (name, text, _) in &files {
+                assert_eq!(
+                    std::fs::read(out.join(name)).expect("file"),
+                    text.as_bytes(),
+                    "{kind:?} {name}"
+                );
+            }
+            // Again: unchanged, nothing rewritten, no temporary left behind.
+            let again = write_streamed(&job, &m, &k, &out, |_| {}).expect("rerun");
+            assert!(matches!(again, Written::Unchanged(_)), "{kind:?}");
+            // Other keys into the same directory: refused, nothing left behind.
+            let other = compute(
+                &job,
+                &m,
+                &PerStepAllocator {
+                    policy: Policy::ProRata,
+                },
+            )
+            .expect("keys");
+            let err = write_streamed(&job, &m, &other, &out, |_| {}).unwrap_err();
+            assert!(matches!(err, KeysError::Differs(_)), "{err}");
+            let stray: Vec<_> = std::fs::read_dir(tmp.path())
+                .expect("dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+                .collect();
+            assert!(stray.is_empty(), "{stray:?}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::{KeyFileVersion, Ledger, LedgerError};
-use crate::dso::keys::{InputFile, Manifest, ALLOCATION_FILE, MANIFEST_FILE};
+use crate::dso::keys::{InputFile, Manifest, MonthFigures, ALLOCATION_FILE, MANIFEST_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -37,6 +37,10 @@ struct ArchivedInputs<'a> {
     last_period: &'a str,
     fallback_steps: usize,
     producer: Option<&'a str>,
+    /// The month's figures at the end of the run, for a run that continues
+    /// the month ([`month_to_date_before`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    month_to_date: Option<&'a MonthFigures>,
 }
 
 /// The `policy` column: everything that changes how the keys were computed.
@@ -102,6 +106,7 @@ pub fn archive_run(
             last_period: &manifest.last_period,
             fallback_steps: manifest.fallback_steps.len(),
             producer: f.producer.as_deref(),
+            month_to_date: manifest.month_to_date.as_ref(),
         })?;
         out.push(ledger.record_key_file(
             &f.name,
@@ -114,4 +119,31 @@ pub fn archive_run(
         )?);
     }
     Ok(out)
+}
+
+/// The month's figures through the day before `from`, from the newest
+/// archived run that ended that day within `from`'s month; `None` when the
+/// ledger holds no such run (or only runs archived without figures).
+pub fn month_to_date_before(
+    ledger: &Ledger,
+    from: chrono::NaiveDate,
+) -> Result<Option<MonthFigures>, ArchiveError> {
+    use chrono::Datelike;
+    let (Some(through), Some(month)) = (from.pred_opt(), from.with_day(1)) else {
+        return Ok(None);
+    };
+    if through < month {
+        return Ok(None);
+    }
+    for inputs in ledger.key_file_inputs_ending(through)? {
+        let v: serde_json::Value = serde_json::from_str(&inputs)?;
+        let Some(f) = v.get("month_to_date") else {
+            continue;
+        };
+        let f: MonthFigures = serde_json::from_value(f.clone())?;
+        if f.month == month && f.through == through {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
 }

@@ -624,6 +624,29 @@ impl Ledger {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Stored periods with a start in `[from, to)`, oldest first.
+    pub fn periods_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<StoredPeriod>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT start, quality, content_hash, record_json FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([ts(from), ts(to)], |r| {
+                Ok(StoredPeriod {
+                    start: from_ts(r.get(0)?),
+                    quality: r.get(1)?,
+                    content_hash: r.get(2)?,
+                    record_json: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Start of the latest closed period.
     pub fn last_period(&self) -> Result<Option<DateTime<Utc>>, LedgerError> {
         self.conn
@@ -802,6 +825,19 @@ impl Ledger {
             sha256: sha,
             new: true,
         })
+    }
+
+    /// The `inputs` of every key-file version whose range ends on
+    /// `last_day`, newest first.
+    pub fn key_file_inputs_ending(&self, last_day: NaiveDate) -> Result<Vec<String>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT inputs FROM key_files WHERE last_day = ?1 ORDER BY created_at DESC, rowid DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([last_day.to_string()], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     /// Number of versions recorded for a key file.
