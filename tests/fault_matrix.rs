@@ -232,6 +232,7 @@ fn plan_input(steps: usize) -> PlanInput {
         local_price_eur_per_kwh: 0.10,
         export_price_eur_per_kwh: vec![0.06; steps],
         import_price_eur_per_kwh: vec![0.25; steps],
+        device_participants: vec![],
     }
 }
 

@@ -794,6 +794,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 local_price_eur_per_kwh: site.local_price,
                 export_price_eur_per_kwh: vec![site.export_price; horizon],
                 import_price_eur_per_kwh: vec![site.import_price; horizon],
+                device_participants: vec![],
             };
             let solving = Instant::now();
             let p = match plan::solve(&input, opts.budget) {

@@ -212,15 +212,54 @@ fn build_input(
             *a += b;
         }
     }
+    // Time-of-use windows in the site's local time, one price per step.
+    let tariff_steps = |p: &crate::config::ParticipantConfig| -> Vec<f64> {
+        match cfg.site.timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) if !p.tou.is_empty() => (0..steps)
+                .map(|k| {
+                    let at =
+                        start + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
+                    p.tariff_at(at, tz)
+                })
+                .collect(),
+            _ => vec![],
+        }
+    };
+    let is_device = |p: &crate::config::ParticipantConfig| {
+        matches!(
+            p.kind,
+            ParticipantKind::Battery | ParticipantKind::PowerToHeat
+        )
+    };
+    // A battery or P2H participant is the device that names it (`participant
+    // = ...` on the device), else the device its `meter` points at. Its load
+    // is the plan's own decision, so it is no forecast participant.
+    let device_participants = cfg
+        .participants
+        .iter()
+        .filter(|p| is_device(p))
+        .filter_map(|p| {
+            let kind = match p.kind {
+                ParticipantKind::Battery => DeviceKind::Battery,
+                _ => DeviceKind::PowerToHeat,
+            };
+            let device = site
+                .devices_of(kind)
+                .find(|d| d.participant.as_deref() == Some(p.id.as_str()))
+                .or_else(|| site.devices_of(kind).find(|d| d.id == p.meter))?;
+            Some(plan::DeviceParticipant {
+                id: p.id.clone(),
+                device: device.id.clone(),
+                tariff_eur_per_kwh: p.tariff_eur_per_kwh,
+                priority: p.priority,
+                tariff_steps_eur_per_kwh: tariff_steps(p),
+            })
+        })
+        .collect();
     let participants = cfg
         .participants
         .iter()
-        .filter(|p| {
-            !matches!(
-                p.kind,
-                ParticipantKind::Battery | ParticipantKind::PowerToHeat
-            )
-        })
+        .filter(|p| !is_device(p))
         .map(|p| {
             let hist = load_hist.get(&p.id);
             let mut load = hist
@@ -231,23 +270,12 @@ fn build_input(
                 let now_kw = reading(shared, &p.meter, "power_kw").unwrap_or(p.annual_kwh / 8760.0);
                 load = vec![now_kw.max(0.0); steps];
             }
-            // Time-of-use windows in the site's local time, one price per step.
-            let tariff_steps = match cfg.site.timezone.parse::<chrono_tz::Tz>() {
-                Ok(tz) if !p.tou.is_empty() => (0..steps)
-                    .map(|k| {
-                        let at = start
-                            + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
-                        p.tariff_at(at, tz)
-                    })
-                    .collect(),
-                _ => vec![],
-            };
             ParticipantForecast {
                 id: p.id.clone(),
                 load_kw: load,
                 tariff_eur_per_kwh: p.tariff_eur_per_kwh,
                 priority: p.priority,
-                tariff_steps_eur_per_kwh: tariff_steps,
+                tariff_steps_eur_per_kwh: tariff_steps(p),
             }
         })
         .collect();
@@ -305,6 +333,7 @@ fn build_input(
         local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
         export_price_eur_per_kwh: vec![cfg.plan.export_price_eur_per_kwh; steps],
         import_price_eur_per_kwh: vec![cfg.plan.import_price_eur_per_kwh; steps],
+        device_participants,
     }
 }
 

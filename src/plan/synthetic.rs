@@ -158,5 +158,6 @@ pub fn plan_input(participants: usize, steps: usize, batteries: usize, seed: u64
         local_price_eur_per_kwh: a.local_price_eur_per_kwh,
         export_price_eur_per_kwh: vec![0.04; steps],
         import_price_eur_per_kwh: vec![0.25; steps],
+        device_participants: vec![],
     }
 }
