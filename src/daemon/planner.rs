@@ -452,6 +452,28 @@ fn publish(
         let n = rows.first().map(|r| r.len()).unwrap_or(0);
         (0..n).map(|t| rows.iter().map(|r| r[t]).sum()).collect()
     };
+    let first = |row: &Vec<f64>| row.first().copied().unwrap_or(0.0);
+    for (q, row) in input.participants.iter().zip(&p.allocation_kwh) {
+        m.plan_allocation
+            .with_label_values(&[&q.id])
+            .set(first(row) * 3.6e6);
+    }
+    let mut devices = Vec::with_capacity(input.device_participants.len());
+    for (d, row) in input
+        .device_participants
+        .iter()
+        .zip(&p.device_allocation_kwh)
+    {
+        m.plan_allocation
+            .with_label_values(&[&d.id])
+            .set(first(row) * 3.6e6);
+        devices.push(super::PlanDeviceParticipant {
+            participant: d.id.clone(),
+            device: d.device.clone(),
+            now_kwh: first(row),
+            horizon_kwh: row.iter().sum(),
+        });
+    }
     let view = PlanView {
         status,
         computed_at: Some(shared.clock.now()),
@@ -460,6 +482,7 @@ fn publish(
         pv_kw: input.pv_kw.clone(),
         battery_kw: sum_rows(&p.battery_kw),
         p2h_kw: sum_rows(&p.p2h_kw),
+        device_participants: devices,
     };
     let dir = shared.output_dir.join("plans");
     if std::fs::create_dir_all(&dir).is_ok() {
