@@ -789,6 +789,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         loss_ratio_per_hour: STORE_LOSS_PER_HOUR,
                         heat_demand_kw: d.iter().map(|x| x * STORE_SHARE_OF_DEMAND).collect(),
                         heat_price_eur_per_kwh: site.heat_price,
+                        max_heat_kw: vec![],
                     })
                     .collect(),
                 local_price_eur_per_kwh: site.local_price,

@@ -308,10 +308,24 @@ fn build_input(
                 .filter_map(|h| reading(shared, &h.id, "heat_kw"))
                 .sum::<f64>();
             let cap = d.capacity_kwh.unwrap_or(0.0);
+            let rated_kw = d.max_power_kw.unwrap_or(0.0);
+            let efficiency = 0.98;
             HeatUnitModel {
                 id: d.id.clone(),
-                p2h_max_kw: d.max_power_kw.unwrap_or(0.0),
-                efficiency: 0.98,
+                p2h_max_kw: rated_kw,
+                efficiency,
+                max_heat_kw: d
+                    .max_supply_temp_c
+                    .map(|limit| {
+                        supply_temp_caps(
+                            &d.id,
+                            rated_kw * efficiency,
+                            reading(shared, &d.id, "store_c"),
+                            limit,
+                            steps,
+                        )
+                    })
+                    .unwrap_or_default(),
                 store_capacity_kwh: cap,
                 store_kwh: reading(shared, &d.id, "store_kwh")
                     .unwrap_or(0.0)
@@ -335,6 +349,32 @@ fn build_input(
         import_price_eur_per_kwh: vec![cfg.plan.import_price_eur_per_kwh; steps],
         device_participants,
     }
+}
+
+/// Heat caps per step for a unit whose store feeds a network with a supply
+/// temperature limit: the current step's from the store temperature just
+/// measured ([`plan::supply_temp_heat_cap_kw`]); later steps are left to the
+/// store's energy bound, as there is no temperature forecast, and the cap
+/// is measured again at every re-plan.
+fn supply_temp_caps(
+    id: &str,
+    max_heat_kw: f64,
+    temp_c: Option<f64>,
+    limit_c: f64,
+    steps: usize,
+) -> Vec<f64> {
+    if temp_c.is_none() {
+        tracing::warn!(
+            device = id,
+            limit_c,
+            "plan: no store temperature read (map point store_temp); power-to-heat held off under its supply temperature limit"
+        );
+    }
+    let mut caps = vec![max_heat_kw; steps];
+    if let Some(first) = caps.first_mut() {
+        *first = plan::supply_temp_heat_cap_kw(max_heat_kw, temp_c, limit_c);
+    }
+    caps
 }
 
 /// PV limits for the current step from the plan's curtailment: each plant
@@ -501,4 +541,28 @@ fn publish(
         }
     }
     shared.status().plan = Some(view);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supply_temp_caps_hold_the_first_step_from_the_measured_temperature() {
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(70.0), 90.0, 3),
+            vec![98.0; 3]
+        );
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(89.0), 90.0, 3),
+            vec![19.6, 98.0, 98.0]
+        );
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(91.0), 90.0, 2),
+            vec![0.0, 98.0]
+        );
+        // Not read: held off now, planned again once the point is read.
+        assert_eq!(supply_temp_caps("P", 98.0, None, 90.0, 2), vec![0.0, 98.0]);
+        assert!(supply_temp_caps("P", 98.0, Some(80.0), 90.0, 0).is_empty());
+    }
 }

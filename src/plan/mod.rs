@@ -132,6 +132,41 @@ pub struct HeatUnitModel {
     pub heat_demand_kw: Vec<f64>,
     /// Price of the network heat that stored heat displaces.
     pub heat_price_eur_per_kwh: f64,
+    /// Per step, the most heat (kW thermal) P2H may put into the store;
+    /// empty: no limit but `p2h_max_kw`. The planner derives it from the
+    /// store's temperature against the network's supply temperature limit
+    /// ([`supply_temp_heat_cap_kw`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub max_heat_kw: Vec<f64>,
+}
+
+impl HeatUnitModel {
+    /// Electric P2H limit at step `t` (kW): the rating, and the heat cap
+    /// divided by the efficiency.
+    pub fn p2h_limit_kw(&self, t: usize) -> f64 {
+        match self.max_heat_kw.get(t) {
+            Some(cap) if self.efficiency > 0.0 => self.p2h_max_kw.min(cap / self.efficiency),
+            Some(_) => 0.0,
+            None => self.p2h_max_kw,
+        }
+    }
+}
+
+/// Kelvins below the supply temperature limit over which power-to-heat is
+/// derated linearly to zero, as a boiler's own thermostat does: heating at
+/// full power up to the limit would overshoot it within a step.
+pub const SUPPLY_TEMP_BAND_K: f64 = 5.0;
+
+/// The most heat (kW thermal) a unit rated `max_heat_kw` may put into a
+/// store at `temp_c` when the network's supply temperature limit is
+/// `limit_c`: all of it up to [`SUPPLY_TEMP_BAND_K`] below the limit, none at
+/// or above it, linear in between. An unknown temperature (`None`, or not
+/// finite) gives 0: a limit that cannot be watched must not be overrun.
+pub fn supply_temp_heat_cap_kw(max_heat_kw: f64, temp_c: Option<f64>, limit_c: f64) -> f64 {
+    match temp_c.filter(|t| t.is_finite()) {
+        Some(t) => max_heat_kw.max(0.0) * ((limit_c - t) / SUPPLY_TEMP_BAND_K).clamp(0.0, 1.0),
+        None => 0.0,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -454,6 +489,9 @@ pub fn validate(input: &PlanInput) -> Result<(), PlanError> {
             0.999 / input.step_hours,
         )?;
         check_series(&name("heat_demand_kw"), &h.heat_demand_kw, n, true)?;
+        if !h.max_heat_kw.is_empty() {
+            check_series(&name("max_heat_kw"), &h.max_heat_kw, n, true)?;
+        }
         check_scalar(
             &name("heat_price_eur_per_kwh"),
             h.heat_price_eur_per_kwh,
@@ -941,7 +979,7 @@ fn solve_lp_with(
     for (k, u) in input.heat.iter().enumerate() {
         let keep = 1.0 - u.loss_ratio_per_hour * h;
         let p: Vec<Variable> = (0..n)
-            .map(|_| vars.add(variable().min(0.0).max(u.p2h_max_kw)))
+            .map(|t| vars.add(variable().min(0.0).max(u.p2h_limit_kw(t))))
             .collect();
         let s: Vec<Variable> = u
             .heat_demand_kw
@@ -1189,7 +1227,7 @@ fn assemble(input: &PlanInput, status: PlanStatus, mut d: Decisions) -> Plan {
             } else {
                 u.p2h_max_kw
             };
-            let p = tidy(d.p2h[k][t], u.p2h_max_kw).min(p_room);
+            let p = tidy(d.p2h[k][t], u.p2h_limit_kw(t)).min(p_room);
             let s = s.min((kept + u.efficiency * p * h) / h);
             store = (kept + (u.efficiency * p - s) * h).clamp(0.0, u.store_capacity_kwh);
             d.p2h[k][t] = p;
@@ -1433,6 +1471,18 @@ pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
                     format!("heat unit {} P2H {p} kW beyond its limit", u.id),
                 ));
             }
+            if let Some(cap) = u.max_heat_kw.get(t) {
+                if u.efficiency * p > cap + TOL_ABS {
+                    return Err(fail(
+                        t,
+                        format!(
+                            "heat unit {} P2H makes {} kW of heat, above its supply-temperature cap {cap} kW",
+                            u.id,
+                            u.efficiency * p
+                        ),
+                    ));
+                }
+            }
             if s < -TOL_ABS || s > u.heat_demand_kw[t] + TOL_ABS {
                 return Err(fail(
                     t,
@@ -1584,7 +1634,7 @@ pub fn rule_based(input: &PlanInput, reason: &str) -> Plan {
             let mut p = 0.0;
             if spare > 0.0 && u.efficiency > 0.0 {
                 let room = (u.store_capacity_kwh - kept + demand * h).max(0.0) / (u.efficiency * h);
-                p = spare.min(u.p2h_max_kw).min(room);
+                p = spare.min(u.p2h_limit_kw(t)).min(room);
                 spare -= p;
             }
             let s = demand.min((kept + u.efficiency * p * h) / h);
@@ -1728,6 +1778,7 @@ mod tests {
             loss_ratio_per_hour: 0.01,
             heat_demand_kw: vec![2.0; 24],
             heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
         });
         let plan = solve(&inp, Duration::from_secs(10)).unwrap();
         assert_eq!(plan.status, PlanStatus::Optimal);
@@ -2019,6 +2070,7 @@ mod tests {
             loss_ratio_per_hour: 0.005,
             heat_demand_kw: vec![1.0; 24],
             heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
         });
         // At tariff = local price its allocation is worth only the priority
         // tie-break, so P2H runs as it would as a plain device.
@@ -2044,6 +2096,64 @@ mod tests {
         // An unknown device is refused.
         inp.device_participants[0].device = "nope".into();
         assert!(matches!(validate(&inp), Err(PlanError::Invalid(m)) if m.contains("nope")));
+    }
+
+    /// A store near the network's supply temperature limit: the planner's cap
+    /// holds P2H back at the steps it covers, and surplus goes elsewhere.
+    #[test]
+    fn supply_temperature_cap_limits_p2h_heat() {
+        assert_eq!(supply_temp_heat_cap_kw(10.0, Some(80.0), 90.0), 10.0);
+        assert_eq!(supply_temp_heat_cap_kw(10.0, Some(87.5), 90.0), 5.0);
+        assert_eq!(supply_temp_heat_cap_kw(10.0, Some(90.0), 90.0), 0.0);
+        assert_eq!(supply_temp_heat_cap_kw(10.0, Some(95.0), 90.0), 0.0);
+        assert_eq!(supply_temp_heat_cap_kw(10.0, None, 90.0), 0.0);
+        assert_eq!(supply_temp_heat_cap_kw(10.0, Some(f64::NAN), 90.0), 0.0);
+
+        let steps = 24;
+        let mut inp = input(steps, vec![8.0; steps], vec![vec![1.0; steps]]);
+        let unit = HeatUnitModel {
+            id: "p2h-1".into(),
+            p2h_max_kw: 5.0,
+            efficiency: 0.98,
+            store_capacity_kwh: 200.0,
+            store_kwh: 0.0,
+            loss_ratio_per_hour: 0.005,
+            heat_demand_kw: vec![2.0; steps],
+            heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
+        };
+        inp.heat.push(unit);
+        let free = solve(&inp, Duration::from_secs(10)).unwrap();
+        // Without a cap the surplus of 7 kW heats at the full 5 kW rating.
+        assert!(free.p2h_kw[0][0] > 4.9, "{:?}", free.p2h_kw[0]);
+        // At the limit for the first 4 steps, half way down the band after.
+        let mut cap = vec![0.0; 4];
+        cap.extend(vec![2.45; steps - 4]);
+        inp.heat[0].max_heat_kw = cap;
+        for plan in [
+            solve(&inp, Duration::from_secs(10)).unwrap(),
+            rule_based(&inp, "test"),
+        ] {
+            check(&plan, &inp).unwrap();
+            let p = &plan.p2h_kw[0];
+            assert!(p[..4].iter().all(|x| *x <= 1e-9), "{p:?}");
+            assert!(p[4..].iter().all(|x| 0.98 * x <= 2.45 + 1e-6), "{p:?}");
+            assert!(p[4..].iter().any(|x| *x > 2.0), "{p:?}");
+            // The heat it could not make is exported instead.
+            assert!(
+                plan.export_kwh[0] > free.export_kwh[0] + 4.0,
+                "{:?}",
+                plan.export_kwh
+            );
+        }
+        // A plan that ignores the cap fails its check at the first capped step.
+        assert!(matches!(
+            check(&free, &inp),
+            Err(PlanError::Check { step: 0, .. })
+        ));
+        // A cap of the wrong length is refused.
+        inp.heat[0].max_heat_kw = vec![1.0; 3];
+        assert!(matches!(validate(&inp), Err(PlanError::Invalid(m)) if m.contains("max_heat_kw")));
     }
 
     fn arb_input() -> impl Strategy<Value = PlanInput> {
@@ -2075,6 +2185,8 @@ mod tests {
                         0.0..0.1f64,
                         series(4.0),
                         0.0..0.15f64,
+                        // A supply-temperature heat cap, or none.
+                        prop::option::of(series(6.0)),
                     ),
                     nh,
                 ),
@@ -2140,15 +2252,18 @@ mod tests {
                         .into_iter()
                         .enumerate()
                         .map(
-                            |(k, (pmax, eff, cap, fill, loss, demand, price))| HeatUnitModel {
-                                id: format!("h{k}"),
-                                p2h_max_kw: pmax,
-                                efficiency: eff,
-                                store_capacity_kwh: cap,
-                                store_kwh: cap * fill,
-                                loss_ratio_per_hour: loss,
-                                heat_demand_kw: demand,
-                                heat_price_eur_per_kwh: price,
+                            |(k, (pmax, eff, cap, fill, loss, demand, price, heat_cap))| {
+                                HeatUnitModel {
+                                    id: format!("h{k}"),
+                                    p2h_max_kw: pmax,
+                                    efficiency: eff,
+                                    store_capacity_kwh: cap,
+                                    store_kwh: cap * fill,
+                                    loss_ratio_per_hour: loss,
+                                    heat_demand_kw: demand,
+                                    heat_price_eur_per_kwh: price,
+                                    max_heat_kw: heat_cap.unwrap_or_default(),
+                                }
                             },
                         )
                         .collect(),

@@ -154,6 +154,7 @@ pub fn plan_input(participants: usize, steps: usize, batteries: usize, seed: u64
             loss_ratio_per_hour: 0.005,
             heat_demand_kw: vec![25.0 * scale; steps],
             heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
         }],
         local_price_eur_per_kwh: a.local_price_eur_per_kwh,
         export_price_eur_per_kwh: vec![0.04; steps],
