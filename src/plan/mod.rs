@@ -1562,6 +1562,11 @@ pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
             store = got;
         }
     }
+    let device_use: Vec<Vec<f64>> = input
+        .device_participants
+        .iter()
+        .map(|d| device_consumption_kwh(input, d, &plan.battery_kw, &plan.p2h_kw))
+        .collect();
     for t in 0..n {
         let mut alloc = 0.0;
         let mut load = 0.0;
@@ -1581,7 +1586,7 @@ pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
         // allocation is its consumption, and counts against production.
         for (j, d) in input.device_participants.iter().enumerate() {
             let a = plan.device_allocation_kwh[j][t];
-            let used = device_consumption_kwh(input, d, &plan.battery_kw, &plan.p2h_kw)[t];
+            let used = device_use[j][t];
             if a < -TOL_ABS || a > used + TOL_ABS + TOL_REL * used {
                 return Err(fail(
                     t,
