@@ -373,6 +373,11 @@ pub struct DeviceConfig {
     /// The serial line, for `transport = "rtu"` (then `address` is the port's
     /// path, e.g. `/dev/ttyUSB0`). Every device on one port gives the same line.
     pub serial: Option<SerialConfig>,
+    /// `power_to_heat` only: the highest temperature (°C) its heat store may
+    /// reach, which is the supply temperature of the network it feeds. The
+    /// planner derates the unit's heat over the last few kelvins below it,
+    /// from the store temperature the unit's map reports (`store_temp`).
+    pub max_supply_temp_c: Option<f64>,
 }
 
 impl DeviceConfig {
@@ -999,6 +1004,21 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             }
             _ => {}
         }
+        if let Some(t) = d.max_supply_temp_c {
+            if d.kind != DeviceKind::PowerToHeat {
+                p.push(problem(
+                    key("max_supply_temp_c"),
+                    format!("a {} has no heat store to limit", d.kind.as_str()),
+                    "remove it, or set it on the power_to_heat unit whose store feeds the network",
+                ));
+            } else if !(t.is_finite() && (30.0..=130.0).contains(&t)) {
+                p.push(problem(
+                    key("max_supply_temp_c"),
+                    format!("{t} °C is not a plausible supply temperature limit"),
+                    "give the network's highest supply temperature in °C, within 30..=130 (e.g. 90)",
+                ));
+            }
+        }
         if let Some(r) = d.min_soc_ratio {
             if !(0.0..1.0).contains(&r) {
                 p.push(problem(
@@ -1570,6 +1590,45 @@ meter = "M-1"
         let (_d6, bad) = write(&(MINIMAL.to_string() + backoff));
         let err = load(&bad, &maps()).unwrap_err().to_string();
         assert!(err.contains("delivery.backoff_base_s"), "{err}");
+    }
+
+    #[test]
+    fn supply_temperature_limit_is_checked_and_named() {
+        let p2h = |limit: &str| {
+            MINIMAL.to_string()
+                + "\n[[devices]]\nid = \"P2H\"\nkind = \"power_to_heat\"\naddress = \"127.0.0.1:1505\"\nmap = \"vendor/trovis5576\"\nmax_power_kw = 50.0\ncapacity_kwh = 400.0\n"
+                + limit
+        };
+        let (_d, path) = write(&p2h("max_supply_temp_c = 90.0\n"));
+        let site = load(&path, &maps()).unwrap();
+        assert_eq!(site.config.devices[2].max_supply_temp_c, Some(90.0));
+        let problems = |text: &str| {
+            let (_d, path) = write(text);
+            match load(&path, &maps()) {
+                Err(ConfigError::Invalid { problems, file }) => {
+                    assert_eq!(file, path);
+                    problems
+                }
+                other => panic!("expected Invalid, got {other:?}"),
+            }
+        };
+        let bad = problems(&p2h("max_supply_temp_c = 200.0\n"));
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].key.starts_with("devices[2].max_supply_temp_c"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[0].message.contains("200") && bad[0].fix.contains("30..=130"),
+            "{bad:?}"
+        );
+        let on_pv =
+            problems(&MINIMAL.replace("kwp = 10.0", "kwp = 10.0\nmax_supply_temp_c = 80.0"));
+        assert!(
+            on_pv[0].key.starts_with("devices[0].max_supply_temp_c"),
+            "{on_pv:?}"
+        );
+        assert!(on_pv[0].fix.contains("power_to_heat"), "{on_pv:?}");
     }
 }
 

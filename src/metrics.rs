@@ -85,6 +85,8 @@ pub struct Metrics {
     // Hand-off and gaps (issue 7, session 3).
     pub handoff_samples_dropped: IntCounter,
     pub periods_estimated: IntCounter,
+    // Plan allocation per participant, devices included (issue 4).
+    pub plan_allocation: GaugeVec,
 }
 
 impl Metrics {
@@ -244,6 +246,11 @@ impl Metrics {
             plan_resolves: icv("plan_resolves_total", "Plans solved again, by trigger: step (the next settlement step), forecast_miss (measured PV far from the plan's forecast).", &["reason"])?,
             handoff_samples_dropped: reg(r, IntCounter::new("handoff_samples_dropped_total", "Counter samples dropped because the aggregator fell days behind the pollers (oldest first).")?)?,
             periods_estimated: reg(r, IntCounter::new("periods_estimated_total", "Closed periods whose energies were interpolated across a gap (ped down, clock jump) rather than measured.")?)?,
+            plan_allocation: gv(
+                "plan_allocation_joules",
+                "Energy the current plan allocates to a participant in the current settlement step; batteries and power-to-heat included (their planned charge or P2H, all taken from local production).",
+                &["participant"],
+            )?,
             registry,
         };
         m.build_info

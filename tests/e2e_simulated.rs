@@ -274,6 +274,37 @@ async fn simulated_district_end_to_end() {
             );
         }
     }
+    // Batteries and power-to-heat are participants of the plan: each has its
+    // planned allocation in the metrics and on the status page, attached to
+    // its device.
+    let listed = status["plan"]["device_participants"].as_array().unwrap();
+    for q in &site.config.participants {
+        let device = matches!(q.kind.as_str(), "battery" | "power_to_heat");
+        assert!(
+            metric_value(
+                &metrics,
+                "ped_plan_allocation_joules",
+                &format!("participant=\"{}\"", q.id)
+            )
+            .is_some(),
+            "no planned allocation for {}",
+            q.id
+        );
+        let shown = listed
+            .iter()
+            .find(|d| d["participant"].as_str() == Some(q.id.as_str()));
+        assert_eq!(shown.is_some(), device, "{}: {listed:?}", q.id);
+        if let Some(d) = shown {
+            let kind = site
+                .config
+                .devices
+                .iter()
+                .find(|x| Some(x.id.as_str()) == d["device"].as_str())
+                .map(|x| x.kind.as_str());
+            assert_eq!(kind, Some(q.kind.as_str()), "{d}");
+            assert!(d["horizon_kwh"].as_f64().unwrap() >= 0.0, "{d}");
+        }
+    }
     // Keys by participant, in the status and the metrics, are those of the
     // record of the period each says is the last (a period may close between
     // the two reads, so each is matched to its own record).

@@ -228,10 +228,12 @@ fn plan_input(steps: usize) -> PlanInput {
             loss_ratio_per_hour: 0.005,
             heat_demand_kw: vec![10.0; steps],
             heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
         }],
         local_price_eur_per_kwh: 0.10,
         export_price_eur_per_kwh: vec![0.06; steps],
         import_price_eur_per_kwh: vec![0.25; steps],
+        device_participants: vec![],
     }
 }
 

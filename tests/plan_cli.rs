@@ -59,6 +59,14 @@ fn dump_then_replay_an_allocation_and_a_plan() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("status optimal (level 0)"), "{stdout}");
+    // Storage and P2H are participants of the synthetic district, and the
+    // replay says what each is allocated.
+    for id in ["BAT-01 (bat-1)", "P2H-01 (p2h-1)"] {
+        assert!(
+            stdout.contains(&format!("device participant {id}: allocated")),
+            "{stdout}"
+        );
+    }
 
     // Neither or both sources: an error that says what to give.
     let out = ped().args(["plan"]).output().unwrap();

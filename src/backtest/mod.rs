@@ -789,11 +789,13 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         loss_ratio_per_hour: STORE_LOSS_PER_HOUR,
                         heat_demand_kw: d.iter().map(|x| x * STORE_SHARE_OF_DEMAND).collect(),
                         heat_price_eur_per_kwh: site.heat_price,
+                        max_heat_kw: vec![],
                     })
                     .collect(),
                 local_price_eur_per_kwh: site.local_price,
                 export_price_eur_per_kwh: vec![site.export_price; horizon],
                 import_price_eur_per_kwh: vec![site.import_price; horizon],
+                device_participants: vec![],
             };
             let solving = Instant::now();
             let p = match plan::solve(&input, opts.budget) {

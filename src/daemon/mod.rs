@@ -86,6 +86,19 @@ pub struct PlanView {
     pub pv_kw: Vec<f64>,
     pub battery_kw: Vec<f64>,
     pub p2h_kw: Vec<f64>,
+    /// Batteries and power-to-heat units that are participants, with what
+    /// the plan allocates them (their charge or P2H from the pool).
+    pub device_participants: Vec<PlanDeviceParticipant>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PlanDeviceParticipant {
+    pub participant: String,
+    pub device: String,
+    /// Allocation in the current step.
+    pub now_kwh: f64,
+    /// Allocation over the plan's horizon.
+    pub horizon_kwh: f64,
 }
 
 /// A closed settlement period, as archived.

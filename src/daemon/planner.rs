@@ -212,15 +212,54 @@ fn build_input(
             *a += b;
         }
     }
+    // Time-of-use windows in the site's local time, one price per step.
+    let tariff_steps = |p: &crate::config::ParticipantConfig| -> Vec<f64> {
+        match cfg.site.timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) if !p.tou.is_empty() => (0..steps)
+                .map(|k| {
+                    let at =
+                        start + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
+                    p.tariff_at(at, tz)
+                })
+                .collect(),
+            _ => vec![],
+        }
+    };
+    let is_device = |p: &crate::config::ParticipantConfig| {
+        matches!(
+            p.kind,
+            ParticipantKind::Battery | ParticipantKind::PowerToHeat
+        )
+    };
+    // A battery or P2H participant is the device that names it (`participant
+    // = ...` on the device), else the device its `meter` points at. Its load
+    // is the plan's own decision, so it is no forecast participant.
+    let device_participants = cfg
+        .participants
+        .iter()
+        .filter(|p| is_device(p))
+        .filter_map(|p| {
+            let kind = match p.kind {
+                ParticipantKind::Battery => DeviceKind::Battery,
+                _ => DeviceKind::PowerToHeat,
+            };
+            let device = site
+                .devices_of(kind)
+                .find(|d| d.participant.as_deref() == Some(p.id.as_str()))
+                .or_else(|| site.devices_of(kind).find(|d| d.id == p.meter))?;
+            Some(plan::DeviceParticipant {
+                id: p.id.clone(),
+                device: device.id.clone(),
+                tariff_eur_per_kwh: p.tariff_eur_per_kwh,
+                priority: p.priority,
+                tariff_steps_eur_per_kwh: tariff_steps(p),
+            })
+        })
+        .collect();
     let participants = cfg
         .participants
         .iter()
-        .filter(|p| {
-            !matches!(
-                p.kind,
-                ParticipantKind::Battery | ParticipantKind::PowerToHeat
-            )
-        })
+        .filter(|p| !is_device(p))
         .map(|p| {
             let hist = load_hist.get(&p.id);
             let mut load = hist
@@ -231,23 +270,12 @@ fn build_input(
                 let now_kw = reading(shared, &p.meter, "power_kw").unwrap_or(p.annual_kwh / 8760.0);
                 load = vec![now_kw.max(0.0); steps];
             }
-            // Time-of-use windows in the site's local time, one price per step.
-            let tariff_steps = match cfg.site.timezone.parse::<chrono_tz::Tz>() {
-                Ok(tz) if !p.tou.is_empty() => (0..steps)
-                    .map(|k| {
-                        let at = start
-                            + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
-                        p.tariff_at(at, tz)
-                    })
-                    .collect(),
-                _ => vec![],
-            };
             ParticipantForecast {
                 id: p.id.clone(),
                 load_kw: load,
                 tariff_eur_per_kwh: p.tariff_eur_per_kwh,
                 priority: p.priority,
-                tariff_steps_eur_per_kwh: tariff_steps,
+                tariff_steps_eur_per_kwh: tariff_steps(p),
             }
         })
         .collect();
@@ -280,10 +308,24 @@ fn build_input(
                 .filter_map(|h| reading(shared, &h.id, "heat_kw"))
                 .sum::<f64>();
             let cap = d.capacity_kwh.unwrap_or(0.0);
+            let rated_kw = d.max_power_kw.unwrap_or(0.0);
+            let efficiency = 0.98;
             HeatUnitModel {
                 id: d.id.clone(),
-                p2h_max_kw: d.max_power_kw.unwrap_or(0.0),
-                efficiency: 0.98,
+                p2h_max_kw: rated_kw,
+                efficiency,
+                max_heat_kw: d
+                    .max_supply_temp_c
+                    .map(|limit| {
+                        supply_temp_caps(
+                            &d.id,
+                            rated_kw * efficiency,
+                            reading(shared, &d.id, "store_c"),
+                            limit,
+                            steps,
+                        )
+                    })
+                    .unwrap_or_default(),
                 store_capacity_kwh: cap,
                 store_kwh: reading(shared, &d.id, "store_kwh")
                     .unwrap_or(0.0)
@@ -305,7 +347,34 @@ fn build_input(
         local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
         export_price_eur_per_kwh: vec![cfg.plan.export_price_eur_per_kwh; steps],
         import_price_eur_per_kwh: vec![cfg.plan.import_price_eur_per_kwh; steps],
+        device_participants,
     }
+}
+
+/// Heat caps per step for a unit whose store feeds a network with a supply
+/// temperature limit: the current step's from the store temperature just
+/// measured ([`plan::supply_temp_heat_cap_kw`]); later steps are left to the
+/// store's energy bound, as there is no temperature forecast, and the cap
+/// is measured again at every re-plan.
+fn supply_temp_caps(
+    id: &str,
+    max_heat_kw: f64,
+    temp_c: Option<f64>,
+    limit_c: f64,
+    steps: usize,
+) -> Vec<f64> {
+    if temp_c.is_none() {
+        tracing::warn!(
+            device = id,
+            limit_c,
+            "plan: no store temperature read (map point store_temp); power-to-heat held off under its supply temperature limit"
+        );
+    }
+    let mut caps = vec![max_heat_kw; steps];
+    if let Some(first) = caps.first_mut() {
+        *first = plan::supply_temp_heat_cap_kw(max_heat_kw, temp_c, limit_c);
+    }
+    caps
 }
 
 /// PV limits for the current step from the plan's curtailment: each plant
@@ -423,6 +492,28 @@ fn publish(
         let n = rows.first().map(|r| r.len()).unwrap_or(0);
         (0..n).map(|t| rows.iter().map(|r| r[t]).sum()).collect()
     };
+    let first = |row: &Vec<f64>| row.first().copied().unwrap_or(0.0);
+    for (q, row) in input.participants.iter().zip(&p.allocation_kwh) {
+        m.plan_allocation
+            .with_label_values(&[&q.id])
+            .set(first(row) * 3.6e6);
+    }
+    let mut devices = Vec::with_capacity(input.device_participants.len());
+    for (d, row) in input
+        .device_participants
+        .iter()
+        .zip(&p.device_allocation_kwh)
+    {
+        m.plan_allocation
+            .with_label_values(&[&d.id])
+            .set(first(row) * 3.6e6);
+        devices.push(super::PlanDeviceParticipant {
+            participant: d.id.clone(),
+            device: d.device.clone(),
+            now_kwh: first(row),
+            horizon_kwh: row.iter().sum(),
+        });
+    }
     let view = PlanView {
         status,
         computed_at: Some(shared.clock.now()),
@@ -431,6 +522,7 @@ fn publish(
         pv_kw: input.pv_kw.clone(),
         battery_kw: sum_rows(&p.battery_kw),
         p2h_kw: sum_rows(&p.p2h_kw),
+        device_participants: devices,
     };
     let dir = shared.output_dir.join("plans");
     if std::fs::create_dir_all(&dir).is_ok() {
@@ -449,4 +541,28 @@ fn publish(
         }
     }
     shared.status().plan = Some(view);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supply_temp_caps_hold_the_first_step_from_the_measured_temperature() {
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(70.0), 90.0, 3),
+            vec![98.0; 3]
+        );
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(89.0), 90.0, 3),
+            vec![19.6, 98.0, 98.0]
+        );
+        assert_eq!(
+            supply_temp_caps("P", 98.0, Some(91.0), 90.0, 2),
+            vec![0.0, 98.0]
+        );
+        // Not read: held off now, planned again once the point is read.
+        assert_eq!(supply_temp_caps("P", 98.0, None, 90.0, 2), vec![0.0, 98.0]);
+        assert!(supply_temp_caps("P", 98.0, Some(80.0), 90.0, 0).is_empty());
+    }
 }

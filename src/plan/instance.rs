@@ -89,6 +89,19 @@ impl Instance {
                     sum(&plan.import_kwh),
                     sum(&plan.curtailment_kwh),
                 ));
+                for (d, row) in input
+                    .device_participants
+                    .iter()
+                    .zip(&plan.device_allocation_kwh)
+                {
+                    out.push_str(&format!(
+                        "device participant {} ({}): allocated {:.3} kWh, {:.3} kWh in the first step\n",
+                        d.id,
+                        d.device,
+                        sum(row),
+                        row.first().copied().unwrap_or(0.0)
+                    ));
+                }
                 for v in &plan.violations {
                     out.push_str(&format!(
                         "violated: {} from step {} by up to {:.6} {}\n",

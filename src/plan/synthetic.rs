@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::allocate::{AllocationParticipant, AllocationProblem, Fairness, MonthToDate};
-use super::{BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput};
+use super::{BatteryModel, DeviceParticipant, HeatUnitModel, ParticipantForecast, PlanInput};
 
 struct Lcg(u64);
 
@@ -154,9 +154,30 @@ pub fn plan_input(participants: usize, steps: usize, batteries: usize, seed: u64
             loss_ratio_per_hour: 0.005,
             heat_demand_kw: vec![25.0 * scale; steps],
             heat_price_eur_per_kwh: 0.09,
+            max_heat_kw: vec![],
         }],
         local_price_eur_per_kwh: a.local_price_eur_per_kwh,
         export_price_eur_per_kwh: vec![0.04; steps],
         import_price_eur_per_kwh: vec![0.25; steps],
+        // Storage and P2H are participants, as on the sample site: the
+        // batteries at tariff 0 (no retail supply of their own), the P2H
+        // unit at the local price, so its allocation is worth only the
+        // tie-break and it heats as a plain device would.
+        device_participants: (0..batteries)
+            .map(|k| DeviceParticipant {
+                id: format!("BAT-{:02}", k + 1),
+                device: format!("bat-{}", k + 1),
+                tariff_eur_per_kwh: 0.0,
+                priority: 3,
+                tariff_steps_eur_per_kwh: vec![],
+            })
+            .chain(std::iter::once(DeviceParticipant {
+                id: "P2H-01".into(),
+                device: "p2h-1".into(),
+                tariff_eur_per_kwh: a.local_price_eur_per_kwh,
+                priority: 3,
+                tariff_steps_eur_per_kwh: vec![],
+            }))
+            .collect(),
     }
 }
