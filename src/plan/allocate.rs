@@ -168,7 +168,7 @@ pub struct AllocationSolution {
     /// What the solver maximises: objective + tier bonuses − penalties.
     pub score: f64,
     pub violations: Vec<Violation>,
-    /// `greedy`, `sifted_lp` or `lp`.
+    /// `greedy`, `flow`, `sifted_lp` or `lp`.
     pub method: String,
 }
 
@@ -506,6 +506,9 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
         return Ok(finish(p, &m, a, "greedy"));
     }
+    if let Some(a) = flow_allocation(p, &m) {
+        return Ok(finish(p, &m, a, "flow"));
+    }
     match sift(p, &m) {
         Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
         None => {
@@ -515,6 +518,133 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
             Ok(finish(p, &m, a, "lp"))
         }
     }
+}
+
+/// Largest gain or penalty slope (€/kWh) the flow path takes in integers;
+/// beyond it the potentials could overflow, and the LP paths take over.
+const FLOW_MAX_GAIN: f64 = 1e6;
+
+/// The exact network-flow solution (see [`super::flow`]) when every coupling
+/// row only sees the participant's total: its value is the same at every
+/// step, or it has no pro-rata row. None when the instance is not eligible.
+fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
+    use super::flow::{Circulation, ENERGY_SCALE, GAIN_SCALE};
+    let np = p.participants.len();
+    let n = m.n;
+    let flat = |v: &[f64]| v.iter().all(|x| *x == v[0]);
+    if (0..np).any(|i| m.pro_rata[i].is_some() && n > 0 && !flat(&m.value[i])) {
+        return None;
+    }
+    let f = &p.fairness;
+    let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
+    let too_big = |g: f64| g.abs() > FLOW_MAX_GAIN;
+    if too_big(mf)
+        || too_big(
+            mp * m
+                .value
+                .iter()
+                .flatten()
+                .fold(0.0_f64, |a, b| a.max(b.abs())),
+        )
+    {
+        return None;
+    }
+    if m.weight.iter().flatten().any(|w| too_big(*w)) {
+        return None;
+    }
+    // Caps rounded down, so the result can never break one.
+    let units = |kwh: f64| (kwh * ENERGY_SCALE).floor() as i64;
+    let gain = |eur: f64| (eur * GAIN_SCALE).round() as i64;
+    let step_cap: Vec<i64> = p.production_kwh.iter().map(|x| units(*x)).collect();
+    let pool: i128 = step_cap.iter().map(|x| i128::from(*x)).sum();
+    // Room for the potentials and the return arc within i64.
+    if pool > i128::from(i64::MAX / 8) {
+        return None;
+    }
+    let arcs: usize = p
+        .participants
+        .iter()
+        .map(|q| q.consumption_kwh.iter().filter(|c| units(**c) > 0).count())
+        .sum();
+    let source = 0;
+    let part = |i: usize| 1 + i;
+    let step = |t: usize| 1 + np + t;
+    let sink = 1 + np + n;
+    let mut g = Circulation::with_capacity(np + n + 2, arcs + 3 * np + n + 1);
+    for i in 0..np {
+        let caps: i128 = p.participants[i]
+            .consumption_kwh
+            .iter()
+            .map(|c| i128::from(units(*c).max(0)))
+            .sum();
+        let total = caps.min(pool) as i64;
+        if total == 0 {
+            continue;
+        }
+        // φ_i's pieces over [0, total]: breakpoints at the floor target and
+        // at R_i / v_i, each slope taken at the piece's midpoint.
+        let floor_at = m.floor[i].map(|x| x * ENERGY_SCALE);
+        let v = if n > 0 { m.value[i][0] } else { 0.0 };
+        let pro_at = m.pro_rata[i]
+            .filter(|_| v != 0.0)
+            .map(|r| r / v * ENERGY_SCALE);
+        let mut cuts = vec![0, total];
+        for b in [floor_at.map(f64::ceil), pro_at.map(f64::round)]
+            .into_iter()
+            .flatten()
+        {
+            if b > 0.0 && b < total as f64 {
+                cuts.push(b as i64);
+            }
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        for w in cuts.windows(2) {
+            let mid = (w[0] as f64 + w[1] as f64) / 2.0;
+            let mut slope = 0.0;
+            if floor_at.is_some_and(|fl| mid < fl) {
+                slope += mf;
+            }
+            if let Some(b) = pro_at {
+                if (v > 0.0 && mid < b) || (v < 0.0 && mid > b) {
+                    slope += mp * v;
+                }
+            }
+            g.add_arc(source, part(i), w[1] - w[0], -gain(slope));
+        }
+    }
+    for i in 0..np {
+        let q = &p.participants[i];
+        for t in 0..n {
+            let c = units(q.consumption_kwh[t]);
+            if c > 0 {
+                g.add_arc(part(i), step(t), c, -gain(m.weight[i][t]));
+            }
+        }
+    }
+    for t in 0..n {
+        g.add_arc(step(t), sink, step_cap[t], 0);
+    }
+    g.add_arc(sink, source, pool as i64, 0);
+    let first_alloc_arc = g.arc_num() - arcs - n - 1;
+    let sol = g.solve();
+    tracing::debug!(
+        arcs = sol.flow.len(),
+        pivots = sol.pivots,
+        "allocation: network simplex"
+    );
+    let mut a = vec![vec![0.0; n]; np];
+    let mut k = first_alloc_arc;
+    for i in 0..np {
+        let q = &p.participants[i];
+        for t in 0..n {
+            if units(q.consumption_kwh[t]) > 0 {
+                a[i][t] = sol.flow[k] as f64 / ENERGY_SCALE;
+                k += 1;
+            }
+        }
+    }
+    Some(a)
 }
 
 /// The generic LP over every variable: the oracle for [`solve_allocation`].
