@@ -520,15 +520,12 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     }
 }
 
-/// Largest gain or penalty slope (€/kWh) the flow path takes in integers;
-/// beyond it the potentials could overflow, and the LP paths take over.
-const FLOW_MAX_GAIN: f64 = 1e6;
-
 /// The exact network-flow solution (see [`super::flow`]) when every coupling
 /// row only sees the participant's total: its value is the same at every
-/// step, or it has no pro-rata row. None when the instance is not eligible.
+/// step, or it has no pro-rata row. None when the instance is not eligible
+/// (or its figures do not fit the integer scales; the LP paths take over).
 fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
-    use super::flow::{Circulation, ENERGY_SCALE, GAIN_SCALE};
+    use super::flow::{Circulation, GAIN_SCALE};
     let np = p.participants.len();
     let n = m.n;
     let flat = |v: &[f64]| v.iter().all(|x| *x == v[0]);
@@ -537,30 +534,39 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
     }
     let f = &p.fairness;
     let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
-    let too_big = |g: f64| g.abs() > FLOW_MAX_GAIN;
-    if too_big(mf)
-        || too_big(
-            mp * m
-                .value
-                .iter()
-                .flatten()
-                .fold(0.0_f64, |a, b| a.max(b.abs())),
-        )
-    {
+    // Potentials are sums of arc costs along a tree path (at most every
+    // node), and reduced costs add two of them: bound the largest cost so
+    // none of that can overflow an i64.
+    let max_value = m
+        .value
+        .iter()
+        .flatten()
+        .fold(0.0_f64, |a, b| a.max(b.abs()));
+    let max_weight = m
+        .weight
+        .iter()
+        .flatten()
+        .fold(0.0_f64, |a, b| a.max(b.abs()));
+    let max_gain = (mf + mp * max_value).max(max_weight) * GAIN_SCALE;
+    let nodes = (np + n + 2) as f64;
+    if !max_gain.is_finite() || max_gain * (2.0 * nodes + 4.0) > (i64::MAX / 4) as f64 {
         return None;
     }
-    if m.weight.iter().flatten().any(|w| too_big(*w)) {
+    // Energies as integers: the finest of 1e-12..1e-6 kWh at which the pool
+    // (the largest flow) still leaves the i64 room. Caps rounded down, so
+    // the result can never break one.
+    let production: f64 = p.production_kwh.iter().sum();
+    let mut energy_scale = 1e12;
+    while production * energy_scale > 1e17 && energy_scale > 1e6 {
+        energy_scale /= 10.0;
+    }
+    if production * energy_scale > 1e17 {
         return None;
     }
-    // Caps rounded down, so the result can never break one.
-    let units = |kwh: f64| (kwh * ENERGY_SCALE).floor() as i64;
+    let units = |kwh: f64| (kwh * energy_scale).floor() as i64;
     let gain = |eur: f64| (eur * GAIN_SCALE).round() as i64;
     let step_cap: Vec<i64> = p.production_kwh.iter().map(|x| units(*x)).collect();
     let pool: i128 = step_cap.iter().map(|x| i128::from(*x)).sum();
-    // Room for the potentials and the return arc within i64.
-    if pool > i128::from(i64::MAX / 8) {
-        return None;
-    }
     let arcs: usize = p
         .participants
         .iter()
@@ -583,11 +589,11 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         }
         // φ_i's pieces over [0, total]: breakpoints at the floor target and
         // at R_i / v_i, each slope taken at the piece's midpoint.
-        let floor_at = m.floor[i].map(|x| x * ENERGY_SCALE);
+        let floor_at = m.floor[i].map(|x| x * energy_scale);
         let v = if n > 0 { m.value[i][0] } else { 0.0 };
         let pro_at = m.pro_rata[i]
             .filter(|_| v != 0.0)
-            .map(|r| r / v * ENERGY_SCALE);
+            .map(|r| r / v * energy_scale);
         let mut cuts = vec![0, total];
         for b in [floor_at.map(f64::ceil), pro_at.map(f64::round)]
             .into_iter()
@@ -639,7 +645,7 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         let q = &p.participants[i];
         for t in 0..n {
             if units(q.consumption_kwh[t]) > 0 {
-                a[i][t] = sol.flow[k] as f64 / ENERGY_SCALE;
+                a[i][t] = sol.flow[k] as f64 / energy_scale;
                 k += 1;
             }
         }
@@ -1251,6 +1257,62 @@ mod tests {
             s.score,
             o.score
         );
+    }
+
+    #[test]
+    fn flow_solves_flat_instances_with_binding_rows_exactly() {
+        // p1's tariff is below the local price (v < 0, like a battery that
+        // pays nothing): its pro-rata row caps it from above. p2 has a floor
+        // that costs p0 energy; step 1 produces nothing; p1 consumes nothing at 1.
+        let mut p = problem(
+            vec![3.0, 0.0, 2.0],
+            vec![
+                (vec![2.0, 2.0, 2.0], 0.30, 1),
+                (vec![2.0, 0.0, 2.0], 0.05, 1),
+                (vec![1.0, 1.0, 0.0], 0.20, 1),
+            ],
+        );
+        p.fairness.no_worse_than_pro_rata = true;
+        p.fairness.floor_ratio = Some(0.8);
+        p.participants[2].subscription_share = Some(0.5);
+        p.participants[1].month_to_date.pro_rata_value_eur = -0.02;
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, "flow");
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (s.score - o.score).abs() <= 1e-6 * o.score.abs().max(1.0),
+            "{} vs {}",
+            s.score,
+            o.score
+        );
+        // Nothing allocated where nothing is produced or consumed.
+        assert!(s.allocated_kwh.iter().all(|r| r[1] == 0.0));
+        assert_eq!(s.allocated_kwh[1][1], 0.0);
+        // p2 gets what the floor asks (0.8 × 0.5 × 5 kWh = 2, capped at 1).
+        assert!(
+            (s.allocated_kwh[2][0] - 1.0).abs() < 1e-9,
+            "{:?}",
+            s.allocated_kwh
+        );
+        assert_eq!(solve_allocation(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn flow_is_not_used_for_time_of_use_pro_rata_rows() {
+        let mut p = problem(
+            vec![2.0, 2.0],
+            vec![(vec![2.0, 2.0], 0.30, 1), (vec![2.0, 2.0], 0.20, 1)],
+        );
+        p.fairness.no_worse_than_pro_rata = true;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m).is_some());
+        p.participants[1].tariff_eur_per_kwh[1] = 0.21;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m).is_none());
+        // Without the pro-rata rule only floors couple the steps: eligible.
+        p.fairness.no_worse_than_pro_rata = false;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m).is_some());
     }
 
     #[test]

@@ -26,16 +26,18 @@
 //! on the leaving arc broken towards the root) so degenerate pivots cannot
 //! cycle.
 //!
-//! Everything inside is **integer**: energies in 1e-9 kWh, gains in
-//! 1e-9 €/kWh, both `i64`, objective sums in `i128`. The simplex is thus
-//! exact and deterministic (same input, same pivots, same output bit for
-//! bit); caps are rounded down so the result never breaks a cap or a step
-//! row. The rounding costs at most 0.5e-9 €/kWh on each allocated kWh (gains)
-//! plus 1e-9 kWh per arc (caps) against the real-valued optimum, far inside
-//! the 1e-6 relative agreement with the LP the tests require.
+//! Everything inside is **integer**: gains in 1e-9 €/kWh, energies in the
+//! finest of 1e-12 … 1e-6 kWh that keeps the pooled production below 1e17
+//! units (1e-12 kWh up to 100 MWh a horizon), both `i64`, objective sums in
+//! `i128`. The simplex is thus exact and deterministic (same input, same
+//! pivots, same output bit for bit); caps are rounded down so the result
+//! never breaks a cap or a step row. Against the real-valued optimum the
+//! rounding costs at most 0.5e-9 €/kWh on each allocated kWh (gains) plus
+//! one energy unit per arc (caps): 3 M arcs at 1e-12 kWh lose 3e-6 kWh, far
+//! inside the 1e-6 relative agreement with the LP the tests require. The
+//! caller bounds the gains so that no potential (a sum of costs along a tree
+//! path) can overflow.
 
-/// kWh → 1e-9 kWh.
-pub const ENERGY_SCALE: f64 = 1e9;
 /// €/kWh → 1e-9 €/kWh.
 pub const GAIN_SCALE: f64 = 1e9;
 
