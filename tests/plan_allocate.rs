@@ -200,6 +200,29 @@ fn flat_instances_reach_the_flow_path() {
     );
 }
 
+/// Larger trees than the property's (hundreds of nodes, thousands of arcs,
+/// many degenerate pivots): the synthetic district with flat tariffs.
+#[test]
+fn flow_matches_the_lp_on_flat_synthetic_districts() {
+    for (np, n, seed) in [(40, 96, 1), (25, 48, 2), (60, 72, 3)] {
+        let mut p = ped::plan::synthetic::allocation(np, n, seed);
+        for q in &mut p.participants {
+            let mean = q.tariff_eur_per_kwh.iter().sum::<f64>() / n as f64;
+            q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = mean);
+        }
+        let fast = solve_allocation(&p).unwrap();
+        assert_eq!(fast.method, "flow", "{np} x {n}");
+        assert_rows(&p, &fast);
+        let oracle = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (fast.score - oracle.score).abs() <= 1e-6 * oracle.score.abs().max(1.0),
+            "{np} x {n}: flow {} vs lp {}",
+            fast.score,
+            oracle.score
+        );
+    }
+}
+
 #[test]
 fn both_paths_are_exercised() {
     // A greedy-optimal instance and one where a fairness row binds.

@@ -22,7 +22,8 @@
 //! so no extra row is needed. The circulation is solved by a primal network
 //! simplex after LEMON's `NetworkSimplex`: a spanning tree stored as
 //! parent/pred/thread/rev_thread/succ_num/last_succ arrays, block-search
-//! pivoting with blocks of about 2√arcs, and a strongly feasible tree (ties
+//! pivoting with blocks of about 2√arcs scanned with a stride of √arcs, and
+//! a strongly feasible tree (ties
 //! on the leaving arc broken towards the root) so degenerate pivots cannot
 //! cycle.
 //!
@@ -125,7 +126,13 @@ struct Simplex {
     forward: Vec<bool>,
     dirty_revs: Vec<u32>,
     block_size: usize,
+    /// Arcs are scanned with this stride (columns `c, c + stride, …`, then
+    /// column `c + 1`), so consecutive candidates come from all over the
+    /// graph rather than from one participant's run of arcs (LEMON mixes
+    /// its arc order the same way).
+    stride: usize,
     next_arc: usize,
+    next_col: usize,
 }
 
 const NONE: u32 = u32::MAX;
@@ -162,7 +169,9 @@ impl Simplex {
             forward: vec![true; all_nodes],
             dirty_revs: Vec::new(),
             block_size: ((2.0 * (m as f64).sqrt()) as usize).max(10),
+            stride: ((m as f64).sqrt() as usize).max(10).min(m.max(1)),
             next_arc: 0,
+            next_col: 0,
         };
         // Initial tree: every node hangs from an artificial root by an arc
         // node → root of zero flow (all supplies are zero). Artificial arcs
@@ -211,7 +220,7 @@ impl Simplex {
         let mut min = 0i64;
         let mut min_arc = self.next_arc;
         let mut cnt = self.block_size;
-        let mut e = self.next_arc;
+        let (mut e, mut col) = (self.next_arc, self.next_col);
         let mut scanned = 0;
         while scanned < m {
             let c = self.reduced(e);
@@ -220,9 +229,13 @@ impl Simplex {
                 min_arc = e;
             }
             scanned += 1;
-            e += 1;
-            if e == m {
-                e = 0;
+            e += self.stride;
+            if e >= m {
+                col += 1;
+                if col == self.stride {
+                    col = 0;
+                }
+                e = col;
             }
             cnt -= 1;
             if cnt == 0 {
@@ -236,6 +249,7 @@ impl Simplex {
             return None;
         }
         self.next_arc = e;
+        self.next_col = col;
         Some(min_arc)
     }
 
