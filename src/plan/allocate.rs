@@ -23,7 +23,12 @@
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
-//! When a coupling row binds, [`solve_allocation`] first estimates the LP
+//! When a coupling row binds and every participant with a pro-rata row has
+//! the same value at every step (flat tariffs, as in `ped keys`), both rows
+//! only see the participant's total and the problem is a max-gain flow,
+//! solved exactly by the integer network simplex of [`super::flow`]
+//! (`method: "flow"`; see `flow_allocation`). Otherwise (time-of-use
+//! pro-rata rows), [`solve_allocation`] first estimates the LP
 //! dual (step prices π, multipliers λ on the floors and μ on the pro-rata
 //! rows) by exact block coordinate descent (see `warm_start`), fixes the
 //! variables whose adjusted weight `w + λ + μ v` is clearly above or below
@@ -39,7 +44,10 @@
 //! Determinism: the greedy shares a step among participants of **exactly
 //! equal** value in proportion to their consumption (the DSO's default key
 //! restricted to the tie), in a fixed order, so the same input gives the same
-//! allocation bit for bit. LP solutions go through the same rounding.
+//! allocation bit for bit. LP solutions go through the same rounding. The
+//! flow is integer, so it too is bit-identical on the same input, but among
+//! exactly tied participants it returns a vertex (one of them served first),
+//! not the greedy's pro-rata share of the tie.
 
 // [participant][step] matrices read best with both indices spelt out.
 #![allow(clippy::needless_range_loop)]
@@ -506,7 +514,7 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
         return Ok(finish(p, &m, a, "greedy"));
     }
-    if let Some(a) = flow_allocation(p, &m) {
+    if let Some(a) = flow_allocation(p, &m, &a) {
         return Ok(finish(p, &m, a, "flow"));
     }
     match sift(p, &m) {
@@ -524,7 +532,11 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
 /// row only sees the participant's total: its value is the same at every
 /// step, or it has no pro-rata row. None when the instance is not eligible
 /// (or its figures do not fit the integer scales; the LP paths take over).
-fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
+///
+/// `start` (the greedy's allocation) is the warm start: the arcs it fills to
+/// their cap start at their cap, so the simplex does not need one pivot per
+/// saturated arc (millions on a month) to get there.
+fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     use super::flow::{Circulation, GAIN_SCALE};
     let np = p.participants.len();
     let n = m.n;
@@ -535,8 +547,9 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
     let f = &p.fairness;
     let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
     // Potentials are sums of arc costs along a tree path (at most every
-    // node), and reduced costs add two of them: bound the largest cost so
-    // none of that can overflow an i64.
+    // node, and one Big-M artificial arc of (max cost + 1) × nodes), and
+    // reduced costs add two of them: bound the largest cost so none of that
+    // can overflow an i64.
     let max_value = m
         .value
         .iter()
@@ -549,7 +562,7 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         .fold(0.0_f64, |a, b| a.max(b.abs()));
     let max_gain = (mf + mp * max_value).max(max_weight) * GAIN_SCALE;
     let nodes = (np + n + 2) as f64;
-    if !max_gain.is_finite() || max_gain * (2.0 * nodes + 4.0) > (i64::MAX / 4) as f64 {
+    if !max_gain.is_finite() || max_gain * 8.0 * (nodes + 2.0) > (i64::MAX / 4) as f64 {
         return None;
     }
     // Energies as integers: the finest of 1e-12..1e-6 kWh at which the pool
@@ -594,6 +607,14 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         let pro_at = m.pro_rata[i]
             .filter(|_| v != 0.0)
             .map(|r| r / v * energy_scale);
+        let full = |t: usize| {
+            let c = p.participants[i].consumption_kwh[t];
+            units(c) > 0 && start[i][t] >= c
+        };
+        let filled: i64 = (0..n)
+            .filter(|&t| full(t))
+            .map(|t| units(p.participants[i].consumption_kwh[t]))
+            .sum();
         let mut cuts = vec![0, total];
         for b in [floor_at.map(f64::ceil), pro_at.map(f64::round)]
             .into_iter()
@@ -616,7 +637,10 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
                     slope += mp * v;
                 }
             }
-            g.add_arc(source, part(i), w[1] - w[0], -gain(slope));
+            let e = g.add_arc(source, part(i), w[1] - w[0], -gain(slope));
+            if w[1] <= filled {
+                g.start_at_capacity(e);
+            }
         }
     }
     for i in 0..np {
@@ -624,16 +648,26 @@ fn flow_allocation(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         for t in 0..n {
             let c = units(q.consumption_kwh[t]);
             if c > 0 {
-                g.add_arc(part(i), step(t), c, -gain(m.weight[i][t]));
+                let e = g.add_arc(part(i), step(t), c, -gain(m.weight[i][t]));
+                if start[i][t] >= q.consumption_kwh[t] {
+                    g.start_at_capacity(e);
+                }
             }
         }
     }
     for t in 0..n {
-        g.add_arc(step(t), sink, step_cap[t], 0);
+        let e = g.add_arc(step(t), sink, step_cap[t], 0);
+        let used: f64 = start.iter().map(|r| r[t]).sum();
+        if used >= p.production_kwh[t] {
+            g.start_at_capacity(e);
+        }
     }
     g.add_arc(sink, source, pool as i64, 0);
     let first_alloc_arc = g.arc_num() - arcs - n - 1;
-    let sol = g.solve();
+    let Some(sol) = g.solve() else {
+        tracing::warn!("allocation: the network simplex ended with artificial flow; solving by LP");
+        return None;
+    };
     tracing::debug!(
         arcs = sol.flow.len(),
         pivots = sol.pivots,
@@ -1305,14 +1339,14 @@ mod tests {
         );
         p.fairness.no_worse_than_pro_rata = true;
         let m = model(&p);
-        assert!(flow_allocation(&p, &m).is_some());
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_some());
         p.participants[1].tariff_eur_per_kwh[1] = 0.21;
         let m = model(&p);
-        assert!(flow_allocation(&p, &m).is_none());
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_none());
         // Without the pro-rata rule only floors couple the steps: eligible.
         p.fairness.no_worse_than_pro_rata = false;
         let m = model(&p);
-        assert!(flow_allocation(&p, &m).is_some());
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_some());
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Circulation {
     target: Vec<u32>,
     cap: Vec<i64>,
     cost: Vec<i64>,
+    /// Arcs that start at their capacity instead of at zero (a warm start).
+    upper: Vec<u32>,
 }
 
 /// The optimal circulation: flow per arc, in the order the arcs were added.
@@ -82,6 +84,7 @@ impl Circulation {
             target: Vec::with_capacity(arcs),
             cap: Vec::with_capacity(arcs),
             cost: Vec::with_capacity(arcs),
+            upper: Vec::new(),
         }
     }
 
@@ -95,6 +98,14 @@ impl Circulation {
         self.source.len() - 1
     }
 
+    /// Starts arc `e` at its capacity rather than at zero. Any choice of
+    /// bounds is valid (the node imbalances it leaves ride on Big-M
+    /// artificial arcs until the simplex removes them); a choice close to
+    /// the optimum saves the pivots that would saturate those arcs one by one.
+    pub fn start_at_capacity(&mut self, e: usize) {
+        self.upper.push(e as u32);
+    }
+
     pub fn arc_num(&self) -> usize {
         self.source.len()
     }
@@ -103,7 +114,11 @@ impl Circulation {
     /// node. Always feasible (zero flow is), and bounded as long as no cycle
     /// of uncapacitated arcs has negative cost (the caller's graphs have none:
     /// every cycle passes a finite cap).
-    pub fn solve(self) -> CirculationSolution {
+    ///
+    /// None only if an artificial arc still carries flow at the end, which
+    /// the Big-M costs rule out unless the costs overflow their bound (the
+    /// caller keeps them small); the caller then takes another path.
+    pub fn solve(self) -> Option<CirculationSolution> {
         Simplex::new(self).run()
     }
 }
@@ -173,10 +188,23 @@ impl Simplex {
             next_arc: 0,
             next_col: 0,
         };
-        // Initial tree: every node hangs from an artificial root by an arc
-        // node → root of zero flow (all supplies are zero). Artificial arcs
-        // are never priced, and no cycle can push flow through the root (all
-        // its arcs point into it), so they stay at zero and cost nothing.
+        // Warm start: the arcs asked for start at their capacity.
+        let mut excess = vec![0i64; n];
+        for &e in &c.upper {
+            let e = e as usize;
+            s.flow[e] = s.cap[e];
+            s.state[e] = STATE_UPPER;
+            excess[s.target[e] as usize] += s.cap[e];
+            excess[s.source[e] as usize] -= s.cap[e];
+        }
+        // Initial tree: every node hangs from an artificial root (LEMON's
+        // scheme). A node with excess sends it to the root, one short of
+        // inflow receives it from the root, both at a cost no real path can
+        // match, so the simplex drives every artificial flow to zero (the
+        // zero circulation proves a feasible one exists). Balanced nodes get
+        // a zero-flow arc towards the root: the tree starts strongly feasible.
+        let max_cost = s.cost[..m].iter().fold(0i64, |a, b| a.max(b.abs()));
+        let art = (max_cost + 1).saturating_mul(all_nodes as i64);
         let root = n;
         s.thread[root] = 0;
         s.rev_thread[0] = root as u32;
@@ -184,10 +212,21 @@ impl Simplex {
         s.last_succ[root] = if n == 0 { root as u32 } else { (n - 1) as u32 };
         for u in 0..n {
             let e = m + u;
-            s.source.push(u as u32);
-            s.target.push(root as u32);
+            if excess[u] >= 0 {
+                s.source.push(u as u32);
+                s.target.push(root as u32);
+                s.flow[e] = excess[u];
+                s.forward[u] = true;
+                s.pi[u] = -art;
+            } else {
+                s.source.push(root as u32);
+                s.target.push(u as u32);
+                s.flow[e] = -excess[u];
+                s.forward[u] = false;
+                s.pi[u] = art;
+            }
             s.cap.push(i64::MAX / 4);
-            s.cost.push(0);
+            s.cost.push(art);
             s.state[e] = STATE_TREE;
             s.parent[u] = root as u32;
             s.pred[u] = e as u32;
@@ -195,7 +234,6 @@ impl Simplex {
             s.rev_thread[u + 1] = u as u32;
             s.succ_num[u] = 1;
             s.last_succ[u] = u as u32;
-            s.forward[u] = true;
         }
         if n == 0 {
             s.thread[root] = root as u32;
@@ -253,23 +291,26 @@ impl Simplex {
         Some(min_arc)
     }
 
-    fn run(mut self) -> CirculationSolution {
+    fn run(mut self) -> Option<CirculationSolution> {
         let mut pivots = 0u64;
         while let Some(in_arc) = self.find_entering_arc() {
             pivots += 1;
             self.pivot(in_arc);
         }
         let m = self.arc_num;
+        if self.flow[m..].iter().any(|f| *f != 0) {
+            return None;
+        }
         let mut total: i128 = 0;
         for e in 0..m {
             total += i128::from(self.flow[e]) * i128::from(self.cost[e]);
         }
         self.flow.truncate(m);
-        CirculationSolution {
+        Some(CirculationSolution {
             flow: self.flow,
             cost: total,
             pivots,
-        }
+        })
     }
 
     fn pivot(&mut self, in_arc: usize) {
@@ -501,7 +542,7 @@ mod tests {
         let d = c.add_arc(1, 3, 4, 0);
         let e = c.add_arc(2, 3, 4, 0);
         c.add_arc(3, 0, 6, 0);
-        let s = c.solve();
+        let s = c.solve().unwrap();
         // 4 via node 1 (gain 3), 2 via node 2 (gain 1) under the return cap 6.
         assert_eq!(s.cost, -14);
         assert_eq!(s.flow[a], 4);
@@ -516,7 +557,7 @@ mod tests {
         c.add_arc(0, 1, 10, 2);
         c.add_arc(1, 2, 10, -1);
         c.add_arc(2, 0, 10, 0);
-        let s = c.solve();
+        let s = c.solve().unwrap();
         assert_eq!(s.cost, 0);
         assert!(s.flow.iter().all(|f| *f == 0));
     }
@@ -548,7 +589,13 @@ mod tests {
             c.add_arc(3, 5, sink_cap[0], 0);
             c.add_arc(4, 5, sink_cap[1], 0);
             c.add_arc(5, 0, 100, 0);
-            let s = c.solve();
+            // Any warm start, balanced or not, must reach the same optimum.
+            for e in 0..c.arc_num() {
+                if rnd(3) == 0 {
+                    c.start_at_capacity(e);
+                }
+            }
+            let s = c.solve().unwrap();
             let mut best = 0i64;
             for f0 in 0..=caps[0] {
                 for f1 in 0..=caps[1] {
