@@ -22,7 +22,8 @@
 //! so no extra row is needed. The circulation is solved by a primal network
 //! simplex after LEMON's `NetworkSimplex`: a spanning tree stored as
 //! parent/pred/thread/rev_thread/succ_num/last_succ arrays, block-search
-//! pivoting with blocks of about 2√arcs scanned with a stride of √arcs, and
+//! pivoting with blocks of about 2√arcs over arcs stored in a mixed order
+//! (original arc j sits √arcs places after arc j − 1, wrapping), and
 //! a strongly feasible tree (ties
 //! on the leaving arc broken towards the root) so degenerate pivots cannot
 //! cycle.
@@ -141,13 +142,13 @@ struct Simplex {
     forward: Vec<bool>,
     dirty_revs: Vec<u32>,
     block_size: usize,
-    /// Arcs are scanned with this stride (columns `c, c + stride, …`, then
-    /// column `c + 1`), so consecutive candidates come from all over the
-    /// graph rather than from one participant's run of arcs (LEMON mixes
-    /// its arc order the same way).
-    stride: usize,
     next_arc: usize,
-    next_col: usize,
+    /// Internal position of each original arc. Arcs are stored mixed, as
+    /// LEMON does, so a block holds arcs from all over the graph rather
+    /// than one participant's run, while the scan itself stays sequential
+    /// in memory (the pricing loop is memory-bound: a strided scan over
+    /// unmixed arrays was 95 % of the month's time in cache misses).
+    pos: Vec<u32>,
 }
 
 const NONE: u32 = u32::MAX;
@@ -158,10 +159,27 @@ impl Simplex {
         let m = c.source.len();
         let all_nodes = n + 1;
         let all_arcs = m + n;
-        let mut source = c.source;
-        let mut target = c.target;
-        let mut cap = c.cap;
-        let mut cost = c.cost;
+        let k = ((m as f64).sqrt() as usize).max(10);
+        let mut pos = Vec::with_capacity(m);
+        let mut i = 0usize;
+        for _ in 0..m {
+            pos.push(i as u32);
+            i += k;
+            if i >= m {
+                i = i % k + 1;
+            }
+        }
+        fn mixed<T: Copy + Default>(v: Vec<T>, pos: &[u32]) -> Vec<T> {
+            let mut out = vec![T::default(); v.len()];
+            for (j, x) in v.into_iter().enumerate() {
+                out[pos[j] as usize] = x;
+            }
+            out
+        }
+        let mut source = mixed(c.source, &pos);
+        let mut target = mixed(c.target, &pos);
+        let mut cap = mixed(c.cap, &pos);
+        let mut cost = mixed(c.cost, &pos);
         source.reserve_exact(n);
         target.reserve_exact(n);
         cap.reserve_exact(n);
@@ -184,14 +202,13 @@ impl Simplex {
             forward: vec![true; all_nodes],
             dirty_revs: Vec::new(),
             block_size: ((2.0 * (m as f64).sqrt()) as usize).max(10),
-            stride: ((m as f64).sqrt() as usize).max(10).min(m.max(1)),
             next_arc: 0,
-            next_col: 0,
+            pos,
         };
         // Warm start: the arcs asked for start at their capacity.
         let mut excess = vec![0i64; n];
         for &e in &c.upper {
-            let e = e as usize;
+            let e = s.pos[e as usize] as usize;
             s.flow[e] = s.cap[e];
             s.state[e] = STATE_UPPER;
             excess[s.target[e] as usize] += s.cap[e];
@@ -258,7 +275,7 @@ impl Simplex {
         let mut min = 0i64;
         let mut min_arc = self.next_arc;
         let mut cnt = self.block_size;
-        let (mut e, mut col) = (self.next_arc, self.next_col);
+        let mut e = self.next_arc;
         let mut scanned = 0;
         while scanned < m {
             let c = self.reduced(e);
@@ -267,13 +284,9 @@ impl Simplex {
                 min_arc = e;
             }
             scanned += 1;
-            e += self.stride;
-            if e >= m {
-                col += 1;
-                if col == self.stride {
-                    col = 0;
-                }
-                e = col;
+            e += 1;
+            if e == m {
+                e = 0;
             }
             cnt -= 1;
             if cnt == 0 {
@@ -287,7 +300,6 @@ impl Simplex {
             return None;
         }
         self.next_arc = e;
-        self.next_col = col;
         Some(min_arc)
     }
 
@@ -305,9 +317,9 @@ impl Simplex {
         for e in 0..m {
             total += i128::from(self.flow[e]) * i128::from(self.cost[e]);
         }
-        self.flow.truncate(m);
+        let flow = self.pos.iter().map(|&p| self.flow[p as usize]).collect();
         Some(CirculationSolution {
-            flow: self.flow,
+            flow,
             cost: total,
             pivots,
         })
