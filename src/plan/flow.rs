@@ -227,18 +227,18 @@ impl Simplex {
         s.rev_thread[0] = root as u32;
         s.succ_num[root] = all_nodes as u32;
         s.last_succ[root] = if n == 0 { root as u32 } else { (n - 1) as u32 };
-        for u in 0..n {
+        for (u, &ex) in excess.iter().enumerate() {
             let e = m + u;
-            if excess[u] >= 0 {
+            if ex >= 0 {
                 s.source.push(u as u32);
                 s.target.push(root as u32);
-                s.flow[e] = excess[u];
+                s.flow[e] = ex;
                 s.forward[u] = true;
                 s.pi[u] = -art;
             } else {
                 s.source.push(root as u32);
                 s.target.push(u as u32);
-                s.flow[e] = -excess[u];
+                s.flow[e] = -ex;
                 s.forward[u] = false;
                 s.pi[u] = art;
             }
