@@ -26,7 +26,9 @@
 //! (original arc j sits √arcs places after arc j − 1, wrapping), and
 //! a strongly feasible tree (ties
 //! on the leaving arc broken towards the root) so degenerate pivots cannot
-//! cycle.
+//! cycle. The caller may start arcs at their capacity (the allocation starts
+//! from the greedy); the imbalance that leaves rides on Big-M artificial
+//! arcs to the root, as in LEMON's initialisation with supplies.
 //!
 //! Everything inside is **integer**: gains in 1e-9 €/kWh, energies in the
 //! finest of 1e-12 … 1e-6 kWh that keeps the pooled production below 1e17
@@ -48,8 +50,9 @@ const STATE_TREE: i8 = 0;
 const STATE_LOWER: i8 = 1;
 
 /// A min-cost circulation (all supplies zero) solved by network simplex.
-/// Arcs are stored as parallel arrays, no per-arc allocation: 33 bytes an
-/// arc, so 3 M arcs take about 100 MB.
+/// Arcs are stored as parallel arrays, no per-arc allocation: about 45
+/// bytes an arc while solving (ends, cap, cost, flow, state, position and
+/// the returned flow), so 3 M arcs take about 135 MB.
 #[derive(Debug, Default)]
 pub struct Circulation {
     node_num: usize,
