@@ -223,6 +223,13 @@ fn main() {
             ("optimised", "full"),
             ("month", "simple"),
         ] {
+            // PED_KEYS_BENCH_POLICIES=prorata,month runs those cases only
+            // (pro rata, the baseline, should stay in).
+            if std::env::var("PED_KEYS_BENCH_POLICIES")
+                .is_ok_and(|v| !v.split(',').any(|x| x.trim() == policy))
+            {
+                continue;
+            }
             let out = Command::new(&exe)
                 .env("PED_KEYS_BENCH_CASE", format!("{n},{policy},{kind}"))
                 .output()

@@ -72,11 +72,18 @@ fn main() {
     let skip_lp = std::env::var("PED_BENCH_SKIP_LP").is_ok();
     println!("| instance | solver | p50 ms | max ms | method | score |");
     println!("|---|---|---:|---:|---|---:|");
-    for (np, n, rules) in [
-        (120, 96, true),
-        (120, 192, true),
-        (1000, 96, true),
-        (1000, 96, false),
+    // `flat`: each participant's tariff is its mean over the horizon, as in
+    // `ped keys` (one tariff per consumer): the network-flow path. The
+    // synthetic instances otherwise give everybody a time-of-use tariff,
+    // which goes through the sifted LP.
+    for (np, n, rules, flat) in [
+        (120, 96, true, false),
+        (120, 96, true, true),
+        (120, 192, true, false),
+        (120, 192, true, true),
+        (1000, 96, true, false),
+        (1000, 96, true, true),
+        (1000, 96, false, false),
     ] {
         let mut p = synthetic::allocation(np, n, 1);
         if !rules {
@@ -84,7 +91,17 @@ fn main() {
             p.fairness.no_worse_than_pro_rata = false;
             p.fairness.floor_ratio = None;
         }
-        let np = format!("{np}{}", if rules { "" } else { " (no fairness rows)" });
+        if flat {
+            for q in &mut p.participants {
+                let mean = q.tariff_eur_per_kwh.iter().sum::<f64>() / n as f64;
+                q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = mean);
+            }
+        }
+        let np = format!(
+            "{np}{}{}",
+            if rules { "" } else { " (no fairness rows)" },
+            if flat { " flat" } else { " TOU" }
+        );
         let (mut s, fast) = time(runs, || allocate::solve_allocation(&p).expect("fast"));
         println!(
             "| allocation {np} × {n} | fast | {:.1} | {:.1} | {} | {:.6} |",

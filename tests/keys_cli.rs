@@ -680,7 +680,7 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     let note = m.month_solver.as_ref().expect("month solver note");
     assert!(note.fallback.is_none(), "{note:?}");
     assert!(
-        ["greedy", "sifted_lp", "lp"].contains(&note.method.as_str()),
+        ["greedy", "flow", "sifted_lp", "lp"].contains(&note.method.as_str()),
         "{note:?}"
     );
     assert!(
@@ -689,12 +689,13 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     );
 
     // A budget the solver cannot hold, on an operation 40 times this one: its
-    // sifted LP takes hundreds of milliseconds in a debug build, while the
+    // network flow takes about 90 ms in a debug build, while the
     // 4-participant day above can finish inside 1 ms on a fast machine (CI
     // once did), so the small instance cannot prove the fallback.
     let big = scaled_operation(&tmp.path().join("big"), 40);
-    // Unbounded, the large operation needs the sifted LP too (greedy would
-    // answer in microseconds and prove nothing about the budget).
+    // Unbounded, the large operation needs the network flow (its tariffs
+    // are flat; greedy would answer in microseconds and prove nothing about
+    // the budget).
     let full = tmp.path().join("big-full");
     let out = keys_with_site(
         &big.join("site.toml"),
@@ -713,7 +714,7 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     );
     assert!(out.status.success(), "{out:?}");
     let note = manifest(&full).month_solver.expect("month solver note");
-    assert_eq!(note.method, "sifted_lp", "{note:?}");
+    assert_eq!(note.method, "flow", "{note:?}");
     let prom = tmp.path().join("keys.prom");
     let fell = tmp.path().join("fallback");
     let out = keys_with_site(

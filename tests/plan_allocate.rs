@@ -150,6 +150,79 @@ proptest! {
     }
 }
 
+/// Flat tariffs only (as in `ped keys`), some below the local price so the
+/// pro-rata row caps the participant from above: the network-flow path.
+fn arb_flat_problem() -> impl Strategy<Value = AllocationProblem> {
+    arb_problem().prop_map(|mut p| {
+        for q in &mut p.participants {
+            let v = q.tariff_eur_per_kwh[0];
+            q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = v);
+        }
+        p
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    #[test]
+    fn flow_solver_matches_the_lp_oracle(p in arb_flat_problem()) {
+        let fast = solve_allocation(&p).unwrap();
+        prop_assert!(["greedy", "flow"].contains(&fast.method.as_str()), "{}", fast.method);
+        let oracle = solve_allocation_lp(&p).unwrap();
+        assert_rows(&p, &fast);
+        let scale = 1.0f64.max(oracle.score.abs());
+        prop_assert!((fast.score - oracle.score).abs() <= 1e-6 * scale,
+            "fast ({}) {} vs lp {}", fast.method, fast.score, oracle.score);
+        // Exact integers inside: never better than the LP beyond its own
+        // tolerance, and the same keys bit for bit on the same input.
+        prop_assert!(fast.score <= oracle.score + 1e-6 * scale);
+        prop_assert_eq!(&solve_allocation(&p).unwrap(), &fast);
+    }
+}
+
+/// The flat strategy must actually reach the flow path, or the property
+/// above would pass on the greedy alone.
+#[test]
+fn flat_instances_reach_the_flow_path() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = arb_flat_problem();
+    let mut flow = 0;
+    for _ in 0..200 {
+        let p = strategy.new_tree(&mut runner).unwrap().current();
+        if solve_allocation(&p).unwrap().method == "flow" {
+            flow += 1;
+        }
+    }
+    assert!(
+        flow >= 40,
+        "only {flow} of 200 instances went through the flow"
+    );
+}
+
+/// Larger trees than the property's (hundreds of nodes, thousands of arcs,
+/// many degenerate pivots): the synthetic district with flat tariffs.
+#[test]
+fn flow_matches_the_lp_on_flat_synthetic_districts() {
+    for (np, n, seed) in [(40, 96, 1), (25, 48, 2), (60, 72, 3)] {
+        let mut p = ped::plan::synthetic::allocation(np, n, seed);
+        for q in &mut p.participants {
+            let mean = q.tariff_eur_per_kwh.iter().sum::<f64>() / n as f64;
+            q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = mean);
+        }
+        let fast = solve_allocation(&p).unwrap();
+        assert_eq!(fast.method, "flow", "{np} x {n}");
+        assert_rows(&p, &fast);
+        let oracle = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (fast.score - oracle.score).abs() <= 1e-6 * oracle.score.abs().max(1.0),
+            "{np} x {n}: flow {} vs lp {}",
+            fast.score,
+            oracle.score
+        );
+    }
+}
+
 #[test]
 fn both_paths_are_exercised() {
     // A greedy-optimal instance and one where a fairness row binds.
@@ -181,9 +254,11 @@ fn both_paths_are_exercised() {
     assert!((s.score - o.score).abs() < 1e-6);
 
     // Few variables in play: one short step, one participant short of its
-    // pro-rata value. Sifting must find the energy to move and prove it.
+    // pro-rata value. With flat tariffs the network flow solves it exactly;
+    // with one time-of-use participant sifting must find the energy to move
+    // and prove it.
     let n = 10;
-    let p = AllocationProblem {
+    let flat = AllocationProblem {
         steps: n,
         production_kwh: (0..n).map(|t| if t == 0 { 5.0 } else { 10.0 }).collect(),
         participants: (0..10)
@@ -201,20 +276,24 @@ fn both_paths_are_exercised() {
         month_to_date_production_kwh: 0.0,
         fairness: Fairness::default(),
     };
-    let s = solve_allocation(&p).unwrap();
-    assert_eq!(s.method, "sifted_lp");
-    let o = solve_allocation_lp(&p).unwrap();
-    assert!(
-        (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
-        "{} vs {}",
-        s.score,
-        o.score
-    );
-    assert!(s.violations.is_empty(), "{:?}", s.violations);
-    // p9 gets its pro-rata half kWh in the short step.
-    assert!(
-        (s.allocated_kwh[9][0] - 0.5).abs() < 1e-6,
-        "{:?}",
-        s.allocated_kwh[9]
-    );
+    let mut tou = flat.clone();
+    tou.participants[0].tariff_eur_per_kwh[1] += 0.001;
+    for (p, method) in [(flat, "flow"), (tou, "sifted_lp")] {
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, method);
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
+            "{} vs {}",
+            s.score,
+            o.score
+        );
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        // p9 gets its pro-rata half kWh in the short step.
+        assert!(
+            (s.allocated_kwh[9][0] - 0.5).abs() < 1e-6,
+            "{:?}",
+            s.allocated_kwh[9]
+        );
+    }
 }

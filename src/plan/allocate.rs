@@ -23,7 +23,12 @@
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
-//! When a coupling row binds, [`solve_allocation`] first estimates the LP
+//! When a coupling row binds and every participant with a pro-rata row has
+//! the same value at every step (flat tariffs, as in `ped keys`), both rows
+//! only see the participant's total and the problem is a max-gain flow,
+//! solved exactly by the integer network simplex of [`super::flow`]
+//! (`method: "flow"`; see `flow_allocation`). Otherwise (time-of-use
+//! pro-rata rows), [`solve_allocation`] first estimates the LP
 //! dual (step prices π, multipliers λ on the floors and μ on the pro-rata
 //! rows) by exact block coordinate descent (see `warm_start`), fixes the
 //! variables whose adjusted weight `w + λ + μ v` is clearly above or below
@@ -39,7 +44,10 @@
 //! Determinism: the greedy shares a step among participants of **exactly
 //! equal** value in proportion to their consumption (the DSO's default key
 //! restricted to the tie), in a fixed order, so the same input gives the same
-//! allocation bit for bit. LP solutions go through the same rounding.
+//! allocation bit for bit. LP solutions go through the same rounding. The
+//! flow is integer, so it too is bit-identical on the same input, but among
+//! exactly tied participants it returns a vertex (one of them served first),
+//! not the greedy's pro-rata share of the tie.
 
 // [participant][step] matrices read best with both indices spelt out.
 #![allow(clippy::needless_range_loop)]
@@ -168,7 +176,7 @@ pub struct AllocationSolution {
     /// What the solver maximises: objective + tier bonuses − penalties.
     pub score: f64,
     pub violations: Vec<Violation>,
-    /// `greedy`, `sifted_lp` or `lp`.
+    /// `greedy`, `flow`, `sifted_lp` or `lp`.
     pub method: String,
 }
 
@@ -506,6 +514,9 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
         return Ok(finish(p, &m, a, "greedy"));
     }
+    if let Some(a) = flow_allocation(p, &m, &a) {
+        return Ok(finish(p, &m, a, "flow"));
+    }
     match sift(p, &m) {
         Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
         None => {
@@ -515,6 +526,165 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
             Ok(finish(p, &m, a, "lp"))
         }
     }
+}
+
+/// The exact network-flow solution (see [`super::flow`]) when every coupling
+/// row only sees the participant's total: its value is the same at every
+/// step, or it has no pro-rata row. None when the instance is not eligible
+/// (or its figures do not fit the integer scales; the LP paths take over).
+///
+/// `start` (the greedy's allocation) is the warm start: the arcs it fills to
+/// their cap start at their cap, so the simplex does not need one pivot per
+/// saturated arc (millions on a month) to get there.
+fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    use super::flow::{Circulation, GAIN_SCALE};
+    let np = p.participants.len();
+    let n = m.n;
+    let flat = |v: &[f64]| v.iter().all(|x| *x == v[0]);
+    if (0..np).any(|i| m.pro_rata[i].is_some() && n > 0 && !flat(&m.value[i])) {
+        return None;
+    }
+    let f = &p.fairness;
+    let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
+    // Potentials are sums of arc costs along a tree path (at most every
+    // node, and one Big-M artificial arc of (max cost + 1) × nodes), and
+    // reduced costs add two of them: bound the largest cost so none of that
+    // can overflow an i64.
+    let max_value = m
+        .value
+        .iter()
+        .flatten()
+        .fold(0.0_f64, |a, b| a.max(b.abs()));
+    let max_weight = m
+        .weight
+        .iter()
+        .flatten()
+        .fold(0.0_f64, |a, b| a.max(b.abs()));
+    let max_gain = (mf + mp * max_value).max(max_weight) * GAIN_SCALE;
+    let nodes = (np + n + 2) as f64;
+    if !max_gain.is_finite() || max_gain * 8.0 * (nodes + 2.0) > (i64::MAX / 4) as f64 {
+        return None;
+    }
+    // Energies as integers: the finest of 1e-12..1e-6 kWh at which the pool
+    // (the largest flow) still leaves the i64 room. Caps rounded down, so
+    // the result can never break one.
+    let production: f64 = p.production_kwh.iter().sum();
+    let mut energy_scale = 1e12;
+    while production * energy_scale > 1e17 && energy_scale > 1e6 {
+        energy_scale /= 10.0;
+    }
+    if production * energy_scale > 1e17 {
+        return None;
+    }
+    let units = |kwh: f64| (kwh * energy_scale).floor() as i64;
+    let gain = |eur: f64| (eur * GAIN_SCALE).round() as i64;
+    let step_cap: Vec<i64> = p.production_kwh.iter().map(|x| units(*x)).collect();
+    let pool: i128 = step_cap.iter().map(|x| i128::from(*x)).sum();
+    let arcs: usize = p
+        .participants
+        .iter()
+        .map(|q| q.consumption_kwh.iter().filter(|c| units(**c) > 0).count())
+        .sum();
+    let source = 0;
+    let part = |i: usize| 1 + i;
+    let step = |t: usize| 1 + np + t;
+    let sink = 1 + np + n;
+    let mut g = Circulation::with_capacity(np + n + 2, arcs + 3 * np + n + 1);
+    for i in 0..np {
+        let caps: i128 = p.participants[i]
+            .consumption_kwh
+            .iter()
+            .map(|c| i128::from(units(*c).max(0)))
+            .sum();
+        let total = caps.min(pool) as i64;
+        if total == 0 {
+            continue;
+        }
+        // φ_i's pieces over [0, total]: breakpoints at the floor target and
+        // at R_i / v_i, each slope taken at the piece's midpoint.
+        let floor_at = m.floor[i].map(|x| x * energy_scale);
+        let v = if n > 0 { m.value[i][0] } else { 0.0 };
+        let pro_at = m.pro_rata[i]
+            .filter(|_| v != 0.0)
+            .map(|r| r / v * energy_scale);
+        let full = |t: usize| {
+            let c = p.participants[i].consumption_kwh[t];
+            units(c) > 0 && start[i][t] >= c
+        };
+        let filled: i64 = (0..n)
+            .filter(|&t| full(t))
+            .map(|t| units(p.participants[i].consumption_kwh[t]))
+            .sum();
+        let mut cuts = vec![0, total];
+        for b in [floor_at.map(f64::ceil), pro_at.map(f64::round)]
+            .into_iter()
+            .flatten()
+        {
+            if b > 0.0 && b < total as f64 {
+                cuts.push(b as i64);
+            }
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        for w in cuts.windows(2) {
+            let mid = (w[0] as f64 + w[1] as f64) / 2.0;
+            let mut slope = 0.0;
+            if floor_at.is_some_and(|fl| mid < fl) {
+                slope += mf;
+            }
+            if let Some(b) = pro_at {
+                if (v > 0.0 && mid < b) || (v < 0.0 && mid > b) {
+                    slope += mp * v;
+                }
+            }
+            let e = g.add_arc(source, part(i), w[1] - w[0], -gain(slope));
+            if w[1] <= filled {
+                g.start_at_capacity(e);
+            }
+        }
+    }
+    for i in 0..np {
+        let q = &p.participants[i];
+        for t in 0..n {
+            let c = units(q.consumption_kwh[t]);
+            if c > 0 {
+                let e = g.add_arc(part(i), step(t), c, -gain(m.weight[i][t]));
+                if start[i][t] >= q.consumption_kwh[t] {
+                    g.start_at_capacity(e);
+                }
+            }
+        }
+    }
+    for t in 0..n {
+        let e = g.add_arc(step(t), sink, step_cap[t], 0);
+        let used: f64 = start.iter().map(|r| r[t]).sum();
+        if used >= p.production_kwh[t] {
+            g.start_at_capacity(e);
+        }
+    }
+    g.add_arc(sink, source, pool as i64, 0);
+    let first_alloc_arc = g.arc_num() - arcs - n - 1;
+    let Some(sol) = g.solve() else {
+        tracing::warn!("allocation: the network simplex ended with artificial flow; solving by LP");
+        return None;
+    };
+    tracing::debug!(
+        arcs = sol.flow.len(),
+        pivots = sol.pivots,
+        "allocation: network simplex"
+    );
+    let mut a = vec![vec![0.0; n]; np];
+    let mut k = first_alloc_arc;
+    for i in 0..np {
+        let q = &p.participants[i];
+        for t in 0..n {
+            if units(q.consumption_kwh[t]) > 0 {
+                a[i][t] = sol.flow[k] as f64 / energy_scale;
+                k += 1;
+            }
+        }
+    }
+    Some(a)
 }
 
 /// The generic LP over every variable: the oracle for [`solve_allocation`].
@@ -1121,6 +1291,62 @@ mod tests {
             s.score,
             o.score
         );
+    }
+
+    #[test]
+    fn flow_solves_flat_instances_with_binding_rows_exactly() {
+        // p1's tariff is below the local price (v < 0, like a battery that
+        // pays nothing): its pro-rata row caps it from above. p2 has a floor
+        // that costs p0 energy; step 1 produces nothing; p1 consumes nothing at 1.
+        let mut p = problem(
+            vec![3.0, 0.0, 2.0],
+            vec![
+                (vec![2.0, 2.0, 2.0], 0.30, 1),
+                (vec![2.0, 0.0, 2.0], 0.05, 1),
+                (vec![1.0, 1.0, 0.0], 0.20, 1),
+            ],
+        );
+        p.fairness.no_worse_than_pro_rata = true;
+        p.fairness.floor_ratio = Some(0.8);
+        p.participants[2].subscription_share = Some(0.5);
+        p.participants[1].month_to_date.pro_rata_value_eur = -0.02;
+        let s = solve_allocation(&p).unwrap();
+        assert_eq!(s.method, "flow");
+        let o = solve_allocation_lp(&p).unwrap();
+        assert!(
+            (s.score - o.score).abs() <= 1e-6 * o.score.abs().max(1.0),
+            "{} vs {}",
+            s.score,
+            o.score
+        );
+        // Nothing allocated where nothing is produced or consumed.
+        assert!(s.allocated_kwh.iter().all(|r| r[1] == 0.0));
+        assert_eq!(s.allocated_kwh[1][1], 0.0);
+        // p2 gets what the floor asks (0.8 × 0.5 × 5 kWh = 2, capped at 1).
+        assert!(
+            (s.allocated_kwh[2][0] - 1.0).abs() < 1e-9,
+            "{:?}",
+            s.allocated_kwh
+        );
+        assert_eq!(solve_allocation(&p).unwrap(), s);
+    }
+
+    #[test]
+    fn flow_is_not_used_for_time_of_use_pro_rata_rows() {
+        let mut p = problem(
+            vec![2.0, 2.0],
+            vec![(vec![2.0, 2.0], 0.30, 1), (vec![2.0, 2.0], 0.20, 1)],
+        );
+        p.fairness.no_worse_than_pro_rata = true;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_some());
+        p.participants[1].tariff_eur_per_kwh[1] = 0.21;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_none());
+        // Without the pro-rata rule only floors couple the steps: eligible.
+        p.fairness.no_worse_than_pro_rata = false;
+        let m = model(&p);
+        assert!(flow_allocation(&p, &m, &greedy(&p, &m)).is_some());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 pub mod allocate;
+pub mod flow;
 
 /// The LP backend this build uses by default: clarabel (pure Rust, the
 /// default), or HiGHS with the `highs` cargo feature.
