@@ -1233,7 +1233,7 @@ pub fn run_in_month(
             ..solver.clone()
         },
     };
-    let k = compute(job, &m, &solver)?;
+    let mut k = compute(job, &m, &solver)?;
     let figures = month_figures(
         job,
         &m,
@@ -1241,10 +1241,34 @@ pub fn run_in_month(
         carried.as_ref(),
         solver.local_price_eur_per_kwh,
     )?;
+    if solver.fairness.no_worse_than_pro_rata {
+        report_rounding_shortfalls(&mut k.month, &figures);
+    }
     write_streamed(job, &m, &k, out, |man| {
         man.month_to_date = Some(figures);
         man.month_start = start.map(|(s, _)| s);
     })
+}
+
+/// The month solver meets the pro-rata rule on the intended allocation; the
+/// exported keys are rounded down to the precision, which costs each
+/// participant up to one unit of a step's production per step. A participant
+/// the rounding leaves below its pro-rata value over the month is reported
+/// with what it actually lacks (the solver's own figure, if it had one, is
+/// replaced: the PMO settles on the keys, not on the intention).
+fn report_rounding_shortfalls(note: &mut MonthNote, figures: &MonthFigures) {
+    for p in &figures.participants {
+        let short = p.pro_rata_value_eur - p.value_eur;
+        let prefix = format!("pro_rata {} ", p.id);
+        note.violations.retain(|v| !v.starts_with(&prefix));
+        // Below a thousandth of a cent the figure is float noise.
+        if short > 1e-5 {
+            note.violations.push(format!(
+                "pro_rata {} {short:.6} EUR (over the month, on the rounded keys)",
+                p.id
+            ));
+        }
+    }
 }
 
 /// What `--validate` made of a file.
@@ -1369,6 +1393,40 @@ pub fn read_cups_map(path: &Path) -> Result<BTreeMap<Prm, String>, KeysError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_shortfalls_replace_the_solvers_figures() {
+        let part = |id: &str, value: f64, pro: f64| ParticipantMonth {
+            id: id.into(),
+            prm: "1".into(),
+            allocated_kwh: 0.0,
+            value_eur: value,
+            pro_rata_value_eur: pro,
+        };
+        let figures = MonthFigures {
+            month: NaiveDate::from_ymd_opt(2025, 6, 1).expect("date"),
+            through: NaiveDate::from_ymd_opt(2025, 6, 30).expect("date"),
+            production_kwh: 1.0,
+            participants: vec![
+                part("A", 10.0, 10.0125),
+                part("B", 5.0, 4.0),
+                part("C", 3.0, 3.000001),
+            ],
+        };
+        let mut note = MonthNote {
+            method: "flow".into(),
+            fallback: None,
+            violations: vec!["pro_rata B 0.500000 EUR".into(), "floor C 1.0 kWh".into()],
+        };
+        report_rounding_shortfalls(&mut note, &figures);
+        assert_eq!(
+            note.violations,
+            vec![
+                "floor C 1.0 kWh".to_string(),
+                "pro_rata A 0.012500 EUR (over the month, on the rounded keys)".to_string()
+            ]
+        );
+    }
 
     fn small(kind: KeyKind) -> (KeysJob, Measured) {
         let grid = Grid::new(15, chrono_tz::Europe::Paris).expect("grid");
