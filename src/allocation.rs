@@ -802,7 +802,7 @@ pub trait MonthAllocator {
 pub struct MonthOutcome {
     /// `[t][i]`, kWh.
     pub intended_kwh: Vec<Vec<f64>>,
-    /// How it was computed, e.g. `greedy`, `sifted_lp`, `per_step`.
+    /// How it was computed, e.g. `greedy`, `flow`, `sifted_lp`, `per_step`.
     pub method: String,
     /// Why the month solver's answer was not used, if it was not.
     pub fallback: Option<String>,
