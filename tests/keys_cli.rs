@@ -696,40 +696,33 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     // Unbounded, the large operation needs the network flow (its tariffs
     // are flat; greedy would answer in microseconds and prove nothing about
     // the budget).
-    let full = tmp.path().join("big-full");
-    let out = keys_with_site(
-        &big.join("site.toml"),
-        &[
+    let curves_big = big.join("curves");
+    let run_big = |out: &Path, extra: &[&str]| -> Output {
+        let mut args = vec![
             "--from",
             "2025-10-26",
             "--to",
             "2025-10-26",
             "--load-curves",
-            big.join("curves").to_str().unwrap(),
+            curves_big.to_str().unwrap(),
             "--policy",
             "optimised",
             "--out",
-            full.to_str().unwrap(),
-        ],
-    );
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        keys_with_site(&big.join("site.toml"), &args)
+    };
+    let full = tmp.path().join("big-full");
+    let out = run_big(&full, &[]);
     assert!(out.status.success(), "{out:?}");
     let note = manifest(&full).month_solver.expect("month solver note");
     assert_eq!(note.method, "flow", "{note:?}");
     let prom = tmp.path().join("keys.prom");
     let fell = tmp.path().join("fallback");
-    let out = keys_with_site(
-        &big.join("site.toml"),
+    let out = run_big(
+        &fell,
         &[
-            "--from",
-            "2025-10-26",
-            "--to",
-            "2025-10-26",
-            "--load-curves",
-            big.join("curves").to_str().unwrap(),
-            "--policy",
-            "optimised",
-            "--out",
-            fell.to_str().unwrap(),
             "--month-budget-ms",
             "1",
             "--metrics-textfile",

@@ -493,14 +493,16 @@ pub struct Manifest {
 pub const ALLOCATION_FILE: &str = "allocation.csv";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// Renders every file of the run and reads each back with its validator.
-pub fn render_files(
+/// Hands every key file of the run to `emit` (name, text, producer PRM),
+/// one at a time, each rendered and read back with its validator first.
+/// Simple keys are one text for every producer, rendered and checked once.
+fn each_key_file(
     job: &KeysJob,
     m: &Measured,
     k: &Computed,
-) -> Result<Vec<(String, String, Option<String>)>, KeysError> {
+    mut emit: impl FnMut(String, &str, Option<String>) -> Result<(), KeysError>,
+) -> Result<(), KeysError> {
     let consumers: Vec<Prm> = job.consumers.iter().map(|c| c.prm.clone()).collect();
-    let mut files = Vec::new();
     match job.format {
         Format::Enedis => {
             if job.producers.is_empty() {
@@ -511,7 +513,6 @@ pub fn render_files(
                 enedis::validate(&text, &job.grid, job.precision)?;
                 Ok(text)
             };
-            // Simple keys: one text, read back once, for every producer.
             let shared = match job.kind {
                 KeyKind::Simple => Some(checked(&k.rows[0])?),
                 KeyKind::Full => None,
@@ -521,19 +522,37 @@ pub fn render_files(
                     KeyKind::Simple => &k.rows[0],
                     KeyKind::Full => &k.rows[j],
                 };
+                let own;
                 let text = match &shared {
-                    Some(t) => t.clone(),
-                    None => checked(rows)?,
+                    Some(t) => t,
+                    None => {
+                        own = checked(rows)?;
+                        &own
+                    }
                 };
                 let name = enedis::file_name(&job.grid, producer, rows)?;
-                files.push((name, text, Some(producer.to_string())));
+                emit(name, text, Some(producer.to_string()))?;
             }
         }
         Format::Spain => {
             let (name, text) = spain_file(job, m, k)?;
-            files.push((name, text, None));
+            emit(name, &text, None)?;
         }
     }
+    Ok(())
+}
+
+/// Renders every file of the run and reads each back with its validator.
+pub fn render_files(
+    job: &KeysJob,
+    m: &Measured,
+    k: &Computed,
+) -> Result<Vec<(String, String, Option<String>)>, KeysError> {
+    let mut files = Vec::new();
+    each_key_file(job, m, k, |name, text, producer| {
+        files.push((name, text.to_string(), producer));
+        Ok(())
+    })?;
     let mut alloc = Vec::new();
     allocation_lines(job, m, k, &mut alloc).map_err(io(Path::new(ALLOCATION_FILE)))?;
     let alloc = String::from_utf8(alloc)
@@ -634,57 +653,17 @@ fn stream_files(
         std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io(&path))?;
         f.sync_all().map_err(io(&path))
     };
-    let consumers: Vec<Prm> = job.consumers.iter().map(|c| c.prm.clone()).collect();
     let mut outputs = Vec::new();
-    match job.format {
-        Format::Enedis => {
-            if job.producers.is_empty() {
-                return Err(DsoError::Empty("no producer PRM").into());
-            }
-            let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
-                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
-                enedis::validate(&text, &job.grid, job.precision)?;
-                Ok(text)
-            };
-            // Simple keys: one text, read back once, for every producer.
-            let shared = match job.kind {
-                KeyKind::Simple => Some(checked(&k.rows[0])?),
-                KeyKind::Full => None,
-            };
-            for (j, producer) in job.producers.iter().enumerate() {
-                let rows = match job.kind {
-                    KeyKind::Simple => &k.rows[0],
-                    KeyKind::Full => &k.rows[j],
-                };
-                let own;
-                let text = match &shared {
-                    Some(t) => t,
-                    None => {
-                        own = checked(rows)?;
-                        &own
-                    }
-                };
-                let name = enedis::file_name(&job.grid, producer, rows)?;
-                write(&name, text)?;
-                outputs.push(OutputFile {
-                    name,
-                    sha256: sha256_hex(text.as_bytes()),
-                    bytes: text.len(),
-                    producer: Some(producer.to_string()),
-                });
-            }
-        }
-        Format::Spain => {
-            let (name, text) = spain_file(job, m, k)?;
-            write(&name, &text)?;
-            outputs.push(OutputFile {
-                name,
-                sha256: sha256_hex(text.as_bytes()),
-                bytes: text.len(),
-                producer: None,
-            });
-        }
-    }
+    each_key_file(job, m, k, |name, text, producer| {
+        write(&name, text)?;
+        outputs.push(OutputFile {
+            sha256: sha256_hex(text.as_bytes()),
+            bytes: text.len(),
+            name,
+            producer,
+        });
+        Ok(())
+    })?;
     let path = dir.join(ALLOCATION_FILE);
     let f = std::fs::File::create(&path).map_err(io(&path))?;
     let mut w = Hashing {
