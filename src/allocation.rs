@@ -919,7 +919,7 @@ impl MonthSolverAllocator {
                 month_to_date: self.month_to_date.get(i).cloned().unwrap_or_default(),
             })
             .collect();
-        Ok(AllocationProblem {
+        let mut problem = AllocationProblem {
             steps: n_t,
             production_kwh: input.production_kwh.to_vec(),
             participants,
@@ -927,7 +927,11 @@ impl MonthSolverAllocator {
             export_price_eur_per_kwh: vec![self.export_price_eur_per_kwh; n_t],
             month_to_date_production_kwh: self.month_to_date_production_kwh,
             fairness: self.fairness.clone(),
-        })
+        };
+        // The site's floor and pro-rata rules are guarantees; priority tiers
+        // share what is left above them.
+        problem.fairness = problem.fairness.clone().rules_above_tiers(&problem);
+        Ok(problem)
     }
 
     fn per_step(
@@ -1331,6 +1335,51 @@ mod tests {
         validate_units(&k.units, p).unwrap();
         // Shapes are checked.
         assert!(behind.add_step(1.0, &[1.0], &[0.0; 3], &[0.1; 3]).is_err());
+    }
+
+    /// The pro-rata guarantee holds for everybody, whatever the tiers: the
+    /// pro-rata allocation itself meets every row, so with the penalties of
+    /// `Fairness::rules_above_tiers` nobody ends below it. With the plain
+    /// defaults the tier bonus outranks it and tier 3 is left short.
+    #[test]
+    fn pro_rata_rule_outranks_the_tiers() {
+        use crate::plan::allocate::{pro_rata as month_pro_rata, solve_allocation};
+        let mut short_before = 0;
+        for seed in [1u64, 7, 42] {
+            let (prod, cons, tariffs, prio) = small_month(8, 96, seed);
+            let input = MonthInput {
+                production_kwh: &prod,
+                consumption_kwh: &cons,
+                tariffs_eur_per_kwh: &tariffs,
+                priority: &prio,
+            };
+            let solver = month_solver(8, None);
+            let out = solver.allocate_month(&input).unwrap();
+            assert!(
+                out.violations.is_empty(),
+                "seed {seed}: {:?}",
+                out.violations
+            );
+            let mut problem = solver.problem(&input).unwrap();
+            let pr = month_pro_rata(&problem);
+            for i in 0..8 {
+                let v = tariffs[i] - 0.10;
+                let got: f64 = out.intended_kwh.iter().map(|r| v * r[i]).sum();
+                let want: f64 = pr[i].iter().map(|a| v * a).sum();
+                assert!(got >= want - 1e-6, "seed {seed}: P{i} {got} < {want}");
+            }
+            problem.fairness = solver.fairness.clone();
+            let plain = solve_allocation(&problem).unwrap();
+            short_before += plain
+                .violations
+                .iter()
+                .filter(|v| v.rule == "pro_rata")
+                .count();
+        }
+        assert!(
+            short_before > 0,
+            "the default penalties never let a tier win"
+        );
     }
 
     #[test]

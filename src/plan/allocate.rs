@@ -140,6 +140,53 @@ impl Default for Fairness {
     }
 }
 
+impl Fairness {
+    /// These rules with penalties raised, where needed, so that meeting a
+    /// floor or the pro-rata guarantee is always worth more than anything a
+    /// priority tier or a tariff difference can earn elsewhere: the site's
+    /// fairness rules are guarantees and the tiers share what is left above
+    /// them. With the default penalties (1 €/kWh, 10 €/€) a tier bonus of
+    /// 1 €/kWh per tier outranks a pro-rata shortfall of a participant whose
+    /// kWh is worth less than 0.2 €, and tier 1 kept energy tier 2 was owed.
+    /// A kWh moved from any participant j to a rule of participant i changes
+    /// the score by at least `penalty_i − (b_max + 2 v_max)`, so a penalty
+    /// above `b_max + 2 v_max` per kWh (per kWh of value `v` for the pro-rata
+    /// row: per € above that divided by the smallest positive `v`) makes
+    /// every such move pay. Values under 0.001 €/kWh are not protected this
+    /// way (their penalty per € would be huge); their shortfalls are reported.
+    pub fn rules_above_tiers(mut self, p: &AllocationProblem) -> Fairness {
+        let tiers = p.participants.iter().map(|q| q.tier);
+        let (lo, hi) = (tiers.clone().min().unwrap_or(1), tiers.max().unwrap_or(1));
+        let b_max = self.tier_weight_eur_per_kwh.max(0.0) * f64::from(hi.saturating_sub(lo));
+        let x_max = p
+            .export_price_eur_per_kwh
+            .iter()
+            .fold(0.0_f64, |a, x| a.max(x.abs()));
+        let mut v_max = 0.0_f64;
+        let mut v_min_pos = f64::INFINITY;
+        for q in &p.participants {
+            for t in &q.tariff_eur_per_kwh {
+                let v = t - p.local_price_eur_per_kwh;
+                if v.is_finite() {
+                    v_max = v_max.max(v.abs());
+                    if v >= 1e-3 {
+                        v_min_pos = v_min_pos.min(v);
+                    }
+                }
+            }
+        }
+        let need = b_max + 2.0 * (v_max + x_max) + 0.01;
+        if self.floor_ratio.is_some() {
+            self.floor_penalty_eur_per_kwh = self.floor_penalty_eur_per_kwh.max(need);
+        }
+        if self.no_worse_than_pro_rata && v_min_pos.is_finite() {
+            self.pro_rata_penalty_eur_per_eur =
+                self.pro_rata_penalty_eur_per_eur.max(need / v_min_pos);
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AllocationProblem {
     pub steps: usize,
