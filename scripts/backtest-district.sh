@@ -35,6 +35,8 @@ for x in s["scenarios"]:
     made = x["pv_kwh"] + x["battery_discharge_kwh"]
     assert abs(used - made) <= 1e-6 * made, (x["name"], used, made)
 assert sc["ped"]["self_consumption_rate"] > sc["no_storage"]["self_consumption_rate"], "storage must raise self-consumption"
+# The month's pro-rata guarantee of the site's optimised keys (no_worse_than_pro_rata).
+assert sc["ped"]["participants_worse_than_dso_prorata"] == 0, ("worse off under ped", sc["ped"]["participants_worse_than_dso_prorata"])
 assert s["solve"]["solves"] > 0 and s["solve"]["fallback"] <= s["solve"]["solves"]
 # A whole month: the data set's own monthly figures are the oracle (pro rata without
 # storage is what stats.json computes; the keys' 0.1 % quantisation may lose a little).

@@ -1000,13 +1000,25 @@ impl MonthAllocator for MonthSolverAllocator {
             }
             Err(e) => return Err(AllocationError::Policy(e.to_string())),
         };
-        tracing::info!(
-            method = %sol.method,
-            seconds = started.elapsed().as_secs_f64(),
-            objective_eur = sol.objective_eur,
-            violations = sol.violations.len(),
-            "month solved"
-        );
+        // A month of keys is worth a line; the daemon and the backtest solve
+        // every step as the month's next one, and that is debug detail.
+        if input.production_kwh.len() > 1 {
+            tracing::info!(
+                method = %sol.method,
+                seconds = started.elapsed().as_secs_f64(),
+                objective_eur = sol.objective_eur,
+                violations = sol.violations.len(),
+                "month solved"
+            );
+        } else {
+            tracing::debug!(
+                method = %sol.method,
+                seconds = started.elapsed().as_secs_f64(),
+                objective_eur = sol.objective_eur,
+                violations = sol.violations.len(),
+                "month step solved"
+            );
+        }
         let n_t = input.production_kwh.len();
         let intended = (0..n_t)
             .map(|t| sol.allocated_kwh.iter().map(|a| a[t]).collect())

@@ -188,6 +188,14 @@ fn backtest_on_two_days_is_consistent_and_writes_its_files() {
         )
     };
     assert!((alloc("no_storage") - alloc("dso_prorata")).abs() < 0.01 * alloc("dso_prorata"));
+    // The site's optimised keys carry the month's pro-rata guarantee, step
+    // after step, as the daemon does: with ped's storage nobody ends below
+    // what the DSO's default key gives it without ped (by more than a cent).
+    let worse = scen.iter().find(|x| x["name"] == "ped").unwrap()
+        ["participants_worse_than_dso_prorata"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(worse, 0, "participants worse off than pro rata under ped");
 
     let parts = s["participants"].as_array().unwrap();
     assert_eq!(parts.len(), 120);
