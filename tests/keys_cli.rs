@@ -652,26 +652,31 @@ fn statements_per_participant_add_up_to_the_run() {
     assert!((share - 1.0).abs() < 1e-4);
 }
 
+/// `ped keys` arguments for the optimised keys of 2025-10-26.
+fn optimised_day_args<'a>(curves: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--from",
+        "2025-10-26",
+        "--to",
+        "2025-10-26",
+        "--load-curves",
+        curves.to_str().unwrap(),
+        "--policy",
+        "optimised",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     let tmp = tempfile::tempdir().unwrap();
     let curves = data("curves-2025-10-26");
     let run = |name: &str, extra: &[&str]| -> (PathBuf, String) {
         let out = tmp.path().join(name);
-        let mut args = vec![
-            "--from",
-            "2025-10-26",
-            "--to",
-            "2025-10-26",
-            "--load-curves",
-            curves.to_str().unwrap(),
-            "--policy",
-            "optimised",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let text = run_ok(&args);
+        let text = run_ok(&optimised_day_args(&curves, &out, extra));
         (out, text)
     };
     let (month, text) = run("month", &[]);
@@ -698,20 +703,10 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
     // the budget).
     let curves_big = big.join("curves");
     let run_big = |out: &Path, extra: &[&str]| -> Output {
-        let mut args = vec![
-            "--from",
-            "2025-10-26",
-            "--to",
-            "2025-10-26",
-            "--load-curves",
-            curves_big.to_str().unwrap(),
-            "--policy",
-            "optimised",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        keys_with_site(&big.join("site.toml"), &args)
+        keys_with_site(
+            &big.join("site.toml"),
+            &optimised_day_args(&curves_big, out, extra),
+        )
     };
     let full = tmp.path().join("big-full");
     let out = run_big(&full, &[]);
