@@ -912,58 +912,8 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
     // --- Keys on actual energies ----------------------------------------
     let nb = site.batteries.len();
     let nh = site.heat.len();
-    let site_policy = |storage_tariff: f64| -> Policy {
-        match site.policy {
-            KeyPolicy::Prorata => Policy::ProRata,
-            KeyPolicy::Static => static_policy(&site, nb + nh),
-            KeyPolicy::Optimised => Policy::Optimised {
-                // Storage is served last (priority 3, tariff 0 in the site config).
-                tariffs_eur_per_kwh: site
-                    .tariff
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat(storage_tariff).take(nb + nh))
-                    .collect(),
-                priority: site
-                    .priority
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat(u8::MAX).take(nb + nh))
-                    .collect(),
-            },
-        }
-    };
-    let policy_name = match site.policy {
-        KeyPolicy::Prorata => "prorata",
-        KeyPolicy::Static => "static",
-        KeyPolicy::Optimised => "optimised",
-    };
-    let scenarios: Vec<(&str, &DispatchRun, &str, Policy, &str)> = vec![
-        ("ped", &lp, "lp", site_policy(0.0), policy_name),
-        ("ped_prorata", &lp, "lp", Policy::ProRata, "prorata"),
-        (
-            "static_keys",
-            &lp,
-            "lp",
-            static_policy(&site, nb + nh),
-            "static",
-        ),
-        (
-            "greedy_battery",
-            &greedy,
-            "greedy",
-            site_policy(0.0),
-            policy_name,
-        ),
-        ("no_storage", &idle, "none", site_policy(0.0), policy_name),
-        ("dso_prorata", &idle, "none", Policy::ProRata, "prorata"),
-    ];
-    let mut summaries = Vec::new();
-    let mut per_participant: Vec<Vec<f64>> = Vec::new();
-    let mut trace = Trace::default();
-    // The site's optimised keys, as the daemon computes them: each step
-    // solved as its month's next step, with the month so far (storage last:
-    // tariff 0, the lowest tier).
+    // Consumers of the keys: the participants, then storage, served last
+    // (tariff 0, the tier after the last participant's).
     let n_all = np + nb + nh;
     let tariffs_all: Vec<f64> = site
         .tariff
@@ -986,6 +936,46 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
         .copied()
         .chain(std::iter::repeat(storage_tier).take(nb + nh))
         .collect();
+    let site_policy = || -> Policy {
+        match site.policy {
+            KeyPolicy::Prorata => Policy::ProRata,
+            KeyPolicy::Static => static_policy(&site, nb + nh),
+            KeyPolicy::Optimised => Policy::Optimised {
+                tariffs_eur_per_kwh: tariffs_all.clone(),
+                priority: priority_all.clone(),
+            },
+        }
+    };
+    let policy_name = match site.policy {
+        KeyPolicy::Prorata => "prorata",
+        KeyPolicy::Static => "static",
+        KeyPolicy::Optimised => "optimised",
+    };
+    let scenarios: Vec<(&str, &DispatchRun, &str, Policy, &str)> = vec![
+        ("ped", &lp, "lp", site_policy(), policy_name),
+        ("ped_prorata", &lp, "lp", Policy::ProRata, "prorata"),
+        (
+            "static_keys",
+            &lp,
+            "lp",
+            static_policy(&site, nb + nh),
+            "static",
+        ),
+        (
+            "greedy_battery",
+            &greedy,
+            "greedy",
+            site_policy(),
+            policy_name,
+        ),
+        ("no_storage", &idle, "none", site_policy(), policy_name),
+        ("dso_prorata", &idle, "none", Policy::ProRata, "prorata"),
+    ];
+    let mut summaries = Vec::new();
+    let mut per_participant: Vec<Vec<f64>> = Vec::new();
+    let mut trace = Trace::default();
+    // The site's optimised keys, as the daemon computes them: each step
+    // solved as its month's next step, with the month so far.
     let values_all: Vec<f64> = tariffs_all.iter().map(|t| t - site.local_price).collect();
     let month_solver =
         site.month_fairness
