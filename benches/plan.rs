@@ -72,35 +72,37 @@ fn main() {
     let skip_lp = std::env::var("PED_BENCH_SKIP_LP").is_ok();
     println!("| instance | solver | p50 ms | max ms | method | score |");
     println!("|---|---|---:|---:|---|---:|");
-    // `flat`: each participant's tariff is its mean over the horizon, as in
-    // `ped keys` (one tariff per consumer): the network-flow path. The
-    // synthetic instances otherwise give everybody a time-of-use tariff,
-    // which goes through the sifted LP.
-    for (np, n, rules, flat) in [
-        (120, 96, true, false),
-        (120, 96, true, true),
-        (120, 192, true, false),
-        (120, 192, true, true),
-        (1000, 96, true, false),
-        (1000, 96, true, true),
-        (1000, 96, false, false),
+    // Tariffs: `night` is the synthetic district's time-of-use tariff, whose
+    // off-peak hours (22:00–06:00) have no PV, so every value that matters
+    // is flat and the network flow solves it; `midday` adds off-peak hours
+    // at 12:00–16:00 under the PV, so the pro-rata rows weigh the steps
+    // differently and the sifted LP solves it; `flat` is each participant's
+    // mean tariff, as in `ped keys`.
+    for (np, n, rules, tariffs) in [
+        (120, 96, true, "night"),
+        (120, 96, true, "midday"),
+        (120, 96, true, "flat"),
+        (120, 192, true, "night"),
+        (120, 192, true, "midday"),
+        (120, 192, true, "flat"),
+        (1000, 96, true, "night"),
+        (1000, 96, true, "midday"),
+        (1000, 96, true, "flat"),
+        (1000, 96, false, "night"),
     ] {
-        let mut p = synthetic::allocation(np, n, 1);
+        let mut p = match tariffs {
+            "midday" => synthetic::allocation_midday_off_peak(np, n, 1),
+            "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, 1)),
+            _ => synthetic::allocation(np, n, 1),
+        };
         if !rules {
             // Fairness rows off: the per-step knapsack alone.
             p.fairness.no_worse_than_pro_rata = false;
             p.fairness.floor_ratio = None;
         }
-        if flat {
-            for q in &mut p.participants {
-                let mean = q.tariff_eur_per_kwh.iter().sum::<f64>() / n as f64;
-                q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = mean);
-            }
-        }
         let np = format!(
-            "{np}{}{}",
+            "{np}{} {tariffs}",
             if rules { "" } else { " (no fairness rows)" },
-            if flat { " flat" } else { " TOU" }
         );
         let (mut s, fast) = time(runs, || allocate::solve_allocation(&p).expect("fast"));
         println!(

@@ -179,6 +179,11 @@ enum Cmd {
         /// With --synthetic: the allocation problem alone instead of the joint plan.
         #[arg(long)]
         allocation: bool,
+        /// With --synthetic --allocation: `night` (off-peak 22:00–06:00, no
+        /// PV then), `midday` (off-peak also 12:00–16:00, overlapping the
+        /// PV) or `flat` (each participant's mean tariff).
+        #[arg(long, default_value = "night")]
+        tariffs: String,
         /// With --synthetic: batteries of the joint plan.
         #[arg(long, default_value_t = 2)]
         batteries: usize,
@@ -636,6 +641,7 @@ async fn main() -> Result<()> {
         Cmd::Plan {
             synthetic,
             allocation,
+            tariffs,
             batteries,
             seed,
             dump,
@@ -658,9 +664,14 @@ async fn main() -> Result<()> {
                             )
                         })?;
                     if allocation {
-                        Instance::Allocation {
-                            problem: ped::plan::synthetic::allocation(np, n, seed),
-                        }
+                        use ped::plan::synthetic;
+                        let problem = match tariffs.as_str() {
+                            "night" => synthetic::allocation(np, n, seed),
+                            "midday" => synthetic::allocation_midday_off_peak(np, n, seed),
+                            "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, seed)),
+                            other => bail!("--tariffs {other}: expected night, midday or flat"),
+                        };
+                        Instance::Allocation { problem }
                     } else {
                         Instance::Plan {
                             input: ped::plan::synthetic::plan_input(np, n, batteries, seed),

@@ -152,11 +152,21 @@ proptest! {
 
 /// Flat tariffs only (as in `ped keys`), some below the local price so the
 /// pro-rata row caps the participant from above: the network-flow path.
+/// Half the instances are flat only where energy can go (steps with
+/// production and consumption) and keep other values elsewhere, like a
+/// time-of-use tariff whose off-peak hours are at night: those must reach
+/// the flow too, and the dead steps' values must not change the answer.
 fn arb_flat_problem() -> impl Strategy<Value = AllocationProblem> {
-    arb_problem().prop_map(|mut p| {
+    (arb_problem(), any::<bool>()).prop_map(|(mut p, live_only)| {
         for q in &mut p.participants {
-            let v = q.tariff_eur_per_kwh[0];
-            q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = v);
+            let live = |t: usize| p.production_kwh[t] > 0.0 && q.consumption_kwh[t] > 0.0;
+            let first = (0..p.steps).find(|&t| live(t)).unwrap_or(0);
+            let v = q.tariff_eur_per_kwh[first];
+            for t in 0..p.steps {
+                if !live_only || live(t) {
+                    q.tariff_eur_per_kwh[t] = v;
+                }
+            }
         }
         p
     })

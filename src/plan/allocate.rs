@@ -24,8 +24,10 @@
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
 //! When a coupling row binds and every participant with a pro-rata row has
-//! the same value at every step (flat tariffs, as in `ped keys`), both rows
-//! only see the participant's total and the problem is a max-gain flow,
+//! the same value at every step where it can receive energy (flat tariffs,
+//! as in `ped keys`, or a time-of-use tariff whose off-peak hours have no
+//! production), both rows only see the participant's total and the problem
+//! is a max-gain flow,
 //! solved exactly by the integer network simplex of [`super::flow`]
 //! (`method: "flow"`; see `flow_allocation`). Otherwise (time-of-use
 //! pro-rata rows), [`solve_allocation`] first estimates the LP
@@ -577,7 +579,7 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
 
 /// The exact network-flow solution (see [`super::flow`]) when every coupling
 /// row only sees the participant's total: its value is the same at every
-/// step, or it has no pro-rata row. None when the instance is not eligible
+/// step where it can receive energy, or it has no pro-rata row. None when the instance is not eligible
 /// (or its figures do not fit the integer scales; the LP paths take over).
 ///
 /// `start` (the greedy's allocation) is the warm start: the arcs it fills to
@@ -587,9 +589,20 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
     use super::flow::{Circulation, GAIN_SCALE};
     let np = p.participants.len();
     let n = m.n;
-    let flat = |v: &[f64]| v.iter().all(|x| *x == v[0]);
-    if (0..np).any(|i| m.pro_rata[i].is_some() && n > 0 && !flat(&m.value[i])) {
-        return None;
+    // The value of a step where nothing can be allocated (no production, or
+    // no consumption) multiplies a variable fixed at 0, so only the live
+    // steps need one value: a time-of-use tariff whose off-peak hours have
+    // no PV (night) is flat for this problem.
+    let mut flat_value = vec![0.0; np];
+    for i in 0..np {
+        let mut live = (0..n)
+            .filter(|&t| p.production_kwh[t] > 0.0 && p.participants[i].consumption_kwh[t] > 0.0)
+            .map(|t| m.value[i][t]);
+        let v = live.next().unwrap_or(0.0);
+        if m.pro_rata[i].is_some() && live.any(|x| x != v) {
+            return None;
+        }
+        flat_value[i] = v;
     }
     let f = &p.fairness;
     let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
@@ -650,7 +663,7 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
         // φ_i's pieces over [0, total]: breakpoints at the floor target and
         // at R_i / v_i, each slope taken at the piece's midpoint.
         let floor_at = m.floor[i].map(|x| x * energy_scale);
-        let v = if n > 0 { m.value[i][0] } else { 0.0 };
+        let v = flat_value[i];
         let pro_at = m.pro_rata[i]
             .filter(|_| v != 0.0)
             .map(|r| r / v * energy_scale);
@@ -690,19 +703,62 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
             }
         }
     }
+    // A step whose production covers every consumer's cap (in the integer
+    // units the flow uses) can never saturate: its arcs are independent
+    // participant → sink arcs, and a participant's arcs of equal gain at
+    // such steps are one arc whose cap is their sum (any split of its flow
+    // among them keeps every step row; it is split pro rata of consumption,
+    // as the greedy shares a tie). A step without production has no arcs.
+    // On the synthetic 1,000 × 96 day this leaves a fifth of the arcs.
+    let congested: Vec<bool> = (0..n)
+        .map(|t| {
+            let want: i128 = p
+                .participants
+                .iter()
+                .map(|q| i128::from(units(q.consumption_kwh[t]).max(0)))
+                .sum();
+            want > i128::from(step_cap[t])
+        })
+        .collect();
+    // (arc, participant, steps it serves: one step, or a merged group).
+    let mut back: Vec<(usize, usize, Vec<usize>)> = Vec::with_capacity(arcs);
+    let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
     for i in 0..np {
         let q = &p.participants[i];
+        let full = |t: usize| start[i][t] >= q.consumption_kwh[t];
+        groups.clear();
         for t in 0..n {
             let c = units(q.consumption_kwh[t]);
-            if c > 0 {
+            if c <= 0 || step_cap[t] <= 0 {
+                continue;
+            }
+            if congested[t] {
                 let e = g.add_arc(part(i), step(t), c, -gain(m.weight[i][t]));
-                if start[i][t] >= q.consumption_kwh[t] {
+                if full(t) {
                     g.start_at_capacity(e);
+                }
+                back.push((e, i, vec![t]));
+            } else {
+                let w = m.weight[i][t];
+                match groups.iter_mut().find(|(x, _)| *x == w) {
+                    Some((_, ts)) => ts.push(t),
+                    None => groups.push((w, vec![t])),
                 }
             }
         }
+        for (w, ts) in groups.drain(..) {
+            let cap: i64 = ts.iter().map(|&t| units(q.consumption_kwh[t])).sum();
+            let e = g.add_arc(part(i), sink, cap, -gain(w));
+            if ts.iter().all(|&t| full(t)) {
+                g.start_at_capacity(e);
+            }
+            back.push((e, i, ts));
+        }
     }
     for t in 0..n {
+        if !congested[t] || step_cap[t] <= 0 {
+            continue;
+        }
         let e = g.add_arc(step(t), sink, step_cap[t], 0);
         let used: f64 = start.iter().map(|r| r[t]).sum();
         if used >= p.production_kwh[t] {
@@ -710,7 +766,6 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
         }
     }
     g.add_arc(sink, source, pool as i64, 0);
-    let first_alloc_arc = g.arc_num() - arcs - n - 1;
     let Some(sol) = g.solve() else {
         tracing::warn!("allocation: the network simplex ended with artificial flow; solving by LP");
         return None;
@@ -721,13 +776,18 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
         "allocation: network simplex"
     );
     let mut a = vec![vec![0.0; n]; np];
-    let mut k = first_alloc_arc;
-    for i in 0..np {
-        let q = &p.participants[i];
-        for t in 0..n {
-            if units(q.consumption_kwh[t]) > 0 {
-                a[i][t] = sol.flow[k] as f64 / energy_scale;
-                k += 1;
+    for (e, i, ts) in &back {
+        let q = &p.participants[*i];
+        let x = sol.flow[*e] as f64 / energy_scale;
+        if let [t] = ts[..] {
+            a[*i][t] = x;
+            continue;
+        }
+        let total: f64 = ts.iter().map(|&t| q.consumption_kwh[t]).sum();
+        if total > 0.0 {
+            let share = (x / total).min(1.0);
+            for &t in ts {
+                a[*i][t] = q.consumption_kwh[t] * share;
             }
         }
     }
@@ -1325,10 +1385,11 @@ mod tests {
 
     #[test]
     fn synthetic_district_is_certified_without_the_full_lp() {
-        // Both fairness rows bind on the synthetic district; the structured
-        // path must prove its answer (and agree with the oracle) rather than
-        // fall back.
-        let p = super::super::synthetic::allocation(40, 48, 3);
+        // Both fairness rows bind on the synthetic district with off-peak
+        // hours under the PV (not a network: the values differ between the
+        // steps that matter); the structured path must prove its answer
+        // (and agree with the oracle) rather than fall back.
+        let p = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
         let s = solve_allocation(&p).unwrap();
         assert_eq!(s.method, "sifted_lp");
         let o = solve_allocation_lp(&p).unwrap();

@@ -95,6 +95,41 @@ pub fn allocation(participants: usize, steps: usize, seed: u64) -> AllocationPro
     }
 }
 
+/// The same instance with off-peak hours that overlap the PV: 22:00–06:00
+/// and 12:00–16:00 (the shape of Enedis' 2025–2027 off-peak reform, which
+/// moves part of the off-peak hours to the early afternoon). Each
+/// participant keeps its peak level and its off-peak ratio. With night-only
+/// off-peak hours ([`allocation`]) every step with production is a peak
+/// step, so each participant's value is flat where it matters; here it is
+/// not, and the pro-rata rows weigh the steps differently.
+pub fn allocation_midday_off_peak(
+    participants: usize,
+    steps: usize,
+    seed: u64,
+) -> AllocationProblem {
+    let mut p = allocation(participants, steps, seed);
+    for q in &mut p.participants {
+        let level = q.tariff_eur_per_kwh.iter().copied().fold(0.0_f64, f64::max);
+        for (t, x) in q.tariff_eur_per_kwh.iter_mut().enumerate() {
+            let h = hour_of(t, 96);
+            let off_peak = !(6.0..22.0).contains(&h) || (12.0..16.0).contains(&h);
+            *x = if off_peak { level * 0.75 } else { level };
+        }
+    }
+    p
+}
+
+/// Each participant's tariff replaced by its mean over the horizon (one
+/// tariff per consumer, as `ped keys` values them).
+pub fn flat_tariffs(mut p: AllocationProblem) -> AllocationProblem {
+    for q in &mut p.participants {
+        let n = q.tariff_eur_per_kwh.len().max(1) as f64;
+        let mean = q.tariff_eur_per_kwh.iter().sum::<f64>() / n;
+        q.tariff_eur_per_kwh.iter_mut().for_each(|x| *x = mean);
+    }
+    p
+}
+
 /// A real district's participants share a handful of retail offers
 /// (`site-configs/fontaine-douche.toml` has four tariffs for 120
 /// participants): the joint plan's participant takes the offer nearest its
