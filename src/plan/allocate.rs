@@ -558,23 +558,136 @@ pub fn lp_fallbacks() -> u64 {
 pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
     validate_allocation(p)?;
     let m = model(p);
-    let a = greedy(p, &m);
-    let (fl, pr) = shortfalls(&m, &a);
+    let (a, method) = match reduce(p) {
+        Some((r, groups)) => {
+            tracing::debug!(
+                steps = p.steps,
+                reduced = r.steps,
+                "allocation: interchangeable steps merged"
+            );
+            let (a, method) = solve_structured(&r, &model(&r))?;
+            (expand(p, &groups, &a), method)
+        }
+        None => solve_structured(p, &m)?,
+    };
+    Ok(finish(p, &m, a, method))
+}
+
+fn solve_structured(
+    p: &AllocationProblem,
+    m: &Model,
+) -> Result<(Vec<Vec<f64>>, &'static str), PlanError> {
+    let a = greedy(p, m);
+    let (fl, pr) = shortfalls(m, &a);
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
-        return Ok(finish(p, &m, a, "greedy"));
+        return Ok((a, "greedy"));
     }
-    if let Some(a) = flow_allocation(p, &m, &a) {
-        return Ok(finish(p, &m, a, "flow"));
+    if let Some(a) = flow_allocation(p, m, &a) {
+        return Ok((a, "flow"));
     }
-    match sift(p, &m) {
-        Some(a) => Ok(finish(p, &m, a, "sifted_lp")),
-        None => {
+    match sift(p, m) {
+        Sifted::Proved(a) => Ok((a, "sifted_lp")),
+        Sifted::NotWorthIt => {
+            // Deliberate, not a fallback: the dual estimate leaves too much
+            // in play for sifting to beat one solve of the whole LP.
+            let a = lp(p, m, None).map_err(PlanError::Solver)?.0;
+            Ok((a, "lp"))
+        }
+        Sifted::Unproved => {
             LP_FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!("allocation: the structured solver did not prove its result optimal; solving the full LP");
-            let a = lp(p, &m, None).map_err(PlanError::Solver)?.0;
-            Ok(finish(p, &m, a, "lp"))
+            let a = lp(p, m, None).map_err(PlanError::Solver)?.0;
+            Ok((a, "lp"))
         }
     }
+}
+
+/// An exact reduction before any solver: a step whose production covers the
+/// whole demand never binds, so such steps with the same export price and
+/// the same tariff for every participant are one step (production and
+/// consumptions summed; any split of a participant's energy among them
+/// keeps every step row, and each row of the problem, floor, pro-rata
+/// target and value, sums over them alike); the steps without production
+/// are one step with nothing to share (kept, because the floor rule caps a
+/// target at what the participant consumed). On the synthetic 1,000 × 96
+/// day, 96 steps become 22. None when no two steps merge.
+fn reduce(p: &AllocationProblem) -> Option<(AllocationProblem, Vec<Vec<usize>>)> {
+    let n = p.steps;
+    let export = |t: usize| p.export_price_eur_per_kwh.get(t).copied().unwrap_or(0.0);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<u64>, usize> = Default::default();
+    let mut dead = None;
+    for t in 0..n {
+        let demand: f64 = p.participants.iter().map(|q| q.consumption_kwh[t]).sum();
+        if p.production_kwh[t] <= 0.0 {
+            let k = *dead.get_or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[k].push(t);
+        } else if demand <= p.production_kwh[t] {
+            let key: Vec<u64> = std::iter::once(export(t).to_bits())
+                .chain(
+                    p.participants
+                        .iter()
+                        .map(|q| q.tariff_eur_per_kwh[t].to_bits()),
+                )
+                .collect();
+            let k = *index.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[k].push(t);
+        } else {
+            groups.push(vec![t]);
+        }
+    }
+    if groups.len() == n {
+        return None;
+    }
+    let sum = |x: &[f64], g: &[usize]| g.iter().map(|&t| x[t]).sum::<f64>();
+    let r = AllocationProblem {
+        steps: groups.len(),
+        production_kwh: groups.iter().map(|g| sum(&p.production_kwh, g)).collect(),
+        participants: p
+            .participants
+            .iter()
+            .map(|q| AllocationParticipant {
+                consumption_kwh: groups.iter().map(|g| sum(&q.consumption_kwh, g)).collect(),
+                tariff_eur_per_kwh: groups.iter().map(|g| q.tariff_eur_per_kwh[g[0]]).collect(),
+                ..q.clone()
+            })
+            .collect(),
+        export_price_eur_per_kwh: if p.export_price_eur_per_kwh.is_empty() {
+            Vec::new()
+        } else {
+            groups.iter().map(|g| export(g[0])).collect()
+        },
+        ..p.clone()
+    };
+    Some((r, groups))
+}
+
+/// A reduced problem's allocation on the original steps: a merged step's
+/// energy split pro rata of consumption (the greedy's rule for a tie).
+fn expand(p: &AllocationProblem, groups: &[Vec<usize>], a: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let mut out = vec![vec![0.0; p.steps]; p.participants.len()];
+    for (i, q) in p.participants.iter().enumerate() {
+        for (k, g) in groups.iter().enumerate() {
+            if let [t] = g[..] {
+                out[i][t] = a[i][k];
+                continue;
+            }
+            let total: f64 = g.iter().map(|&t| q.consumption_kwh[t]).sum();
+            if total > 0.0 {
+                let share = (a[i][k] / total).clamp(0.0, 1.0);
+                for &t in g {
+                    out[i][t] = q.consumption_kwh[t] * share;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The exact network-flow solution (see [`super::flow`]) when every coupling
@@ -1143,7 +1256,15 @@ fn dual_value(
 /// the full optimum (the LP optimality conditions hold for every variable).
 /// Otherwise the offending variables join the working set and the LP is
 /// solved again. None when it does not certify within a few rounds.
-fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
+enum Sifted {
+    Proved(Vec<Vec<f64>>),
+    /// The working set would be too large to gain anything.
+    NotWorthIt,
+    /// No certificate within the rounds.
+    Unproved,
+}
+
+fn sift(p: &AllocationProblem, m: &Model) -> Sifted {
     let np = p.participants.len();
     let n = m.n;
     let (weight, start, threshold) = warm_start(p, m);
@@ -1165,7 +1286,11 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         }
     }
     // A working set this large gains nothing over the full LP and costs a
-    // round of pricing: let the caller solve the full LP.
+    // round of pricing: let the caller solve the full LP. Measured on the
+    // synthetic districts with off-peak hours under the PV (after `reduce`),
+    // a working set of 30 % of the variables took 1.0–2.0× the full LP's
+    // time (1,000 × 96: 0.74 s against 0.39 s); at 5 % (the unreduced
+    // night-tariff day) sifting was 11× faster.
     let in_play = free.iter().flatten().filter(|x| **x).count();
     let vars = p
         .participants
@@ -1173,8 +1298,8 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         .flat_map(|q| &q.consumption_kwh)
         .filter(|c| **c > 0.0)
         .count();
-    if 2 * in_play > vars {
-        return None;
+    if 5 * in_play > vars {
+        return Sifted::NotWorthIt;
     }
     let f = &p.fairness;
     let export_value: f64 = m
@@ -1190,7 +1315,9 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
         "allocation: working set from the dual estimate"
     );
     for _round in 0..SIFT_ROUNDS {
-        let (a, d) = lp(p, m, Some((&free, &current))).ok()?;
+        let Ok((a, d)) = lp(p, m, Some((&free, &current))) else {
+            return Sifted::Unproved;
+        };
         tracing::debug!(
             round = _round,
             free = free.iter().flatten().filter(|x| **x).count(),
@@ -1230,7 +1357,7 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
             "allocation: sifting bound"
         );
         if gap <= CERT_GAP * (1.0 + upper.abs()) {
-            return Some(a);
+            return Sifted::Proved(a);
         }
         // Otherwise bring in what those prices say could move: the
         // wrongly signed and the tied variables.
@@ -1270,12 +1397,12 @@ fn sift(p: &AllocationProblem, m: &Model) -> Option<Vec<Vec<f64>>> {
                 }
             }
             if added == 0 {
-                return Some(a);
+                return Sifted::Proved(a);
             }
         }
         current = a;
     }
-    None
+    Sifted::Unproved
 }
 
 #[cfg(test)]
@@ -1385,20 +1512,61 @@ mod tests {
 
     #[test]
     fn synthetic_district_is_certified_without_the_full_lp() {
-        // Both fairness rows bind on the synthetic district with off-peak
-        // hours under the PV (not a network: the values differ between the
-        // steps that matter); the structured path must prove its answer
-        // (and agree with the oracle) rather than fall back.
-        let p = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
-        let s = solve_allocation(&p).unwrap();
-        assert_eq!(s.method, "sifted_lp");
+        // Both fairness rows bind on the synthetic district, here with a
+        // dynamic tariff that moves a little every step (indexed on a spot
+        // price): no two steps merge and the values differ between the
+        // steps that matter, so it is not a network. The dual estimate
+        // leaves a small working set; the structured path must prove its
+        // answer (and agree with the oracle) rather than fall back. With
+        // off-peak hours under the PV the reduced problem is small and the
+        // whole LP is solved at once (`lp`, not counted as a fallback).
+        let mut dynamic = super::super::synthetic::allocation(40, 96, 3);
+        for q in &mut dynamic.participants {
+            for (t, x) in q.tariff_eur_per_kwh.iter_mut().enumerate() {
+                *x *= 1.0 + 0.02 * (t as f64 * 0.7).sin();
+            }
+        }
+        let midday = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
+        let before = lp_fallbacks();
+        for (p, method) in [(dynamic, "sifted_lp"), (midday, "lp")] {
+            let s = solve_allocation(&p).unwrap();
+            assert_eq!(s.method, method);
+            let o = solve_allocation_lp(&p).unwrap();
+            assert!(
+                (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
+                "{method}: {} vs {}",
+                s.score,
+                o.score
+            );
+        }
+        assert_eq!(lp_fallbacks(), before);
+    }
+
+    #[test]
+    fn merged_steps_give_the_same_optimum_and_split_pro_rata() {
+        // Night-tariff day: 96 steps, of which those covering the demand
+        // merge and those without PV are one.
+        let p = super::super::synthetic::allocation(30, 96, 5);
+        let (r, groups) = reduce(&p).unwrap();
+        assert!(r.steps < 30, "{} steps", r.steps);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..96).collect::<Vec<_>>());
+        let fast = solve_allocation(&p).unwrap();
         let o = solve_allocation_lp(&p).unwrap();
-        assert!(
-            (s.score - o.score).abs() <= 1e-6 * o.score.abs(),
-            "{} vs {}",
-            s.score,
-            o.score
-        );
+        assert!((fast.score - o.score).abs() <= 1e-6 * o.score.abs());
+        // Within a merged step everyone receives the same share of its
+        // consumption at each of its steps.
+        for g in groups.iter().filter(|g| g.len() > 1) {
+            for (i, q) in p.participants.iter().enumerate() {
+                let share = |t: usize| fast.allocated_kwh[i][t] / q.consumption_kwh[t];
+                for &t in &g[1..] {
+                    if q.consumption_kwh[t] > 0.0 && q.consumption_kwh[g[0]] > 0.0 {
+                        assert!((share(t) - share(g[0])).abs() < 1e-6);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
