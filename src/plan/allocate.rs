@@ -702,21 +702,6 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
     use super::flow::{Circulation, GAIN_SCALE};
     let np = p.participants.len();
     let n = m.n;
-    // The value of a step where nothing can be allocated (no production, or
-    // no consumption) multiplies a variable fixed at 0, so only the live
-    // steps need one value: a time-of-use tariff whose off-peak hours have
-    // no PV (night) is flat for this problem.
-    let mut flat_value = vec![0.0; np];
-    for i in 0..np {
-        let mut live = (0..n)
-            .filter(|&t| p.production_kwh[t] > 0.0 && p.participants[i].consumption_kwh[t] > 0.0)
-            .map(|t| m.value[i][t]);
-        let v = live.next().unwrap_or(0.0);
-        if m.pro_rata[i].is_some() && live.any(|x| x != v) {
-            return None;
-        }
-        flat_value[i] = v;
-    }
     let f = &p.fairness;
     let (mf, mp) = (f.floor_penalty_eur_per_kwh, f.pro_rata_penalty_eur_per_eur);
     // Potentials are sums of arc costs along a tree path (at most every
@@ -753,6 +738,83 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
     let gain = |eur: f64| (eur * GAIN_SCALE).round() as i64;
     let step_cap: Vec<i64> = p.production_kwh.iter().map(|x| units(*x)).collect();
     let pool: i128 = step_cap.iter().map(|x| i128::from(*x)).sum();
+    // A step whose production covers every consumer's cap (in the integer
+    // units the flow uses) can never saturate: its arcs are independent
+    // participant → sink arcs, and a participant's arcs of equal gain at
+    // such steps are one arc whose cap is their sum (any split of its flow
+    // among them keeps every step row; it is split pro rata of consumption,
+    // as the greedy shares a tie). A step without production has no arcs.
+    // On the synthetic 1,000 × 96 day this leaves a fifth of the arcs.
+    let congested: Vec<bool> = (0..n)
+        .map(|t| {
+            let want: i128 = p
+                .participants
+                .iter()
+                .map(|q| i128::from(units(q.consumption_kwh[t]).max(0)))
+                .sum();
+            want > i128::from(step_cap[t])
+        })
+        .collect();
+    // The value of a step where nothing can be allocated (no production, or
+    // no consumption) multiplies a variable fixed at 0, so only the live
+    // steps need one value: a time-of-use tariff whose off-peak hours have
+    // no PV (night) is flat for this problem. A participant whose values
+    // differ only at uncongested steps (off-peak hours at midday, when the
+    // PV covers the whole demand) is not flat, but those variables touch no
+    // shared row: they are maximised out of its penalty term (`Private`),
+    // which stays concave in the energy it takes at the congested steps.
+    let mut flat_value = vec![0.0; np];
+    let mut private: Vec<Option<Private>> = (0..np).map(|_| None).collect();
+    for i in 0..np {
+        let q = &p.participants[i];
+        let live = |t: usize| p.production_kwh[t] > 0.0 && q.consumption_kwh[t] > 0.0;
+        let mut shared = (0..n)
+            .filter(|&t| live(t) && congested[t])
+            .map(|t| m.value[i][t]);
+        let first_shared = shared.next();
+        let v = first_shared
+            .or_else(|| (0..n).find(|&t| live(t)).map(|t| m.value[i][t]))
+            .unwrap_or(0.0);
+        flat_value[i] = v;
+        let Some(target) = m.pro_rata[i] else {
+            continue;
+        };
+        if shared.any(|x| x != v) {
+            return None;
+        }
+        if (0..n).filter(|&t| live(t)).all(|t| m.value[i][t] == v) {
+            continue;
+        }
+        // Classes of the uncongested steps by (weight, value).
+        let mut classes: Vec<PrivateClass> = Vec::new();
+        for t in (0..n).filter(|&t| live(t) && !congested[t] && units(q.consumption_kwh[t]) > 0) {
+            let (w, val) = (m.weight[i][t], m.value[i][t]);
+            let cap = units(q.consumption_kwh[t]) as f64 / energy_scale;
+            match classes.iter_mut().find(|c| c.weight == w && c.value == val) {
+                Some(c) => {
+                    c.cap += cap;
+                    c.steps.push(t);
+                }
+                None => classes.push(PrivateClass {
+                    weight: w,
+                    value: val,
+                    cap,
+                    steps: vec![t],
+                }),
+            }
+        }
+        if classes.len() > PRIVATE_CLASSES {
+            return None;
+        }
+        private[i] = Some(Private {
+            classes,
+            value: if first_shared.is_some() { v } else { 0.0 },
+            floor: m.floor[i],
+            pro_rata: target,
+            mf: p.fairness.floor_penalty_eur_per_kwh,
+            mp: p.fairness.pro_rata_penalty_eur_per_eur,
+        });
+    }
     let arcs: usize = p
         .participants
         .iter()
@@ -767,10 +829,53 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
         let caps: i128 = p.participants[i]
             .consumption_kwh
             .iter()
-            .map(|c| i128::from(units(*c).max(0)))
+            .enumerate()
+            .filter(|(t, _)| private[i].is_none() || congested[*t])
+            .map(|(_, c)| i128::from(units(*c).max(0)))
             .sum();
         let total = caps.min(pool) as i64;
         if total == 0 {
+            continue;
+        }
+        let full = |t: usize| {
+            let c = p.participants[i].consumption_kwh[t];
+            units(c) > 0 && start[i][t] >= c
+        };
+        if let Some(pv) = &private[i] {
+            // ψ_i's pieces between its breakpoints (rounded to units), each
+            // slope the exact difference of ψ over the piece.
+            let filled: i64 = (0..n)
+                .filter(|&t| congested[t] && full(t))
+                .map(|t| units(p.participants[i].consumption_kwh[t]))
+                .sum();
+            let mut cuts = vec![0, total];
+            for x in pv.breakpoints(total as f64 / energy_scale) {
+                let b = (x * energy_scale).round();
+                if b > 0.0 && b < total as f64 {
+                    cuts.push(b as i64);
+                }
+            }
+            cuts.sort_unstable();
+            cuts.dedup();
+            let psi = |u: i64| pv.best(u as f64 / energy_scale).0;
+            let mut last = f64::INFINITY;
+            for w in cuts.windows(2) {
+                let slope = (psi(w[1]) - psi(w[0])) / ((w[1] - w[0]) as f64 / energy_scale);
+                // Concave by construction; a rise means a breakpoint was
+                // missed (or rounding): let the LP paths decide.
+                if slope > last + 1e-9 * (1.0 + last.abs()) {
+                    tracing::debug!(
+                        participant = i,
+                        "allocation: private term not concave; no flow"
+                    );
+                    return None;
+                }
+                last = slope;
+                let e = g.add_arc(source, part(i), w[1] - w[0], -gain(slope));
+                if w[1] <= filled {
+                    g.start_at_capacity(e);
+                }
+            }
             continue;
         }
         // φ_i's pieces over [0, total]: breakpoints at the floor target and
@@ -780,10 +885,6 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
         let pro_at = m.pro_rata[i]
             .filter(|_| v != 0.0)
             .map(|r| r / v * energy_scale);
-        let full = |t: usize| {
-            let c = p.participants[i].consumption_kwh[t];
-            units(c) > 0 && start[i][t] >= c
-        };
         let filled: i64 = (0..n)
             .filter(|&t| full(t))
             .map(|t| units(p.participants[i].consumption_kwh[t]))
@@ -816,23 +917,6 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
             }
         }
     }
-    // A step whose production covers every consumer's cap (in the integer
-    // units the flow uses) can never saturate: its arcs are independent
-    // participant → sink arcs, and a participant's arcs of equal gain at
-    // such steps are one arc whose cap is their sum (any split of its flow
-    // among them keeps every step row; it is split pro rata of consumption,
-    // as the greedy shares a tie). A step without production has no arcs.
-    // On the synthetic 1,000 × 96 day this leaves a fifth of the arcs.
-    let congested: Vec<bool> = (0..n)
-        .map(|t| {
-            let want: i128 = p
-                .participants
-                .iter()
-                .map(|q| i128::from(units(q.consumption_kwh[t]).max(0)))
-                .sum();
-            want > i128::from(step_cap[t])
-        })
-        .collect();
     // (arc, participant, steps it serves: one step, or a merged group).
     let mut back: Vec<(usize, usize, Vec<usize>)> = Vec::with_capacity(arcs);
     let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
@@ -851,7 +935,7 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
                     g.start_at_capacity(e);
                 }
                 back.push((e, i, vec![t]));
-            } else {
+            } else if private[i].is_none() {
                 let w = m.weight[i][t];
                 match groups.iter_mut().find(|(x, _)| *x == w) {
                     Some((_, ts)) => ts.push(t),
@@ -904,7 +988,189 @@ fn flow_allocation(p: &AllocationProblem, m: &Model, start: &[Vec<f64>]) -> Opti
             }
         }
     }
+    // The private variables: the best response to what the flow gave the
+    // participant at the congested steps, split in each class pro rata of
+    // consumption.
+    for (i, pv) in private.iter().enumerate() {
+        let Some(pv) = pv else { continue };
+        let q = &p.participants[i];
+        let x: f64 = (0..n).filter(|&t| congested[t]).map(|t| a[i][t]).sum();
+        let (_, y) = pv.best(x);
+        for (c, y) in pv.classes.iter().zip(y) {
+            let total: f64 = c.steps.iter().map(|&t| q.consumption_kwh[t]).sum();
+            if total > 0.0 {
+                let share = (y / total).clamp(0.0, 1.0);
+                for &t in &c.steps {
+                    a[i][t] = q.consumption_kwh[t] * share;
+                }
+            }
+        }
+    }
     Some(a)
+}
+
+/// At most this many classes of private variables per participant (the
+/// enumeration below is exponential in it; a time-of-use tariff has two or
+/// three windows).
+const PRIVATE_CLASSES: usize = 4;
+
+struct PrivateClass {
+    weight: f64,
+    value: f64,
+    /// kWh (the flow's integer units, summed).
+    cap: f64,
+    steps: Vec<usize>,
+}
+
+/// A participant's variables at uncongested steps, maximised out:
+///
+/// ```text
+/// ψ(X) = max_{0 ≤ y ≤ cap} Σ_k w_k y_k − M_f (F − X − Σ_k y_k)⁺ − M_p (R − v X − Σ_k v_k y_k)⁺
+/// ```
+///
+/// where X is what it receives at congested steps (all of value v). The
+/// maximand is jointly concave, so ψ is concave and piecewise linear: the
+/// flow takes it as the participant's penalty pieces. Its maximum over y
+/// lies at a vertex of the box cut by the two rows' hyperplanes (m tight
+/// among the box faces and the rows, at most two of y free), and its
+/// breakpoints in X at the X of such vertices in (X, y) (m + 1 tight):
+/// both are enumerated.
+struct Private {
+    classes: Vec<PrivateClass>,
+    value: f64,
+    floor: Option<f64>,
+    pro_rata: f64,
+    mf: f64,
+    mp: f64,
+}
+
+impl Private {
+    fn score(&self, x: f64, y: &[f64]) -> f64 {
+        let (mut w, mut sy, mut vy) = (0.0, 0.0, 0.0);
+        for (c, y) in self.classes.iter().zip(y) {
+            w += c.weight * y;
+            sy += y;
+            vy += c.value * y;
+        }
+        let floor = self.floor.map_or(0.0, |f| (f - x - sy).max(0.0));
+        w - self.mf * floor - self.mp * (self.pro_rata - self.value * x - vy).max(0.0)
+    }
+
+    /// Each y with every class at a bound, given by a mask.
+    fn at_bounds(&self, mask: usize) -> Vec<f64> {
+        (0..self.classes.len())
+            .map(|k| {
+                if mask >> k & 1 == 1 {
+                    self.classes[k].cap
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    fn in_box(&self, k: usize, y: f64) -> bool {
+        let tol = 1e-12 * (1.0 + self.classes[k].cap);
+        y.is_finite() && y >= -tol && y <= self.classes[k].cap + tol
+    }
+
+    /// ψ(x) and a maximiser (the first best candidate, so deterministic).
+    fn best(&self, x: f64) -> (f64, Vec<f64>) {
+        let m = self.classes.len();
+        let mut best = (f64::NEG_INFINITY, vec![0.0; m]);
+        let consider = |y: Vec<f64>, best: &mut (f64, Vec<f64>)| {
+            let s = self.score(x, &y);
+            if s > best.0 + 1e-12 * (1.0 + s.abs()) {
+                *best = (s, y);
+            }
+        };
+        for mask in 0..1usize << m {
+            let y = self.at_bounds(mask);
+            consider(y.clone(), &mut best);
+            let sy: f64 = y.iter().sum();
+            let vy: f64 = self.classes.iter().zip(&y).map(|(c, y)| c.value * y).sum();
+            for k in 0..m {
+                // y_k free, one row tight.
+                let (rest, vrest) = (sy - y[k], vy - self.classes[k].value * y[k]);
+                let try_k = |yk: f64, best: &mut (f64, Vec<f64>)| {
+                    if self.in_box(k, yk) {
+                        let mut z = y.clone();
+                        z[k] = yk.clamp(0.0, self.classes[k].cap);
+                        consider(z, best);
+                    }
+                };
+                if let Some(f) = self.floor {
+                    try_k(f - x - rest, &mut best);
+                }
+                if self.classes[k].value != 0.0 {
+                    try_k(
+                        (self.pro_rata - self.value * x - vrest) / self.classes[k].value,
+                        &mut best,
+                    );
+                }
+                // y_k and y_l free, both rows tight.
+                let Some(f) = self.floor else { continue };
+                for l in k + 1..m {
+                    let (vk, vl) = (self.classes[k].value, self.classes[l].value);
+                    if vk == vl {
+                        continue;
+                    }
+                    let s2 = sy - y[k] - y[l];
+                    let v2 = vy - vk * y[k] - vl * y[l];
+                    let a = f - x - s2;
+                    let b = self.pro_rata - self.value * x - v2;
+                    // y_k + y_l = a, v_k y_k + v_l y_l = b.
+                    let yk = (b - vl * a) / (vk - vl);
+                    let yl = a - yk;
+                    if self.in_box(k, yk) && self.in_box(l, yl) {
+                        let mut z = y.clone();
+                        z[k] = yk.clamp(0.0, self.classes[k].cap);
+                        z[l] = yl.clamp(0.0, self.classes[l].cap);
+                        consider(z, &mut best);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// Where ψ can bend on [0, total]: the x of every vertex of the
+    /// arrangement in (x, y).
+    fn breakpoints(&self, total: f64) -> Vec<f64> {
+        let m = self.classes.len();
+        let v = self.value;
+        let mut out = Vec::new();
+        for mask in 0..1usize << m {
+            let y = self.at_bounds(mask);
+            let sy: f64 = y.iter().sum();
+            let vy: f64 = self.classes.iter().zip(&y).map(|(c, y)| c.value * y).sum();
+            if let Some(f) = self.floor {
+                out.push(f - sy);
+            }
+            if v != 0.0 {
+                out.push((self.pro_rata - vy) / v);
+            }
+            let Some(f) = self.floor else { continue };
+            for k in 0..m {
+                // x and y_k free, both rows tight:
+                // x + y_k = f − rest, v x + v_k y_k = R − vrest.
+                let vk = self.classes[k].value;
+                if vk == v {
+                    continue;
+                }
+                let a = f - (sy - y[k]);
+                let b = self.pro_rata - (vy - vk * y[k]);
+                let x = (a * vk - b) / (vk - v);
+                if self.in_box(k, a - x) {
+                    out.push(x);
+                }
+            }
+        }
+        out.retain(|x| x.is_finite() && *x > 0.0 && *x < total);
+        out.sort_by(f64::total_cmp);
+        out.dedup();
+        out
+    }
 }
 
 /// The generic LP over every variable: the oracle for [`solve_allocation`].
@@ -1409,6 +1675,105 @@ fn sift(p: &AllocationProblem, m: &Model) -> Sifted {
 mod tests {
     use super::*;
 
+    /// ψ(x) by the LP: the oracle of `Private::best`.
+    fn private_by_lp(pv: &Private, x: f64) -> f64 {
+        let mut vars = ProblemVariables::new();
+        let y: Vec<Variable> = pv
+            .classes
+            .iter()
+            .map(|c| vars.add(variable().min(0.0).max(c.cap)))
+            .collect();
+        let u = vars.add(variable().min(0.0));
+        let s = vars.add(variable().min(0.0));
+        let mut obj = Expression::from(0.0);
+        let (mut sy, mut vy) = (Expression::from(0.0), Expression::from(0.0));
+        for (c, y) in pv.classes.iter().zip(&y) {
+            obj.add_mul(c.weight, *y);
+            sy.add_mul(1.0, *y);
+            vy.add_mul(c.value, *y);
+        }
+        let mut model = vars
+            .maximise(obj - pv.mf * u - pv.mp * s)
+            .using(good_lp::clarabel)
+            .with(constraint::geq(s + vy, pv.pro_rata - pv.value * x));
+        if let Some(f) = pv.floor {
+            model = model.with(constraint::geq(u + sy, f - x));
+        }
+        let sol = model.solve().unwrap();
+        let y: Vec<f64> = y.iter().map(|v| sol.value(*v)).collect();
+        pv.score(x, &y)
+    }
+
+    #[test]
+    fn private_term_finds_the_vertex_where_both_rows_bind() {
+        // Taking energy costs (negative weights), y2 more than y1; the
+        // floor wants y1 + y2 ≥ 1 and the pro-rata row 0.1 y1 + 0.3 y2 ≥
+        // 0.2: the only optimum is where both lines cross, (0.5, 0.5).
+        let class = |weight, value| PrivateClass {
+            weight,
+            value,
+            cap: 2.0,
+            steps: vec![],
+        };
+        let pv = Private {
+            classes: vec![class(-0.1, 0.1), class(-0.2, 0.3)],
+            value: 0.0,
+            floor: Some(1.0),
+            pro_rata: 0.2,
+            mf: 1.5,
+            mp: 4.0,
+        };
+        let (best, y) = pv.best(0.0);
+        assert!(
+            (y[0] - 0.5).abs() < 1e-9 && (y[1] - 0.5).abs() < 1e-9,
+            "{y:?}"
+        );
+        assert!((best - private_by_lp(&pv, 0.0)).abs() < 1e-7);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// The enumeration finds ψ's maximum, and ψ is linear between the
+        /// breakpoints it lists (so the flow's pieces are ψ).
+        #[test]
+        fn private_term_matches_its_lp(
+            classes in proptest::collection::vec((-0.2..0.4f64, -0.1..0.3f64, 0.0..3.0f64), 1..5),
+            value in -0.1..0.3f64,
+            floor in proptest::option::of(0.0..6.0f64),
+            pro_rata in -0.5..1.5f64,
+            xs in proptest::collection::vec(0.0..6.0f64, 3),
+        ) {
+            let pv = Private {
+                classes: classes
+                    .into_iter()
+                    .map(|(weight, value, cap)| PrivateClass { weight, value, cap, steps: vec![] })
+                    .collect(),
+                value,
+                floor,
+                pro_rata,
+                mf: 1.5,
+                mp: 4.0,
+            };
+            let total = 6.0;
+            for &x in &xs {
+                let (best, y) = pv.best(x);
+                let lp = private_by_lp(&pv, x);
+                proptest::prop_assert!((best - lp).abs() <= 1e-6 * (1.0 + lp.abs()), "x {x}: {best} vs lp {lp}");
+                proptest::prop_assert!((pv.score(x, &y) - best).abs() <= 1e-12 * (1.0 + best.abs()));
+            }
+            let mut cuts = vec![0.0];
+            cuts.extend(pv.breakpoints(total));
+            cuts.push(total);
+            for w in cuts.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let mid = 0.5 * (a + b);
+                let line = pv.best(a).0 + (pv.best(b).0 - pv.best(a).0) * (mid - a) / (b - a).max(1e-300);
+                proptest::prop_assert!((pv.best(mid).0 - line).abs() <= 1e-6 * (1.0 + line.abs()),
+                    "not linear on [{a}, {b}]: {} vs {line}", pv.best(mid).0);
+            }
+        }
+    }
+
     fn problem(prod: Vec<f64>, parts: Vec<(Vec<f64>, f64, u8)>) -> AllocationProblem {
         let n = prod.len();
         AllocationProblem {
@@ -1518,8 +1883,8 @@ mod tests {
         // steps that matter, so it is not a network. The dual estimate
         // leaves a small working set; the structured path must prove its
         // answer (and agree with the oracle) rather than fall back. With
-        // off-peak hours under the PV the reduced problem is small and the
-        // whole LP is solved at once (`lp`, not counted as a fallback).
+        // off-peak hours under the PV only at uncongested steps the
+        // participants' values there are private and the flow solves it.
         let mut dynamic = super::super::synthetic::allocation(40, 96, 3);
         for q in &mut dynamic.participants {
             for (t, x) in q.tariff_eur_per_kwh.iter_mut().enumerate() {
@@ -1528,7 +1893,7 @@ mod tests {
         }
         let midday = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
         let before = lp_fallbacks();
-        for (p, method) in [(dynamic, "sifted_lp"), (midday, "lp")] {
+        for (p, method) in [(dynamic, "sifted_lp"), (midday, "flow")] {
             let s = solve_allocation(&p).unwrap();
             assert_eq!(s.method, method);
             let o = solve_allocation_lp(&p).unwrap();
