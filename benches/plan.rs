@@ -75,9 +75,11 @@ fn main() {
     // Tariffs: `night` is the synthetic district's time-of-use tariff, whose
     // off-peak hours (22:00–06:00) have no PV, so every value that matters
     // is flat and the network flow solves it; `midday` adds off-peak hours
-    // at 12:00–16:00 under the PV, so the pro-rata rows weigh the steps
-    // differently and the sifted LP solves it; `flat` is each participant's
-    // mean tariff, as in `ped keys`.
+    // at 12:00–16:00 under the PV, where production covers the demand, so
+    // those values are private to each participant and the flow still
+    // solves it; `flat` is each participant's mean tariff, as in `ped keys`;
+    // `dynamic` moves every tariff by up to ±2 % each step, which no merging
+    // or private term turns into a network: the LP paths.
     for (np, n, rules, tariffs) in [
         (120, 96, true, "night"),
         (120, 96, true, "midday"),
@@ -88,11 +90,14 @@ fn main() {
         (1000, 96, true, "night"),
         (1000, 96, true, "midday"),
         (1000, 96, true, "flat"),
+        (120, 96, true, "dynamic"),
+        (1000, 96, true, "dynamic"),
         (1000, 96, false, "night"),
     ] {
         let mut p = match tariffs {
             "midday" => synthetic::allocation_midday_off_peak(np, n, 1),
             "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, 1)),
+            "dynamic" => synthetic::dynamic_tariffs(synthetic::allocation(np, n, 1)),
             _ => synthetic::allocation(np, n, 1),
         };
         if !rules {

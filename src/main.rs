@@ -181,7 +181,8 @@ enum Cmd {
         allocation: bool,
         /// With --synthetic --allocation: `night` (off-peak 22:00–06:00, no
         /// PV then), `midday` (off-peak also 12:00–16:00, overlapping the
-        /// PV) or `flat` (each participant's mean tariff).
+        /// PV), `flat` (each participant's mean tariff) or `dynamic` (±2 %
+        /// every step).
         #[arg(long, default_value = "night")]
         tariffs: String,
         /// With --synthetic: batteries of the joint plan.
@@ -669,7 +670,12 @@ async fn main() -> Result<()> {
                             "night" => synthetic::allocation(np, n, seed),
                             "midday" => synthetic::allocation_midday_off_peak(np, n, seed),
                             "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, seed)),
-                            other => bail!("--tariffs {other}: expected night, midday or flat"),
+                            "dynamic" => {
+                                synthetic::dynamic_tariffs(synthetic::allocation(np, n, seed))
+                            }
+                            other => {
+                                bail!("--tariffs {other}: expected night, midday, flat or dynamic")
+                            }
                         };
                         Instance::Allocation { problem }
                     } else {

@@ -1885,12 +1885,9 @@ mod tests {
         // answer (and agree with the oracle) rather than fall back. With
         // off-peak hours under the PV only at uncongested steps the
         // participants' values there are private and the flow solves it.
-        let mut dynamic = super::super::synthetic::allocation(40, 96, 3);
-        for q in &mut dynamic.participants {
-            for (t, x) in q.tariff_eur_per_kwh.iter_mut().enumerate() {
-                *x *= 1.0 + 0.02 * (t as f64 * 0.7).sin();
-            }
-        }
+        let dynamic = super::super::synthetic::dynamic_tariffs(
+            super::super::synthetic::allocation(40, 96, 3),
+        );
         let midday = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
         let before = lp_fallbacks();
         for (p, method) in [(dynamic, "sifted_lp"), (midday, "flow")] {

@@ -119,6 +119,18 @@ pub fn allocation_midday_off_peak(
     p
 }
 
+/// A dynamic tariff: each participant's tariff moved by up to ±2 % every
+/// step (indexed on a spot price), so no two steps share their prices and
+/// the values differ between congested steps: no network, the LP paths.
+pub fn dynamic_tariffs(mut p: AllocationProblem) -> AllocationProblem {
+    for q in &mut p.participants {
+        for (t, x) in q.tariff_eur_per_kwh.iter_mut().enumerate() {
+            *x *= 1.0 + 0.02 * (t as f64 * 0.7).sin();
+        }
+    }
+    p
+}
+
 /// Each participant's tariff replaced by its mean over the horizon (one
 /// tariff per consumer, as `ped keys` values them).
 pub fn flat_tariffs(mut p: AllocationProblem) -> AllocationProblem {
