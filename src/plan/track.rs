@@ -96,8 +96,14 @@ pub fn track(t: &Tracking) -> Tracked {
     let mut p2h_kw: Vec<f64> = t.heat.iter().map(|u| finite(u.setpoint_kw)).collect();
     let err = finite(t.measured_net_kw) - finite(t.planned_net_kw);
     let price = finite(t.export_price_eur_per_kwh);
-    if err > 0.0 {
-        let mut extra = err;
+    // Only what the plan's setpoints would export is moved: a smaller
+    // deficit than planned is not an export (a planned discharge is then
+    // capped by the actual deficit where it is applied), and cutting that
+    // discharge would import what the battery could have served.
+    let planned_use: f64 = battery_kw.iter().chain(&p2h_kw).map(|s| s.max(0.0)).sum();
+    let spill = (finite(t.measured_net_kw) - planned_use).max(0.0);
+    let mut extra = err.min(spill);
+    if extra > 0.0 {
         for (b, set) in t.batteries.iter().zip(battery_kw.iter_mut()) {
             if extra <= 0.0 {
                 break;
@@ -106,11 +112,15 @@ pub fn track(t: &Tracking) -> Tracked {
             if b.stored_value_eur_per_kwh * b.charge_eff <= price || b.charge_eff <= 0.0 {
                 continue;
             }
+            // With a surplus to spill a planned discharge has nothing to serve.
+            let from = set.max(0.0);
             let room_kw = (b.capacity_kwh - b.soc_kwh).max(0.0) / (b.charge_eff * h);
-            let top = b.max_charge_kw.min(room_kw).max(*set);
-            let new = (*set + extra).min(top);
-            extra -= new - *set;
-            *set = new;
+            let top = b.max_charge_kw.min(room_kw).max(from);
+            let new = (from + extra).min(top);
+            if new > from {
+                extra -= new - from;
+                *set = new;
+            }
         }
         for (u, set) in t.heat.iter().zip(p2h_kw.iter_mut()) {
             if extra <= 0.0 {
@@ -120,10 +130,13 @@ pub fn track(t: &Tracking) -> Tracked {
                 continue;
             }
             let room_kw = u.room_kwh.max(0.0) / (u.efficiency * h);
-            let top = u.max_kw.min(room_kw).max(*set);
-            let new = (*set + extra).min(top);
-            extra -= new - *set;
-            *set = new;
+            let from = set.max(0.0);
+            let top = u.max_kw.min(room_kw).max(from);
+            let new = (from + extra).min(top);
+            if new > from {
+                extra -= new - from;
+                *set = new;
+            }
         }
     }
     Tracked { battery_kw, p2h_kw }
@@ -181,21 +194,62 @@ mod tests {
     #[test]
     fn extra_surplus_fills_batteries_then_heat_within_power_and_room() {
         // Battery 1 has 9.5 kWh of room: 20 kW over half an hour at 0.95.
+        // The plan puts its forecast 90 kW of surplus into battery 2.
         let b = [battery(0.0, 190.5), battery(90.0, 50.0)];
-        let r = run(0.0, 200.0, 0.06, &b, &[heat(0.0, 1000.0)]);
+        // 200 kW more: 20 + 10 to the batteries, 150 (its rating) to P2H,
+        // and the last 20 are exported.
+        let r = run(90.0, 290.0, 0.06, &b, &[heat(0.0, 1000.0)]);
         assert!((r.battery_kw[0] - 20.0).abs() < 1e-9, "{r:?}");
         assert!((r.battery_kw[1] - 100.0).abs() < 1e-9, "{r:?}");
-        assert!((r.p2h_kw[0] - 170.0f64.min(150.0)).abs() < 1e-9, "{r:?}");
+        assert!((r.p2h_kw[0] - 150.0).abs() < 1e-9, "{r:?}");
         // Nothing is taken beyond the error itself.
-        let r = run(0.0, 25.0, 0.06, &b, &[heat(0.0, 1000.0)]);
+        let r = run(90.0, 115.0, 0.06, &b, &[heat(0.0, 1000.0)]);
         assert!((r.battery_kw[0] - 20.0).abs() < 1e-9 && (r.battery_kw[1] - 95.0).abs() < 1e-9);
         assert_eq!(r.p2h_kw[0], 0.0);
     }
 
     #[test]
-    fn a_planned_discharge_stops_before_the_battery_charges() {
-        let r = run(-50.0, 0.0, 0.06, &[battery(-50.0, 100.0)], &[]);
-        assert!(r.battery_kw[0].abs() < 1e-9, "{r:?}");
+    fn a_smaller_deficit_than_planned_keeps_the_discharge() {
+        // Planned: a 50 kW deficit served by discharge; measured: 20 kW. The
+        // battery still serves it (capped where applied); nothing to absorb.
+        let r = run(
+            -50.0,
+            -20.0,
+            0.06,
+            &[battery(-50.0, 100.0)],
+            &[heat(0.0, 100.0)],
+        );
+        assert_eq!(r.battery_kw, vec![-50.0]);
+        assert_eq!(r.p2h_kw, vec![0.0]);
+        // A surplus of 20 instead: the discharge has nothing to serve and the
+        // battery takes the 20 kW that would be exported.
+        let r = run(-50.0, 20.0, 0.06, &[battery(-50.0, 100.0)], &[]);
+        assert!((r.battery_kw[0] - 20.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn only_what_would_be_exported_is_moved() {
+        // Planned: 100 kW of surplus into the battery; measured 110 kW: the
+        // error is 10 kW though the battery takes 100 of the 110.
+        let r = run(
+            100.0,
+            110.0,
+            0.06,
+            &[battery(100.0, 50.0), battery(0.0, 50.0)],
+            &[],
+        );
+        assert_eq!(r.battery_kw[0], 100.0);
+        assert!((r.battery_kw[1] - 10.0).abs() < 1e-9, "{r:?}");
+        // Measured 60 kW, 50 kW more than the plan's 10, but the plan already
+        // puts 40 into P2H: only 20 would be exported.
+        let r = run(
+            10.0,
+            60.0,
+            0.06,
+            &[battery(0.0, 50.0)],
+            &[heat(40.0, 500.0)],
+        );
+        assert!((r.battery_kw[0] - 20.0).abs() < 1e-9, "{r:?}");
     }
 
     #[test]
