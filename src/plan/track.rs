@@ -301,4 +301,45 @@ mod tests {
             assert!(r.p2h_kw[0] <= 150.0 && r.p2h_kw[0] >= 0.0);
         }
     }
+    proptest::proptest! {
+        /// Whatever the state and the error: setpoints only rise, never
+        /// above power and room, by no more in total than the surplus error
+        /// nor than what the plan would export, and not at all when the
+        /// export pays more than storing.
+        #[test]
+        fn tracking_stays_within_the_error_the_spill_and_the_devices(
+            planned in -300.0f64..300.0,
+            measured in -300.0f64..300.0,
+            price in -0.1f64..0.2,
+            sets in proptest::collection::vec(-100.0f64..100.0, 2),
+            socs in proptest::collection::vec(0.0f64..200.0, 2),
+            p2h in 0.0f64..150.0,
+            room in 0.0f64..500.0,
+        ) {
+            let b: Vec<TrackedBattery> = sets.iter().zip(&socs).map(|(s, c)| battery(*s, *c)).collect();
+            let u = [heat(p2h, room)];
+            let r = run(planned, measured, price, &b, &u);
+            let mut raised = 0.0;
+            for (x, bb) in r.battery_kw.iter().zip(&b) {
+                let room_kw = (bb.capacity_kwh - bb.soc_kwh) / (bb.charge_eff * 0.5);
+                proptest::prop_assert!(*x >= bb.setpoint_kw);
+                if *x > bb.setpoint_kw {
+                    proptest::prop_assert!(*x <= bb.max_charge_kw.min(room_kw) + 1e-9);
+                    proptest::prop_assert!(price < bb.stored_value_eur_per_kwh * bb.charge_eff);
+                    raised += *x - bb.setpoint_kw.max(0.0);
+                }
+            }
+            let x = r.p2h_kw[0];
+            proptest::prop_assert!(x >= p2h);
+            if x > p2h {
+                proptest::prop_assert!(x <= 150.0f64.min(room / (0.98 * 0.5)) + 1e-9);
+                proptest::prop_assert!(price < 0.081 * 0.98);
+                raised += x - p2h;
+            }
+            let planned_use: f64 = sets.iter().map(|s| s.max(0.0)).sum::<f64>() + p2h;
+            let spill = (measured - planned_use).max(0.0);
+            proptest::prop_assert!(raised <= (measured - planned).max(0.0) + 1e-9);
+            proptest::prop_assert!(raised <= spill + 1e-9);
+        }
+    }
 }
