@@ -17,6 +17,11 @@
 //!   charging setpoint is capped by the actual local surplus and a discharge
 //!   setpoint by the actual deficit: storage never charges from the grid nor
 //!   discharges into export.
+//! - Before that, the setpoints are moved by the step's measured error
+//!   ([`crate::plan::track`], off with [`Options::tracking`] = false): sun the
+//!   forecast missed goes into storage with room instead of out as export.
+//!   [`TrackingDiagnosis`] tells, either way, how much of the `ped` run's
+//!   export was unplanned surplus that storage had room for.
 //! - The keys of each step come from the actual energies: consumers are the
 //!   participants, then the batteries (their charge), then the P2H units;
 //!   production is PV plus discharge. With the site's optimised policy (and
