@@ -168,6 +168,11 @@ enum Cmd {
         /// No progress bar on stderr.
         #[arg(long)]
         quiet: bool,
+        /// Apply the plan's battery and P2H powers as they stand, without
+        /// moving them by the measured PV and load error (the dispatch before
+        /// plan tracking, for comparison).
+        #[arg(long)]
+        no_tracking: bool,
     },
     /// Write a plan or allocation instance as JSON, or solve one and print a summary.
     /// Instances: a synthetic district (--synthetic), or a dump, e.g. the
@@ -389,6 +394,7 @@ async fn main() -> Result<()> {
             budget_ms,
             out,
             quiet,
+            no_tracking,
         } => {
             // The backtest talks to no device: the site's register maps are not needed.
             let raw = config::load_unvalidated(&site)?;
@@ -402,6 +408,7 @@ async fn main() -> Result<()> {
                 budget,
                 out_dir: out.clone(),
                 progress: !quiet,
+                tracking: !no_tracking,
             };
             let summary = tokio::task::spawn_blocking(move || ped::backtest::run(&raw, &opts))
                 .await

@@ -281,3 +281,48 @@ fn backtest_names_the_file_and_line_of_bad_data() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("heat.csv"));
 }
+
+/// Plan tracking (`plan::track`) on the 2-day set: applied as they stand,
+/// the plan's setpoints export hundreds of kWh of unforecast sun while the
+/// storage has power and room for it; tracked, almost none, and the `ped`
+/// dispatch exports less and self-consumes more.
+#[test]
+fn tracking_stores_unforecast_sun_that_the_plan_as_it_stands_exports() {
+    let run = |tracking: bool| -> serde_json::Value {
+        let out = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ped"));
+        cmd.args(["backtest", "--quiet", "--data"])
+            .arg(data_dir())
+            .arg("--out")
+            .arg(out.path())
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if !tracking {
+            cmd.arg("--no-tracking");
+        }
+        let r = cmd.output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("summary.json")).unwrap())
+            .unwrap()
+    };
+    let (on, off) = (run(true), run(false));
+    let t = |s: &serde_json::Value, k: &str| s["tracking"][k].as_f64().unwrap();
+    assert_eq!(on["tracking"]["enabled"], true);
+    assert_eq!(off["tracking"]["enabled"], false);
+    assert!(
+        t(&off, "export_storage_had_room_for_kwh") > 100.0,
+        "{}",
+        off["tracking"]
+    );
+    assert!(
+        t(&on, "export_storage_had_room_for_kwh")
+            < 0.05 * t(&off, "export_storage_had_room_for_kwh"),
+        "{} against {}",
+        on["tracking"],
+        off["tracking"]
+    );
+    assert!(t(&on, "export_kwh") < t(&off, "export_kwh"));
+    assert!(t(&on, "setpoints_moved_kwh") > 0.0 && t(&off, "setpoints_moved_kwh") == 0.0);
+    let ped = |s: &serde_json::Value| s["scenarios"][0]["self_consumption_rate"].as_f64().unwrap();
+    assert!(ped(&on) > ped(&off), "{} against {}", ped(&on), ped(&off));
+    assert_eq!(on["scenarios"][0]["participants_worse_than_dso_prorata"], 0);
+}

@@ -17,6 +17,11 @@
 //!   charging setpoint is capped by the actual local surplus and a discharge
 //!   setpoint by the actual deficit: storage never charges from the grid nor
 //!   discharges into export.
+//! - Before that, the setpoints are moved by the step's measured error
+//!   ([`crate::plan::track`], off with [`Options::tracking`] = false): sun the
+//!   forecast missed goes into storage with room instead of out as export.
+//!   [`TrackingDiagnosis`] tells, either way, how much of the `ped` run's
+//!   export was unplanned surplus that storage had room for.
 //! - The keys of each step come from the actual energies: consumers are the
 //!   participants, then the batteries (their charge), then the P2H units;
 //!   production is PV plus discharge. With the site's optimised policy (and
@@ -85,6 +90,9 @@ pub enum BacktestError {
 const BATTERY_EFF: f64 = 0.95;
 const P2H_EFF: f64 = 0.98;
 const STORE_LOSS_PER_HOUR: f64 = 0.005;
+/// Share of the local price a kWh left in a battery is worth to the plan
+/// (`BatteryModel::end_value_eur_per_kwh`, as the daemon's planner sets it).
+const BATTERY_END_VALUE_RATIO: f64 = 0.9;
 /// Part of its substation's demand a heat store may cover.
 const STORE_SHARE_OF_DEMAND: f64 = 0.5;
 /// A PV miss triggers a re-solve when it exceeds this share of the installed
@@ -107,6 +115,9 @@ pub struct Options {
     pub budget: Duration,
     pub out_dir: PathBuf,
     pub progress: bool,
+    /// Move the plan's setpoints by the measured error within each step
+    /// ([`crate::plan::track`]); off: the plan's powers as they stand.
+    pub tracking: bool,
 }
 
 /// The data set on the replay grid, energies converted to kW averages.
@@ -434,11 +445,8 @@ fn device_step(
         }
     }
     for (k, u) in site.heat.iter().enumerate() {
-        let kept = st.store[k] * (1.0 - STORE_LOSS_PER_HOUR * h);
-        // Heat stored before this step serves this step's demand.
-        let want = STORE_SHARE_OF_DEMAND * demand.get(u.substation).copied().unwrap_or(0.0);
-        let s = want.min(kept / h).max(0.0);
-        let room = (u.capacity - kept + s * h).max(0.0) / (P2H_EFF * h);
+        let (kept, s, room) = store_step(u, st.store[k], h, demand);
+        let room = room / (P2H_EFF * h);
         let set = p2h_set.get(k).copied().unwrap_or(0.0);
         let p = set.min(u.max_kw).min(surplus.max(0.0)).min(room).max(0.0);
         surplus -= p;
@@ -447,6 +455,162 @@ fn device_step(
         f.served[k] = s;
     }
     f
+}
+
+/// The tracking problem of one simulated step: the plan's setpoints, the
+/// plan's and the measured surplus, and the devices' state and room.
+#[allow(clippy::too_many_arguments)]
+fn tracking_input(
+    site: &Site,
+    st: &DeviceState,
+    h: f64,
+    planned_net_kw: f64,
+    measured_net_kw: f64,
+    demand: &[f64],
+    bset: &[f64],
+    hset: &[f64],
+) -> TrackingOwned {
+    let batteries = site
+        .batteries
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let soc = st.soc[i];
+            plan::track::TrackedBattery {
+                setpoint_kw: bset.get(i).copied().unwrap_or(0.0),
+                soc_kwh: soc,
+                capacity_kwh: b.capacity,
+                max_charge_kw: b.max_charge,
+                charge_eff: BATTERY_EFF,
+                stored_value_eur_per_kwh: site.local_price * BATTERY_END_VALUE_RATIO,
+            }
+        })
+        .collect();
+    let heat = site
+        .heat
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let (_, _, room) = store_step(u, st.store[i], h, demand);
+            plan::track::TrackedHeat {
+                setpoint_kw: hset.get(i).copied().unwrap_or(0.0),
+                max_kw: u.max_kw,
+                room_kwh: room,
+                efficiency: P2H_EFF,
+                stored_value_eur_per_kwh: site.heat_price * plan::HEAT_END_VALUE_RATIO,
+            }
+        })
+        .collect();
+    TrackingOwned {
+        step_hours: h,
+        planned_net_kw,
+        measured_net_kw,
+        export_price_eur_per_kwh: site.export_price,
+        batteries,
+        heat,
+    }
+}
+
+/// [`plan::track::Tracking`] with owned device lists.
+struct TrackingOwned {
+    step_hours: f64,
+    planned_net_kw: f64,
+    measured_net_kw: f64,
+    export_price_eur_per_kwh: f64,
+    batteries: Vec<plan::track::TrackedBattery>,
+    heat: Vec<plan::track::TrackedHeat>,
+}
+
+impl TrackingOwned {
+    fn view(&self) -> plan::track::Tracking<'_> {
+        plan::track::Tracking {
+            step_hours: self.step_hours,
+            planned_net_kw: self.planned_net_kw,
+            measured_net_kw: self.measured_net_kw,
+            export_price_eur_per_kwh: self.export_price_eur_per_kwh,
+            batteries: &self.batteries,
+            heat: &self.heat,
+        }
+    }
+}
+
+/// Where the `ped` run's export came from: at steps where the actual surplus
+/// exceeded the plan's, how much of that unplanned surplus was exported
+/// while the batteries or heat stores had power and room left for it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrackingDiagnosis {
+    /// Whether the run tracked the plan ([`Options::tracking`]).
+    pub enabled: bool,
+    /// Export of the device model (PV + discharge − load − charge − P2H).
+    pub export_kwh: f64,
+    /// Steps whose actual surplus (PV − load) exceeded the plan's.
+    pub steps_unplanned_surplus: usize,
+    /// Export at those steps, up to the unplanned surplus.
+    pub export_of_unplanned_surplus_kwh: f64,
+    /// …of which storage had power and room for (batteries and heat).
+    pub export_storage_had_room_for_kwh: f64,
+    /// …of which the batteries alone had power and room for.
+    pub export_batteries_had_room_for_kwh: f64,
+    /// Σ |tracked − planned setpoint| × step (kWh).
+    pub setpoints_moved_kwh: f64,
+}
+
+impl TrackingDiagnosis {
+    fn add(
+        &mut self,
+        site: &Site,
+        st: &DeviceState,
+        h: f64,
+        planned: f64,
+        measured: f64,
+        f: &StepFlows,
+    ) {
+        let used: f64 = f.charge.iter().sum::<f64>() + f.p2h.iter().sum::<f64>()
+            - f.discharge.iter().sum::<f64>();
+        let export = (measured - used).max(0.0);
+        self.export_kwh += export * h;
+        let unplanned = measured - planned;
+        if unplanned <= 0.0 {
+            return;
+        }
+        self.steps_unplanned_surplus += 1;
+        let of_unplanned = export.min(unplanned);
+        self.export_of_unplanned_surplus_kwh += of_unplanned * h;
+        // Room after the step: power left and energy left over the step.
+        let bat: f64 = site
+            .batteries
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let power = b.max_charge - f.charge[i] + f.discharge[i];
+                let energy = (b.capacity - st.soc[i]).max(0.0) / (BATTERY_EFF * h);
+                power.min(energy).max(0.0)
+            })
+            .sum();
+        let heat: f64 = site
+            .heat
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let power = u.max_kw - f.p2h[i];
+                let energy = (u.capacity - st.store[i]).max(0.0) / (P2H_EFF * h);
+                power.min(energy).max(0.0)
+            })
+            .sum();
+        self.export_storage_had_room_for_kwh += of_unplanned.min(bat + heat) * h;
+        self.export_batteries_had_room_for_kwh += of_unplanned.min(bat) * h;
+    }
+}
+
+/// A heat store over one step before power-to-heat: what it keeps after
+/// losses, what it serves (kW thermal), and its room for heat (kWh thermal).
+fn store_step(u: &HeatUnit, store: f64, h: f64, demand: &[f64]) -> (f64, f64, f64) {
+    let kept = store * (1.0 - STORE_LOSS_PER_HOUR * h);
+    // Heat stored before this step serves this step's demand.
+    let want = STORE_SHARE_OF_DEMAND * demand.get(u.substation).copied().unwrap_or(0.0);
+    let s = want.min(kept / h).max(0.0);
+    let room = (u.capacity - kept + s * h).max(0.0);
+    (kept, s, room)
 }
 
 /// Totals of one scenario.
@@ -537,6 +701,8 @@ pub struct Summary {
     pub solve: SolveStats,
     pub forecast_errors: ForecastErrors,
     pub participants: Vec<ParticipantResult>,
+    /// The `ped` dispatch's export against its plan's surplus.
+    pub tracking: TrackingDiagnosis,
 }
 
 struct Progress {
@@ -699,12 +865,18 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
     };
     let mut st = init.clone();
     let mut lp_flows = Vec::with_capacity(steps);
-    let mut current: Option<(usize, plan::Plan)> = None;
+    // The plan, its first step, and its PV minus load forecast per step (the
+    // surplus it planned for, which tracking measures the error against).
+    let mut current: Option<(usize, plan::Plan, Vec<f64>)> = None;
+    let mut diag = TrackingDiagnosis {
+        enabled: opts.tracking,
+        ..Default::default()
+    };
     let mut heat_models: BTreeMap<usize, (NaiveDate, Option<DegreeDayModel>)> = BTreeMap::new();
     for t in begin..end {
         let due = match &current {
             None => true,
-            Some((t0, p)) => {
+            Some((t0, p, _)) => {
                 let k = t - t0;
                 let plan_len = p.export_kwh.len().max(1);
                 let (got, want) = (total_pv[t - 1], forecast_pv_at(p, k.saturating_sub(1)));
@@ -744,11 +916,13 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 demand_fc.push(f);
             }
             let mut pv = vec![0.0; horizon];
+            let mut planned_net = vec![0.0; horizon];
             for (p, c) in ds.pv_kw.iter().zip(&clear) {
                 let f = forecast::pv_blend_forecast(p, c, t, horizon, h);
                 pv.iter_mut().zip(&f).for_each(|(a, b)| *a += b);
             }
             score(&mut err_pv, &pv, &total_pv, t);
+            planned_net.copy_from_slice(&pv);
             let analogs = LoadAnalogs::new(&ds.cal, t, horizon);
             let participants = ds
                 .participants
@@ -757,6 +931,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 .map(|(i, p)| {
                     let f = forecast::load_forecast(&ds.load_kw[i], &analogs, h);
                     score(&mut err_load, &f, &ds.load_kw[i], t);
+                    planned_net.iter_mut().zip(&f).for_each(|(a, b)| *a -= b);
                     ParticipantForecast {
                         id: p.id.clone(),
                         load_kw: f,
@@ -785,7 +960,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         max_discharge_kw: b.max_discharge,
                         charge_eff: BATTERY_EFF,
                         discharge_eff: BATTERY_EFF,
-                        end_value_eur_per_kwh: site.local_price * 0.9,
+                        end_value_eur_per_kwh: site.local_price * BATTERY_END_VALUE_RATIO,
                     })
                     .collect(),
                 heat: site
@@ -827,9 +1002,9 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 PlanStatus::Optimal => stats.optimal += 1,
                 _ => stats.fallback += 1,
             }
-            current = Some((t, p));
+            current = Some((t, p, planned_net));
         }
-        let (t0, p) = current
+        let (t0, p, planned_net) = current
             .as_ref()
             .ok_or_else(|| BacktestError::Options("no plan".into()))?;
         let k = t - t0;
@@ -844,7 +1019,25 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             .map(|r| r.get(k).copied().unwrap_or(0.0))
             .collect();
         let demand: Vec<f64> = ds.heat_kw.iter().map(|s| s[t]).collect();
-        lp_flows.push(device_step(
+        let planned = planned_net.get(k).copied().unwrap_or(0.0);
+        let measured = total_pv[t] - total_load[t];
+        let (bset, hset) = if opts.tracking {
+            let r = plan::track::track(
+                &tracking_input(&site, &st, h, planned, measured, &demand, &bset, &hset).view(),
+            );
+            let moved: f64 = r
+                .battery_kw
+                .iter()
+                .zip(&bset)
+                .chain(r.p2h_kw.iter().zip(&hset))
+                .map(|(a, b)| (a - b).abs())
+                .sum();
+            diag.setpoints_moved_kwh += moved * h;
+            (r.battery_kw, r.p2h_kw)
+        } else {
+            (bset, hset)
+        };
+        let f = device_step(
             &site,
             &mut st,
             h,
@@ -853,7 +1046,9 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             &demand,
             &bset,
             &hset,
-        ));
+        );
+        diag.add(&site, &st, h, planned, measured, &f);
+        lp_flows.push(f);
         progress.update(
             t + 1 - begin,
             &ds.cal.grid.local_day(ds.cal.time(t)).to_string(),
@@ -1220,6 +1415,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             heat: err_heat.result(),
         },
         participants,
+        tracking: diag,
     };
     write_outputs(&summary, &trace, &ds, begin, &opts.out_dir)?;
     Ok(summary)
@@ -1497,6 +1693,17 @@ pub fn table(s: &Summary) -> String {
         "solves {} ({} optimal, {} fallback, {} after a PV miss): p50 {:.3} s, p95 {:.3} s, p99 {:.3} s, max {:.3} s\n",
         v.solves, v.optimal, v.fallback, v.replans_on_miss, v.p50_s, v.p95_s, v.p99_s, v.max_s
     ));
+    let d = &s.tracking;
+    o.push_str(&format!(
+        "ped dispatch, plan tracking {}: export {:.0} kWh; at the {} steps with more surplus than planned, {:.0} kWh of it exported, {:.0} kWh while storage had room ({:.0} kWh the batteries); setpoints moved {:.0} kWh\n",
+        if d.enabled { "on" } else { "off" },
+        d.export_kwh,
+        d.steps_unplanned_surplus,
+        d.export_of_unplanned_surplus_kwh,
+        d.export_storage_had_room_for_kwh,
+        d.export_batteries_had_room_for_kwh,
+        d.setpoints_moved_kwh
+    ));
     let ratios: Vec<f64> = s.participants.iter().map(|p| p.ratio_to_prorata).collect();
     let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -1581,6 +1788,42 @@ mod tests {
         let f = device_step(&s, &mut st, 1.0, 30.0, 0.0, &[0.0], &[], &[50.0]);
         assert!(f.p2h[0] <= 10.0 + 1e-12);
         assert!(st.store[0] <= 20.0 + 1e-9);
+    }
+
+    /// The plan expected 2 kW of surplus and charges 2 kW; the sun gives 8.
+    /// Applied as it stands, the plan exports 6 kW into a half-empty battery;
+    /// tracked, the battery takes 5 (its power) and P2H the other 3.
+    #[test]
+    fn unplanned_sun_goes_to_storage_with_room_when_tracked() {
+        let s = site(vec![bat()]);
+        let fresh = || DeviceState {
+            soc: vec![5.0],
+            store: vec![0.0],
+        };
+        let (pv, load, h) = (10.0, 2.0, 0.5);
+        let mut st = fresh();
+        let f = device_step(&s, &mut st, h, pv, load, &[0.0], &[2.0], &[0.0]);
+        assert_eq!((f.charge[0], f.p2h[0]), (2.0, 0.0));
+        let mut st = fresh();
+        let tracked = plan::track::track(
+            &tracking_input(&s, &st, h, 2.0, pv - load, &[0.0], &[2.0], &[0.0]).view(),
+        );
+        let f = device_step(
+            &s,
+            &mut st,
+            h,
+            pv,
+            load,
+            &[0.0],
+            &tracked.battery_kw,
+            &tracked.p2h_kw,
+        );
+        assert_eq!(f.charge[0], 5.0);
+        assert!((f.p2h[0] - 3.0).abs() < 1e-12, "{f:?}");
+        let mut diag = TrackingDiagnosis::default();
+        diag.add(&s, &st, h, 2.0, pv - load, &f);
+        assert_eq!(diag.steps_unplanned_surplus, 1);
+        assert!(diag.export_kwh.abs() < 1e-12, "{diag:?}");
     }
 
     #[test]

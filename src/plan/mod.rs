@@ -81,6 +81,7 @@ impl Backend {
 }
 pub mod instance;
 pub mod synthetic;
+pub mod track;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -1209,9 +1210,11 @@ fn run_backend(
 /// horizon is worth: it displaces network heat later, less the standing
 /// losses until then. Without it the plan empties the store towards the
 /// horizon's end and defers power-to-heat past it.
-const HEAT_END_VALUE_RATIO: f64 = 0.9;
+pub const HEAT_END_VALUE_RATIO: f64 = 0.9;
 
-fn heat_end_value(u: &HeatUnitModel) -> f64 {
+/// What the plan gives a kWh of heat left in the store at the horizon's end
+/// (also [`track`]'s value of storing unplanned surplus).
+pub fn heat_end_value(u: &HeatUnitModel) -> f64 {
     u.heat_price_eur_per_kwh * HEAT_END_VALUE_RATIO
 }
 
