@@ -17,24 +17,32 @@
 //! `F_i` the floor target and `R_i` the value of the DSO's default pro-rata
 //! key over the month (both net of the month-to-date figures).
 //!
-//! Structure: without the two coupling rows per participant the problem splits
+//! Structure: first an exact reduction (`reduce`): a step whose production
+//! covers the whole demand cannot bind, so such steps with the same prices
+//! are one step, and the steps without production are one step. Without the
+//! two coupling rows per participant the problem splits
 //! into one fractional knapsack per step (value `v_it − x_t + b_i`, capacity
 //! `P_t`, caps `c_it`), solved exactly by sorting. That greedy solution is
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
 //! When a coupling row binds and every participant with a pro-rata row has
-//! the same value at every step where it can receive energy (flat tariffs,
-//! as in `ped keys`, or a time-of-use tariff whose off-peak hours have no
-//! production), both rows only see the participant's total and the problem
-//! is a max-gain flow,
-//! solved exactly by the integer network simplex of [`super::flow`]
-//! (`method: "flow"`; see `flow_allocation`). Otherwise (time-of-use
-//! pro-rata rows), [`solve_allocation`] first estimates the LP
+//! one value at every congested step where it can receive energy (flat
+//! tariffs, as in `ped keys`, or time-of-use tariffs whose off-peak hours
+//! fall at night or when the PV covers the demand), the problem is a
+//! max-gain flow, solved exactly by the integer network simplex of
+//! [`super::flow`] (`method: "flow"`; see `flow_allocation`): both rows
+//! only see the participant's total at congested steps, and its variables
+//! at uncongested steps, which no shared row constrains, are maximised out
+//! of its penalty term (`Private`). Otherwise (values that differ between
+//! congested steps: a dynamic tariff, or off-peak hours when production is
+//! short), [`solve_allocation`] first estimates the LP
 //! dual (step prices π, multipliers λ on the floors and μ on the pro-rata
 //! rows) by exact block coordinate descent (see `warm_start`), fixes the
 //! variables whose adjusted weight `w + λ + μ v` is clearly above or below
-//! its step's threshold, and solves the LP over the rest (see `sift`). The
+//! its step's threshold, and solves the LP over the rest (see `sift`); when
+//! that would leave more than a fifth of the variables in play it solves
+//! the whole (reduced) LP at once (`method: "lp"`, not a fallback). The
 //! restricted LP's λ, μ, with the step prices re-derived over *every*
 //! variable, give an upper bound on the full optimum by weak duality; the
 //! result is returned only when it meets that bound within 1e-8 relative
@@ -691,9 +699,10 @@ fn expand(p: &AllocationProblem, groups: &[Vec<usize>], a: &[Vec<f64>]) -> Vec<V
 }
 
 /// The exact network-flow solution (see [`super::flow`]) when every coupling
-/// row only sees the participant's total: its value is the same at every
-/// step where it can receive energy, or it has no pro-rata row. None when the instance is not eligible
-/// (or its figures do not fit the integer scales; the LP paths take over).
+/// row only sees the participant's total at congested steps: its value is
+/// the same at every congested step where it can receive energy, or it has
+/// no pro-rata row. None when the instance is not eligible (or its figures
+/// do not fit the integer scales; the LP paths take over).
 ///
 /// `start` (the greedy's allocation) is the warm start: the arcs it fills to
 /// their cap start at their cap, so the simplex does not need one pivot per
