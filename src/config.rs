@@ -212,6 +212,12 @@ pub struct PlanSection {
     /// Price of the network heat that power-to-heat displaces.
     #[serde(default = "default_heat_price")]
     pub heat_price_eur_per_kwh: f64,
+    /// Export prices over time (`start;eur_per_kwh` rows, e.g. day-ahead
+    /// prices), read again before every plan; `export_price_eur_per_kwh`
+    /// where it says nothing. Relative to the working directory, like
+    /// `site.output_dir`. See `prices`.
+    #[serde(default)]
+    pub export_prices_file: Option<PathBuf>,
 }
 impl Default for PlanSection {
     fn default() -> Self {
@@ -222,6 +228,7 @@ impl Default for PlanSection {
             export_price_eur_per_kwh: default_export_price(),
             import_price_eur_per_kwh: default_import_price(),
             heat_price_eur_per_kwh: default_heat_price(),
+            export_prices_file: None,
         }
     }
 }
@@ -849,6 +856,15 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             ));
         }
     }
+    if let Some(file) = &pl.export_prices_file {
+        if let Err(e) = crate::prices::Schedule::load(file) {
+            p.push(problem(
+                "plan.export_prices_file",
+                e.to_string(),
+                "see the error's own fix",
+            ));
+        }
+    }
     if ![100, 1000, 10000].contains(&config.keys.units_per_one) {
         p.push(problem(
             "keys.units_per_one",
@@ -1349,6 +1365,38 @@ meter = "M-1"
         assert_eq!(site.grid.step_minutes(), 15);
         assert_eq!(site.config.http.listen, "127.0.0.1:9464");
         assert_eq!(site.producers().len(), 1);
+    }
+
+    #[test]
+    fn an_export_prices_file_is_checked_for_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let prices = dir.path().join("prices.csv");
+        let with = |file: &Path| {
+            format!(
+                "{MINIMAL}\n[plan]\nexport_prices_file = {:?}\n",
+                file.to_string_lossy()
+            )
+        };
+        std::fs::write(&prices, "2026-06-21T13:00:00+02:00;-0.02\n").unwrap();
+        let (_d, path) = write(&with(&prices));
+        assert!(load(&path, &maps()).is_ok());
+        for (text, says) in [
+            ("2026-06-21T13:00:00+02:00;-20\n", "line 1"),
+            ("", "no price row"),
+        ] {
+            std::fs::write(&prices, text).unwrap();
+            let err = load(&path, &maps()).unwrap_err().to_string();
+            assert!(
+                err.contains("plan.export_prices_file") && err.contains(says),
+                "{err}"
+            );
+        }
+        let (_d, path) = write(&with(&dir.path().join("missing.csv")));
+        let err = load(&path, &maps()).unwrap_err().to_string();
+        assert!(
+            err.contains("missing.csv") && err.contains("cannot read"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod modbus;
 pub mod plan;
+pub mod prices;
 pub mod registers;
 pub mod simulator;
 pub mod time;

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub periods_estimated: IntCounter,
     // Plan allocation per participant, devices included (issue 4).
     pub plan_allocation: GaugeVec,
+    // Export prices over time (`[plan] export_prices_file`).
+    pub export_price: Gauge,
+    pub export_prices_errors: IntCounter,
 }
 
 impl Metrics {
@@ -251,6 +254,11 @@ impl Metrics {
                 "Energy the current plan allocates to a participant in the current settlement step; batteries and power-to-heat included (their planned charge or P2H, all taken from local production).",
                 &["participant"],
             )?,
+            export_price: g(
+                "export_price_eur_per_kwh",
+                "Export price of the current settlement step used by the plan (from plan.export_prices_file, else the flat plan.export_price_eur_per_kwh).",
+            )?,
+            export_prices_errors: reg(r, IntCounter::new("export_prices_errors_total", "Reads of plan.export_prices_file that failed (unreadable or invalid); the plan keeps the last good prices.")?)?,
             registry,
         };
         m.build_info

@@ -188,3 +188,119 @@ fn simulate_dry_run_logs_the_curtailment_instead_of_writing_it() {
     assert!(would.iter().any(|l| l.contains("PV-A")), "{would:?}");
     assert!(would.iter().any(|l| l.contains("PV-B")), "{would:?}");
 }
+
+/// The release path: export prices from a file, negative for the first
+/// quarter-hour and positive after it. The plan curtails while export costs
+/// money and, at the first plan of the next step, releases the limits, so
+/// the inverters return to their free output (and nothing is lost to a limit
+/// left behind). The file is also re-read: the price gauge follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_released_when_the_export_price_turns_positive() {
+    let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
+    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let prices = dir.path().join("export-prices.csv");
+    std::fs::write(
+        &prices,
+        "start;eur_per_kwh\n2025-06-21T13:00:00+02:00;-0.05\n2025-06-21T13:15:00+02:00;0.04\n2025-06-21T15:00:00+02:00;0.04\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let toml = site_toml()
+        .replace(
+            "export_price_eur_per_kwh = -0.05",
+            &format!(
+                "export_price_eur_per_kwh = 0.06\nexport_prices_file = {:?}",
+                prices.to_string_lossy()
+            ),
+        )
+        .replace("1570", "1571");
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T13:00:00+02:00")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    // 15 simulated minutes in 7.5 s.
+    let clock = Clock::simulated(origin, 120.0);
+    let sim = Simulator::start(&site, lib.clone(), clock, 3, true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let free_pv = sim.truth.borrow().pv_kw;
+    let daemon = Daemon::start(
+        sim.site.clone(),
+        lib.clone(),
+        clock,
+        Options {
+            dry_run: false,
+            output_dir: Some(dir.path().join("out")),
+            http_listen: Some("127.0.0.1:0".into()),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let price = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("ped_export_price_eur_per_kwh"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let started = Instant::now();
+    let mut curtailed = None;
+    let mut released = None;
+    let mut prices_seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(25) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = sim.truth.borrow().clone();
+        let now = clock.now();
+        if let Some(x) = price(&daemon.shared.metrics.render()) {
+            if prices_seen.last() != Some(&x) {
+                prices_seen.push(x);
+            }
+        }
+        if curtailed.is_none() && t.pv_kw < 0.5 * free_pv {
+            curtailed = Some((now, t.pv_kw));
+        }
+        if curtailed.is_some() && t.pv_kw > 0.8 * free_pv {
+            released = Some((now, t.pv_kw));
+            break;
+        }
+    }
+    let text = daemon.shared.metrics.render();
+    daemon.shutdown().await;
+    let quarter = origin + chrono::Duration::minutes(15);
+    let (c_at, c_kw) =
+        curtailed.unwrap_or_else(|| panic!("never curtailed below half of {free_pv} kW\n{text}"));
+    assert!(
+        c_at < quarter,
+        "curtailed at {c_at}, after the negative quarter-hour"
+    );
+    let (r_at, r_kw) = released.unwrap_or_else(|| {
+        panic!(
+            "limits never released after {c_at} ({c_kw} kW); PV now {:?}\n{text}",
+            sim.truth.borrow()
+        )
+    });
+    assert!(
+        r_at >= quarter,
+        "released at {r_at}, before the price turned"
+    );
+    // The next step's plan releases within its first minutes (simulated).
+    assert!(
+        r_at < quarter + chrono::Duration::minutes(5),
+        "released only at {r_at} ({r_kw} kW)"
+    );
+    // (0 before the first plan.)
+    let neg = prices_seen.iter().position(|x| *x == -0.05);
+    let pos = prices_seen.iter().position(|x| *x == 0.04);
+    assert!(
+        neg.is_some() && pos.is_some() && neg < pos,
+        "{prices_seen:?}"
+    );
+    let releases: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("ped_setpoint_writes_total") && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(releases >= 4.0, "limit and release on both plants:\n{text}");
+    drop(sim);
+}

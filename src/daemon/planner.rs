@@ -38,6 +38,7 @@ pub async fn run(
         _ = shutdown.changed() => return,
     }
     let mut last_valid: Option<plan::Plan> = None;
+    let mut export_prices = crate::prices::Feed::new(site.config.plan.export_prices_file.clone());
     // The step whose plan was already re-solved after a forecast miss.
     let mut missed_start = None;
     for reason in ["step", "forecast_miss"] {
@@ -54,7 +55,20 @@ pub async fn run(
         }
         let now = clock.now();
         let start = grid.period_start(now);
-        let input = build_input(&shared, start, &load_hist);
+        let mut input = build_input(&shared, start, &load_hist);
+        if let Err(e) = export_prices.refresh() {
+            tracing::warn!(error = %e, "plan: export prices not read; keeping the last good ones");
+            shared.metrics.export_prices_errors.inc();
+        }
+        input.export_price_eur_per_kwh = export_prices.steps(
+            start,
+            chrono::Duration::minutes(i64::from(grid.step_minutes())),
+            input.export_price_eur_per_kwh.len(),
+            site.config.plan.export_price_eur_per_kwh,
+        );
+        if let Some(x) = input.export_price_eur_per_kwh.first() {
+            shared.metrics.export_price.set(*x);
+        }
         let budget = Duration::from_millis(site.config.plan.budget_ms);
         let started = Instant::now();
         let solving = {
