@@ -276,6 +276,12 @@ def optimiser():
     b.ts("Re-solves per hour by trigger", [target(
         f'sum by (reason) (increase(ped_plan_resolves_total{{{S}}}[1h]))', "{{reason}}")], w=8,
         description="step: the next settlement step; forecast_miss: measured PV far from the plan's forecast.")
+    b.row("Export price")
+    b.ts("Export price of the current step", [target(f'ped_export_price_eur_per_kwh{{{S}}}', "€/kWh")], w=12,
+         description="From plan.export_prices_file (e.g. day-ahead prices), else the flat plan.export_price_eur_per_kwh. Below 0 the plan curtails PV.")
+    b.ts("Export price file: failed reads per hour", [target(
+        f'increase(ped_export_prices_errors_total{{{S}}}[1h])', "failed reads")], w=12,
+        description="The file was unreadable or invalid (the log names line and fix); the plan kept the last good prices.")
     return b
 
 
