@@ -112,6 +112,22 @@ fn scaled_operation(dir: &Path, copies: usize) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// `--from DAY --to DAY --load-curves CURVES --out OUT` and `extra`.
+fn day_args<'a>(day: &'a str, curves: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--from",
+        day,
+        "--to",
+        day,
+        "--load-curves",
+        curves.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn run_ok(args: &[&str]) -> String {
     let out = keys(args);
     let text = format!(
@@ -194,23 +210,20 @@ fn golden(name: &str, dir: &Path, files: &[String]) {
 fn autumn_dst_day_full_dynamic_with_a_battery_and_a_missing_point() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("oct");
-    let o = out.to_str().unwrap();
-    let text = run_ok(&[
-        "--from",
+    let curves = data("curves-2025-10-26");
+    let text = run_ok(&day_args(
         "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        data("curves-2025-10-26").to_str().unwrap(),
-        "--policy",
-        "optimised",
-        "--kind",
-        "full",
-        "--format",
-        "enedis",
-        "--out",
-        o,
-    ]);
+        &curves,
+        &out,
+        &[
+            "--policy",
+            "optimised",
+            "--kind",
+            "full",
+            "--format",
+            "enedis",
+        ],
+    ));
     assert!(text.contains("written: 4 file(s), 100 periods"), "{text}");
     let m = manifest(&out);
     assert_eq!(m.periods, 100);
@@ -287,20 +300,8 @@ fn autumn_dst_day_full_dynamic_with_a_battery_and_a_missing_point() {
 fn spring_dst_day_simple_dynamic_is_idempotent_and_never_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mar");
-    let o = out.to_str().unwrap();
     let curves = data("curves-2025-03-30");
-    let args = [
-        "--from",
-        "2025-03-30",
-        "--to",
-        "2025-03-30",
-        "--load-curves",
-        curves.to_str().unwrap(),
-        "--policy",
-        "prorata",
-        "--out",
-        o,
-    ];
+    let args = day_args("2025-03-30", &curves, &out, &["--policy", "prorata"]);
     let text = run_ok(&args);
     assert!(text.contains("written: 4 file(s), 92 periods"), "{text}");
     let m = manifest(&out);
@@ -343,8 +344,10 @@ fn spring_dst_day_simple_dynamic_is_idempotent_and_never_overwritten() {
     assert!(text.contains("unchanged"), "{text}");
     assert_eq!(before, std::fs::read(out.join("manifest.json")).unwrap());
     // Different keys for the same month: refused, the old version stays.
-    let mut other = args.to_vec();
-    other[7] = "optimised";
+    let other: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "prorata" { "optimised" } else { a })
+        .collect();
     let o2 = keys(&other);
     assert!(!o2.status.success());
     assert!(String::from_utf8_lossy(&o2.stderr).contains("new version"));
@@ -386,22 +389,20 @@ fn spain_hourly_coefficients_sum_to_one_on_a_25_hour_day() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("es");
     let cups = data("cups.txt");
-    run_ok(&[
-        "--from",
+    let curves = data("curves-2025-10-26");
+    run_ok(&day_args(
         "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        data("curves-2025-10-26").to_str().unwrap(),
-        "--format",
-        "spain",
-        "--cups",
-        cups.to_str().unwrap(),
-        "--cau",
-        "ES0031000000000001AB1FA000",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &curves,
+        &out,
+        &[
+            "--format",
+            "spain",
+            "--cups",
+            cups.to_str().unwrap(),
+            "--cau",
+            "ES0031000000000001AB1FA000",
+        ],
+    ));
     let name = "ES0031000000000001AB1FA000_20251026_20251026.txt";
     let text = std::fs::read_to_string(out.join(name)).unwrap();
     let rep = spain::validate(&text).unwrap();
@@ -512,16 +513,8 @@ fn settlement_from(dir: &Path, curves: &str, day: &str, shift_wh: f64) -> String
 fn reconciliation_reports_the_participant_the_dso_settled_differently() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("oct");
-    run_ok(&[
-        "--from",
-        "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        data("curves-2025-10-26").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let curves = data("curves-2025-10-26");
+    run_ok(&day_args("2025-10-26", &curves, &out, &[]));
     let same = tmp.path().join("dso-same.csv");
     std::fs::write(
         &same,
@@ -608,18 +601,8 @@ fn reconciliation_reports_the_participant_the_dso_settled_differently() {
 fn statements_per_participant_add_up_to_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("oct");
-    run_ok(&[
-        "--from",
-        "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        data("curves-2025-10-26").to_str().unwrap(),
-        "--policy",
-        "optimised",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let curves = data("curves-2025-10-26");
+    run_ok(&optimised_day_args(&curves, &out, &[]));
     let st = tmp.path().join("st");
     let text = run_ok(&[
         "--statements",
@@ -654,18 +637,7 @@ fn statements_per_participant_add_up_to_the_run() {
 
 /// `ped keys` arguments for the optimised keys of 2025-10-26.
 fn optimised_day_args<'a>(curves: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--from",
-        "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        curves.to_str().unwrap(),
-        "--policy",
-        "optimised",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = day_args("2025-10-26", curves, out, &["--policy", "optimised"]);
     args.extend_from_slice(extra);
     args
 }
@@ -762,16 +734,8 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
 fn validate_decides_by_content_and_skips_the_files_beside_the_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    run_ok(&[
-        "--from",
-        "2025-10-26",
-        "--to",
-        "2025-10-26",
-        "--load-curves",
-        data("curves-2025-10-26").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let curves = data("curves-2025-10-26");
+    run_ok(&day_args("2025-10-26", &curves, &out, &[]));
     // A Spanish file whose name says CSV, and a stray file that is neither.
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/keys/spain_2025-10-26");
     let es = std::fs::read_dir(&golden)
@@ -827,20 +791,13 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
     let l = ledger.to_str().unwrap();
     let curves = data("curves-2025-10-26");
     let run = |name: &str, policy: &str| -> String {
-        run_ok(&[
-            "--from",
+        let out = tmp.path().join(name);
+        run_ok(&day_args(
             "2025-10-26",
-            "--to",
-            "2025-10-26",
-            "--load-curves",
-            curves.to_str().unwrap(),
-            "--policy",
-            policy,
-            "--out",
-            tmp.path().join(name).to_str().unwrap(),
-            "--ledger",
-            l,
-        ])
+            &curves,
+            &out,
+            &["--policy", policy, "--ledger", l],
+        ))
     };
     let text = run("a", "prorata");
     assert!(
