@@ -1027,7 +1027,13 @@ impl Month {
 
 /// The month solver of the site's optimised keys, for one period at a time:
 /// `None` when `keys.month_budget_ms` is 0 (plain per-period optimised keys).
-fn period_solver(shared: &Shared) -> Option<allocation::MonthSolverAllocator> {
+/// Surplus is valued at the period's export price, from
+/// `plan.export_prices_file` as the plan saw it (a file that cannot be read
+/// now gives the flat price; the planner warns and counts that).
+fn period_solver(
+    shared: &Shared,
+    start: chrono::DateTime<chrono::Utc>,
+) -> Option<allocation::MonthSolverAllocator> {
     let cfg = &shared.site.config;
     let k = &cfg.keys;
     if k.month_budget_ms == 0 {
@@ -1036,7 +1042,7 @@ fn period_solver(shared: &Shared) -> Option<allocation::MonthSolverAllocator> {
     Some(allocation::MonthSolverAllocator {
         ids: cfg.participants.iter().map(|p| p.id.clone()).collect(),
         local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
-        export_price_eur_per_kwh: cfg.plan.export_price_eur_per_kwh,
+        export_price_eur_per_kwh: export_price_at(cfg, start),
         fairness: crate::plan::allocate::Fairness {
             floor_ratio: k.floor_ratio,
             no_worse_than_pro_rata: k.no_worse_than_pro_rata,
@@ -1054,6 +1060,20 @@ fn period_solver(shared: &Shared) -> Option<allocation::MonthSolverAllocator> {
         // whole month budget.
         budget: Some(Duration::from_millis(k.month_budget_ms.min(5_000))),
     })
+}
+
+fn export_price_at(cfg: &crate::config::SiteConfig, start: chrono::DateTime<chrono::Utc>) -> f64 {
+    let flat = cfg.plan.export_price_eur_per_kwh;
+    let Some(file) = &cfg.plan.export_prices_file else {
+        return flat;
+    };
+    match crate::prices::Schedule::load(file) {
+        Ok(s) => s.at(start, flat),
+        Err(e) => {
+            tracing::debug!(error = %e, "period keys: export prices not read; flat price");
+            flat
+        }
+    }
 }
 
 fn close_period(
@@ -1146,7 +1166,7 @@ fn close_period(
         consumption_kwh: consumption.clone(),
     };
     let account = month.roll(shared, start);
-    let in_month = match (&policy, period_solver(shared)) {
+    let in_month = match (&policy, period_solver(shared, start)) {
         (Policy::Optimised { priority, .. }, Some(solver)) => {
             // Valued at the period's own time-of-use prices, as the month's
             // account values it (`Month::add_record`).
@@ -1348,6 +1368,39 @@ mod tests {
         DateTime::parse_from_rfc3339(s)
             .expect("timestamp")
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn period_keys_value_surplus_at_the_period_s_export_price() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut cfg = shared(dir.path()).site.config.clone();
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("t")
+                .with_timezone(&Utc)
+        };
+        assert_eq!(
+            export_price_at(&cfg, at("2025-06-21T13:00:00+02:00")),
+            cfg.plan.export_price_eur_per_kwh
+        );
+        let file = dir.path().join("prices.csv");
+        std::fs::write(
+            &file,
+            "2025-06-21T13:00:00+02:00;-0.05\n2025-06-21T13:15:00+02:00;0.02\n",
+        )
+        .expect("write");
+        cfg.plan.export_prices_file = Some(file.clone());
+        assert_eq!(
+            export_price_at(&cfg, at("2025-06-21T13:00:00+02:00")),
+            -0.05
+        );
+        assert_eq!(export_price_at(&cfg, at("2025-06-21T13:15:00+02:00")), 0.02);
+        // Unreadable now: the flat price.
+        std::fs::write(&file, "garbage").expect("write");
+        assert_eq!(
+            export_price_at(&cfg, at("2025-06-21T13:00:00+02:00")),
+            cfg.plan.export_price_eur_per_kwh
+        );
     }
 
     fn counters() -> Counters {
