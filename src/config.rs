@@ -212,6 +212,10 @@ pub struct PlanSection {
     /// Price of the network heat that power-to-heat displaces.
     #[serde(default = "default_heat_price")]
     pub heat_price_eur_per_kwh: f64,
+    /// Plan tracking between re-solves: the measured surplus above the
+    /// plan's goes to storage (`plan::track`). Default on.
+    #[serde(default = "default_tracking")]
+    pub tracking: bool,
 }
 impl Default for PlanSection {
     fn default() -> Self {
@@ -222,6 +226,7 @@ impl Default for PlanSection {
             export_price_eur_per_kwh: default_export_price(),
             import_price_eur_per_kwh: default_import_price(),
             heat_price_eur_per_kwh: default_heat_price(),
+            tracking: default_tracking(),
         }
     }
 }
@@ -242,6 +247,9 @@ fn default_import_price() -> f64 {
 }
 fn default_heat_price() -> f64 {
     0.09
+}
+fn default_tracking() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -670,6 +678,8 @@ fn parse_fix(msg: &str) -> String {
         "add the missing key (see site-configs/README.md for its meaning and unit)".into()
     } else if msg.contains("unknown variant") {
         "use one of the values listed in the message".into()
+    } else if msg.contains("expected a boolean") {
+        "write true or false, without quotes".into()
     } else if msg.contains("PRM") {
         "a PRM is exactly 14 digits, written as a quoted string".into()
     } else {

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub periods_estimated: IntCounter,
     // Plan allocation per participant, devices included (issue 4).
     pub plan_allocation: GaugeVec,
+    // Plan tracking between re-solves (issue 4).
+    pub tracking_kw: GaugeVec,
+    pub tracking_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -251,6 +254,16 @@ impl Metrics {
                 "Energy the current plan allocates to a participant in the current settlement step; batteries and power-to-heat included (their planned charge or P2H, all taken from local production).",
                 &["participant"],
             )?,
+            tracking_kw: gv(
+                "tracking_kw",
+                "kW that plan tracking adds to the plan's step-0 setpoint of a battery or power-to-heat unit (measured surplus above the plan's), before the safety envelope; 0 when the plan's setpoint stands.",
+                &["device"],
+            )?,
+            tracking_skipped: icv(
+                "tracking_skipped_total",
+                "Control ticks at which plan tracking did not run and the plan's setpoints stood, by reason: missing (a PV or consumption meter not read or down), stale (its last reading too old).",
+                &["reason"],
+            )?,
             registry,
         };
         m.build_info
@@ -283,6 +296,9 @@ impl Metrics {
         for reason in ["step", "forecast_miss"] {
             self.plan_resolves.with_label_values(&[reason]);
         }
+        for reason in TRACKING_SKIP_REASONS {
+            self.tracking_skipped.with_label_values(&[reason]);
+        }
         for state in ["pending", "sent", "failed"] {
             self.outbox_files.with_label_values(&[state]);
         }
@@ -302,6 +318,9 @@ impl Metrics {
         }
     }
 }
+
+/// Why plan tracking can skip a control tick (`ped_tracking_skipped_total`).
+pub const TRACKING_SKIP_REASONS: [&str; 2] = ["missing", "stale"];
 
 #[cfg(test)]
 mod tests {
@@ -332,6 +351,7 @@ mod tests {
             "ped_device_releases_total{device=\"BAT-01\",reason=\"contact_lost\",site=\"s\"} 0",
             "ped_setpoint_readback_mismatch_total{device=\"BAT-01\",site=\"s\"} 0",
             "ped_plan_resolves_total{reason=\"forecast_miss\",site=\"s\"} 0",
+            "ped_tracking_skipped_total{reason=\"stale\",site=\"s\"} 0",
             "ped_outbox_files{state=\"failed\",site=\"s\"} 0",
             "ped_deliveries_total{channel=\"https\",result=\"permanent_error\",site=\"s\"} 0",
         ] {

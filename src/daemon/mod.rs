@@ -18,6 +18,7 @@ mod aggregate;
 mod endpoint;
 mod handoff;
 mod planner;
+mod tracking;
 
 use crate::clock::Clock;
 use crate::config::Site;
@@ -75,6 +76,9 @@ pub struct DeviceStatus {
     pub up: bool,
     pub readings: BTreeMap<String, f64>,
     pub last_error: Option<String>,
+    /// Clock time of the readings, so that control can tell a stale one.
+    #[serde(skip)]
+    pub read_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -589,7 +593,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The demo site on a clock slowed almost to a stop, so "now" is fixed.
-    fn shared() -> Shared {
+    pub(super) fn shared() -> Shared {
         let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
         let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
