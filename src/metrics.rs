@@ -88,7 +88,7 @@ pub struct Metrics {
     // Plan allocation per participant, devices included (issue 4).
     pub plan_allocation: GaugeVec,
     // Plan tracking between re-solves (issue 4).
-    pub tracking_kw: GaugeVec,
+    pub tracking_watts: GaugeVec,
     pub tracking_skipped: IntCounterVec,
 }
 
@@ -254,9 +254,9 @@ impl Metrics {
                 "Energy the current plan allocates to a participant in the current settlement step; batteries and power-to-heat included (their planned charge or P2H, all taken from local production).",
                 &["participant"],
             )?,
-            tracking_kw: gv(
-                "tracking_kw",
-                "kW that plan tracking adds to the plan's step-0 setpoint of a battery or power-to-heat unit (measured surplus above the plan's), before the safety envelope; 0 when the plan's setpoint stands.",
+            tracking_watts: gv(
+                "tracking_watts",
+                "Power that plan tracking adds to the plan's step-0 setpoint of a battery or power-to-heat unit (measured surplus above the plan's), before the safety envelope; 0 when the plan's setpoint stands.",
                 &["device"],
             )?,
             tracking_skipped: icv(

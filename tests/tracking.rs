@@ -86,18 +86,25 @@ fn gauge(text: &str, name: &str, device: &str) -> Option<f64> {
 struct Sample {
     /// The plan's step-0 battery setpoint (kW).
     plan_kw: f64,
-    /// What tracking adds (kW), from `ped_tracking_kw`.
+    /// What tracking adds (kW), from `ped_tracking_watts`.
     added_kw: Option<f64>,
     /// The simulated battery's power (kW, + charge).
     battery_kw: f64,
     /// The plan's PV forecast for the step and the plant's actual output (kW).
     forecast_pv_kw: f64,
     pv_kw: f64,
+    /// `ped_tracking_skipped_total{reason="missing"}`.
+    skipped_missing: f64,
 }
 
 /// Runs ped against the simulated site until `done` holds for a sample (or
 /// `within` passes), and returns the samples taken once a plan was out.
-async fn run(tracking: bool, within: Duration, done: fn(&Sample) -> bool) -> Vec<Sample> {
+async fn run(
+    tracking: bool,
+    meter_lost: bool,
+    within: Duration,
+    done: fn(&Sample) -> bool,
+) -> Vec<Sample> {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
     let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -117,6 +124,10 @@ async fn run(tracking: bool, within: Duration, done: fn(&Sample) -> bool) -> Vec
     for d in ped_site.config.devices.iter_mut() {
         if d.id == "PV" {
             d.kwp = Some(15.0);
+        }
+        // Nothing listens there: the household's meter is never read.
+        if d.id == "M1" && meter_lost {
+            d.address = "127.0.0.1:1".into();
         }
     }
     let daemon = Daemon::start(
@@ -149,10 +160,17 @@ async fn run(tracking: bool, within: Duration, done: fn(&Sample) -> bool) -> Vec
         let t = sim.truth.borrow().clone();
         let s = Sample {
             plan_kw: plan_w / 1000.0,
-            added_kw: gauge(&text, "ped_tracking_kw", "BAT"),
+            added_kw: gauge(&text, "ped_tracking_watts", "BAT").map(|w| w / 1000.0),
             battery_kw: t.battery_kw.get("BAT").copied().unwrap_or(0.0),
             forecast_pv_kw,
             pv_kw: t.pv_kw,
+            skipped_missing: text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("ped_tracking_skipped_total") && l.contains("reason=\"missing\"")
+                })
+                .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0),
         };
         let stop = done(&s);
         samples.push(s);
@@ -183,7 +201,7 @@ fn show(samples: &[Sample]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unforecast_sun_charges_the_battery_above_the_plan() {
-    let samples = run(true, Duration::from_secs(15), |s| {
+    let samples = run(true, false, Duration::from_secs(15), |s| {
         s.battery_kw > s.plan_kw + 10.0 && s.added_kw.is_some_and(|a| a > 10.0)
     })
     .await;
@@ -214,7 +232,7 @@ async fn unforecast_sun_charges_the_battery_above_the_plan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Long enough for tracking to have acted (it does within ~3 s above).
-    let samples = run(false, Duration::from_secs(8), |_| false).await;
+    let samples = run(false, false, Duration::from_secs(8), |_| false).await;
     // Once the battery has reached the plan's setpoint, the last 2 s.
     let settled: Vec<&Sample> = samples
         .iter()
@@ -231,7 +249,35 @@ async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
             show(&samples)
         );
         assert!(s.added_kw.unwrap_or(0.0) == 0.0, "{}", show(&samples));
+        assert_eq!(s.skipped_missing, 0.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_never_read_means_no_tracking_and_is_counted() {
+    let samples = run(true, true, Duration::from_secs(8), |_| false).await;
+    let settled: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.forecast_pv_kw > 0.0)
+        .rev()
+        .take(20)
+        .collect();
+    assert!(settled.len() >= 10, "{}", show(&samples));
+    for s in &settled {
+        assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
+        assert!(
+            s.battery_kw <= s.plan_kw + 1.0,
+            "no consumption measured, yet the battery went above the plan:\n{}",
+            show(&samples)
+        );
+        assert_eq!(s.added_kw, Some(0.0), "{}", show(&samples));
+    }
+    let last = settled[0];
+    assert!(
+        last.skipped_missing >= 2.0,
+        "skips not counted: {}",
+        last.skipped_missing
+    );
 }
 
 #[test]

@@ -508,7 +508,7 @@ fn track_tick(
         }
     };
     for (dev, kw) in &added {
-        m.tracking_kw.with_label_values(&[dev]).set(*kw);
+        m.tracking_watts.with_label_values(&[dev]).set(*kw * 1000.0);
     }
     // A deadband, so that meter noise does not rewrite a setpoint every tick.
     let moved = next.len() != sent.len()
@@ -573,7 +573,7 @@ fn publish(
     tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = ?sp, "plan published");
     // A fresh plan's setpoints stand until tracking moves them.
     for dev in sp_devices(&sp) {
-        m.tracking_kw.with_label_values(&[&dev]).set(0.0);
+        m.tracking_watts.with_label_values(&[&dev]).set(0.0);
     }
     let _ = setpoints.send(sp.clone());
     let sum_rows = |rows: &Vec<Vec<f64>>| -> Vec<f64> {
