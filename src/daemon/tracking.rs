@@ -98,15 +98,20 @@ pub(super) fn planned_net_kw(input: &PlanInput, p: &plan::Plan) -> f64 {
 
 /// The tracking problem of this tick. The stored value of a device is the
 /// plan's own end-of-horizon value of a stored kWh (`end_value_eur_per_kwh`
-/// for a battery, [`plan::heat_end_value`] for a store), as in `ped
-/// backtest`, not the dual of the device's charge-level row: the plan is
-/// solved by a decomposition whose dispatch LP does not carry the
-/// participants' allocation rows, so no single row's dual is the marginal
-/// value of a kWh stored now, and at fontaine the devices are participants
-/// whose allocation value the dispatch dual would omit. The end value is
-/// what the LP trades every stored kWh against, and the backtest measured
-/// it (December self-consumption 92.8 → 95.8 %). A device whose state is
-/// not freshly read gets no room: tracking never fills a store blind.
+/// for a battery, [`plan::heat_end_value`] for a store; `track` applies the
+/// charge efficiency), as `ped backtest` uses it (December self-consumption
+/// 92.8 → 95.8 %), not the dual price of the device's step-0 charge-level
+/// row. That dual would be the exact marginal value, but every rung of the
+/// fallback ladder below the optimal one (relaxed, shifted, rule-based) has
+/// none, an interior-point dual on a degenerate storage row (a battery the
+/// plan is indifferent about) is any point of an interval, and tracking
+/// must work on every plan the daemon actuates. The end value is what each
+/// of those plans trades a stored kWh against. Known limit: for a battery or
+/// P2H unit that is itself a plan participant (fontaine's three), the plan
+/// also values its charge as an allocation and its discharge at the local
+/// price, which the end value leaves out (README, "Plan tracking").
+/// A device whose state is not freshly read gets no room: tracking never
+/// fills a store blind.
 pub(super) fn problem(
     shared: &Shared,
     input: &PlanInput,
@@ -141,15 +146,10 @@ pub(super) fn problem(
             let room = fresh(shared, &u.id, "store_kwh")
                 .map(|kwh| (u.store_capacity_kwh - kwh).max(0.0))
                 .unwrap_or(0.0);
-            // The supply-temperature cap of this step is a heat cap.
-            let cap_kw = u
-                .max_heat_kw
-                .first()
-                .map(|heat| heat / u.efficiency.max(1e-9))
-                .unwrap_or(f64::INFINITY);
             track::TrackedHeat {
                 setpoint_kw: first(&p.p2h_kw, i),
-                max_kw: u.p2h_max_kw.min(cap_kw),
+                // The rating, and this step's supply-temperature cap.
+                max_kw: u.p2h_limit_kw(0),
                 room_kwh: room,
                 efficiency: u.efficiency,
                 stored_value_eur_per_kwh: plan::heat_end_value(u),
@@ -225,7 +225,7 @@ pub(super) fn tracked_setpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{BatteryModel, ParticipantForecast};
+    use crate::plan::{BatteryModel, HeatUnitModel, ParticipantForecast};
 
     /// Every device of the demo site read `age` ago (negative: just now on a
     /// clock that barely moves), PV at 1 kW per plant, each meter at 0.5 kW.
@@ -328,7 +328,18 @@ mod tests {
                 tariff_steps_eur_per_kwh: vec![],
             }],
             batteries,
-            heat: vec![],
+            heat: vec![HeatUnitModel {
+                id: "P2H-01".into(),
+                p2h_max_kw: 150.0,
+                efficiency: 0.98,
+                // A supply-temperature cap this step: 49 kW of heat.
+                max_heat_kw: vec![49.0, 147.0, 147.0, 147.0],
+                store_capacity_kwh: 1200.0,
+                store_kwh: 100.0,
+                loss_ratio_per_hour: 0.005,
+                heat_demand_kw: vec![0.0; 4],
+                heat_price_eur_per_kwh: 0.09,
+            }],
             local_price_eur_per_kwh: 0.1,
             export_price_eur_per_kwh: vec![0.06; 4],
             import_price_eur_per_kwh: vec![0.25; 4],
@@ -346,11 +357,13 @@ mod tests {
         for (i, row) in p.battery_kw.iter_mut().enumerate() {
             row[0] = if i == 0 { 0.0 } else { -20.0 };
         }
+        p.p2h_kw[0][0] = 0.0;
         let planned: BTreeMap<String, Command> = inp
             .batteries
             .iter()
             .zip(&p.battery_kw)
             .map(|(b, r)| (b.id.clone(), Command::BatteryPower(r[0])))
+            .chain([("P2H-01".to_string(), Command::PowerToHeat(0.0))])
             .collect();
         // No surplus measured: the plan's setpoints stand.
         let (sp, added) = tracked_setpoints(&s, &inp, &p, &planned, 0.0);
@@ -363,13 +376,15 @@ mod tests {
         assert_eq!(added[0], (first.id.clone(), 60.0));
         for (id, cmd) in &sp {
             match (cmd, planned.get(id)) {
-                (Command::BatteryPower(kw), Some(Command::BatteryPower(plan_kw))) => {
+                (Command::BatteryPower(kw), Some(Command::BatteryPower(plan_kw)))
+                | (Command::PowerToHeat(kw), Some(Command::PowerToHeat(plan_kw))) => {
                     assert!(kw >= plan_kw, "{id}: {kw} < {plan_kw}")
                 }
                 other => panic!("{id}: {other:?}"),
             }
         }
-        // Within power: 400 kW more than planned fills both batteries.
+        // Within power: 400 kW more than planned fills both batteries, then
+        // P2H up to its supply-temperature cap (49 kW heat / 0.98).
         let (sp, _) = tracked_setpoints(&s, &inp, &p, &planned, 400.0);
         for b in &inp.batteries {
             assert_eq!(
@@ -377,6 +392,10 @@ mod tests {
                 Some(&Command::BatteryPower(b.max_charge_kw)),
                 "{sp:?}"
             );
+        }
+        match sp.get("P2H-01") {
+            Some(Command::PowerToHeat(kw)) => assert!((kw - 50.0).abs() < 1e-9, "{sp:?}"),
+            other => panic!("{other:?}"),
         }
         // A battery ped may not write keeps the plan's setpoint.
         let mut ro = crate::daemon::tests::shared();
