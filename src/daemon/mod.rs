@@ -9,7 +9,8 @@
 //!   the period record;
 //! - the **ledger writer** (an OS thread): commits closed periods, appends to
 //!   the day's key files, records final files; a slow disk delays only it;
-//! - the **planner**: at each period start, forecasts + state → LP → setpoints.
+//! - the **planner**: at each period start, forecasts + state → LP → setpoints;
+//!   between re-solves it tracks the plan at each control tick (`tracking`).
 //!
 //! Data moves one way through channels; the only shared state is the status
 //! snapshot that the HTTP server reads.
