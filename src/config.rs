@@ -218,6 +218,10 @@ pub struct PlanSection {
     /// `site.output_dir`. See `prices`.
     #[serde(default)]
     pub export_prices_file: Option<PathBuf>,
+    /// Plan tracking between re-solves: the measured surplus above the
+    /// plan's goes to storage (`plan::track`). Default on.
+    #[serde(default = "default_tracking")]
+    pub tracking: bool,
 }
 impl Default for PlanSection {
     fn default() -> Self {
@@ -229,6 +233,7 @@ impl Default for PlanSection {
             import_price_eur_per_kwh: default_import_price(),
             heat_price_eur_per_kwh: default_heat_price(),
             export_prices_file: None,
+            tracking: default_tracking(),
         }
     }
 }
@@ -249,6 +254,9 @@ fn default_import_price() -> f64 {
 }
 fn default_heat_price() -> f64 {
     0.09
+}
+fn default_tracking() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -677,6 +685,8 @@ fn parse_fix(msg: &str) -> String {
         "add the missing key (see site-configs/README.md for its meaning and unit)".into()
     } else if msg.contains("unknown variant") {
         "use one of the values listed in the message".into()
+    } else if msg.contains("expected a boolean") {
+        "write true or false, without quotes".into()
     } else if msg.contains("PRM") {
         "a PRM is exactly 14 digits, written as a quoted string".into()
     } else {

@@ -90,6 +90,9 @@ pub struct Metrics {
     // Export prices over time (`[plan] export_prices_file`).
     pub export_price: Gauge,
     pub export_prices_errors: IntCounter,
+    // Plan tracking between re-solves (issue 4).
+    pub tracking_watts: GaugeVec,
+    pub tracking_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -259,6 +262,16 @@ impl Metrics {
                 "Export price of the current settlement step used by the plan (from plan.export_prices_file, else the flat plan.export_price_eur_per_kwh).",
             )?,
             export_prices_errors: reg(r, IntCounter::new("export_prices_errors_total", "Reads of plan.export_prices_file that failed (unreadable or invalid); the plan keeps the last good prices.")?)?,
+            tracking_watts: gv(
+                "tracking_watts",
+                "Power that plan tracking adds to the plan's step-0 setpoint of a battery or power-to-heat unit (measured surplus above the plan's), before the safety envelope; 0 when the plan's setpoint stands.",
+                &["device"],
+            )?,
+            tracking_skipped: icv(
+                "tracking_skipped_total",
+                "Control ticks at which plan tracking did not run and the plan's setpoints stood, by reason: missing (a PV or consumption meter not read or down), stale (its last reading too old).",
+                &["reason"],
+            )?,
             registry,
         };
         m.build_info
@@ -291,6 +304,9 @@ impl Metrics {
         for reason in ["step", "forecast_miss"] {
             self.plan_resolves.with_label_values(&[reason]);
         }
+        for reason in TRACKING_SKIP_REASONS {
+            self.tracking_skipped.with_label_values(&[reason]);
+        }
         for state in ["pending", "sent", "failed"] {
             self.outbox_files.with_label_values(&[state]);
         }
@@ -310,6 +326,9 @@ impl Metrics {
         }
     }
 }
+
+/// Why plan tracking can skip a control tick (`ped_tracking_skipped_total`).
+pub const TRACKING_SKIP_REASONS: [&str; 2] = ["missing", "stale"];
 
 #[cfg(test)]
 mod tests {
@@ -340,6 +359,7 @@ mod tests {
             "ped_device_releases_total{device=\"BAT-01\",reason=\"contact_lost\",site=\"s\"} 0",
             "ped_setpoint_readback_mismatch_total{device=\"BAT-01\",site=\"s\"} 0",
             "ped_plan_resolves_total{reason=\"forecast_miss\",site=\"s\"} 0",
+            "ped_tracking_skipped_total{reason=\"stale\",site=\"s\"} 0",
             "ped_outbox_files{state=\"failed\",site=\"s\"} 0",
             "ped_deliveries_total{channel=\"https\",result=\"permanent_error\",site=\"s\"} 0",
         ] {

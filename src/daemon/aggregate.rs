@@ -892,6 +892,7 @@ fn on_latest(shared: &Shared, device: String, latest: Latest) {
             if let Some(d) = st.devices.get_mut(&s.device) {
                 d.up = true;
                 d.last_error = None;
+                d.read_at = Some(s.at);
                 d.readings = s
                     .readings
                     .iter()

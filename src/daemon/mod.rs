@@ -9,7 +9,8 @@
 //!   the period record;
 //! - the **ledger writer** (an OS thread): commits closed periods, appends to
 //!   the day's key files, records final files; a slow disk delays only it;
-//! - the **planner**: at each period start, forecasts + state → LP → setpoints.
+//! - the **planner**: at each period start, forecasts + state → LP → setpoints;
+//!   between re-solves it tracks the plan at each control tick (`tracking`).
 //!
 //! Data moves one way through channels; the only shared state is the status
 //! snapshot that the HTTP server reads.
@@ -18,6 +19,7 @@ mod aggregate;
 mod endpoint;
 mod handoff;
 mod planner;
+mod tracking;
 
 use crate::clock::Clock;
 use crate::config::Site;
@@ -75,6 +77,9 @@ pub struct DeviceStatus {
     pub up: bool,
     pub readings: BTreeMap<String, f64>,
     pub last_error: Option<String>,
+    /// Clock time of the readings, so that control can tell a stale one.
+    #[serde(skip)]
+    pub read_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -589,7 +594,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// The demo site on a clock slowed almost to a stop, so "now" is fixed.
-    fn shared() -> Shared {
+    pub(super) fn shared() -> Shared {
         let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
         let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -39,6 +39,14 @@ pub async fn run(
     }
     let mut last_valid: Option<plan::Plan> = None;
     let mut export_prices = crate::prices::Feed::new(site.config.plan.export_prices_file.clone());
+    let tracking_on = site.config.plan.tracking;
+    // A control tick every five polls: each one sees fresh meter readings.
+    let tick = Duration::from_millis(5 * site.config.polling.interval_ms.max(1));
+    // The reason tracking last skipped a tick, to log a change of it once.
+    let mut skipped: Option<&'static str> = None;
+    if !tracking_on {
+        tracing::info!("plan tracking off ([plan] tracking = false): the plan's setpoints stand between re-solves");
+    }
     // The step whose plan was already re-solved after a forecast miss.
     let mut missed_start = None;
     for reason in ["step", "forecast_miss"] {
@@ -106,20 +114,41 @@ pub async fn run(
             last_valid = Some(p.clone());
         }
         let elapsed = started.elapsed().as_secs_f64();
-        publish(&shared, &input, &p, &setpoints, elapsed);
-        // Re-plan at the next step, or earlier after a large forecast miss.
+        let planned = publish(&shared, &input, &p, &setpoints, elapsed);
+        let mut sent = planned.clone();
+        // Re-plan at the next step, or earlier after a large forecast miss;
+        // track the plan at every control tick in between.
         let next = grid.next_period(start);
+        let miss_every = chrono::Duration::seconds((grid.step_minutes() * 10) as i64);
+        let mut miss_due = clock.now() + miss_every;
         let reason = loop {
             let now = clock.now();
             if now >= next {
                 break "step";
             }
-            let wake =
-                (now + chrono::Duration::seconds((grid.step_minutes() * 10) as i64)).min(next);
+            let mut wake = miss_due.min(next);
+            if tracking_on {
+                wake = wake.min(now + clock.clock_duration(tick));
+            }
             tokio::select! {
                 _ = clock.sleep_until(wake) => {}
                 _ = shutdown.changed() => return,
             }
+            if tracking_on && clock.now() < next {
+                track_tick(
+                    &shared,
+                    &input,
+                    &p,
+                    &planned,
+                    &mut sent,
+                    &setpoints,
+                    &mut skipped,
+                );
+            }
+            if clock.now() < miss_due {
+                continue;
+            }
+            miss_due = clock.now() + miss_every;
             if clock.now() < next && missed_start != Some(start) {
                 if let Some((got, want)) = forecast_miss(&shared, &input) {
                     tracing::info!(
@@ -461,13 +490,68 @@ fn curtailment_commands(
         .collect()
 }
 
+/// One control tick of plan tracking: measure, track, send the setpoints if
+/// they changed. A missing or stale measurement leaves the plan's setpoints
+/// (sent again if tracking had moved them), counted and logged once per
+/// change of reason.
+fn track_tick(
+    shared: &Shared,
+    input: &PlanInput,
+    p: &plan::Plan,
+    planned: &BTreeMap<String, Command>,
+    sent: &mut BTreeMap<String, Command>,
+    setpoints: &watch::Sender<BTreeMap<String, Command>>,
+    skipped: &mut Option<&'static str>,
+) {
+    let m = &shared.metrics;
+    let (next, added) = match super::tracking::measured_net_kw(shared) {
+        Ok(net) => {
+            if skipped.take().is_some() {
+                tracing::info!("plan tracking resumes: site surplus measured again");
+            }
+            super::tracking::tracked_setpoints(shared, input, p, planned, net)
+        }
+        Err(skip) => {
+            m.tracking_skipped.with_label_values(&[skip.reason]).inc();
+            if *skipped != Some(skip.reason) {
+                tracing::warn!(reason = skip.reason, device = %skip.device, "plan tracking paused: site surplus not measured, the plan's setpoints stand");
+                *skipped = Some(skip.reason);
+            }
+            let zero = sp_devices(planned).map(|d| (d, 0.0)).collect();
+            (planned.clone(), zero)
+        }
+    };
+    for (dev, kw) in &added {
+        m.tracking_watts.with_label_values(&[dev]).set(*kw * 1000.0);
+    }
+    // A deadband, so that meter noise does not rewrite a setpoint every tick.
+    let moved = next.len() != sent.len()
+        || next.iter().any(|(d, c)| match (c, sent.get(d)) {
+            (Command::BatteryPower(a), Some(Command::BatteryPower(b)))
+            | (Command::PowerToHeat(a), Some(Command::PowerToHeat(b))) => (a - b).abs() > 0.1,
+            (c, prev) => Some(c) != prev,
+        });
+    if moved {
+        tracing::debug!(setpoints = ?next, "plan tracking: setpoints moved");
+        *sent = next.clone();
+        let _ = setpoints.send(next);
+    }
+}
+
+/// Battery and P2H devices in a setpoint map.
+fn sp_devices(sp: &BTreeMap<String, Command>) -> impl Iterator<Item = String> + '_ {
+    sp.iter()
+        .filter(|(_, c)| matches!(c, Command::BatteryPower(_) | Command::PowerToHeat(_)))
+        .map(|(d, _)| d.clone())
+}
+
 fn publish(
     shared: &Shared,
     input: &PlanInput,
     p: &plan::Plan,
     setpoints: &watch::Sender<BTreeMap<String, Command>>,
     elapsed: f64,
-) {
+) -> BTreeMap<String, Command> {
     let m = &shared.metrics;
     let status = p.status.label().to_string();
     m.plan_fallback_level.set(f64::from(p.status.level()));
@@ -501,7 +585,11 @@ fn publish(
             .set(kw * 1000.0);
     }
     tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = ?sp, "plan published");
-    let _ = setpoints.send(sp);
+    // A fresh plan's setpoints stand until tracking moves them.
+    for dev in sp_devices(&sp) {
+        m.tracking_watts.with_label_values(&[&dev]).set(0.0);
+    }
+    let _ = setpoints.send(sp.clone());
     let sum_rows = |rows: &Vec<Vec<f64>>| -> Vec<f64> {
         let n = rows.first().map(|r| r.len()).unwrap_or(0);
         (0..n).map(|t| rows.iter().map(|r| r[t]).sum()).collect()
@@ -555,6 +643,7 @@ fn publish(
         }
     }
     shared.status().plan = Some(view);
+    sp
 }
 
 #[cfg(test)]
