@@ -17,8 +17,10 @@
 //!   charge, its P2H electric power; all of it local, see the first point) is
 //!   its allocation, valued like anybody's at its tariff − local price. A
 //!   battery participant also sells what it discharges back into the pool at
-//!   the local price, so that price is a transfer for it, not a loss; see
-//!   [`device_value`] for why its charge value is capped.
+//!   the local price, so that price is a transfer for it, not a loss, but
+//!   only on discharge that serves load the PV does not cover (see
+//!   [`credit_cap_kw`]; beyond it the discharge only pushes PV into export);
+//!   see [`device_value`] for why its charge value is capped.
 //! - Priorities: a lower number is served first (0 before 1), as in
 //!   [`crate::allocation::Policy::Optimised`]; they enter the objective only
 //!   as a tie-break far below any price.
@@ -778,6 +780,26 @@ struct DeviceTerms {
     charge: Vec<Vec<f64>>,
     discharge: Vec<f64>,
     p2h: Vec<Vec<f64>>,
+    /// `[step]`: how much discharge (kW) can earn the credit: the
+    /// participants' forecast load above the PV. See [`credit_cap_kw`].
+    credit_cap_kw: Vec<f64>,
+}
+
+/// The battery participants' discharge earns the local price only on what
+/// serves local demand the PV does not cover: `max(0, Σ load_t − pv_t)`.
+/// Discharge beyond it, e.g. at a sunny noon, only displaces PV into export,
+/// and the local price paid for it would be a transfer from the PV producer,
+/// not a gain: without this bound the plan sold stored energy into export
+/// at local + export price (0.16 €/kWh against the 0.09 it values stored
+/// energy at), 191.8 kWh on a June noon of `tests/tracking.rs`'s site.
+/// The bound is on forecasts (constants), so the LP stays an LP.
+fn credit_cap_kw(input: &PlanInput) -> Vec<f64> {
+    (0..input.pv_kw.len())
+        .map(|t| {
+            let load: f64 = input.participants.iter().map(|p| p.load_kw[t]).sum();
+            (load - input.pv_kw[t]).max(0.0)
+        })
+        .collect()
 }
 
 fn device_terms(input: &PlanInput) -> DeviceTerms {
@@ -786,6 +808,7 @@ fn device_terms(input: &PlanInput) -> DeviceTerms {
         charge: vec![vec![0.0; n]; input.batteries.len()],
         discharge: vec![0.0; input.batteries.len()],
         p2h: vec![vec![0.0; n]; input.heat.len()],
+        credit_cap_kw: credit_cap_kw(input),
     };
     for d in &input.device_participants {
         let row: Vec<f64> = (0..n).map(|t| device_value(input, d, t)).collect();
@@ -1018,9 +1041,6 @@ fn solve_lp_with(
             if dev.charge[k][t] != 0.0 {
                 obj.add_mul(dev.charge[k][t] * h, c[t]);
             }
-            if dev.discharge[k] != 0.0 {
-                obj.add_mul(dev.discharge[k] * h, d[t]);
-            }
         }
         obj.add_mul(b.end_value_eur_per_kwh, soc[n - 1]);
         charge.push(c);
@@ -1100,6 +1120,25 @@ fn solve_lp_with(
             obj.add_mul(-price_h, p[t]);
         }
         constraints.push(constraint::leq(e, input.pv_kw[t]));
+    }
+
+    // The discharge credit, on at most the step's uncovered load (see
+    // `credit_cap_kw`): z_t ≤ Σ discharge of the participant batteries.
+    if dev.discharge.iter().any(|x| *x != 0.0) {
+        for t in 0..n {
+            let z = vars.add(variable().min(0.0).max(dev.credit_cap_kw[t]));
+            let mut e = Expression::with_capacity(nb + 1);
+            e.add_mul(1.0, z);
+            let mut credit = 0.0;
+            for (k, d) in discharge.iter().enumerate() {
+                if dev.discharge[k] != 0.0 {
+                    e.add_mul(-1.0, d[t]);
+                    credit = dev.discharge[k];
+                }
+            }
+            obj.add_mul(credit * h, z);
+            constraints.push(constraint::leq(e, 0.0));
+        }
     }
 
     let val = run_backend(vars, obj, constraints, budget, backend)?;
@@ -1395,12 +1434,21 @@ pub fn objective(plan: &Plan, input: &PlanInput) -> f64 {
     let dev = device_terms(input);
     let n = input.pv_kw.len();
     let nb = input.batteries.len();
+    let mut credited = vec![0.0; n];
+    let mut credit = 0.0;
     for (k, kw) in plan.battery_kw.iter().enumerate() {
         for (t, x) in kw.iter().enumerate() {
             v += dispatch_tie_break(n, t.min(n.saturating_sub(1)), k) * x.abs() * h;
             v += dev.charge.get(k).and_then(|r| r.get(t)).unwrap_or(&0.0) * x.max(0.0) * h;
-            v += dev.discharge.get(k).unwrap_or(&0.0) * (-x).max(0.0) * h;
+            let c = dev.discharge.get(k).copied().unwrap_or(0.0);
+            if c != 0.0 && t < n {
+                credited[t] += (-x).max(0.0);
+                credit = c;
+            }
         }
+    }
+    for (t, d) in credited.iter().enumerate() {
+        v += credit * d.min(dev.credit_cap_kw[t]) * h;
     }
     for (k, kw) in plan.p2h_kw.iter().enumerate() {
         for (t, x) in kw.iter().enumerate() {
@@ -2095,6 +2143,42 @@ mod tests {
         let t = kw.iter().position(|x| *x > 1e-3).unwrap();
         bad.device_allocation_kwh[0][t] *= 0.5;
         assert!(matches!(check(&bad, &inp), Err(PlanError::Check { step, .. }) if step == t));
+    }
+
+    /// A battery participant earns the local price only on discharge that
+    /// serves load the PV does not cover: with PV above the load all day,
+    /// discharging could only push PV into export, and stored energy worth
+    /// 0.09 €/kWh at the end must stay stored (it was sold at local + export
+    /// price, 0.15 €/kWh, before `credit_cap_kw`).
+    #[test]
+    fn battery_participant_does_not_sell_stored_energy_into_export() {
+        let mut inp = input(24, vec![8.0; 24], vec![vec![3.0; 24]]);
+        let mut b = battery(10.0, 5.0);
+        b.soc_kwh = 8.0;
+        b.end_value_eur_per_kwh = 0.09;
+        inp.batteries.push(b);
+        inp.device_participants.push(participant_battery(0.0));
+        let plan = solve(&inp, Duration::from_secs(10)).unwrap();
+        assert_eq!(plan.status, PlanStatus::Optimal);
+        let out: f64 = plan.battery_kw[0].iter().map(|x| (-x).max(0.0)).sum();
+        assert!(
+            out < 1e-6,
+            "discharged into export: {:?}",
+            plan.battery_kw[0]
+        );
+        // With an evening deficit it discharges into it, and earns the credit.
+        let mut evening = inp.clone();
+        for t in 18..24 {
+            evening.pv_kw[t] = 0.0;
+        }
+        let plan = solve(&evening, Duration::from_secs(10)).unwrap();
+        let late: f64 = plan.battery_kw[0][18..].iter().map(|x| (-x).max(0.0)).sum();
+        assert!(late > 1.0, "{:?}", plan.battery_kw[0]);
+        assert!(
+            plan.battery_kw[0][..18].iter().all(|x| *x > -1e-6),
+            "{:?}",
+            plan.battery_kw[0]
+        );
     }
 
     /// A battery that is a participant with a tariff far above the local
