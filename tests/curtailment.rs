@@ -4,13 +4,8 @@
 //! through the safety envelope. The simulated inverters' output drops to what
 //! the district uses; `ped simulate --dry-run` logs the limit instead.
 
-use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, Options};
-use ped::registers::ModelLibrary;
-use ped::simulator::Simulator;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 fn site_toml() -> String {
@@ -67,35 +62,13 @@ annual_kwh = 30000.0
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_negative_export_price_limits_the_inverters_and_their_output_drops() {
-    let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, site_toml()).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T13:00:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 30.0);
-    let sim = Simulator::start(&site, lib.clone(), clock, 3, true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = common::simulated(&site_toml(), "2025-06-21T13:00:00+02:00", 30.0).await;
+    let sim = &s.sim;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let free_pv = sim.truth.borrow().pv_kw;
     assert!(free_pv > 30.0, "a June midday: {free_pv} kW");
 
-    let daemon = Daemon::start(
-        sim.site.clone(),
-        lib.clone(),
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = s.daemon(sim.site.clone()).await;
     let started = Instant::now();
     // Wait for the limits to settle, not for the first low sample: the two
     // plants are limited one poll apart and the first sample under half can
@@ -143,13 +116,9 @@ async fn a_negative_export_price_limits_the_inverters_and_their_output_drops() {
         let l = l.unwrap_or_else(|| panic!("no limit read back: {limits:?}"));
         assert!((0.0..50.0).contains(&l), "limits {limits:?}");
     }
-    let ok_writes: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("ped_setpoint_writes_total") && l.contains("result=\"ok\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let ok_writes = common::metric_sum(&text, "ped_setpoint_writes_total", &["result=\"ok\""]);
     assert!(ok_writes >= 2.0, "{text}");
-    drop(sim);
+    drop(s);
 }
 
 #[test]
@@ -196,10 +165,8 @@ fn simulate_dry_run_logs_the_curtailment_instead_of_writing_it() {
 /// left behind). The file is also re-read: the price gauge follows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_released_when_the_export_price_turns_positive() {
-    let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let prices = dir.path().join("export-prices.csv");
+    let prices_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let prices = prices_dir.path().join("export-prices.csv");
     std::fs::write(
         &prices,
         "start;eur_per_kwh\n2025-06-21T13:00:00+02:00;-0.05\n2025-06-21T13:15:00+02:00;0.04\n2025-06-21T15:00:00+02:00;0.04\n",
@@ -214,31 +181,12 @@ async fn limits_are_released_when_the_export_price_turns_positive() {
             ),
         )
         .replace("1570", "1571");
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T13:00:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
     // 15 simulated minutes in 7.5 s.
-    let clock = Clock::simulated(origin, 120.0);
-    let sim = Simulator::start(&site, lib.clone(), clock, 3, true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = common::simulated(&toml, "2025-06-21T13:00:00+02:00", 120.0).await;
+    let (sim, clock, origin) = (&s.sim, s.clock, s.origin);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let free_pv = sim.truth.borrow().pv_kw;
-    let daemon = Daemon::start(
-        sim.site.clone(),
-        lib.clone(),
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = s.daemon(sim.site.clone()).await;
     let price = |text: &str| {
         text.lines()
             .find(|l| l.starts_with("ped_export_price_eur_per_kwh"))
@@ -296,11 +244,7 @@ async fn limits_are_released_when_the_export_price_turns_positive() {
         neg.is_some() && pos.is_some() && neg < pos,
         "{prices_seen:?}"
     );
-    let releases: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("ped_setpoint_writes_total") && l.contains("result=\"ok\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let releases = common::metric_sum(&text, "ped_setpoint_writes_total", &["result=\"ok\""]);
     assert!(releases >= 4.0, "limit and release on both plants:\n{text}");
-    drop(sim);
+    drop(s);
 }

@@ -5,13 +5,8 @@
 //! step-0 setpoint, taking the surplus the plan would export; with
 //! `[plan] tracking = false` it holds the plan's setpoint.
 
-use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, Options};
-use ped::registers::ModelLibrary;
-use ped::simulator::Simulator;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 fn site_toml(tracking: bool) -> String {
@@ -105,20 +100,9 @@ async fn run(
     within: Duration,
     done: fn(&Sample) -> bool,
 ) -> Vec<Sample> {
-    let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, site_toml(tracking)).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(site.config.plan.tracking, tracking);
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T13:00:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 30.0);
-    let sim = Simulator::start(&site, lib.clone(), clock, 3, true)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let s = common::simulated(&site_toml(tracking), "2025-06-21T13:00:00+02:00", 30.0).await;
+    let sim = &s.sim;
+    assert_eq!(sim.site.config.plan.tracking, tracking);
     // ped underrates the plant: its forecast misses most of the sun.
     let mut ped_site = sim.site.clone();
     for d in ped_site.config.devices.iter_mut() {
@@ -130,18 +114,7 @@ async fn run(
             d.address = "127.0.0.1:1".into();
         }
     }
-    let daemon = Daemon::start(
-        ped_site,
-        lib.clone(),
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = s.daemon(ped_site).await;
     let started = Instant::now();
     let mut samples = Vec::new();
     while started.elapsed() < within {
@@ -164,13 +137,11 @@ async fn run(
             battery_kw: t.battery_kw.get("BAT").copied().unwrap_or(0.0),
             forecast_pv_kw,
             pv_kw: t.pv_kw,
-            skipped_missing: text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("ped_tracking_skipped_total") && l.contains("reason=\"missing\"")
-                })
-                .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .unwrap_or(0.0),
+            skipped_missing: common::metric_sum(
+                &text,
+                "ped_tracking_skipped_total",
+                &["reason=\"missing\""],
+            ),
         };
         let stop = done(&s);
         samples.push(s);
@@ -179,7 +150,7 @@ async fn run(
         }
     }
     daemon.shutdown().await;
-    drop(sim);
+    drop(s);
     eprintln!("tracking = {tracking}:\n{}", show(&samples));
     samples
 }
