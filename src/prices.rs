@@ -162,10 +162,10 @@ impl Feed {
         }
     }
 
-    /// Re-reads the file (when one is configured). `Err` carries the error
-    /// when it is new, for the caller to log and count; the schedule in use
-    /// is then the last good one.
-    pub fn refresh(&mut self) -> Result<(), String> {
+    /// Re-reads the file (when one is configured). On a failed read the
+    /// schedule in use stays the last good one, and `Err` carries the error
+    /// and whether it is new (to log it once and count every failed read).
+    pub fn refresh(&mut self) -> Result<(), (String, bool)> {
         let Some(file) = &self.file else {
             return Ok(());
         };
@@ -177,11 +177,9 @@ impl Feed {
             }
             Err(e) => {
                 let e = e.to_string();
-                if self.said.as_deref() == Some(e.as_str()) {
-                    return Ok(());
-                }
+                let new = self.said.as_deref() != Some(e.as_str());
                 self.said = Some(e.clone());
-                Err(e)
+                Err((e, new))
             }
         }
     }
@@ -261,16 +259,21 @@ mod tests {
             feed.steps(start, Duration::minutes(15), 1, 0.06),
             vec![-0.02]
         );
-        std::fs::write(&file, "2026-06-21T12:00:00+02:00;-0.0").unwrap();
         std::fs::write(&file, "half a line").unwrap();
-        assert!(feed.refresh().is_err());
-        assert!(feed.refresh().is_ok(), "the same error is said once");
+        assert!(matches!(feed.refresh(), Err((_, true))));
+        assert!(
+            matches!(feed.refresh(), Err((_, false))),
+            "the same error is new once"
+        );
         assert_eq!(
             feed.steps(start, Duration::minutes(15), 1, 0.06),
             vec![-0.02]
         );
         std::fs::remove_file(&file).unwrap();
-        assert!(feed.refresh().is_err(), "a new error is said");
+        assert!(
+            matches!(feed.refresh(), Err((_, true))),
+            "another error is new"
+        );
         assert_eq!(
             feed.steps(start, Duration::minutes(15), 1, 0.06),
             vec![-0.02]

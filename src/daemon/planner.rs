@@ -64,8 +64,10 @@ pub async fn run(
         let now = clock.now();
         let start = grid.period_start(now);
         let mut input = build_input(&shared, start, &load_hist);
-        if let Err(e) = export_prices.refresh() {
-            tracing::warn!(error = %e, "plan: export prices not read; keeping the last good ones");
+        if let Err((e, new)) = export_prices.refresh() {
+            if new {
+                tracing::warn!(error = %e, "plan: export prices not read; keeping the last good ones");
+            }
             shared.metrics.export_prices_errors.inc();
         }
         input.export_price_eur_per_kwh = export_prices.steps(
