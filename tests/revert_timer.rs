@@ -81,7 +81,12 @@ meter = "BAT"
     let path = dir.path().join("site.toml");
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
     let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
+    // An evening: the battery (a participant) discharges into the
+    // household's load the PV no longer covers, so ped has it under control.
+    // (At a sunny noon a participant battery has nothing to do: it earns the
+    // local price only on discharge that serves load, and charging costs it
+    // the local price, see `plan::credit_cap_kw`.)
+    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T21:30:00+02:00")
         .unwrap_or_else(|e| panic!("{e}"))
         .with_timezone(&chrono::Utc);
     let clock = Clock::simulated(origin, 60.0);
