@@ -94,11 +94,8 @@ fn main() {
         (1000, 96, true, "dynamic"),
         (1000, 96, false, "night"),
     ] {
-        let mut p = match tariffs {
-            "midday" => synthetic::allocation_midday_off_peak(np, n, 1),
-            "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, 1)),
-            "dynamic" => synthetic::dynamic_tariffs(synthetic::allocation(np, n, 1)),
-            _ => synthetic::allocation(np, n, 1),
+        let Some(mut p) = synthetic::allocation_with_tariffs(tariffs, np, n, 1) else {
+            panic!("no tariff variant {tariffs}");
         };
         if !rules {
             // Fairness rows off: the per-step knapsack alone.

@@ -673,17 +673,13 @@ async fn main() -> Result<()> {
                         })?;
                     if allocation {
                         use ped::plan::synthetic;
-                        let problem = match tariffs.as_str() {
-                            "night" => synthetic::allocation(np, n, seed),
-                            "midday" => synthetic::allocation_midday_off_peak(np, n, seed),
-                            "flat" => synthetic::flat_tariffs(synthetic::allocation(np, n, seed)),
-                            "dynamic" => {
-                                synthetic::dynamic_tariffs(synthetic::allocation(np, n, seed))
-                            }
-                            other => {
-                                bail!("--tariffs {other}: expected night, midday, flat or dynamic")
-                            }
-                        };
+                        let problem = synthetic::allocation_with_tariffs(&tariffs, np, n, seed)
+                            .with_context(|| {
+                                format!(
+                                    "--tariffs {tariffs}: expected one of {}",
+                                    synthetic::TARIFF_VARIANTS.join(", ")
+                                )
+                            })?;
                         Instance::Allocation { problem }
                     } else {
                         Instance::Plan {

@@ -131,6 +131,28 @@ pub fn dynamic_tariffs(mut p: AllocationProblem) -> AllocationProblem {
     p
 }
 
+/// The names of the tariff variants of [`allocation_with_tariffs`].
+pub const TARIFF_VARIANTS: [&str; 4] = ["night", "midday", "flat", "dynamic"];
+
+/// The allocation instance with the named tariff variant (one of
+/// [`TARIFF_VARIANTS`]): `night` ([`allocation`]), `midday`
+/// ([`allocation_midday_off_peak`]), `flat` ([`flat_tariffs`]) or `dynamic`
+/// ([`dynamic_tariffs`]). None for another name.
+pub fn allocation_with_tariffs(
+    tariffs: &str,
+    participants: usize,
+    steps: usize,
+    seed: u64,
+) -> Option<AllocationProblem> {
+    Some(match tariffs {
+        "night" => allocation(participants, steps, seed),
+        "midday" => allocation_midday_off_peak(participants, steps, seed),
+        "flat" => flat_tariffs(allocation(participants, steps, seed)),
+        "dynamic" => dynamic_tariffs(allocation(participants, steps, seed)),
+        _ => return None,
+    })
+}
+
 /// Each participant's tariff replaced by its mean over the horizon (one
 /// tariff per consumer, as `ped keys` values them).
 pub fn flat_tariffs(mut p: AllocationProblem) -> AllocationProblem {
