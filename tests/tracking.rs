@@ -155,6 +155,19 @@ async fn run(
     samples
 }
 
+/// The last 2 s of samples taken with a plan out (at least 10 of them),
+/// newest first.
+fn settled(samples: &[Sample]) -> Vec<&Sample> {
+    let settled: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.forecast_pv_kw > 0.0)
+        .rev()
+        .take(20)
+        .collect();
+    assert!(settled.len() >= 10, "{}", show(samples));
+    settled
+}
+
 fn show(samples: &[Sample]) -> String {
     samples
         .iter()
@@ -205,13 +218,7 @@ async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Long enough for tracking to have acted (it does within ~3 s above).
     let samples = run(false, false, Duration::from_secs(8), |_| false).await;
     // Once the battery has reached the plan's setpoint, the last 2 s.
-    let settled: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.forecast_pv_kw > 0.0)
-        .rev()
-        .take(20)
-        .collect();
-    assert!(settled.len() >= 10, "{}", show(&samples));
+    let settled = settled(&samples);
     for s in &settled {
         assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
         assert!(
@@ -227,13 +234,7 @@ async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_never_read_means_no_tracking_and_is_counted() {
     let samples = run(true, true, Duration::from_secs(8), |_| false).await;
-    let settled: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.forecast_pv_kw > 0.0)
-        .rev()
-        .take(20)
-        .collect();
-    assert!(settled.len() >= 10, "{}", show(&samples));
+    let settled = settled(&samples);
     for s in &settled {
         assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
         assert!(
