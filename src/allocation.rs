@@ -969,27 +969,39 @@ impl MonthAllocator for MonthSolverAllocator {
         let solved = match self.budget {
             None => allocate::solve_allocation(&problem),
             Some(budget) => {
+                let over = || {
+                    format!(
+                        "month solver exceeded its budget of {} ms",
+                        budget.as_millis()
+                    )
+                };
+                if budget.is_zero() {
+                    return self.per_step(input, over());
+                }
                 let (tx, rx) = std::sync::mpsc::channel();
+                // Tests of the fallback's wiring through the binary hold the
+                // worker until the budget has run out, so the overrun happens
+                // by construction on any machine; release builds never hold.
+                let hold = cfg!(debug_assertions)
+                    && std::env::var_os("PED_TEST_HOLD_MONTH_SOLVER").is_some();
+                let (release, held) = std::sync::mpsc::channel::<()>();
                 let spawned = std::thread::Builder::new()
                     .name("month-solver".into())
                     .spawn(move || {
+                        if hold {
+                            let _ = held.recv();
+                        }
                         // The receiver is gone after a timeout; nothing to report then.
                         let _ = tx.send(allocate::solve_allocation(&problem));
                     });
                 if let Err(e) = spawned {
                     return self.per_step(input, format!("cannot start the month solver: {e}"));
                 }
-                match rx.recv_timeout(budget) {
+                let answer = rx.recv_timeout(budget);
+                drop(release);
+                match answer {
                     Ok(r) => r,
-                    Err(_) => {
-                        return self.per_step(
-                            input,
-                            format!(
-                                "month solver exceeded its budget of {} ms",
-                                budget.as_millis()
-                            ),
-                        )
-                    }
+                    Err(_) => return self.per_step(input, over()),
                 }
             }
         };

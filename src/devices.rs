@@ -226,6 +226,32 @@ pub enum Command {
     Release,
 }
 
+/// What an energy manager reads in a log line: `+12.5 kW` (charging),
+/// `-3.0 kW` (discharging), `limited to 40 %`, `released`. Powers are shown to
+/// 0.1 kW, the finest step the battery and power-to-heat maps write, so solver
+/// noise such as 8.6e-6 kW reads as `+0.0 kW`.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Rounded first, so a tiny negative value does not print as "-0.0".
+        let tenths = |kw: f64| (kw * 10.0).round() / 10.0 + 0.0;
+        match *self {
+            Command::BatteryPower(kw) => write!(f, "{:+.1} kW", tenths(kw)),
+            Command::PowerToHeat(kw) => write!(f, "{:.1} kW", tenths(kw)),
+            Command::PvLimitPct(pct) => write!(f, "limited to {:.0} %", pct.round() + 0.0),
+            Command::Release => f.write_str("released"),
+        }
+    }
+}
+
+/// A set of setpoints as one readable field: `BAT-01=+0.0 kW, PV-03=released`.
+pub fn setpoints_text(setpoints: &BTreeMap<String, Command>) -> String {
+    setpoints
+        .iter()
+        .map(|(device, cmd)| format!("{device}={cmd}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One register write: address, words, and the point it sets (for logs and the envelope).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {
@@ -565,6 +591,25 @@ pub fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setpoints_read_as_an_energy_manager_would() {
+        let sp: BTreeMap<String, Command> = [
+            ("BAT-01", Command::BatteryPower(8.599999999999999e-6)),
+            ("BAT-02", Command::BatteryPower(-12.345)),
+            ("BAT-03", Command::BatteryPower(-0.04)),
+            ("P2H-1", Command::PowerToHeat(29.96)),
+            ("PV-03", Command::Release),
+            ("PV-04", Command::PvLimitPct(39.6)),
+        ]
+        .into_iter()
+        .map(|(d, c)| (d.to_string(), c))
+        .collect();
+        assert_eq!(
+            setpoints_text(&sp),
+            "BAT-01=+0.0 kW, BAT-02=-12.3 kW, BAT-03=+0.0 kW, P2H-1=30.0 kW, PV-03=released, PV-04=limited to 40 %"
+        );
+    }
 
     fn lib() -> ModelLibrary {
         ModelLibrary::embedded().unwrap()

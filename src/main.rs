@@ -8,6 +8,7 @@ use ped::daemon::{Daemon, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,12 +308,23 @@ fn init_logs(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_colours(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
         b.init();
     }
+}
+
+/// Colour codes only for a person at a terminal: files, pipes, journald and
+/// Docker logs get plain text. A non-empty `NO_COLOR` turns colours off
+/// everywhere (no-color.org).
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.map_or(true, |v| v.is_empty())
 }
 
 fn library(site_models: Option<&Path>) -> Result<ModelLibrary> {
@@ -1119,4 +1131,19 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
         "outbox delivers per the site's [delivery] section"
     );
     Ok((Some(deliver), Some(backoff)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_for_a_terminal_without_no_color() {
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+        assert!(!log_colours(false, Some(OsStr::new("1"))));
+    }
 }

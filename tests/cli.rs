@@ -52,6 +52,9 @@ fn check_names_each_problem_and_fails() {
         );
     }
     assert!(stdout.matches("fix:").count() >= 5, "{stdout}");
+    // Piped output is for files and other programs: no terminal colour codes.
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'));
 }
 
 #[test]
@@ -110,6 +113,14 @@ fn simulate_runs_the_demo_and_stops_by_itself() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("135 devices"), "{stderr}");
     assert!(stderr.contains("period closed"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes in a log file");
+    // Setpoints read as an energy manager would: `BAT-01=+12.5 kW`, not Rust values.
+    let plan_line = stderr
+        .lines()
+        .find(|l| l.contains("plan published"))
+        .unwrap_or_else(|| panic!("no plan published:\n{stderr}"));
+    assert!(plan_line.contains(" kW"), "{plan_line}");
+    assert!(!plan_line.contains("BatteryPower("), "{plan_line}");
     // Autumn DST night: the repeated 02:00 hour is in the files with both offsets.
     let files: Vec<_> = std::fs::read_dir(dir.path().join("keys/2025-10-26"))
         .unwrap()

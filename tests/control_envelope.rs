@@ -141,7 +141,7 @@ timeout_ms = 300
 writes_allowed = true
 
 [plan]
-budget_ms = 500
+budget_ms = 10000
 
 [[devices]]
 id = "PV"

@@ -24,7 +24,7 @@ timeout_ms = 300
 writes_allowed = true
 
 [plan]
-budget_ms = 500
+budget_ms = 10000
 export_price_eur_per_kwh = -0.05
 
 [[devices]]

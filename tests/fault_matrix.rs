@@ -75,27 +75,26 @@ fn simulate(
     speed: &str,
     out: &Path,
     env: &[(&str, &str)],
+    extra: &[&str],
 ) -> Run {
-    let r = ped(
-        &[
-            "simulate",
-            "--site",
-            site.to_str().expect("utf-8 path"),
-            "--start",
-            start,
-            "--duration",
-            duration,
-            "--speed",
-            speed,
-            "--ephemeral-ports",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            out.to_str().expect("utf-8 path"),
-        ],
-        env,
-        Duration::from_secs(120),
-    );
+    let mut args = vec![
+        "simulate",
+        "--site",
+        site.to_str().expect("utf-8 path"),
+        "--start",
+        start,
+        "--duration",
+        duration,
+        "--speed",
+        speed,
+        "--ephemeral-ports",
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let r = ped(&args, env, Duration::from_secs(120));
     assert_eq!(r.code, Some(0), "ped simulate failed:\n{}", r.stderr);
     r
 }
@@ -156,26 +155,39 @@ fn latest_plan_status(out: &Path) -> String {
 
 // ---- the solver exceeds its budget -------------------------------------------------------
 
+/// The `plan published` events of a run logged with `--log-format json`, as
+/// their fields (status, setpoints, …).
+fn published_plans(json_log: &str) -> Vec<serde_json::Value> {
+    json_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "plan published")
+        .map(|v| v["fields"].clone())
+        .collect()
+}
+
+/// `plan.budget_ms = 0` leaves no time for the LP, on any machine: every plan
+/// must come from the fallback ladder and the periods still close. (A real
+/// budget stopping a real solve is `plan::tests::a_real_budget_stops_a_real_long_solve`;
+/// a late LP result being discarded is `plan::tests::a_late_lp_result_is_discarded`.)
 #[test]
 fn solver_over_budget_plans_via_fallback_and_periods_still_close() {
     let out = tempfile::tempdir().unwrap();
-    // 1 ms cannot hold a 6-hour LP: every solve overruns.
     let r = simulate(
         &manifest(FAULT_SITE),
         "2025-06-21T09:50:00+02:00",
         "160m",
         "1800",
         out.path(),
-        &[("PED__PLAN__BUDGET_MS", "1")],
+        &[("PED__PLAN__BUDGET_MS", "0")],
+        &["--log-format", "json"],
     );
-    let published = r.stderr.matches("plan published").count();
-    assert!(published >= 4, "a plan at every step:\n{}", r.stderr);
-    assert!(
-        !r.stderr.contains("status=optimal"),
-        "no plan may claim the LP within a 1 ms budget:\n{}",
-        r.stderr
-    );
-    assert_ne!(latest_plan_status(out.path()), "optimal");
+    let plans = published_plans(&r.stderr);
+    assert!(plans.len() >= 4, "a plan at every step:\n{}", r.stderr);
+    for p in &plans {
+        assert_eq!(p["status"], "rule_based", "{p}");
+    }
+    assert_eq!(latest_plan_status(out.path()), "rule_based");
     for (f, starts) in key_rows(out.path(), "2025-06-21") {
         assert!(
             starts.len() >= 6,
@@ -307,12 +319,11 @@ fn simulated_battery_below_its_minimum_soc_keeps_planning_and_closing_periods() 
         "1800",
         &out,
         &[],
+        &["--log-format", "json"],
     );
-    assert!(
-        r.stderr.matches("plan published").count() >= 3,
-        "{}",
-        r.stderr
-    );
+    let plans = published_plans(&r.stderr);
+    assert!(plans.len() >= 3, "{}", r.stderr);
+    assert!(plans.iter().all(|p| p["status"].is_string()), "{plans:?}");
     assert!(!latest_plan_status(&out).is_empty());
     for (_, starts) in key_rows(&out, "2025-06-21") {
         assert!(starts.len() >= 3, "{starts:?}");

@@ -227,7 +227,7 @@ timeout_ms = 250
 max_backoff_ms = 1000
 
 [plan]
-budget_ms = 300
+budget_ms = 10000
 
 [[devices]]
 id = "PV"

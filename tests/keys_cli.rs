@@ -32,11 +32,16 @@ fn keys(args: &[&str]) -> Output {
 }
 
 fn keys_with_site(site: &Path, args: &[&str]) -> Output {
+    keys_with_site_env(site, args, &[])
+}
+
+fn keys_with_site_env(site: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ped"))
         .arg("keys")
         .arg("--site")
         .arg(site)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -665,23 +670,22 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
         "{text}"
     );
 
-    // A budget the solver cannot hold, on an operation 40 times this one: its
-    // network flow takes about 90 ms in a debug build, while the
-    // 4-participant day above can finish inside 1 ms on a fast machine (CI
-    // once did), so the small instance cannot prove the fallback.
+    // An operation 40 times this one, whose month needs the network flow
+    // (its tariffs are flat; greedy would answer at once). The overrun is
+    // made by construction: PED_TEST_HOLD_MONTH_SOLVER (debug builds only)
+    // holds the solver until its 1 ms budget has run out, whatever the
+    // machine's speed.
     let big = scaled_operation(&tmp.path().join("big"), 40);
-    // Unbounded, the large operation needs the network flow (its tariffs
-    // are flat; greedy would answer in microseconds and prove nothing about
-    // the budget).
     let curves_big = big.join("curves");
-    let run_big = |out: &Path, extra: &[&str]| -> Output {
-        keys_with_site(
+    let run_big = |out: &Path, extra: &[&str], env: &[(&str, &str)]| -> Output {
+        keys_with_site_env(
             &big.join("site.toml"),
             &optimised_day_args(&curves_big, out, extra),
+            env,
         )
     };
     let full = tmp.path().join("big-full");
-    let out = run_big(&full, &[]);
+    let out = run_big(&full, &[], &[]);
     assert!(out.status.success(), "{out:?}");
     let note = manifest(&full).month_solver.expect("month solver note");
     assert_eq!(note.method, "flow", "{note:?}");
@@ -695,6 +699,7 @@ fn optimised_keys_use_the_month_solver_and_fall_back_per_step_when_told() {
             "--metrics-textfile",
             prom.to_str().unwrap(),
         ],
+        &[("PED_TEST_HOLD_MONTH_SOLVER", "1")],
     );
     let text = format!(
         "{}{}",

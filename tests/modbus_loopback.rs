@@ -288,13 +288,15 @@ async fn closed_port_fails_fast_with_connection_error() {
             .unwrap_or_else(|e| panic!("{e}"));
         l.local_addr().unwrap_or_else(|e| panic!("{e}"))
     };
+    // A refused connection answers at once: the error must come long before
+    // the 60 s connect timeout, however loaded the machine is.
     let started = Instant::now();
-    let err = ModbusClient::connect(addr, Duration::from_secs(5))
+    let err = ModbusClient::connect(addr, Duration::from_secs(60))
         .await
         .err();
     assert!(matches!(err, Some(ModbusError::Connect(_))), "{err:?}");
     assert_eq!(err.map(|e| e.kind()), Some("connection"));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 #[tokio::test]
@@ -306,7 +308,7 @@ async fn silent_server_gives_timeout_and_poisons_the_connection() {
     // Accepts and holds the connection, never answering.
     let holder = tokio::spawn(async move {
         let conn = listener.accept().await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
         drop(conn);
     });
     let mut client = ModbusClient::connect(addr, Duration::from_millis(300))
@@ -316,8 +318,10 @@ async fn silent_server_gives_timeout_and_poisons_the_connection() {
     let err = client.read(UNIT, Table::Holding, 0, 1).await.err();
     let elapsed = started.elapsed();
     assert_eq!(err, Some(ModbusError::Timeout));
+    // The client's own 300 ms timeout, not the holder's 60 s: loose enough for
+    // a loaded machine.
     assert!(
-        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(2),
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(20),
         "{elapsed:?}"
     );
     assert!(!client.is_usable());

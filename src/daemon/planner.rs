@@ -586,7 +586,7 @@ fn publish(
             .with_label_values(&[dev])
             .set(kw * 1000.0);
     }
-    tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = ?sp, "plan published");
+    tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = crate::devices::setpoints_text(&sp), "plan published");
     // A fresh plan's setpoints stand until tracking moves them.
     for dev in sp_devices(&sp) {
         m.tracking_watts.with_label_values(&[&dev]).set(0.0);
