@@ -1197,6 +1197,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             _ => None,
         };
         let mut account = allocation::MonthToDateAccount::new(n_all);
+        let mut carry = allocation::Remainders::new(n_all);
         let mut month_of: Option<(i32, u32)> = None;
         let mut s = ScenarioSummary {
             name: name.to_string(),
@@ -1226,17 +1227,20 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                     ds.cal.grid.format_local(ds.cal.time(t))
                 ))
             };
+            // Rounding remainders and the month's fairness figures restart
+            // with each local month, as in the daemon.
+            let local = ds.cal.time(t).with_timezone(&tz);
+            let month = (
+                chrono::Datelike::year(&local),
+                chrono::Datelike::month(&local),
+            );
+            if month_of != Some(month) {
+                account = allocation::MonthToDateAccount::new(n_all);
+                carry = allocation::Remainders::new(n_all);
+                month_of = Some(month);
+            }
             let keys = match in_month {
                 Some(solver) => {
-                    let local = ds.cal.time(t).with_timezone(&tz);
-                    let month = (
-                        chrono::Datelike::year(&local),
-                        chrono::Datelike::month(&local),
-                    );
-                    if month_of != Some(month) {
-                        account = allocation::MonthToDateAccount::new(n_all);
-                        month_of = Some(month);
-                    }
                     let (k, _) = allocation::keys_for_step_in_month(
                         solver,
                         &account,
@@ -1244,6 +1248,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         &tariffs_all,
                         &priority_all,
                         site.precision,
+                        &mut carry,
                     )
                     .map_err(at)?;
                     account
@@ -1256,7 +1261,10 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         .map_err(at)?;
                     k
                 }
-                None => allocation::keys_for_step(&input, policy, site.precision).map_err(at)?,
+                None => {
+                    allocation::keys_for_step_carried(&input, policy, site.precision, &mut carry)
+                        .map_err(at)?
+                }
             };
             let a_part: f64 = keys.allocated_kwh[..np].iter().sum();
             let a_storage: f64 = keys.allocated_kwh[np..].iter().sum();

@@ -114,6 +114,11 @@ pub struct PeriodRecord {
     pub production_kwh: BTreeMap<String, f64>,
     pub consumption_kwh: BTreeMap<String, f64>,
     pub allocated_kwh: BTreeMap<String, f64>,
+    /// Each participant's rounding remainder over the local month once this
+    /// period's keys are applied, kWh (intended minus allocated, summed since
+    /// the month began; positive: owed). The next period's rounding starts
+    /// from it, so a restart carries the same remainders.
+    pub remainder_kwh: BTreeMap<String, f64>,
     pub key_units: Vec<u32>,
     pub total_production_kwh: f64,
     pub total_consumption_kwh: f64,
@@ -681,6 +686,7 @@ mod tests {
                 production_kwh: BTreeMap::new(),
                 consumption_kwh: participants.iter().map(|p| (p.id.clone(), 1.0)).collect(),
                 allocated_kwh: participants.iter().map(|p| (p.id.clone(), 0.5)).collect(),
+                remainder_kwh: BTreeMap::new(),
                 key_units: (0..participants.len() as u32).collect(),
                 total_production_kwh: 100.0,
                 total_consumption_kwh: 200.0,

@@ -366,7 +366,18 @@ pub fn compute(
     };
     let mut allocated = Vec::with_capacity(n_t);
     let mut prorata = Vec::with_capacity(n_t);
+    // Each consumer's rounding remainder, carried through the local month.
+    let mut carry = allocation::Remainders::new(job.consumers.len());
+    let mut month_of = None;
     for t in 0..n_t {
+        let local_month = {
+            let d = job.grid.local_day(m.periods[t]);
+            (d.year(), d.month())
+        };
+        if month_of != Some(local_month) {
+            carry = allocation::Remainders::new(job.consumers.len());
+            month_of = Some(local_month);
+        }
         prorata.push(
             allocation::intended_for_step(pooled[t], &m.consumption_kwh[t], &Policy::ProRata)
                 .map_err(AllocationError::Policy)?,
@@ -384,7 +395,12 @@ pub fn compute(
                 let k = if is_static && !fallback {
                     allocation::keys_for_step(&input, &policy, job.precision)?
                 } else {
-                    allocation::keys_from_intended(&input, &intended[t], job.precision)?
+                    allocation::keys_from_intended_carried(
+                        &input,
+                        &intended[t],
+                        job.precision,
+                        &mut carry,
+                    )?
                 };
                 rows[0].push(KeyRow {
                     start,
