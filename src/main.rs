@@ -292,6 +292,11 @@ struct KeysArgs {
     /// output directory, into --out (default DIR/statements).
     #[arg(long)]
     statements: Option<PathBuf>,
+    /// Refuse the run when a load curve holds a value that cannot be a
+    /// reading (negative, above keys.max_load_curve_kw, not a number)
+    /// instead of treating it as missing.
+    #[arg(long)]
+    strict: bool,
     /// Optimised keys: the month solver's wall-clock budget in ms (default:
     /// the site's keys.month_budget_ms; 0 computes the keys per step).
     #[arg(long)]
@@ -854,6 +859,7 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
     };
     let mut job = keys::KeysJob::from_site(&site, from, to);
+    job.strict = a.strict;
     if let Some(p) = a.policy {
         job.policy = match p.as_str() {
             "prorata" => config::KeyPolicy::Prorata,
@@ -909,6 +915,13 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
                 Written::New(m) => ("written", m),
                 Written::Unchanged(m) => ("unchanged", m),
             };
+            let estimated: usize = m.participants.iter().map(|p| p.estimated_steps).sum();
+            println!(
+                "{}: {} suspect value(s) treated as missing, {estimated} participant step(s) estimated in {} step(s) (manifest.json)",
+                out.display(),
+                m.suspect_values.count,
+                m.estimated_steps.len()
+            );
             println!(
                 "{}: {what}: {} file(s), {} periods {} .. {}, policy {:?} ({}), {} fallback step(s), {} coarse step(s), self-consumed {:.3} of {:.3} kWh",
                 out.display(),
