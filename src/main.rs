@@ -860,6 +860,15 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     };
     let mut job = keys::KeysJob::from_site(&site, from, to);
     job.strict = a.strict;
+    if a.format == "enedis"
+        && job.layout.naming == ped::dso::enedis::Naming::Operation
+        && job.operation_id.is_none()
+    {
+        bail!(
+            "{}: keys.operation_id is not set, and the enedis layout names its files after the operation (fix: add operation_id = \"ACC<8 digits>\" under [keys], or layout = \"enedis_iso\" for one file per producer)",
+            site.source.display()
+        );
+    }
     if let Some(p) = a.policy {
         job.policy = match p.as_str() {
             "prorata" => config::KeyPolicy::Prorata,

@@ -810,6 +810,109 @@ mod tests {
         );
     }
 
+    /// Shaped like the DSO's public sample: local stamps without offset at
+    /// step starts, 2 decimals, no LF after the last row.
+    const SAMPLE_SHAPED: &str = "Horodate;12345678901234;23456789012345\n\
+        01/11/2024 00:00;48,12;41,30\n\
+        01/11/2024 00:15;48,12;41,30\n\
+        01/11/2024 00:30;47,00;40,00\n\
+        01/11/2024 00:45;0,00;100,00\n\
+        01/11/2024 01:00;48,12;41,30";
+
+    #[test]
+    fn a_file_shaped_like_the_dso_sample_validates_and_breaks_where_it_should() {
+        let g = grid(15);
+        let (layout, precision, rep) = validate_any(SAMPLE_SHAPED, &g).unwrap();
+        assert_eq!(layout, Layout::ENEDIS);
+        assert_eq!(precision.units_per_one, 10_000);
+        assert_eq!(rep.rows.len(), 5);
+        assert_eq!(rep.rows[0].units, [4812, 4130]);
+        assert_eq!(rep.first_day, NaiveDate::from_ymd_opt(2024, 11, 1).unwrap());
+        let err = |t: &str| match validate_with(&Layout::ENEDIS, t, &g, precision) {
+            Err(DsoError::Invalid { line, column, .. }) => (line, column),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        };
+        assert_eq!(err(&format!("{SAMPLE_SHAPED}\n")), (6, 1));
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("00:30;47,00", "00:40;47,00")),
+            (4, 1)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("47,00;40,00", "60,00;40,01")),
+            (4, 1)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("47,00;40,00", "47,0;40,00")),
+            (4, 2)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("01/11/2024 00:15", "2024-11-01 00:15")),
+            (3, 1)
+        );
+        assert_eq!(err(&SAMPLE_SHAPED.replace('\n', "\r\n")).0, 1);
+        // Rendering the rows back gives the same bytes.
+        let text = render_with(&Layout::ENEDIS, &g, &rep.consumers, &rep.rows, precision).unwrap();
+        assert_eq!(text, SAMPLE_SHAPED);
+    }
+
+    #[test]
+    fn without_offsets_the_repeated_hour_is_read_by_order() {
+        let g = grid(30);
+        let p = Precision::default();
+        let ok = "Horodate;12345678900000\n\
+                  26/10/2025 01:30;10,0\n\
+                  26/10/2025 02:00;20,0\n\
+                  26/10/2025 02:30;30,0\n\
+                  26/10/2025 02:00;40,0\n\
+                  26/10/2025 02:30;50,0\n\
+                  26/10/2025 03:00;60,0";
+        let rep = validate_with(&Layout::ENEDIS, ok, &g, p).unwrap();
+        let offsets: Vec<String> = rep.rows.iter().map(|r| g.format_local(r.start)).collect();
+        assert_eq!(
+            offsets,
+            [
+                "2025-10-26T01:30:00+02:00",
+                "2025-10-26T02:00:00+02:00",
+                "2025-10-26T02:30:00+02:00",
+                "2025-10-26T02:00:00+01:00",
+                "2025-10-26T02:30:00+01:00",
+                "2025-10-26T03:00:00+01:00"
+            ]
+        );
+        // The repeated hour written once is a gap of an hour.
+        let once = ok.replace("26/10/2025 02:00;40,0\n26/10/2025 02:30;50,0\n", "");
+        assert!(validate_with(&Layout::ENEDIS, &once, &g, p).is_err());
+        // A spring time that does not exist.
+        let spring = "Horodate;12345678900000\n30/03/2025 02:00;10,0";
+        assert!(validate_with(&Layout::ENEDIS, spring, &g, p).is_err());
+    }
+
+    #[test]
+    fn file_names_per_layout() {
+        let g = grid(15);
+        let rows = day_rows(&g, "2025-10-26", 1);
+        let mut all = rows.clone();
+        all.extend(day_rows(&g, "2025-11-30", 1).into_iter().take(1));
+        let prod: Prm = "30000000000001".parse().unwrap();
+        let name = |l: &Layout, op: Option<&str>, p: Option<&Prm>, r: &[KeyRow]| {
+            file_name_with(l, &g, op, p, r)
+        };
+        assert_eq!(
+            name(&Layout::ENEDIS, Some("ACC00000001"), None, &all).unwrap(),
+            "ACC00000001_15_26102025_30112025.txt"
+        );
+        assert_eq!(
+            name(&Layout::ENEDIS, Some("ACC00000001"), Some(&prod), &rows).unwrap(),
+            "ACC00000001_30000000000001_15_26102025_26102025.txt"
+        );
+        assert_eq!(
+            name(&Layout::ENEDIS_ISO, None, Some(&prod), &rows).unwrap(),
+            "30000000000001_20251026_20251026.csv"
+        );
+        assert!(name(&Layout::ENEDIS, None, None, &rows).is_err());
+        assert!(name(&Layout::ENEDIS, Some("ACC1"), None, &rows).is_err());
+    }
+
     #[test]
     fn writes_one_file_per_producer_atomically() {
         let g = grid(30);
