@@ -5,7 +5,7 @@ clean data: truth/*_clean.csv.gz of a district data set) and compare each
 participant's month with exact pro rata (the DSO's default key). Shares no
 code with ped: it reads the key files as bytes and the data set as CSV.
 
-    check-keys.py --keys DIR --data DIR --site SITE.toml
+    check-keys.py --keys DIR (--data DIR | --truth-curves DIR) --site SITE.toml
         [--max-short N] [--min-percent X]   exit 1 if more than N participants
                                             are short or the keys reach less
                                             than X % of the pro-rata maximum
@@ -85,10 +85,37 @@ def wide(path, lo, hi):
         return head[2:], data
 
 
+def curves(dirname, lo, hi, step_min, cons_ids, prod_ids):
+    """Clean data as DSO load-curve exports (W average, end stamps with
+    offset), in the shape `wide` returns: ids and {utc start: [kWh...]}."""
+    cons, prod = {}, {}
+    for name in sorted(os.listdir(dirname)):
+        with open(os.path.join(dirname, name), encoding="utf-8-sig") as f:
+            lines = f.read().split("\n")
+        meta = dict(zip(lines[0].split(";"), lines[1].split(";")))
+        prm, what = meta["Identifiant PRM"], meta["Grandeur metier"]
+        k = lines.index("Horodate;Valeur")
+        series = {}
+        for line in lines[k + 1:]:
+            if not line:
+                continue
+            stamp, v = line.split(";")[:2]
+            start = (dt.datetime.fromisoformat(stamp).astimezone(dt.timezone.utc)
+                     - dt.timedelta(minutes=step_min))
+            if lo <= start < hi:
+                series[start] = float(v) * step_min / 60.0 / 1000.0 if v else 0.0
+        (cons if what == "Consommation" else prod)[prm] = series
+    steps = sorted({t for s in list(cons.values()) + list(prod.values()) for t in s})
+    c = {t: [cons.get(prm, {}).get(t, 0.0) for _, prm in cons_ids] for t in steps}
+    p = {t: [prod.get(prm, {}).get(t, 0.0) for _, prm in prod_ids] for t in steps}
+    return [i for i, _ in cons_ids], c, [i for i, _ in prod_ids], p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", required=True)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data")
+    ap.add_argument("--truth-curves")
     ap.add_argument("--site", required=True)
     ap.add_argument("--max-short", type=int, default=None)
     ap.add_argument("--min-percent", type=float, default=None)
@@ -128,8 +155,15 @@ def main():
     if man["kind"] == "simple" and len(keyed) > 1:
         keyed = [(None, keyed[0][1], keyed[0][2])]  # identical per-producer copies
 
-    ids_c, cons = wide(os.path.join(a.data, "truth", "consumption_clean.csv.gz"), lo, hi)
-    ids_p, prod = wide(os.path.join(a.data, "truth", "production_clean.csv.gz"), lo, hi)
+    if a.truth_curves:
+        ids_c, cons, ids_p, prod = curves(
+            a.truth_curves, lo, hi, step_min,
+            [(i, v[0]) for i, v in part.items()], list(plant_prm.items()))
+    elif a.data:
+        ids_c, cons = wide(os.path.join(a.data, "truth", "consumption_clean.csv.gz"), lo, hi)
+        ids_p, prod = wide(os.path.join(a.data, "truth", "production_clean.csv.gz"), lo, hi)
+    else:
+        sys.exit("give --data (a district data set) or --truth-curves (load-curve exports)")
     steps = sorted(cons)
     n_expected = sum(1 for _ in range(int((hi - lo).total_seconds() // (step_min * 60))))
     if len(steps) != n_expected:

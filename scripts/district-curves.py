@@ -10,6 +10,8 @@ they are, negative ones (a meter reset) included: what a PMO receives.
     district-curves.py --data DIR --from 2026-05-01 --to 2026-05-31 --out CURVES
         [--clean]              read truth/*_clean.csv.gz instead (what the DSO settles with)
         [--only ID,ID,...]     a subset of participants (plants are always written)
+        [--production-scale X] production multiplied by X (a small slice of
+                               participants keeps the operation's balance)
         [--site-out FILE --site SITE.toml]
                                also write SITE.toml cut down to the plants and
                                the participants written (for a small fixture)
@@ -49,6 +51,7 @@ def main():
     ap.add_argument("--only")
     ap.add_argument("--site")
     ap.add_argument("--site-out")
+    ap.add_argument("--production-scale", type=float, default=1.0)
     a = ap.parse_args()
 
     first = dt.date.fromisoformat(a.first)
@@ -83,7 +86,8 @@ def main():
                 if v == "":
                     points[k].append(f"{stamp};")
                 else:
-                    w = float(v) * 60.0 / step * 1000.0
+                    scale = a.production_scale if name == "production" else 1.0
+                    w = float(v) * scale * 60.0 / step * 1000.0
                     points[k].append(f"{stamp};{round(w)}" if abs(w - round(w)) < 1e-6
                                      else f"{stamp};{w:.3f}")
         for k in cols:

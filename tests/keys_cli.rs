@@ -1301,3 +1301,163 @@ fn operation_layout_with_suspect_values_and_a_member_who_left() {
         "{err}"
     );
 }
+
+/// A slice of a realistic operation (tests/data/keys/district-2026: 22
+/// participants of district-2026 over the spring DST weekend, gaps across the
+/// skipped hour, a member who joins on the 29th and one who leaves after the
+/// 28th) with an afternoon-long gap added to H-0001's curve. The DSO's rule
+/// applied to ped's key file with the clean data (truth/) gives every other
+/// member its exact pro-rata share within max(0.1 kWh, 0.5 %), and H-0001 a
+/// key in its gap: it misses only the estimate's error (its Sunday stands in
+/// for its Saturday afternoon), not the gap's whole share as with key 0.
+#[test]
+fn a_realistic_slice_with_gaps_entry_and_exit_keeps_every_member_at_pro_rata() {
+    use ped::dso::loadcurve::{self, Quantity};
+    let slice = data("district-2026");
+    let tmp = tempfile::tempdir().unwrap();
+    let curves = tmp.path().join("curves");
+    std::fs::create_dir_all(&curves).unwrap();
+    for e in std::fs::read_dir(slice.join("curves")).unwrap() {
+        let p = e.unwrap().path();
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        if p.ends_with("H-0001-consumption.csv") {
+            // 10:30 .. 17:00 local on the 28th: 13 points missing.
+            let mut gap = 0;
+            text = text
+                .lines()
+                .map(|l| {
+                    let hour = l.get(11..16).unwrap_or("");
+                    if l.starts_with("2026-03-28T") && ("10:30".."17:01").contains(&hour) {
+                        gap += 1;
+                        format!("{};", &l[..l.find(';').unwrap()])
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+            assert_eq!(gap, 14);
+        }
+        std::fs::write(curves.join(p.file_name().unwrap()), text).unwrap();
+    }
+    let out = tmp.path().join("keys");
+    let site = slice.join("site.toml");
+    let o = keys_with_site(
+        &site,
+        &[
+            "--from",
+            "2026-03-28",
+            "--to",
+            "2026-03-29",
+            "--load-curves",
+            curves.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--policy",
+            "prorata",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = manifest(&out);
+    assert!(m.fallback_steps.is_empty(), "{:?}", m.fallback_steps);
+    let est = |id: &str| {
+        m.participants
+            .iter()
+            .find(|p| p.id == id)
+            .unwrap()
+            .estimated_steps
+    };
+    assert_eq!((est("H-0001"), est("H-0097"), est("H-0450")), (14, 4, 4));
+    let g = Grid::new(30, chrono_tz::Europe::Paris).unwrap();
+    let key = std::fs::read_to_string(out.join("ACC00002026_30_28032026_29032026.txt")).unwrap();
+    let rep =
+        enedis::validate_with(&enedis::Layout::ENEDIS, &key, &g, Precision::default()).unwrap();
+    assert_eq!(rep.rows.len(), 48 + 46);
+    let periods: Vec<_> = rep.rows.iter().map(|r| r.start).collect();
+    // The clean data, as the DSO settles it.
+    let truth = loadcurve::read_dir(&slice.join("truth"), &g).unwrap();
+    let pool: Vec<f64> = truth
+        .iter()
+        .filter(|c| c.quantity == Quantity::Production)
+        .map(|c| loadcurve::settle(c, &g, &periods).kwh)
+        .fold(vec![0.0; periods.len()], |a, b| {
+            a.iter().zip(&b).map(|(x, y)| x + y).collect()
+        });
+    let cons: BTreeMap<String, Vec<f64>> = truth
+        .iter()
+        .filter(|c| c.quantity == Quantity::Consumption)
+        .map(|c| (c.prm.to_string(), loadcurve::settle(c, &g, &periods).kwh))
+        .collect();
+    let ids: BTreeMap<String, String> = m
+        .participants
+        .iter()
+        .map(|p| (p.prm.clone(), p.id.clone()))
+        .collect();
+    let day = |t: usize| g.local_day(periods[t]).to_string();
+    let member = |id: &str, t: usize| match id {
+        "H-0015" => day(t) == "2026-03-28",
+        "H-0016" => day(t) == "2026-03-29",
+        _ => true,
+    };
+    let mut got: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut pro: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut gap_pro = 0.0;
+    for (t, row) in rep.rows.iter().enumerate() {
+        let members: Vec<(usize, &str)> = rep
+            .consumers
+            .iter()
+            .enumerate()
+            .map(|(i, prm)| (i, ids[prm.as_str()].as_str()))
+            .filter(|(_, id)| member(id, t))
+            .collect();
+        let total: f64 = members
+            .iter()
+            .map(|(i, _)| cons[rep.consumers[*i].as_str()][t])
+            .sum();
+        let served = pool[t].min(total);
+        for (i, id) in &rep
+            .consumers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, ids[p.as_str()].as_str()))
+            .collect::<Vec<_>>()
+        {
+            if !member(id, t) {
+                assert_eq!(row.units[*i], 0, "{id} is not a member on {}", day(t));
+            }
+        }
+        for (i, id) in members {
+            let c = cons[rep.consumers[i].as_str()][t];
+            let share = if total > 0.0 { c / total * served } else { 0.0 };
+            *got.entry(id).or_default() += (f64::from(row.units[i]) / 1000.0 * pool[t]).min(c);
+            *pro.entry(id).or_default() += share;
+            let local = periods[t]
+                .with_timezone(&g.tz())
+                .format("%d %H:%M")
+                .to_string();
+            if id == "H-0001" && ("28 10:00".."28 16:31").contains(&local.as_str()) {
+                gap_pro += share;
+                assert!(
+                    pool[t] == 0.0 || row.units[i] > 0,
+                    "H-0001 at {local}: key 0"
+                );
+            }
+        }
+    }
+    assert_eq!(got.len(), 22);
+    for (id, p) in pro.iter().filter(|(id, _)| **id != "H-0001") {
+        let miss = p - got[id];
+        assert!(
+            miss <= (0.005 * p).max(0.1),
+            "{id}: {miss:.3} kWh short of {p:.3} kWh pro rata"
+        );
+    }
+    assert!(pro["H-0016"] > 0.1 && pro["H-0015"] > 0.1);
+    let miss = pro["H-0001"] - got["H-0001"];
+    assert!(gap_pro > 1.0, "the gap's pro-rata share: {gap_pro:.3} kWh");
+    assert!(
+        miss < 0.75 * gap_pro,
+        "H-0001: {miss:.3} kWh short, the gap's share is {gap_pro:.3} kWh"
+    );
+}
