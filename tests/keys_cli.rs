@@ -1461,3 +1461,68 @@ fn a_realistic_slice_with_gaps_entry_and_exit_keeps_every_member_at_pro_rata() {
         "H-0001: {miss:.3} kWh short, the gap's share is {gap_pro:.3} kWh"
     );
 }
+
+/// Absurd magnitudes and floods of bad lines: a value of 1e306 W is a suspect
+/// point named by file and line (not a valid key, not an error without a
+/// place), and 200,000 bad lines are reported as the first few in full and a
+/// count, in a few kilobytes of stderr.
+#[test]
+fn absurd_values_and_floods_of_bad_lines_are_bounded_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let curves = tmp.path().join("curves");
+    std::fs::create_dir_all(&curves).unwrap();
+    for e in std::fs::read_dir(data("curves-2025-10-26")).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(
+                "2025-10-26T14:20:00+01:00;24003",
+                "2025-10-26T14:20:00+01:00;1e306",
+            )
+            .replace(
+                "2025-10-26T14:40:00+01:00;24009",
+                "2025-10-26T14:40:00+01:00;1e300",
+            );
+        std::fs::write(curves.join(p.file_name().unwrap()), text).unwrap();
+    }
+    let out = tmp.path().join("ok");
+    run_ok(&day_args(
+        "2025-10-26",
+        &curves,
+        &out,
+        &["--policy", "prorata"],
+    ));
+    let m = manifest(&out);
+    assert_eq!(m.suspect_values.count, 2, "{:?}", m.suspect_values);
+    assert!(m.suspect_values.first[0].contains("SCHOOL.csv:96: Valeur `1e306` W: above"));
+    assert!(m.suspect_values.first[1].contains("SCHOOL.csv:98: Valeur `1e300` W: above"));
+    assert!(m.production_kwh.is_finite() && m.self_consumed_kwh < 1e6);
+
+    let flat = curves.join("FLAT-1.csv");
+    let mut text = std::fs::read_to_string(&flat).unwrap();
+    let junk = format!("{};1\n", "x".repeat(200));
+    for _ in 0..200_000 {
+        text.push_str(&junk);
+    }
+    std::fs::write(&flat, text).unwrap();
+    let o = keys(&day_args(
+        "2025-10-26",
+        &curves,
+        &tmp.path().join("flood"),
+        &["--policy", "prorata"],
+    ));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("200000 bad line(s)"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.contains("… and 199980 more line(s)"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(err.contains("FLAT-1.csv:305: Horodate `xxxx"));
+    assert!(o.stderr.len() < 8_000, "{} bytes of stderr", o.stderr.len());
+}

@@ -95,12 +95,12 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn member_on(&self, day: NaiveDate) -> bool {
-        self.entry.is_none_or(|e| day >= e) && self.exit.is_none_or(|x| day <= x)
+        self.entry.map_or(true, |e| day >= e) && self.exit.map_or(true, |x| day <= x)
     }
 
     /// A member on at least one day of `from..=to`.
     pub fn member_between(&self, from: NaiveDate, to: NaiveDate) -> bool {
-        self.entry.is_none_or(|e| e <= to) && self.exit.is_none_or(|x| x >= from)
+        self.entry.map_or(true, |e| e <= to) && self.exit.map_or(true, |x| x >= from)
     }
 }
 
@@ -1787,8 +1787,8 @@ mod tests {
         let est = estimate_gaps(&mut kwh, &known, &expected, &periods, &grid);
         assert_eq!(est.len(), 3 + 48);
         assert!(est.iter().all(|&t| t < 24 * 48));
-        for t in short..short + 3 {
-            assert!((kwh[t] - 1.0).abs() < 1e-12, "step {t}: {}", kwh[t]);
+        for (t, v) in kwh.iter().enumerate().skip(short).take(3) {
+            assert!((v - 1.0).abs() < 1e-12, "step {t}: {v}");
         }
         for t in sunday..sunday + 48 {
             assert!((kwh[t] - truth[t]).abs() < 1e-12, "step {t}: {}", kwh[t]);
