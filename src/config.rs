@@ -302,6 +302,10 @@ pub struct KeysSection {
     /// or `enedis_iso` (one file per producer, local time with offset).
     #[serde(default)]
     pub layout: crate::dso::enedis::LayoutName,
+    /// Single choices of the layout overridden, for when the DSO's
+    /// specification turns out to differ from the assumed ones.
+    #[serde(default)]
+    pub file: crate::dso::enedis::LayoutOverrides,
 }
 impl Default for KeysSection {
     fn default() -> Self {
@@ -314,6 +318,7 @@ impl Default for KeysSection {
             operation_id: None,
             max_load_curve_kw: default_max_load_curve_kw(),
             layout: Default::default(),
+            file: Default::default(),
         }
     }
 }
@@ -1482,8 +1487,16 @@ meter = "M-1"
                 )
             )
         };
-        let (_d, path) = write(&with("2026-03-16", "2026-07-10", "ACC00002026"));
+        let (_d, path) = write(&with("2026-03-16", "2026-07-10", "ACC00002026").replace(
+            "[keys]\n",
+            "[keys]\nlayout = \"enedis\"\nfile = { final_newline = true, naming = \"producer\" }\n",
+        ));
         let site = load(&path, &maps()).unwrap();
+        assert_eq!(site.config.keys.file.final_newline, Some(true));
+        assert_eq!(
+            site.config.keys.file.naming,
+            Some(crate::dso::enedis::Naming::Producer)
+        );
         let p = &site.config.participants[0];
         assert_eq!(
             p.membership(),

@@ -828,9 +828,13 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
         .context("keys.units_per_one")?;
     if !a.validate.is_empty() {
+        let configured =
+            ped::dso::enedis::Layout::of(site.config.keys.layout).with(&site.config.keys.file);
+        let mut layouts = vec![configured];
+        layouts.extend(ped::dso::enedis::Layout::ALL);
         let mut failed = 0;
         for f in &a.validate {
-            match keys::validate_file(f, &site.grid, precision) {
+            match keys::validate_file_in(f, &site.grid, precision, &layouts) {
                 Ok(keys::Checked::Valid(summary)) => println!("{}: ok ({summary})", f.display()),
                 Ok(keys::Checked::Skipped(why)) => println!("{}: skipped ({why})", f.display()),
                 Err(e) => {

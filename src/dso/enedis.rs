@@ -42,7 +42,8 @@ pub enum LayoutName {
 }
 
 /// How a file is named and what it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Naming {
     /// One file per operation (`ACC…`), one per producer for full dynamic keys.
     Operation,
@@ -62,7 +63,31 @@ pub struct Layout {
     pub naming: Naming,
 }
 
+/// `[keys.file]`: each choice of a layout that the DSO's sample does not
+/// show, overridable on its own (unset: the layout's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutOverrides {
+    /// Stamps with their UTC offset.
+    pub offset: Option<bool>,
+    /// A LF after the last row.
+    pub final_newline: Option<bool>,
+    /// `operation` (one `ACC…` file, one per producer for full dynamic
+    /// keys) or `producer` (one file per producer PRM).
+    pub naming: Option<Naming>,
+}
+
 impl Layout {
+    /// `self` with the choices `o` sets.
+    pub fn with(self, o: &LayoutOverrides) -> Layout {
+        Layout {
+            offset: o.offset.unwrap_or(self.offset),
+            final_newline: o.final_newline.unwrap_or(self.final_newline),
+            naming: o.naming.unwrap_or(self.naming),
+            ..self
+        }
+    }
+
     pub const ENEDIS: Layout = Layout {
         name: LayoutName::Enedis,
         offset: false,
@@ -658,27 +683,37 @@ pub fn validate_with(
     })
 }
 
-/// A key file of either layout: the layout from the first row's `Horodate`
-/// (`T` and an offset, or `DD/MM/YYYY`), the precision from its first key's
-/// decimals; then every rule of that layout. For `ped keys --validate`.
+/// A key file in any of `candidates` (the site's layout first, then the
+/// known ones): the first layout whose stamps match the first row's
+/// (`T` and an offset, or `DD/MM/YYYY`) and whose final newline matches the
+/// file's, the precision from the first key's decimals; then every rule of
+/// that layout. For `ped keys --validate`.
 pub fn validate_any(
     text: &str,
     grid: &Grid,
+    candidates: &[Layout],
 ) -> Result<(Layout, Precision, ValidationReport), DsoError> {
     let first_row = text.split('\n').nth(1).unwrap_or("");
     let mut f = first_row.split(';');
-    let stamp = f.next().unwrap_or("");
-    let layout = if stamp.contains('T') {
-        Layout::ENEDIS_ISO
-    } else {
-        Layout::ENEDIS
-    };
+    let offset = f.next().unwrap_or("").contains('T');
+    let final_newline = text.ends_with('\n');
     let units_per_one = match f.next().and_then(|v| v.split_once(',')) {
         None => 100,
         Some((_, frac)) if frac.len() == 1 => 1000,
         Some(_) => 10_000,
     };
     let precision = Precision { units_per_one };
+    let by_stamp = candidates.iter().filter(|l| l.offset == offset);
+    let layout = by_stamp
+        .clone()
+        .find(|l| l.final_newline == final_newline)
+        .or_else(|| by_stamp.clone().next())
+        .copied()
+        .unwrap_or(if offset {
+            Layout::ENEDIS_ISO
+        } else {
+            Layout::ENEDIS
+        });
     let report = validate_with(&layout, text, grid, precision)?;
     Ok((layout, precision, report))
 }
@@ -822,7 +857,7 @@ mod tests {
     #[test]
     fn a_file_shaped_like_the_dso_sample_validates_and_breaks_where_it_should() {
         let g = grid(15);
-        let (layout, precision, rep) = validate_any(SAMPLE_SHAPED, &g).unwrap();
+        let (layout, precision, rep) = validate_any(SAMPLE_SHAPED, &g, &Layout::ALL).unwrap();
         assert_eq!(layout, Layout::ENEDIS);
         assert_eq!(precision.units_per_one, 10_000);
         assert_eq!(rep.rows.len(), 5);
@@ -853,6 +888,38 @@ mod tests {
         // Rendering the rows back gives the same bytes.
         let text = render_with(&Layout::ENEDIS, &g, &rep.consumers, &rep.rows, precision).unwrap();
         assert_eq!(text, SAMPLE_SHAPED);
+    }
+
+    #[test]
+    fn each_assumed_choice_can_be_overridden() {
+        let g = grid(15);
+        let p = Precision {
+            units_per_one: 10_000,
+        };
+        let (_, _, rep) = validate_any(SAMPLE_SHAPED, &g, &Layout::ALL).unwrap();
+        let lf = Layout::ENEDIS.with(&LayoutOverrides {
+            final_newline: Some(true),
+            ..Default::default()
+        });
+        let text = render_with(&lf, &g, &rep.consumers, &rep.rows, p).unwrap();
+        assert_eq!(text, format!("{SAMPLE_SHAPED}\n"));
+        // The site's layout is tried first; the presets would refuse the LF.
+        assert!(validate_with(&Layout::ENEDIS, &text, &g, p).is_err());
+        assert_eq!(validate_any(&text, &g, &[lf]).unwrap().0, lf);
+        let per_producer = Layout::ENEDIS.with(&LayoutOverrides {
+            naming: Some(Naming::Producer),
+            offset: Some(true),
+            ..Default::default()
+        });
+        let prod: Prm = "30000000000001".parse().unwrap();
+        assert_eq!(
+            file_name_with(&per_producer, &g, None, Some(&prod), &rep.rows).unwrap(),
+            "30000000000001_20241101_20241101.csv"
+        );
+        let text = render_with(&per_producer, &g, &rep.consumers, &rep.rows, p).unwrap();
+        assert!(text.starts_with(
+            "Horodate;12345678901234;23456789012345\n2024-11-01T00:00:00+01:00;48,12;41,30\n"
+        ));
     }
 
     #[test]

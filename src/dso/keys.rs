@@ -174,7 +174,7 @@ impl KeysJob {
             cau: cfg.site.id.clone(),
             site_file: Some(site.source.clone()),
             operation_id: cfg.keys.operation_id.clone(),
-            layout: Layout::of(cfg.keys.layout),
+            layout: Layout::of(cfg.keys.layout).with(&cfg.keys.file),
             plausibility: Plausibility {
                 max_watts: cfg.keys.max_load_curve_kw * 1000.0,
             },
@@ -1570,6 +1570,16 @@ fn sniff(text: &str) -> Sniffed {
 /// checked as its extension says (`.txt` Spain, else Enedis) so the error
 /// points at the line and column that break that format.
 pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<Checked, KeysError> {
+    validate_file_in(path, grid, precision, &Layout::ALL)
+}
+
+/// [`validate_file`] trying `layouts` (the site's first) for Enedis files.
+pub fn validate_file_in(
+    path: &Path,
+    grid: &Grid,
+    precision: Precision,
+    layouts: &[Layout],
+) -> Result<Checked, KeysError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let text =
         String::from_utf8(bytes).map_err(|_| DsoError::invalid(1, 1, "file is not UTF-8"))?;
@@ -1604,7 +1614,7 @@ pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<C
             )))
         }
         Sniffed::Enedis | Sniffed::Unknown => {
-            let (layout, found, r) = enedis::validate_any(&text, grid)?;
+            let (layout, found, r) = enedis::validate_any(&text, grid, layouts)?;
             let note = if found == precision {
                 String::new()
             } else {
