@@ -583,6 +583,10 @@ pub struct ParticipantConfig {
     /// Last local day in the operation (`YYYY-MM-DD`); unset: still a member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<String>,
+    /// The supply contract's power (kVA): a load-curve point above twice it
+    /// is not a reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed_kva: Option<f64>,
 }
 
 /// A time-of-use window, `from` inclusive to `to` exclusive, both "HH:MM" in
@@ -1252,6 +1256,15 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                     key(&format!("tou[{j}].eur_kwh")),
                     format!("{} is not a plausible retail price", w.eur_kwh),
                     "give €/kWh, e.g. 0.2068 for French off-peak (HC)",
+                ));
+            }
+        }
+        if let Some(kva) = q.subscribed_kva {
+            if !kva.is_finite() || kva <= 0.0 || kva > 100_000.0 {
+                p.push(problem(
+                    key("subscribed_kva"),
+                    format!("{kva} is not a subscribed power"),
+                    "give the supply contract's power in kVA, e.g. 9 (or remove the key)",
                 ));
             }
         }

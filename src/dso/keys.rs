@@ -177,6 +177,11 @@ impl KeysJob {
             layout: Layout::of(cfg.keys.layout).with(&cfg.keys.file),
             plausibility: Plausibility {
                 max_watts: cfg.keys.max_load_curve_kw * 1000.0,
+                per_prm: cfg
+                    .participants
+                    .iter()
+                    .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
+                    .collect(),
             },
             strict: false,
         }

@@ -65,16 +65,31 @@ pub struct LoadCurve {
     pub suspects: LineLog,
 }
 
-/// What a reading can be: average power from 0 to `max_watts`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a reading can be: average power from 0 to `max_watts`, or to the
+/// meter's own ceiling where its subscribed power is known.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plausibility {
     pub max_watts: f64,
+    /// Per PRM: a meter cannot average more than its subscribed power over
+    /// a step for long; twice that is far beyond any reading.
+    pub per_prm: BTreeMap<Prm, f64>,
 }
 
 impl Default for Plausibility {
     fn default() -> Self {
         Plausibility {
             max_watts: 10_000_000.0,
+            per_prm: BTreeMap::new(),
+        }
+    }
+}
+
+impl Plausibility {
+    /// The ceiling for `prm`, and where it comes from.
+    fn ceiling(&self, prm: Option<&Prm>) -> (f64, &'static str) {
+        match prm.and_then(|p| self.per_prm.get(p)) {
+            Some(&w) => (w, "twice the participant's subscribed_kva"),
+            None => (self.max_watts, "keys.max_load_curve_kw"),
         }
     }
 }
@@ -308,12 +323,13 @@ pub fn parse_with(
             }
             Some("") => None,
             Some(v) => {
+                let (ceiling, source) = plausible.ceiling(prm.as_ref());
                 let why = match v.replace(',', ".").parse::<f64>() {
-                    Ok(w) if w.is_finite() && (0.0..=plausible.max_watts).contains(&w) => None,
+                    Ok(w) if w.is_finite() && (0.0..=ceiling).contains(&w) => None,
                     Ok(w) if w < 0.0 => Some("negative power (a meter reset?)".to_string()),
                     Ok(_) => Some(format!(
-                        "above {:.0} kW, the ceiling of a reading (keys.max_load_curve_kw)",
-                        plausible.max_watts / 1000.0
+                        "above {} kW, the ceiling of a reading ({source})",
+                        ceiling / 1000.0
                     )),
                     Err(_) => Some("not a number".to_string()),
                 };
@@ -630,6 +646,7 @@ mod tests {
                     2025-10-26T01:30:00+02:00;250000\n";
         let limit = Plausibility {
             max_watts: 250_000.0,
+            ..Default::default()
         };
         let c = parse_with(&format!("{HEAD}{body}"), Path::new("r.csv"), &g, &limit).unwrap();
         let watts: Vec<Option<f64>> = c.points.iter().map(|p| p.watts).collect();
@@ -646,6 +663,20 @@ mod tests {
         assert!(c.suspects.shown[1].to_string().starts_with("r.csv:7: "));
         let s = settle(&c, &g, &day(&g, "2025-10-26"));
         assert!(s.problem[1].is_some() && s.problem[0].is_none());
+        // The meter's own ceiling (twice 9 kVA) where it is known.
+        let meter = Plausibility {
+            per_prm: [("12345678900000".parse().unwrap(), 18_000.0)].into(),
+            ..limit
+        };
+        let body = "2025-10-26T00:15:00+02:00;18000\n2025-10-26T00:30:00+02:00;18001\n";
+        let c = parse_with(&format!("{HEAD}{body}"), Path::new("m.csv"), &g, &meter).unwrap();
+        assert_eq!(c.points[1].watts, None);
+        assert!(
+            c.suspects.shown[0].reason.contains("above 18 kW"),
+            "{:?}",
+            c.suspects
+        );
+        assert!(c.suspects.shown[0].reason.contains("subscribed_kva"));
         assert!(s.kwh.iter().all(|k| k.is_finite() && *k < 1e6));
     }
 
