@@ -209,12 +209,38 @@ pub fn parse_with(
         };
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
-    let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
-    let values: Vec<&str> = lines.get(1).copied().unwrap_or("").split(';').collect();
+    // Records are read one at a time (blank lines skipped, LF or CRLF), so a
+    // file of millions of bad lines costs the counter, not their text.
+    let mut records = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .has_headers(false)
+        .flexible(true)
+        .quoting(false)
+        .from_reader(text.as_bytes())
+        .into_records()
+        .map(|r| {
+            r.map(|rec| (rec.position().map_or(0, |p| p.line() as usize), rec))
+                .map_err(|e| {
+                    let line = e.position().map_or(0, |p| p.line() as usize);
+                    (line, e.to_string())
+                })
+        });
+    let mut take = |bad: &mut LineLog| loop {
+        match records.next() {
+            Some(Ok(r)) => return Some(r),
+            Some(Err((line, e))) => bad.push(BadLine {
+                file: file.to_path_buf(),
+                line,
+                reason: format!("CSV: {e}"),
+            }),
+            None => return None,
+        }
+    };
+    let empty = csv::StringRecord::new();
+    let head = take(&mut bad);
+    let header: Vec<&str> = head.as_ref().map_or(&empty, |(_, r)| r).iter().collect();
+    let meta = take(&mut bad);
+    let values: Vec<&str> = meta.as_ref().map_or(&empty, |(_, r)| r).iter().collect();
     let col = |name: &str| header.iter().position(|h| h.trim() == name);
     let field = |name: &str| col(name).and_then(|k| values.get(k)).map(|v| v.trim());
     for name in ["Identifiant PRM", "Grandeur metier", "Unite"] {
@@ -271,27 +297,27 @@ pub fn parse_with(
         },
     };
     // The data header follows the metadata, after an optional blank line.
-    let mut k = 2;
-    while lines.get(k).is_some_and(|l| l.trim().is_empty()) {
-        k += 1;
-    }
-    match lines.get(k) {
-        Some(h) if h.split(';').take(2).eq(["Horodate", "Valeur"]) => {}
-        Some(h) => push!(
-            k + 1,
-            format!("expected `Horodate;Valeur`, found {}", quoted(h))
+    let data_header = take(&mut bad);
+    let after_meta = meta.as_ref().map_or(2, |(l, _)| l + 1);
+    match &data_header {
+        Some((_, h)) if h.iter().take(2).eq(["Horodate", "Valeur"]) => {}
+        Some((line, h)) => push!(
+            *line,
+            format!(
+                "expected `Horodate;Valeur`, found {}",
+                quoted(&h.iter().collect::<Vec<_>>().join(";"))
+            )
         ),
-        None => push!(k + 1, "no `Horodate;Valeur` header".into()),
+        None => push!(after_meta, "no `Horodate;Valeur` header".into()),
     }
+    let first_data_line = data_header.as_ref().map_or(after_meta, |(l, _)| l + 1);
     let mut raw: Vec<(usize, DateTime<Utc>, Option<f64>)> = Vec::new();
-    for (idx, l) in lines.iter().enumerate().skip(k + 1) {
-        let line = idx + 1;
-        if l.trim().is_empty() {
+    while let Some((line, rec)) = take(&mut bad) {
+        if rec.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        let mut f = l.split(';');
-        let stamp = f.next().unwrap_or("").trim();
-        let value = f.next().map(str::trim);
+        let stamp = rec.get(0).unwrap_or("").trim();
+        let value = rec.get(1).map(str::trim);
         let end = match DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%:z") {
             Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
@@ -361,7 +387,7 @@ pub fn parse_with(
         raw.push((line, end, watts));
     }
     if raw.is_empty() && bad.is_empty() {
-        push!(k + 2, "no measured point".into());
+        push!(first_data_line, "no measured point".into());
     }
     if !bad.is_empty() {
         return Err(bad);
