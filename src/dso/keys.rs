@@ -365,7 +365,7 @@ pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysEr
         });
         let known = job.consumers.iter().any(|k| k.prm == c.prm) || job.producers.contains(&c.prm);
         if !known {
-            tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM the site does not list; ignored");
+            tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM that is neither a producer nor a member of the operation in this run; ignored");
         }
     }
     if job.strict && !suspects.is_empty() {
