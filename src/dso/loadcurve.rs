@@ -219,9 +219,9 @@ pub fn parse_with(
         .from_reader(text.as_bytes())
         .into_records()
         .map(|r| {
-            r.map(|rec| (rec.position().map_or(0, |p| p.line() as usize), rec))
+            r.map(|rec| (rec.position().map_or(1, |p| p.line() as usize), rec))
                 .map_err(|e| {
-                    let line = e.position().map_or(0, |p| p.line() as usize);
+                    let line = e.position().map_or(1, |p| p.line() as usize);
                     (line, e.to_string())
                 })
         });
