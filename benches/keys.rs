@@ -44,6 +44,8 @@ fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
                 tariff_eur_per_kwh: 0.18 + 0.1 * rnd(),
                 priority: 1 + (i % 3) as u8,
                 static_share: 1.0 / n as f64,
+                entry: None,
+                exit: None,
             })
             .collect(),
         producers: (0..PRODUCERS)
@@ -56,6 +58,11 @@ fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
         cups: BTreeMap::new(),
         cau: "bench".into(),
         site_file: None,
+        operation_id: Some("ACC00000001".into()),
+        // One file per producer, the heavier of the two layouts.
+        layout: ped::dso::enedis::Layout::ENEDIS_ISO,
+        plausibility: Default::default(),
+        strict: false,
     }
 }
 
@@ -104,6 +111,11 @@ fn measured(job: &KeysJob) -> Measured {
         problems: vec![Vec::new(); n_t],
         coarse_steps: 0,
         inputs: Vec::new(),
+        members: vec![vec![true; n_t]; n],
+        estimated_consumers: vec![Vec::new(); n],
+        estimated_consumer_kwh: vec![0.0; n],
+        estimated_producers: vec![Vec::new(); PRODUCERS],
+        suspects: Default::default(),
     }
 }
 

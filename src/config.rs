@@ -288,6 +288,24 @@ pub struct KeysSection {
     /// Optimised keys: nobody's month allocation worth less than pro rata.
     #[serde(default = "default_keys_no_worse")]
     pub no_worse_than_pro_rata: bool,
+    /// The Enedis id of the operation (`ACC` + 8 digits) the keys are for;
+    /// it names the key files of the `enedis` layout.
+    #[serde(default)]
+    pub operation_id: Option<String>,
+    /// A load-curve point above this average power (kW) cannot be a real
+    /// reading of any meter of the operation: it is reported and treated as
+    /// missing (as is a negative one).
+    #[serde(default = "default_max_load_curve_kw")]
+    pub max_load_curve_kw: f64,
+    /// Layout of the key files `ped keys --format enedis` writes: `enedis`
+    /// (the DSO's sample: one file per operation, local time without offset)
+    /// or `enedis_iso` (one file per producer, local time with offset).
+    #[serde(default)]
+    pub layout: crate::dso::enedis::LayoutName,
+    /// Single choices of the layout overridden, for when the DSO's
+    /// specification turns out to differ from the assumed ones.
+    #[serde(default)]
+    pub file: crate::dso::enedis::LayoutOverrides,
 }
 impl Default for KeysSection {
     fn default() -> Self {
@@ -297,8 +315,17 @@ impl Default for KeysSection {
             month_budget_ms: default_month_budget_ms(),
             floor_ratio: None,
             no_worse_than_pro_rata: default_keys_no_worse(),
+            operation_id: None,
+            max_load_curve_kw: default_max_load_curve_kw(),
+            layout: Default::default(),
+            file: Default::default(),
         }
     }
+}
+fn default_max_load_curve_kw() -> f64 {
+    // Above the 5 MW ceiling of an operation's PV and any connection a
+    // participant of one has; a meter reset or a unit slip lands far beyond.
+    10_000.0
 }
 fn default_precision() -> u32 {
     1000
@@ -550,6 +577,16 @@ pub struct ParticipantConfig {
     /// 22:00–06:00); `tariff_eur_per_kwh` applies outside every window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tou: Vec<TouWindow>,
+    /// First local day in the operation (`YYYY-MM-DD`); unset: from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Last local day in the operation (`YYYY-MM-DD`); unset: still a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
+    /// The supply contract's power (kVA): a load-curve point above twice it
+    /// is not a reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribed_kva: Option<f64>,
 }
 
 /// A time-of-use window, `from` inclusive to `to` exclusive, both "HH:MM" in
@@ -572,7 +609,28 @@ pub fn parse_hhmm(s: &str) -> Option<u32> {
     (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
 }
 
+/// `YYYY-MM-DD` strictly (a local calendar day).
+pub fn parse_day(s: &str) -> Option<chrono::NaiveDate> {
+    (s.len() == 10)
+        .then(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .flatten()
+}
+
+/// `ACC` followed by exactly 8 digits, the form of Enedis operation ids.
+pub fn valid_operation_id(s: &str) -> bool {
+    s.len() == 11 && s.starts_with("ACC") && s[3..].bytes().all(|b| b.is_ascii_digit())
+}
+
 impl ParticipantConfig {
+    /// First and last local day in the operation (`None`: open on that side).
+    /// Dates that do not parse count as open here; `check` reports them.
+    pub fn membership(&self) -> (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>) {
+        (
+            self.entry.as_deref().and_then(parse_day),
+            self.exit.as_deref().and_then(parse_day),
+        )
+    }
+
     /// Retail price (€/kWh) at local minute-of-day `minute`: the first TOU
     /// window that holds it, else the flat tariff. Windows that fail to
     /// parse are ignored here (validation reports them).
@@ -891,6 +949,22 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
             ));
         }
     }
+    if let Some(id) = &config.keys.operation_id {
+        if !valid_operation_id(id) {
+            p.push(problem(
+                "keys.operation_id",
+                format!("`{id}` is not an Enedis operation id"),
+                "write `ACC` and the operation's 8 digits, e.g. \"ACC00000001\" (see the operation's convention)",
+            ));
+        }
+    }
+    if !config.keys.max_load_curve_kw.is_finite() || config.keys.max_load_curve_kw <= 0.0 {
+        p.push(problem(
+            "keys.max_load_curve_kw",
+            format!("{} is not a positive power", config.keys.max_load_curve_kw),
+            "give a ceiling in kW above any meter of the operation, e.g. 10000 (default)",
+        ));
+    }
     if config.keys.month_budget_ms > 3_600_000 {
         p.push(problem(
             "keys.month_budget_ms",
@@ -1185,6 +1259,44 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
                 ));
             }
         }
+        if let Some(kva) = q.subscribed_kva {
+            if !kva.is_finite() || kva <= 0.0 || kva > 100_000.0 {
+                p.push(problem(
+                    key("subscribed_kva"),
+                    format!("{kva} is not a subscribed power"),
+                    "give the supply contract's power in kVA, e.g. 9 (or remove the key)",
+                ));
+            }
+        }
+        let mut days = [None, None];
+        for (slot, (name, v)) in days
+            .iter_mut()
+            .zip([("entry", &q.entry), ("exit", &q.exit)])
+        {
+            if let Some(v) = v {
+                *slot = parse_day(v);
+                if slot.is_none() {
+                    p.push(problem(
+                        key(name),
+                        format!("`{v}` is not a local date YYYY-MM-DD"),
+                        if name == "entry" {
+                            "write the first day in the operation, e.g. \"2026-03-16\""
+                        } else {
+                            "write the last day in the operation, e.g. \"2026-07-10\""
+                        },
+                    ));
+                }
+            }
+        }
+        if let [Some(entry), Some(exit)] = days {
+            if entry > exit {
+                p.push(problem(
+                    key("exit"),
+                    format!("exit {exit} is before entry {entry}"),
+                    "exit is the last day in the operation, on or after entry; swap them if reversed",
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&q.static_share) {
             p.push(problem(
                 key("static_share"),
@@ -1375,6 +1487,82 @@ meter = "M-1"
         assert_eq!(site.grid.step_minutes(), 15);
         assert_eq!(site.config.http.listen, "127.0.0.1:9464");
         assert_eq!(site.producers().len(), 1);
+    }
+
+    #[test]
+    fn membership_dates_and_operation_id_are_checked_with_key_and_fix() {
+        let with = |entry: &str, exit: &str, op: &str| {
+            format!(
+                "{}entry = \"{entry}\"\nexit = \"{exit}\"\n",
+                MINIMAL.replace(
+                    "[[devices]]\nid = \"PV-1\"",
+                    &format!("[keys]\noperation_id = \"{op}\"\n\n[[devices]]\nid = \"PV-1\"")
+                )
+            )
+        };
+        let (_d, path) = write(&with("2026-03-16", "2026-07-10", "ACC00002026").replace(
+            "[keys]\n",
+            "[keys]\nlayout = \"enedis\"\nfile = { final_newline = true, naming = \"producer\" }\n",
+        ));
+        let site = load(&path, &maps()).unwrap();
+        assert_eq!(site.config.keys.file.final_newline, Some(true));
+        assert_eq!(
+            site.config.keys.file.naming,
+            Some(crate::dso::enedis::Naming::Producer)
+        );
+        let p = &site.config.participants[0];
+        assert_eq!(
+            p.membership(),
+            (parse_day("2026-03-16"), parse_day("2026-07-10"))
+        );
+        assert_eq!(
+            site.config.keys.operation_id.as_deref(),
+            Some("ACC00002026")
+        );
+        for (entry, exit, op, key, says) in [
+            (
+                "16/03/2026",
+                "2026-07-10",
+                "ACC00002026",
+                "participants[0].entry",
+                "YYYY-MM-DD",
+            ),
+            (
+                "2026-03-16",
+                "2026-7-1",
+                "ACC00002026",
+                "participants[0].exit",
+                "YYYY-MM-DD",
+            ),
+            (
+                "2026-07-11",
+                "2026-07-10",
+                "ACC00002026",
+                "participants[0].exit",
+                "before entry",
+            ),
+            (
+                "2026-03-16",
+                "2026-07-10",
+                "ACC2026",
+                "keys.operation_id",
+                "not an Enedis operation id",
+            ),
+            (
+                "2026-03-16",
+                "2026-07-10",
+                "ACC0000202X",
+                "keys.operation_id",
+                "not an Enedis operation id",
+            ),
+        ] {
+            let (_d, path) = write(&with(entry, exit, op));
+            let err = load(&path, &maps()).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(says) && err.contains("fix:"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -293,6 +293,11 @@ struct KeysArgs {
     /// output directory, into --out (default DIR/statements).
     #[arg(long)]
     statements: Option<PathBuf>,
+    /// Refuse the run when a load curve holds a value that cannot be a
+    /// reading (negative, above keys.max_load_curve_kw, not a number)
+    /// instead of treating it as missing.
+    #[arg(long)]
+    strict: bool,
     /// Optimised keys: the month solver's wall-clock budget in ms (default:
     /// the site's keys.month_budget_ms; 0 computes the keys per step).
     #[arg(long)]
@@ -835,9 +840,13 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
         .context("keys.units_per_one")?;
     if !a.validate.is_empty() {
+        let configured =
+            ped::dso::enedis::Layout::of(site.config.keys.layout).with(&site.config.keys.file);
+        let mut layouts = vec![configured];
+        layouts.extend(ped::dso::enedis::Layout::ALL);
         let mut failed = 0;
         for f in &a.validate {
-            match keys::validate_file(f, &site.grid, precision) {
+            match keys::validate_file_in(f, &site.grid, precision, &layouts) {
                 Ok(keys::Checked::Valid(summary)) => println!("{}: ok ({summary})", f.display()),
                 Ok(keys::Checked::Skipped(why)) => println!("{}: skipped ({why})", f.display()),
                 Err(e) => {
@@ -866,6 +875,16 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
     };
     let mut job = keys::KeysJob::from_site(&site, from, to);
+    job.strict = a.strict;
+    if a.format == "enedis"
+        && job.layout.naming == ped::dso::enedis::Naming::Operation
+        && job.operation_id.is_none()
+    {
+        bail!(
+            "{}: keys.operation_id is not set, and the enedis layout names its files after the operation (fix: add operation_id = \"ACC<8 digits>\" under [keys], or layout = \"enedis_iso\" for one file per producer)",
+            site.source.display()
+        );
+    }
     if let Some(p) = a.policy {
         job.policy = match p.as_str() {
             "prorata" => config::KeyPolicy::Prorata,
@@ -921,6 +940,13 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
                 Written::New(m) => ("written", m),
                 Written::Unchanged(m) => ("unchanged", m),
             };
+            let estimated: usize = m.participants.iter().map(|p| p.estimated_steps).sum();
+            println!(
+                "{}: {} suspect value(s) treated as missing, {estimated} participant step(s) estimated in {} step(s) (manifest.json)",
+                out.display(),
+                m.suspect_values.count,
+                m.estimated_steps.len()
+            );
             println!(
                 "{}: {what}: {} file(s), {} periods {} .. {}, policy {:?} ({}), {} fallback step(s), {} coarse step(s), self-consumed {:.3} of {:.3} kWh",
                 out.display(),

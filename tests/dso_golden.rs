@@ -122,3 +122,68 @@ fn spring_dst_day_15_min_at_0_01_percent() {
         92,
     );
 }
+
+/// The DSO sample's layout (one file for the operation, local time without
+/// offset, 2 decimals, no final LF) on both DST days: in autumn the repeated
+/// hour's wall-clock times appear twice, in time order.
+fn check_operation_golden(day: &str, expected_rows: usize) {
+    use enedis::Layout;
+    let grid = Grid::new(15, chrono_tz::Europe::Paris).unwrap();
+    let precision = Precision {
+        units_per_one: 10_000,
+    };
+    let rows = rows_for_day(&grid, day, precision);
+    assert_eq!(rows.len(), expected_rows);
+    let layout = Layout::ENEDIS;
+    let text = enedis::render_with(&layout, &grid, &consumers(), &rows, precision).unwrap();
+    let name = enedis::file_name_with(&layout, &grid, Some("ACC00000001"), None, &rows).unwrap();
+    let d = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+    assert_eq!(
+        name,
+        format!(
+            "ACC00000001_15_{}_{}.txt",
+            d.format("%d%m%Y"),
+            d.format("%d%m%Y")
+        )
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(&name);
+    if std::env::var_os("PED_BLESS_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap();
+    assert!(
+        golden == text.as_bytes(),
+        "{name} differs from the rendered file"
+    );
+    assert!(!text.ends_with('\n') && !text.contains('\r'));
+    let report = enedis::validate_with(&layout, &text, &grid, precision).unwrap();
+    assert_eq!(report.rows, rows);
+    let (found, p, _) = enedis::validate_any(&text, &grid, &Layout::ALL).unwrap();
+    assert_eq!((found, p), (layout, precision));
+}
+
+#[test]
+fn operation_file_on_the_spring_dst_day() {
+    check_operation_golden("2025-03-30", 92);
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/ACC00000001_15_30032025_30032025.txt"),
+    )
+    .unwrap();
+    assert!(text.contains("\n30/03/2025 01:45;") && text.contains("\n30/03/2025 03:00;"));
+    assert!(!text.contains("30/03/2025 02:"));
+}
+
+#[test]
+fn operation_file_on_the_autumn_dst_day() {
+    check_operation_golden("2025-10-26", 100);
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/ACC00000001_15_26102025_26102025.txt"),
+    )
+    .unwrap();
+    assert_eq!(text.matches("\n26/10/2025 02:15;").count(), 2);
+    assert_eq!(text.matches("\n26/10/2025 03:00;").count(), 1);
+}

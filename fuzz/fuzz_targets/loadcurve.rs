@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(bad) => {
             assert!(!bad.is_empty());
-            for b in &bad {
+            for b in &bad.shown {
                 assert!(b.line >= 1 && !b.reason.is_empty());
             }
         }

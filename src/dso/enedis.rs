@@ -1,25 +1,134 @@
-//! Enedis key file for *simple dynamic* keys (layout of DOMAIN.md §1, seen in
-//! an open-source PMO tool; the official specification is unconfirmed).
+//! Enedis key files for *simple* and *full dynamic* keys, in one of two
+//! layouts (the official specification, probably Enedis-OPE-CF_07E, was not
+//! found; DOMAIN.md §1).
 //!
-//! One CSV per producer PRM, `;`-separated, UTF-8 without BOM, LF endings:
-//! `Horodate;<consumer PRM>;…` then one row per step, `Horodate` being the
-//! local time with offset of the step **start**, each key in percent with a
-//! decimal comma (one decimal at 1000 units per one, two at 10000).
-//! A simple dynamic key applies to the pooled production, so the same rows go
-//! into every producer's file: applying one key to each producer equals
-//! applying it to the pool.
+//! [`Layout::ENEDIS`] (the default) is the layout of the only real file in
+//! the DSO's layout found in public: `Horodate;<consumer PRM>;…`, then one row
+//! per step, `Horodate` the step **start** in local wall-clock time
+//! `DD/MM/YYYY HH:MM` without offset, keys in percent with a decimal comma,
+//! `;`, LF, no newline after the last row, no BOM, one file for the operation
+//! named `ACC<8 digits>_<step minutes>_<first day DDMMYYYY>_<last day DDMMYYYY>.txt`.
+//! Without offsets the repeated autumn hour appears twice, in time order
+//! (assumed: the sample does not cover a DST day); the validator resolves it by
+//! order. Full dynamic keys (one file per producer) are named
+//! `ACC<id>_<producer PRM>_<step>_<first>_<last>.txt` (assumed).
+//!
+//! [`Layout::ENEDIS_ISO`] is the layout seen in an open-source PMO tool: one
+//! file per producer PRM named `<PRM>_<YYYYMMDD>_<YYYYMMDD>.csv`, `Horodate`
+//! the step start with its UTC offset, a final LF. Simple dynamic keys apply
+//! to the pooled production, so the same rows go into every producer's file.
+//! The daemon's working day files use it (a row is appended per period).
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{DsoError, KeyRow};
 use crate::allocation::Precision;
 use crate::ids::Prm;
 use crate::time::Grid;
+
+/// The layouts a site can choose (`keys.layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutName {
+    #[default]
+    Enedis,
+    EnedisIso,
+}
+
+/// How a file is named and what it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Naming {
+    /// One file per operation (`ACC…`), one per producer for full dynamic keys.
+    Operation,
+    /// One file per producer PRM, also for simple dynamic keys.
+    Producer,
+}
+
+/// Every layout choice of a key file, so a change the DSO asks for is a
+/// setting rather than a new renderer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub name: LayoutName,
+    /// `true`: `2025-10-26T02:00:00+01:00`; `false`: `26/10/2025 02:00`.
+    pub offset: bool,
+    /// Whether the last row ends with LF.
+    pub final_newline: bool,
+    pub naming: Naming,
+}
+
+/// `[keys.file]`: each choice of a layout that the DSO's sample does not
+/// show, overridable on its own (unset: the layout's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutOverrides {
+    /// Stamps with their UTC offset.
+    pub offset: Option<bool>,
+    /// A LF after the last row.
+    pub final_newline: Option<bool>,
+    /// `operation` (one `ACC…` file, one per producer for full dynamic
+    /// keys) or `producer` (one file per producer PRM).
+    pub naming: Option<Naming>,
+}
+
+impl Layout {
+    /// `self` with the choices `o` sets.
+    pub fn with(self, o: &LayoutOverrides) -> Layout {
+        Layout {
+            offset: o.offset.unwrap_or(self.offset),
+            final_newline: o.final_newline.unwrap_or(self.final_newline),
+            naming: o.naming.unwrap_or(self.naming),
+            ..self
+        }
+    }
+
+    pub const ENEDIS: Layout = Layout {
+        name: LayoutName::Enedis,
+        offset: false,
+        final_newline: false,
+        naming: Naming::Operation,
+    };
+    pub const ENEDIS_ISO: Layout = Layout {
+        name: LayoutName::EnedisIso,
+        offset: true,
+        final_newline: true,
+        naming: Naming::Producer,
+    };
+    pub const ALL: [Layout; 2] = [Layout::ENEDIS, Layout::ENEDIS_ISO];
+
+    pub fn of(name: LayoutName) -> Layout {
+        match name {
+            LayoutName::Enedis => Layout::ENEDIS,
+            LayoutName::EnedisIso => Layout::ENEDIS_ISO,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self.name {
+            LayoutName::Enedis => "enedis",
+            LayoutName::EnedisIso => "enedis_iso",
+        }
+    }
+
+    /// A step start as this layout writes it.
+    pub fn stamp(&self, grid: &Grid, t: DateTime<Utc>) -> String {
+        if self.offset {
+            grid.format_local(t)
+        } else {
+            t.with_timezone(&grid.tz())
+                .format(LOCAL_NO_OFFSET)
+                .to_string()
+        }
+    }
+}
+
+const LOCAL_NO_OFFSET: &str = "%d/%m/%Y %H:%M";
 
 /// What a parsed and checked key file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +245,15 @@ fn check_step(
     Ok(())
 }
 
-/// Renders the file text (same for every producer of a simple dynamic key).
-pub fn render(
+fn csv_error(e: csv::Error) -> DsoError {
+    let line = e.position().map_or(1, |p| p.line() as usize);
+    DsoError::invalid(line, 1, format!("CSV: {e}"))
+}
+
+/// Renders the file text in `layout` (for a simple dynamic key, the same
+/// for every producer).
+pub fn render_with(
+    layout: &Layout,
     grid: &Grid,
     consumers: &[Prm],
     rows: &[KeyRow],
@@ -146,36 +262,97 @@ pub fn render(
     let d = decimals(precision)?;
     check_rows(grid, consumers, rows, precision)?;
     let width = 26 + consumers.len() * 7;
-    let mut out = String::with_capacity(width * (rows.len() + 1));
-    out.push_str("Horodate");
-    for prm in consumers {
-        out.push(';');
-        out.push_str(prm.as_str());
-    }
-    out.push('\n');
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(b';')
+        .terminator(csv::Terminator::Any(b'\n'))
+        .quote_style(csv::QuoteStyle::Never)
+        .from_writer(Vec::with_capacity(width * (rows.len() + 1)));
+    w.write_record(std::iter::once("Horodate").chain(consumers.iter().map(Prm::as_str)))
+        .map_err(csv_error)?;
+    let mut record = csv::StringRecord::with_capacity(width, consumers.len() + 1);
     for row in rows {
-        out.push_str(&grid.format_local(row.start));
+        record.clear();
+        record.push_field(&layout.stamp(grid, row.start));
         for &u in &row.units {
-            out.push(';');
-            out.push_str(&format_units(u, d));
+            record.push_field(&format_units(u, d));
         }
-        out.push('\n');
+        w.write_record(&record).map_err(csv_error)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| DsoError::invalid(1, 1, format!("CSV: {}", e.error())))?;
+    let mut out =
+        String::from_utf8(bytes).map_err(|e| DsoError::invalid(1, 1, format!("not UTF-8: {e}")))?;
+    if !layout.final_newline {
+        out.pop();
     }
     Ok(out)
 }
 
+/// [`render_with`] in the per-producer layout with offsets.
+pub fn render(
+    grid: &Grid,
+    consumers: &[Prm],
+    rows: &[KeyRow],
+    precision: Precision,
+) -> Result<String, DsoError> {
+    render_with(&Layout::ENEDIS_ISO, grid, consumers, rows, precision)
+}
+
+/// The first and last local day of `rows`.
+fn days(grid: &Grid, rows: &[KeyRow]) -> Result<(NaiveDate, NaiveDate), DsoError> {
+    match (rows.first(), rows.last()) {
+        (Some(f), Some(l)) => Ok((grid.local_day(f.start), grid.local_day(l.start))),
+        _ => Err(DsoError::Empty("no key row")),
+    }
+}
+
+/// The name of one key file. `producer` is the producer a file is for: every
+/// file of the per-producer layout, full dynamic files of the operation
+/// layout (`None` for the operation's one simple dynamic file).
+pub fn file_name_with(
+    layout: &Layout,
+    grid: &Grid,
+    operation: Option<&str>,
+    producer: Option<&Prm>,
+    rows: &[KeyRow],
+) -> Result<String, DsoError> {
+    let (first, last) = days(grid, rows)?;
+    match layout.naming {
+        Naming::Producer => {
+            let producer = producer.ok_or(DsoError::Empty("no producer PRM"))?;
+            Ok(format!(
+                "{}_{}_{}.csv",
+                producer.as_str(),
+                first.format("%Y%m%d"),
+                last.format("%Y%m%d")
+            ))
+        }
+        Naming::Operation => {
+            let op = operation.ok_or(DsoError::Empty(
+                "no operation id: set keys.operation_id (ACC + 8 digits) in the site config",
+            ))?;
+            if !crate::config::valid_operation_id(op) {
+                return Err(DsoError::invalid(
+                    1,
+                    1,
+                    format!("operation id `{op}` is not ACC + 8 digits"),
+                ));
+            }
+            let producer = producer.map(|p| format!("_{p}")).unwrap_or_default();
+            Ok(format!(
+                "{op}{producer}_{}_{}_{}.txt",
+                grid.step_minutes(),
+                first.format("%d%m%Y"),
+                last.format("%d%m%Y")
+            ))
+        }
+    }
+}
+
 /// `<producer PRM>_<YYYYMMDD first day>_<YYYYMMDD last day>.csv`, days local.
 pub fn file_name(grid: &Grid, producer: &Prm, rows: &[KeyRow]) -> Result<String, DsoError> {
-    let (first, last) = match (rows.first(), rows.last()) {
-        (Some(f), Some(l)) => (grid.local_day(f.start), grid.local_day(l.start)),
-        _ => return Err(DsoError::Empty("no key row")),
-    };
-    Ok(format!(
-        "{}_{}_{}.csv",
-        producer.as_str(),
-        first.format("%Y%m%d"),
-        last.format("%Y%m%d")
-    ))
+    file_name_with(&Layout::ENEDIS_ISO, grid, None, Some(producer), rows)
 }
 
 /// Writes one file per producer into `dir`. The text is validated by parsing
@@ -282,11 +459,87 @@ fn parse_units(s: &str, decimals: u32) -> Option<u32> {
     Some(int * 10u32.pow(decimals) + frac_units)
 }
 
-/// Parses a key file back and checks it: no BOM, LF only, header PRMs valid
-/// and unique, every row complete, `Horodate` with the zone's offset for that
-/// instant, steps on the grid and contiguous, values >= 0 with exactly the
-/// precision's decimals, and each row summing to at most 100 %.
+/// The step start a row's `Horodate` names. Without an offset a wall-clock
+/// time of the repeated autumn hour is the step after the previous row, so
+/// the order of the rows decides which of the two it is.
+fn parse_stamp(
+    layout: &Layout,
+    grid: &Grid,
+    stamp: &str,
+    prev: Option<DateTime<Utc>>,
+    line: usize,
+) -> Result<DateTime<Utc>, DsoError> {
+    if layout.offset {
+        let start = DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%:z")
+            .map_err(|e| {
+                DsoError::invalid(
+                    line,
+                    1,
+                    format!("`{stamp}` is not a local time with offset: {e}"),
+                )
+            })?
+            .with_timezone(&Utc);
+        let canonical = grid.format_local(start);
+        if canonical != stamp {
+            return Err(DsoError::invalid(
+                line,
+                1,
+                format!("`{stamp}` should read `{canonical}` in {}", grid.tz()),
+            ));
+        }
+        return Ok(start);
+    }
+    let naive = NaiveDateTime::parse_from_str(stamp, LOCAL_NO_OFFSET).map_err(|e| {
+        DsoError::invalid(
+            line,
+            1,
+            format!("`{stamp}` is not a local time DD/MM/YYYY HH:MM: {e}"),
+        )
+    })?;
+    if let Some(p) = prev {
+        let expected = grid.next_period(p);
+        if layout.stamp(grid, expected) == stamp {
+            return Ok(expected);
+        }
+    }
+    let start = grid
+        .tz()
+        .from_local_datetime(&naive)
+        .earliest()
+        .ok_or_else(|| {
+            DsoError::invalid(
+                line,
+                1,
+                format!("`{stamp}` does not exist in {} (DST gap)", grid.tz()),
+            )
+        })?
+        .with_timezone(&Utc);
+    if layout.stamp(grid, start) != stamp {
+        return Err(DsoError::invalid(
+            line,
+            1,
+            format!("`{stamp}` should read `{}`", layout.stamp(grid, start)),
+        ));
+    }
+    Ok(start)
+}
+
+/// Parses a key file of the per-producer layout back and checks it.
 pub fn validate(
+    text: &str,
+    grid: &Grid,
+    precision: Precision,
+) -> Result<ValidationReport, DsoError> {
+    validate_with(&Layout::ENEDIS_ISO, text, grid, precision)
+}
+
+/// Parses a key file back and checks it: no BOM, LF only, the layout's final
+/// newline (or none), no blank line, header PRMs valid and unique, every row
+/// complete, `Horodate` as the layout writes that instant, steps on the grid
+/// and contiguous, values >= 0 with exactly the precision's decimals, and
+/// each row summing to at most 100 %.
+pub fn validate_with(
+    layout: &Layout,
     text: &str,
     grid: &Grid,
     precision: Precision,
@@ -302,22 +555,50 @@ pub fn validate(
     if text.is_empty() {
         return Err(DsoError::invalid(1, 1, "empty file"));
     }
-    let Some(body) = text.strip_suffix('\n') else {
-        let line = text.lines().count();
-        return Err(DsoError::invalid(line, 1, "last line does not end with LF"));
-    };
-    let mut lines = body.split('\n').enumerate().map(|(k, l)| (k + 1, l));
-    let Some((_, header)) = lines.next() else {
-        return Err(DsoError::invalid(1, 1, "empty file"));
-    };
-    if let Some(col) = header.find('\r') {
+    let line_of = |byte: usize| text[..byte].bytes().filter(|&b| b == b'\n').count() + 1;
+    if let Some(k) = text.find('\r') {
         return Err(DsoError::invalid(
+            line_of(k),
             1,
-            col + 1,
             "carriage return (CRLF line ending)",
         ));
     }
-    let mut fields = header.split(';');
+    let body = match (layout.final_newline, text.strip_suffix('\n')) {
+        (true, Some(b)) => b,
+        (true, None) => {
+            return Err(DsoError::invalid(
+                line_of(text.len()),
+                1,
+                "last line does not end with LF",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(DsoError::invalid(
+                line_of(text.len() - 1),
+                1,
+                "LF after the last line (this layout has none)",
+            ))
+        }
+        (false, None) => text,
+    };
+    if body.starts_with('\n') {
+        return Err(DsoError::invalid(1, 1, "blank line"));
+    }
+    if let Some(k) = body.find("\n\n") {
+        return Err(DsoError::invalid(line_of(k) + 1, 1, "blank line"));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .has_headers(false)
+        .flexible(true)
+        .quoting(false)
+        .from_reader(body.as_bytes());
+    let mut records = reader.records();
+    let header = match records.next() {
+        Some(r) => r.map_err(csv_error)?,
+        None => return Err(DsoError::invalid(1, 1, "empty file")),
+    };
+    let mut fields = header.iter();
     if fields.next() != Some("Horodate") {
         return Err(DsoError::invalid(
             1,
@@ -346,47 +627,27 @@ pub fn validate(
     }
 
     let mut rows: Vec<KeyRow> = Vec::new();
-    for (line, l) in lines {
-        if l.contains('\r') {
+    for record in records {
+        let record = record.map_err(csv_error)?;
+        let line = record
+            .position()
+            .map_or(rows.len() + 2, |p| p.line() as usize);
+        if record.len() != consumers.len() + 1 {
             return Err(DsoError::invalid(
                 line,
-                1,
-                "carriage return (CRLF line ending)",
-            ));
-        }
-        let fields: Vec<&str> = l.split(';').collect();
-        if fields.len() != consumers.len() + 1 {
-            return Err(DsoError::invalid(
-                line,
-                fields.len().min(consumers.len() + 1),
+                record.len().min(consumers.len() + 1),
                 format!(
                     "{} fields where the header has {}",
-                    fields.len(),
+                    record.len(),
                     consumers.len() + 1
                 ),
             ));
         }
-        let stamp = fields[0];
-        let start = DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%:z")
-            .map_err(|e| {
-                DsoError::invalid(
-                    line,
-                    1,
-                    format!("`{stamp}` is not a local time with offset: {e}"),
-                )
-            })?
-            .with_timezone(&Utc);
-        let canonical = grid.format_local(start);
-        if canonical != stamp {
-            return Err(DsoError::invalid(
-                line,
-                1,
-                format!("`{stamp}` should read `{canonical}` in {}", grid.tz()),
-            ));
-        }
-        check_step(grid, rows.last().map(|r| r.start), start, line)?;
+        let prev = rows.last().map(|r| r.start);
+        let start = parse_stamp(layout, grid, &record[0], prev, line)?;
+        check_step(grid, prev, start, line)?;
         let mut units = Vec::with_capacity(consumers.len());
-        for (k, v) in fields[1..].iter().enumerate() {
+        for (k, v) in record.iter().skip(1).enumerate() {
             let col = k + 2;
             let u = parse_units(v, d).ok_or_else(|| {
                 DsoError::invalid(
@@ -412,16 +673,49 @@ pub fn validate(
         }
         rows.push(KeyRow { start, units });
     }
-    let (first_day, last_day) = match (rows.first(), rows.last()) {
-        (Some(f), Some(l)) => (grid.local_day(f.start), grid.local_day(l.start)),
-        _ => return Err(DsoError::invalid(2, 1, "no key row")),
-    };
+    let (first_day, last_day) =
+        days(grid, &rows).map_err(|_| DsoError::invalid(2, 1, "no key row"))?;
     Ok(ValidationReport {
         consumers,
         rows,
         first_day,
         last_day,
     })
+}
+
+/// A key file in any of `candidates` (the site's layout first, then the
+/// known ones): the first layout whose stamps match the first row's
+/// (`T` and an offset, or `DD/MM/YYYY`) and whose final newline matches the
+/// file's, the precision from the first key's decimals; then every rule of
+/// that layout. For `ped keys --validate`.
+pub fn validate_any(
+    text: &str,
+    grid: &Grid,
+    candidates: &[Layout],
+) -> Result<(Layout, Precision, ValidationReport), DsoError> {
+    let first_row = text.split('\n').nth(1).unwrap_or("");
+    let mut f = first_row.split(';');
+    let offset = f.next().unwrap_or("").contains('T');
+    let final_newline = text.ends_with('\n');
+    let units_per_one = match f.next().and_then(|v| v.split_once(',')) {
+        None => 100,
+        Some((_, frac)) if frac.len() == 1 => 1000,
+        Some(_) => 10_000,
+    };
+    let precision = Precision { units_per_one };
+    let by_stamp = candidates.iter().filter(|l| l.offset == offset);
+    let layout = by_stamp
+        .clone()
+        .find(|l| l.final_newline == final_newline)
+        .or_else(|| by_stamp.clone().next())
+        .copied()
+        .unwrap_or(if offset {
+            Layout::ENEDIS_ISO
+        } else {
+            Layout::ENEDIS
+        });
+    let report = validate_with(&layout, text, grid, precision)?;
+    Ok((layout, precision, report))
 }
 
 #[cfg(test)]
@@ -549,6 +843,141 @@ mod tests {
             err_at(&ok.replace("02:30:00+02:00", "02:40:00+02:00"), &g),
             (3, 1)
         );
+    }
+
+    /// Shaped like the DSO's public sample: local stamps without offset at
+    /// step starts, 2 decimals, no LF after the last row.
+    const SAMPLE_SHAPED: &str = "Horodate;12345678901234;23456789012345\n\
+        01/11/2024 00:00;48,12;41,30\n\
+        01/11/2024 00:15;48,12;41,30\n\
+        01/11/2024 00:30;47,00;40,00\n\
+        01/11/2024 00:45;0,00;100,00\n\
+        01/11/2024 01:00;48,12;41,30";
+
+    #[test]
+    fn a_file_shaped_like_the_dso_sample_validates_and_breaks_where_it_should() {
+        let g = grid(15);
+        let (layout, precision, rep) = validate_any(SAMPLE_SHAPED, &g, &Layout::ALL).unwrap();
+        assert_eq!(layout, Layout::ENEDIS);
+        assert_eq!(precision.units_per_one, 10_000);
+        assert_eq!(rep.rows.len(), 5);
+        assert_eq!(rep.rows[0].units, [4812, 4130]);
+        assert_eq!(rep.first_day, NaiveDate::from_ymd_opt(2024, 11, 1).unwrap());
+        let err = |t: &str| match validate_with(&Layout::ENEDIS, t, &g, precision) {
+            Err(DsoError::Invalid { line, column, .. }) => (line, column),
+            other => panic!("expected an Invalid error, got {other:?}"),
+        };
+        assert_eq!(err(&format!("{SAMPLE_SHAPED}\n")), (6, 1));
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("00:30;47,00", "00:40;47,00")),
+            (4, 1)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("47,00;40,00", "60,00;40,01")),
+            (4, 1)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("47,00;40,00", "47,0;40,00")),
+            (4, 2)
+        );
+        assert_eq!(
+            err(&SAMPLE_SHAPED.replace("01/11/2024 00:15", "2024-11-01 00:15")),
+            (3, 1)
+        );
+        assert_eq!(err(&SAMPLE_SHAPED.replace('\n', "\r\n")).0, 1);
+        // Rendering the rows back gives the same bytes.
+        let text = render_with(&Layout::ENEDIS, &g, &rep.consumers, &rep.rows, precision).unwrap();
+        assert_eq!(text, SAMPLE_SHAPED);
+    }
+
+    #[test]
+    fn each_assumed_choice_can_be_overridden() {
+        let g = grid(15);
+        let p = Precision {
+            units_per_one: 10_000,
+        };
+        let (_, _, rep) = validate_any(SAMPLE_SHAPED, &g, &Layout::ALL).unwrap();
+        let lf = Layout::ENEDIS.with(&LayoutOverrides {
+            final_newline: Some(true),
+            ..Default::default()
+        });
+        let text = render_with(&lf, &g, &rep.consumers, &rep.rows, p).unwrap();
+        assert_eq!(text, format!("{SAMPLE_SHAPED}\n"));
+        // The site's layout is tried first; the presets would refuse the LF.
+        assert!(validate_with(&Layout::ENEDIS, &text, &g, p).is_err());
+        assert_eq!(validate_any(&text, &g, &[lf]).unwrap().0, lf);
+        let per_producer = Layout::ENEDIS.with(&LayoutOverrides {
+            naming: Some(Naming::Producer),
+            offset: Some(true),
+            ..Default::default()
+        });
+        let prod: Prm = "30000000000001".parse().unwrap();
+        assert_eq!(
+            file_name_with(&per_producer, &g, None, Some(&prod), &rep.rows).unwrap(),
+            "30000000000001_20241101_20241101.csv"
+        );
+        let text = render_with(&per_producer, &g, &rep.consumers, &rep.rows, p).unwrap();
+        assert!(text.starts_with(
+            "Horodate;12345678901234;23456789012345\n2024-11-01T00:00:00+01:00;48,12;41,30\n"
+        ));
+    }
+
+    #[test]
+    fn without_offsets_the_repeated_hour_is_read_by_order() {
+        let g = grid(30);
+        let p = Precision::default();
+        let ok = "Horodate;12345678900000\n\
+                  26/10/2025 01:30;10,0\n\
+                  26/10/2025 02:00;20,0\n\
+                  26/10/2025 02:30;30,0\n\
+                  26/10/2025 02:00;40,0\n\
+                  26/10/2025 02:30;50,0\n\
+                  26/10/2025 03:00;60,0";
+        let rep = validate_with(&Layout::ENEDIS, ok, &g, p).unwrap();
+        let offsets: Vec<String> = rep.rows.iter().map(|r| g.format_local(r.start)).collect();
+        assert_eq!(
+            offsets,
+            [
+                "2025-10-26T01:30:00+02:00",
+                "2025-10-26T02:00:00+02:00",
+                "2025-10-26T02:30:00+02:00",
+                "2025-10-26T02:00:00+01:00",
+                "2025-10-26T02:30:00+01:00",
+                "2025-10-26T03:00:00+01:00"
+            ]
+        );
+        // The repeated hour written once is a gap of an hour.
+        let once = ok.replace("26/10/2025 02:00;40,0\n26/10/2025 02:30;50,0\n", "");
+        assert!(validate_with(&Layout::ENEDIS, &once, &g, p).is_err());
+        // A spring time that does not exist.
+        let spring = "Horodate;12345678900000\n30/03/2025 02:00;10,0";
+        assert!(validate_with(&Layout::ENEDIS, spring, &g, p).is_err());
+    }
+
+    #[test]
+    fn file_names_per_layout() {
+        let g = grid(15);
+        let rows = day_rows(&g, "2025-10-26", 1);
+        let mut all = rows.clone();
+        all.extend(day_rows(&g, "2025-11-30", 1).into_iter().take(1));
+        let prod: Prm = "30000000000001".parse().unwrap();
+        let name = |l: &Layout, op: Option<&str>, p: Option<&Prm>, r: &[KeyRow]| {
+            file_name_with(l, &g, op, p, r)
+        };
+        assert_eq!(
+            name(&Layout::ENEDIS, Some("ACC00000001"), None, &all).unwrap(),
+            "ACC00000001_15_26102025_30112025.txt"
+        );
+        assert_eq!(
+            name(&Layout::ENEDIS, Some("ACC00000001"), Some(&prod), &rows).unwrap(),
+            "ACC00000001_30000000000001_15_26102025_26102025.txt"
+        );
+        assert_eq!(
+            name(&Layout::ENEDIS_ISO, None, Some(&prod), &rows).unwrap(),
+            "30000000000001_20251026_20251026.csv"
+        );
+        assert!(name(&Layout::ENEDIS, None, None, &rows).is_err());
+        assert!(name(&Layout::ENEDIS, Some("ACC1"), None, &rows).is_err());
     }
 
     #[test]

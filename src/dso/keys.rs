@@ -1,9 +1,11 @@
 //! `ped keys`: a month (or any run of local days) of keys from the DSO's own
 //! load curves, in one of the DSO formats, written all or nothing.
 //!
-//! Steps: read and settle the load curves (every bad line reported, nothing
-//! computed from a broken export); flag steps whose data is missing or
-//! partial and give them the DSO's default rule (pro rata); let a
+//! Steps: read and settle the load curves (bad lines reported, nothing
+//! computed from a broken export; values that cannot be readings kept as
+//! missing and listed); estimate each member's missing points from its own
+//! curve (flagged in the manifest); give the steps nothing can estimate the
+//! DSO's default rule (pro rata); let a
 //! [`MonthAllocator`] decide the other steps; quantise per step (simple or
 //! full dynamic); render and read back every file; write them with a
 //! `manifest.json` (hashes of inputs and outputs, policy, precision, range)
@@ -17,7 +19,8 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::loadcurve::{self, LoadCurveError, Quantity};
+use super::enedis::Layout;
+use super::loadcurve::{self, LineLog, LoadCurveError, Plausibility, Quantity};
 use super::{enedis, spain, DsoError, KeyRow};
 use crate::allocation::{
     self, AllocationError, FullStepInput, MonthAllocator, MonthInput, PerStepAllocator, Policy,
@@ -85,6 +88,20 @@ pub struct Consumer {
     pub tariff_eur_per_kwh: f64,
     pub priority: u8,
     pub static_share: f64,
+    /// First and last local day in the operation (`None`: open).
+    pub entry: Option<NaiveDate>,
+    pub exit: Option<NaiveDate>,
+}
+
+impl Consumer {
+    pub fn member_on(&self, day: NaiveDate) -> bool {
+        self.entry.map_or(true, |e| day >= e) && self.exit.map_or(true, |x| day <= x)
+    }
+
+    /// A member on at least one day of `from..=to`.
+    pub fn member_between(&self, from: NaiveDate, to: NaiveDate) -> bool {
+        self.entry.map_or(true, |e| e <= to) && self.exit.map_or(true, |x| x >= from)
+    }
 }
 
 /// What a key run needs; built from a site with [`KeysJob::from_site`].
@@ -106,6 +123,14 @@ pub struct KeysJob {
     pub cau: String,
     /// Hashed into the manifest.
     pub site_file: Option<PathBuf>,
+    /// The Enedis operation id (`ACC` + 8 digits): names the files of the
+    /// operation layout.
+    pub operation_id: Option<String>,
+    pub layout: Layout,
+    /// What a load-curve value can be; anything else is a suspect point.
+    pub plausibility: Plausibility,
+    /// Refuse the run when a load curve holds a suspect value.
+    pub strict: bool,
 }
 
 impl KeysJob {
@@ -115,16 +140,24 @@ impl KeysJob {
             grid: site.grid,
             from,
             to,
+            // The keys of a run are for the participants that are members
+            // on at least one of its days; the others have no column.
             consumers: cfg
                 .participants
                 .iter()
-                .map(|p| Consumer {
-                    id: p.id.clone(),
-                    prm: p.prm.clone(),
-                    tariff_eur_per_kwh: p.tariff_eur_per_kwh,
-                    priority: p.priority,
-                    static_share: p.static_share,
+                .map(|p| {
+                    let (entry, exit) = p.membership();
+                    Consumer {
+                        id: p.id.clone(),
+                        prm: p.prm.clone(),
+                        tariff_eur_per_kwh: p.tariff_eur_per_kwh,
+                        priority: p.priority,
+                        static_share: p.static_share,
+                        entry,
+                        exit,
+                    }
                 })
+                .filter(|c| c.member_between(from, to))
                 .collect(),
             producers: site
                 .producers()
@@ -140,6 +173,17 @@ impl KeysJob {
             cups: BTreeMap::new(),
             cau: cfg.site.id.clone(),
             site_file: Some(site.source.clone()),
+            operation_id: cfg.keys.operation_id.clone(),
+            layout: Layout::of(cfg.keys.layout).with(&cfg.keys.file),
+            plausibility: Plausibility {
+                max_watts: cfg.keys.max_load_curve_kw * 1000.0,
+                per_prm: cfg
+                    .participants
+                    .iter()
+                    .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
+                    .collect(),
+            },
+            strict: false,
         }
     }
 
@@ -196,6 +240,16 @@ pub struct Measured {
     pub problems: Vec<Vec<String>>,
     pub coarse_steps: usize,
     pub inputs: Vec<InputFile>,
+    /// `[i][t]`: consumer i is a member of the operation at step t. Outside
+    /// membership its consumption is 0, expected from nobody, and its key 0.
+    pub members: Vec<Vec<bool>>,
+    /// `[i]`: the steps whose consumption was estimated, and the energy.
+    pub estimated_consumers: Vec<Vec<usize>>,
+    pub estimated_consumer_kwh: Vec<f64>,
+    /// `[j]`: the steps whose production was estimated.
+    pub estimated_producers: Vec<Vec<usize>>,
+    /// Values the load curves hold that cannot be readings.
+    pub suspects: LineLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,17 +260,98 @@ pub struct InputFile {
     pub quantity: String,
 }
 
+/// Gaps up to this long are bridged from the points on either side; longer
+/// ones from the same time of day on similar days.
+const SHORT_GAP_MINUTES: i64 = 120;
+
+/// Fills the steps of `kwh` that are `expected` but not `known` with an
+/// estimate from the same curve: a gap of up to two hours by a straight line
+/// between the points on either side (the one side there is at the edge of
+/// the run); a longer gap, step by step, by the mean of the same local time
+/// of day on the same weekday one to four weeks around, else on the three
+/// days around. Returns the steps estimated; a step nothing can estimate
+/// stays unknown (no measured point of the curve in the run at all).
+pub fn estimate_gaps(
+    kwh: &mut [f64],
+    known: &[bool],
+    expected: &[bool],
+    periods: &[DateTime<Utc>],
+    grid: &Grid,
+) -> Vec<usize> {
+    let n = kwh.len();
+    let source = |t: usize| known[t] && expected[t];
+    let local = |t: usize| periods[t].with_timezone(&grid.tz()).naive_local();
+    // The first of two steps with the same wall-clock time (the repeated
+    // autumn hour) stands for both.
+    let mut at: std::collections::HashMap<chrono::NaiveDateTime, usize> =
+        std::collections::HashMap::with_capacity(n);
+    for t in (0..n).rev() {
+        at.insert(local(t), t);
+    }
+    let short = (SHORT_GAP_MINUTES / i64::from(grid.step_minutes())).max(1) as usize;
+    let mut estimated = Vec::new();
+    let mut t = 0;
+    while t < n {
+        if !expected[t] || known[t] {
+            t += 1;
+            continue;
+        }
+        let a = t;
+        while t < n && expected[t] && !known[t] {
+            t += 1;
+        }
+        let b = t; // the gap is a..b
+        let left = (a > 0 && source(a - 1)).then(|| kwh[a - 1]);
+        let right = (b < n && source(b)).then(|| kwh[b]);
+        if b - a <= short && (left.is_some() || right.is_some()) {
+            let (l, r) = (left.or(right).unwrap_or(0.0), right.or(left).unwrap_or(0.0));
+            for (k, slot) in kwh[a..b].iter_mut().enumerate() {
+                let x = (k + 1) as f64 / (b - a + 1) as f64;
+                *slot = l + (r - l) * x;
+            }
+            estimated.extend(a..b);
+            continue;
+        }
+        for g in a..b {
+            let me = local(g);
+            let mean = |offsets: &[i64]| -> Option<f64> {
+                let found: Vec<f64> = offsets
+                    .iter()
+                    .filter_map(|&d| at.get(&(me + chrono::Duration::days(d))))
+                    .filter(|&&s| source(s))
+                    .map(|&s| kwh[s])
+                    .collect();
+                (!found.is_empty()).then(|| found.iter().sum::<f64>() / found.len() as f64)
+            };
+            let value = mean(&[-7, 7, -14, 14, -21, 21, -28, 28])
+                .or_else(|| mean(&[-1, 1, -2, 2, -3, 3]))
+                .or(match (left, right) {
+                    (Some(l), Some(r)) => Some((l + r) / 2.0),
+                    (l, r) => l.or(r),
+                });
+            if let Some(v) = value {
+                kwh[g] = v;
+                estimated.push(g);
+            }
+        }
+    }
+    estimated
+}
+
 /// Reads `dir`'s load curves into per-step energies for the job's PRMs. A
 /// participant or producer without a curve is an error (the export is
 /// incomplete); a curve for a PRM the site does not know is ignored with a
-/// warning.
+/// warning. A member's missing point is estimated ([`estimate_gaps`]); a
+/// step outside a participant's membership expects no data from it.
 pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysError> {
     let periods = job.periods()?;
-    let curves = loadcurve::read_dir(dir, &job.grid)?;
+    let curves = loadcurve::read_dir_with(dir, &job.grid, &job.plausibility)?;
+    let mut suspects = LineLog::default();
     let mut by_key: BTreeMap<(Prm, Quantity), &loadcurve::LoadCurve> = BTreeMap::new();
     let mut inputs = Vec::new();
     for c in &curves {
         by_key.insert((c.prm.clone(), c.quantity), c);
+        suspects.append(c.suspects.clone());
         let bytes = std::fs::read(&c.file).map_err(io(&c.file))?;
         inputs.push(InputFile {
             file: c
@@ -230,43 +365,73 @@ pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysEr
         });
         let known = job.consumers.iter().any(|k| k.prm == c.prm) || job.producers.contains(&c.prm);
         if !known {
-            tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM the site does not list; ignored");
+            tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM that is neither a producer nor a member of the operation in this run; ignored");
         }
     }
+    if job.strict && !suspects.is_empty() {
+        return Err(LoadCurveError::Suspect(suspects).into());
+    }
+    for l in &suspects.shown {
+        tracing::warn!(file = %l.file.display(), line = l.line, reason = %l.reason, "suspect load-curve value");
+    }
+    if suspects.total > suspects.shown.len() {
+        tracing::warn!(
+            more = suspects.total - suspects.shown.len(),
+            "more suspect load-curve values (counted in manifest.json)"
+        );
+    }
     let n_t = periods.len();
+    let days: Vec<NaiveDate> = periods.iter().map(|&t| job.grid.local_day(t)).collect();
+    let members: Vec<Vec<bool>> = job
+        .consumers
+        .iter()
+        .map(|c| days.iter().map(|&d| c.member_on(d)).collect())
+        .collect();
+    let always = vec![true; n_t];
     let mut problems: Vec<Vec<String>> = vec![Vec::new(); n_t];
     let mut coarse = vec![false; n_t];
     let mut missing = Vec::new();
-    let mut settle = |prm: &Prm, q: Quantity, who: &str| -> Vec<f64> {
-        match by_key.get(&(prm.clone(), q)) {
-            Some(c) => {
-                let s = loadcurve::settle(c, &job.grid, &periods);
-                for (t, p) in s.problem.into_iter().enumerate() {
-                    if let Some(p) = p {
-                        problems[t].push(format!("{} {p}", q.as_str()));
+    let mut settle =
+        |prm: &Prm, q: Quantity, who: &str, expected: &[bool]| -> (Vec<f64>, Vec<usize>) {
+            match by_key.get(&(prm.clone(), q)) {
+                Some(c) => {
+                    let s = loadcurve::settle(c, &job.grid, &periods);
+                    let mut kwh = s.kwh;
+                    let known: Vec<bool> = s.problem.iter().map(Option::is_none).collect();
+                    let estimated = estimate_gaps(&mut kwh, &known, expected, &periods, &job.grid);
+                    let mut filled = vec![false; n_t];
+                    for &t in &estimated {
+                        filled[t] = true;
                     }
+                    for (t, p) in s.problem.into_iter().enumerate() {
+                        if !expected[t] {
+                            kwh[t] = 0.0;
+                        } else if let Some(p) = p.filter(|_| !filled[t]) {
+                            problems[t].push(format!("{} {p}", q.as_str()));
+                        }
+                    }
+                    for (t, c) in s.coarse.into_iter().enumerate() {
+                        coarse[t] |= c && expected[t];
+                    }
+                    (kwh, estimated)
                 }
-                for (t, c) in s.coarse.into_iter().enumerate() {
-                    coarse[t] |= c;
+                None => {
+                    missing.push(format!("no {} curve for PRM {prm} ({who})", q.as_str()));
+                    (vec![0.0; n_t], Vec::new())
                 }
-                s.kwh
             }
-            None => {
-                missing.push(format!("no {} curve for PRM {prm} ({who})", q.as_str()));
-                vec![0.0; n_t]
-            }
-        }
-    };
-    let prod_cols: Vec<Vec<f64>> = job
+        };
+    let (prod_cols, estimated_producers): (Vec<Vec<f64>>, Vec<Vec<usize>>) = job
         .producers
         .iter()
-        .map(|p| settle(p, Quantity::Production, "producer"))
-        .collect();
-    let cons_cols: Vec<Vec<f64>> = job
+        .map(|p| settle(p, Quantity::Production, "producer", &always))
+        .unzip();
+    let (cons_cols, estimated_consumers): (Vec<Vec<f64>>, Vec<Vec<usize>>) = job
         .consumers
         .iter()
-        .map(|c| settle(&c.prm, Quantity::Consumption, &c.id))
-        .collect();
+        .zip(&members)
+        .map(|(c, m)| settle(&c.prm, Quantity::Consumption, &c.id, m))
+        .unzip();
     if !missing.is_empty() {
         return Err(KeysError::Input(format!(
             "{}: {}",
@@ -274,6 +439,11 @@ pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysEr
             missing.join("; ")
         )));
     }
+    let estimated_consumer_kwh = estimated_consumers
+        .iter()
+        .zip(&cons_cols)
+        .map(|(ts, col)| ts.iter().map(|&t| col[t]).sum())
+        .collect();
     let transpose = |cols: &[Vec<f64>]| -> Vec<Vec<f64>> {
         (0..n_t)
             .map(|t| cols.iter().map(|c| c[t]).collect())
@@ -286,6 +456,11 @@ pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysEr
         coarse_steps: coarse.iter().filter(|&&c| c).count(),
         periods,
         inputs,
+        members,
+        estimated_consumers,
+        estimated_consumer_kwh,
+        estimated_producers,
+        suspects,
     })
 }
 
@@ -431,6 +606,17 @@ pub fn compute(
             }
         }
     }
+    // Outside its membership a participant has no key, whatever rounding
+    // residue a step had left to place.
+    for (i, member) in m.members.iter().enumerate() {
+        for rs in &mut rows {
+            for (row, _) in rs.iter_mut().zip(member).filter(|(_, &is)| !is) {
+                if let Some(u) = row.units.get_mut(i) {
+                    *u = 0;
+                }
+            }
+        }
+    }
     Ok(Computed {
         rows,
         intended_kwh: intended,
@@ -466,6 +652,35 @@ pub struct ParticipantTotal {
     pub intended_kwh: f64,
     pub allocated_kwh: f64,
     pub tariff_eur_per_kwh: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<NaiveDate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<NaiveDate>,
+    /// Steps of the run in which it is a member of the operation.
+    #[serde(default)]
+    pub member_steps: usize,
+    /// Steps whose consumption ped estimated (missing or suspect in the
+    /// load curve), and the energy estimated.
+    #[serde(default)]
+    pub estimated_steps: usize,
+    #[serde(default)]
+    pub estimated_kwh: f64,
+}
+
+/// Values in the load curves that cannot be readings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SuspectValues {
+    pub count: usize,
+    /// The first ones, `file:line: reason`.
+    pub first: Vec<String>,
+}
+
+/// A step with estimated points: who was estimated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimatedStep {
+    pub period: String,
+    /// Participant ids and producer PRMs.
+    pub estimated: Vec<String>,
 }
 
 /// What was generated, from what, and how; the archive stores it as is.
@@ -488,6 +703,17 @@ pub struct Manifest {
     pub files: Vec<OutputFile>,
     pub fallback_steps: Vec<Fallback>,
     pub coarse_steps: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+    /// The key files' layout (`enedis`, `enedis_iso`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub suspect_values: SuspectValues,
+    /// Steps in which a member's consumption or a producer's production was
+    /// estimated rather than measured.
+    #[serde(default)]
+    pub estimated_steps: Vec<EstimatedStep>,
     pub production_kwh: f64,
     pub self_consumed_kwh: f64,
     pub participants: Vec<ParticipantTotal>,
@@ -524,11 +750,20 @@ fn each_key_file(
             if job.producers.is_empty() {
                 return Err(DsoError::Empty("no producer PRM").into());
             }
+            let layout = &job.layout;
             let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
-                let text = enedis::render(&job.grid, &consumers, rows, job.precision)?;
-                enedis::validate(&text, &job.grid, job.precision)?;
+                let text = enedis::render_with(layout, &job.grid, &consumers, rows, job.precision)?;
+                enedis::validate_with(layout, &text, &job.grid, job.precision)?;
                 Ok(text)
             };
+            let operation = job.operation_id.as_deref();
+            if layout.naming == enedis::Naming::Operation && job.kind == KeyKind::Simple {
+                // Simple dynamic keys apply to the pooled production: one
+                // file for the operation.
+                let text = checked(&k.rows[0])?;
+                let name = enedis::file_name_with(layout, &job.grid, operation, None, &k.rows[0])?;
+                return emit(name, &text, None);
+            }
             let shared = match job.kind {
                 KeyKind::Simple => Some(checked(&k.rows[0])?),
                 KeyKind::Full => None,
@@ -546,7 +781,8 @@ fn each_key_file(
                         &own
                     }
                 };
-                let name = enedis::file_name(&job.grid, producer, rows)?;
+                let name =
+                    enedis::file_name_with(layout, &job.grid, operation, Some(producer), rows)?;
                 emit(name, text, Some(producer.to_string()))?;
             }
         }
@@ -779,6 +1015,13 @@ fn manifest_of(
             })
             .collect(),
         coarse_steps: m.coarse_steps,
+        operation_id: job.operation_id.clone(),
+        layout: (job.format == Format::Enedis).then(|| job.layout.label().to_string()),
+        suspect_values: SuspectValues {
+            count: m.suspects.total,
+            first: m.suspects.shown.iter().map(|l| l.to_string()).collect(),
+        },
+        estimated_steps: estimated_steps(job, m),
         production_kwh: m.production_kwh.iter().flatten().sum(),
         self_consumed_kwh: alloc.iter().sum(),
         participants: job
@@ -792,6 +1035,14 @@ fn manifest_of(
                 intended_kwh: int[i],
                 allocated_kwh: alloc[i],
                 tariff_eur_per_kwh: c.tariff_eur_per_kwh,
+                entry: c.entry,
+                exit: c.exit,
+                member_steps: m
+                    .members
+                    .get(i)
+                    .map_or(0, |r| r.iter().filter(|&&b| b).count()),
+                estimated_steps: m.estimated_consumers.get(i).map_or(0, Vec::len),
+                estimated_kwh: m.estimated_consumer_kwh.get(i).copied().unwrap_or(0.0),
             })
             .collect(),
         month_solver: (k.allocator == MONTH_SOLVER).then(|| k.month.clone()),
@@ -801,6 +1052,27 @@ fn manifest_of(
 }
 
 const MONTH_SOLVER: &str = "optimised_month";
+
+fn estimated_steps(job: &KeysJob, m: &Measured) -> Vec<EstimatedStep> {
+    let mut by_step: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (c, ts) in job.consumers.iter().zip(&m.estimated_consumers) {
+        for &t in ts {
+            by_step.entry(t).or_default().push(c.id.clone());
+        }
+    }
+    for (p, ts) in job.producers.iter().zip(&m.estimated_producers) {
+        for &t in ts {
+            by_step.entry(t).or_default().push(p.to_string());
+        }
+    }
+    by_step
+        .into_iter()
+        .map(|(t, estimated)| EstimatedStep {
+            period: job.grid.format_local(m.periods[t]),
+            estimated,
+        })
+        .collect()
+}
 
 /// The month solver for a site's optimised keys: fairness from `[keys]`,
 /// subscription = each participant's `static_share` (when > 0), prices from
@@ -1319,6 +1591,16 @@ fn sniff(text: &str) -> Sniffed {
 /// checked as its extension says (`.txt` Spain, else Enedis) so the error
 /// points at the line and column that break that format.
 pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<Checked, KeysError> {
+    validate_file_in(path, grid, precision, &Layout::ALL)
+}
+
+/// [`validate_file`] trying `layouts` (the site's first) for Enedis files.
+pub fn validate_file_in(
+    path: &Path,
+    grid: &Grid,
+    precision: Precision,
+    layouts: &[Layout],
+) -> Result<Checked, KeysError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let text =
         String::from_utf8(bytes).map_err(|_| DsoError::invalid(1, 1, "file is not UTF-8"))?;
@@ -1353,9 +1635,20 @@ pub fn validate_file(path: &Path, grid: &Grid, precision: Precision) -> Result<C
             )))
         }
         Sniffed::Enedis | Sniffed::Unknown => {
-            let r = enedis::validate(&text, grid, precision)?;
+            let (layout, found, r) = enedis::validate_any(&text, grid, layouts)?;
+            let note = if found == precision {
+                String::new()
+            } else {
+                format!(
+                    "; {} decimal(s), the site's keys.units_per_one = {} writes {}",
+                    found.percent_decimals().unwrap_or(0),
+                    precision.units_per_one,
+                    precision.percent_decimals().unwrap_or(0)
+                )
+            };
             Ok(Checked::Valid(format!(
-                "enedis: {} consumer(s), {} step(s) from {} to {}",
+                "{}: {} consumer(s), {} step(s) from {} to {}{note}",
+                layout.label(),
                 r.consumers.len(),
                 r.rows.len(),
                 r.first_day,
@@ -1437,6 +1730,8 @@ mod tests {
                     tariff_eur_per_kwh: 0.18 + 0.02 * i as f64,
                     priority: 1 + (i % 2) as u8,
                     static_share: 0.2,
+                    entry: None,
+                    exit: None,
                 })
                 .collect(),
             producers: (0..2).map(|j| prm(30_000_000_000_000 + j)).collect(),
@@ -1447,6 +1742,10 @@ mod tests {
             cups: BTreeMap::new(),
             cau: "t".into(),
             site_file: None,
+            operation_id: Some("ACC00000001".into()),
+            layout: Layout::ENEDIS,
+            plausibility: Plausibility::default(),
+            strict: false,
         };
         let periods = job.periods().expect("periods");
         let n_t = periods.len();
@@ -1464,9 +1763,106 @@ mod tests {
             problems: vec![Vec::new(); n_t],
             coarse_steps: 0,
             inputs: Vec::new(),
+            members: vec![vec![true; n_t]; 5],
+            estimated_consumers: vec![Vec::new(); 5],
+            estimated_consumer_kwh: vec![0.0; 5],
+            estimated_producers: vec![Vec::new(); 2],
+            suspects: LineLog::default(),
             periods,
         };
         (job, m)
+    }
+
+    #[test]
+    fn gaps_are_estimated_from_the_curve_itself_not_left_at_zero() {
+        let grid = Grid::new(30, chrono_tz::Europe::Paris).expect("grid");
+        let job = KeysJob {
+            from: NaiveDate::from_ymd_opt(2026, 5, 1).expect("date"),
+            to: NaiveDate::from_ymd_opt(2026, 5, 31).expect("date"),
+            grid,
+            ..small(KeyKind::Simple).0
+        };
+        let periods = job.periods().expect("periods");
+        let n = periods.len();
+        // A daily shape: 1 kWh per step by day (08:00-20:00), 0.2 at night,
+        // 2 kWh on Sundays by day.
+        let truth: Vec<f64> = periods
+            .iter()
+            .map(|t| {
+                use chrono::{Datelike, Timelike};
+                let l = t.with_timezone(&grid.tz());
+                let day = (8..20).contains(&l.hour());
+                match (day, l.weekday() == chrono::Weekday::Sun) {
+                    (true, true) => 2.0,
+                    (true, false) => 1.0,
+                    _ => 0.2,
+                }
+            })
+            .collect();
+        let mut known = vec![true; n];
+        // Three steps on a Friday morning (short: a line between neighbours).
+        let short = 7 * 48 + 20;
+        known[short..short + 3].fill(false);
+        // A whole Sunday (long: the same hour of the Sundays around).
+        let sunday = 2 * 48; // 2026-05-03 is a Sunday
+        known[sunday..sunday + 48].fill(false);
+        // Not a member from the 25th: nothing expected, nothing estimated.
+        let mut expected = vec![true; n];
+        expected[24 * 48..].fill(false);
+        known[27 * 48..27 * 48 + 5].fill(false);
+        let mut kwh: Vec<f64> = truth
+            .iter()
+            .zip(&known)
+            .map(|(&v, &k)| if k { v } else { 0.0 })
+            .collect();
+        let est = estimate_gaps(&mut kwh, &known, &expected, &periods, &grid);
+        assert_eq!(est.len(), 3 + 48);
+        assert!(est.iter().all(|&t| t < 24 * 48));
+        for (t, v) in kwh.iter().enumerate().skip(short).take(3) {
+            assert!((v - 1.0).abs() < 1e-12, "step {t}: {v}");
+        }
+        for t in sunday..sunday + 48 {
+            assert!((kwh[t] - truth[t]).abs() < 1e-12, "step {t}: {}", kwh[t]);
+        }
+        assert!(kwh[27 * 48..27 * 48 + 5].iter().all(|&v| v == 0.0));
+        // A curve with nothing measured cannot be estimated.
+        let mut none = vec![0.0; n];
+        assert!(estimate_gaps(&mut none, &vec![false; n], &expected, &periods, &grid).is_empty());
+    }
+
+    #[test]
+    fn non_members_get_no_key_and_no_column() {
+        let (mut job, mut m) = small(KeyKind::Simple);
+        // C4 leaves after the first day; every step of the second day, it
+        // consumes nothing and must get 0 even where rounding has residue.
+        job.consumers[4].exit = Some(job.from);
+        let n_t = m.periods.len();
+        for t in 0..n_t {
+            let member = job.consumers[4].member_on(job.grid.local_day(m.periods[t]));
+            m.members[4][t] = member;
+            if !member {
+                m.consumption_kwh[t][4] = 0.0;
+            }
+        }
+        let k = compute(
+            &job,
+            &m,
+            &PerStepAllocator {
+                policy: job.policy(),
+            },
+        )
+        .expect("keys");
+        let day_two: Vec<usize> = (0..n_t).filter(|&t| !m.members[4][t]).collect();
+        assert_eq!(day_two.len(), 100, "2025-10-26 has 100 quarter-hours");
+        assert!(day_two.iter().all(|&t| k.rows[0][t].units[4] == 0));
+        assert!((0..n_t).any(|t| m.members[4][t] && k.rows[0][t].units[4] > 0));
+        // A participant who is not a member on any day of the run has no column.
+        let mut cfg_job = job.clone();
+        cfg_job.consumers[3].entry = NaiveDate::from_ymd_opt(2025, 11, 1);
+        let c = &mut cfg_job.consumers[3];
+        assert!(!c.member_between(cfg_job.from, cfg_job.to));
+        c.entry = Some(cfg_job.to);
+        assert!(c.member_between(cfg_job.from, cfg_job.to));
     }
 
     #[test]

@@ -10,8 +10,14 @@
 //! from the previous stamp; the first point uses `Pas en minutes` when given,
 //! else the distance to the next stamp.
 //!
-//! Parsing collects every bad line (file, line, reason) before failing, so a
-//! broken export is fixed in one round trip and nothing is computed from it.
+//! Parsing collects the bad lines (file, line, reason) before failing, so a
+//! broken export is fixed in one round trip and nothing is computed from it;
+//! the first [`SHOWN_LINES`] are kept in full, the rest only counted.
+//!
+//! A value that cannot be a reading (negative, above the ceiling of
+//! [`Plausibility`], not a number) is not a broken file: it is a **suspect**
+//! point, kept as missing and listed with its file and line, so one meter
+//! reset does not block an operation's month.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +61,92 @@ pub struct LoadCurve {
     pub prm: Prm,
     pub quantity: Quantity,
     pub points: Vec<Point>,
+    /// Values that cannot be readings, kept as missing points.
+    pub suspects: LineLog,
+}
+
+/// What a reading can be: average power from 0 to `max_watts`, or to the
+/// meter's own ceiling where its subscribed power is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plausibility {
+    pub max_watts: f64,
+    /// Per PRM: a meter cannot average more than its subscribed power over
+    /// a step for long; twice that is far beyond any reading.
+    pub per_prm: BTreeMap<Prm, f64>,
+}
+
+impl Default for Plausibility {
+    fn default() -> Self {
+        Plausibility {
+            max_watts: 10_000_000.0,
+            per_prm: BTreeMap::new(),
+        }
+    }
+}
+
+impl Plausibility {
+    /// The ceiling for `prm`, and where it comes from.
+    fn ceiling(&self, prm: Option<&Prm>) -> (f64, &'static str) {
+        match prm.and_then(|p| self.per_prm.get(p)) {
+            Some(&w) => (w, "twice the participant's subscribed_kva"),
+            None => (self.max_watts, "keys.max_load_curve_kw"),
+        }
+    }
+}
+
+/// How many bad or suspect lines are kept in full; the rest are counted.
+pub const SHOWN_LINES: usize = 20;
+
+/// Lines with a problem: the first [`SHOWN_LINES`] in full and a count of
+/// all, so millions of bad lines cost a counter, not memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineLog {
+    pub shown: Vec<BadLine>,
+    pub total: usize,
+}
+
+impl LineLog {
+    pub fn push(&mut self, line: BadLine) {
+        self.total += 1;
+        if self.shown.len() < SHOWN_LINES {
+            self.shown.push(line);
+        }
+    }
+    pub fn append(&mut self, other: LineLog) {
+        let hidden = other.total - other.shown.len();
+        for l in other.shown {
+            self.push(l);
+        }
+        self.total += hidden;
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl fmt::Display for LineLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (k, l) in self.shown.iter().enumerate() {
+            if k > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {l}")?;
+        }
+        let more = self.total - self.shown.len();
+        if more > 0 {
+            write!(f, "\n  … and {more} more line(s)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A field quoted in a message, cut so a huge field cannot flood the log.
+fn quoted(v: &str) -> String {
+    const MAX: usize = 32;
+    match v.char_indices().nth(MAX) {
+        Some((k, _)) => format!("`{}…` ({} bytes)", &v[..k], v.len()),
+        None => format!("`{v}`"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +164,10 @@ impl fmt::Display for BadLine {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadCurveError {
-    #[error("{} bad line(s) in the load curves:\n{}", .0.len(), join(.0))]
-    BadLines(Vec<BadLine>),
+    #[error("{} bad line(s) in the load curves:\n{}", .0.total, .0)]
+    BadLines(LineLog),
+    #[error("{} suspect value(s) in the load curves, refused with --strict:\n{}", .0.total, .0)]
+    Suspect(LineLog),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -91,17 +185,20 @@ pub enum LoadCurveError {
     },
 }
 
-fn join(lines: &[BadLine]) -> String {
-    lines
-        .iter()
-        .map(|l| format!("  {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Parses one export. `grid` gives the time zone the offsets must match.
+pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, LineLog> {
+    parse_with(text, file, grid, &Plausibility::default())
 }
 
-/// Parses one export. `grid` gives the time zone the offsets must match.
-pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadLine>> {
-    let mut bad = Vec::new();
+/// Parses one export; values outside `plausible` become suspect points.
+pub fn parse_with(
+    text: &str,
+    file: &Path,
+    grid: &Grid,
+    plausible: &Plausibility,
+) -> Result<LoadCurve, LineLog> {
+    let mut bad = LineLog::default();
+    let mut suspects = LineLog::default();
     macro_rules! push {
         ($line:expr, $reason:expr $(,)?) => {
             bad.push(BadLine {
@@ -112,12 +209,38 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
         };
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
-    let header: Vec<&str> = lines.first().copied().unwrap_or("").split(';').collect();
-    let values: Vec<&str> = lines.get(1).copied().unwrap_or("").split(';').collect();
+    // Records are read one at a time (blank lines skipped, LF or CRLF), so a
+    // file of millions of bad lines costs the counter, not their text.
+    let mut records = csv::ReaderBuilder::new()
+        .delimiter(b';')
+        .has_headers(false)
+        .flexible(true)
+        .quoting(false)
+        .from_reader(text.as_bytes())
+        .into_records()
+        .map(|r| {
+            r.map(|rec| (rec.position().map_or(1, |p| p.line() as usize), rec))
+                .map_err(|e| {
+                    let line = e.position().map_or(1, |p| p.line() as usize);
+                    (line, e.to_string())
+                })
+        });
+    let mut take = |bad: &mut LineLog| loop {
+        match records.next() {
+            Some(Ok(r)) => return Some(r),
+            Some(Err((line, e))) => bad.push(BadLine {
+                file: file.to_path_buf(),
+                line,
+                reason: format!("CSV: {e}"),
+            }),
+            None => return None,
+        }
+    };
+    let empty = csv::StringRecord::new();
+    let head = take(&mut bad);
+    let header: Vec<&str> = head.as_ref().map_or(&empty, |(_, r)| r).iter().collect();
+    let meta = take(&mut bad);
+    let values: Vec<&str> = meta.as_ref().map_or(&empty, |(_, r)| r).iter().collect();
     let col = |name: &str| header.iter().position(|h| h.trim() == name);
     let field = |name: &str| col(name).and_then(|k| values.get(k)).map(|v| v.trim());
     for name in ["Identifiant PRM", "Grandeur metier", "Unite"] {
@@ -174,30 +297,36 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
         },
     };
     // The data header follows the metadata, after an optional blank line.
-    let mut k = 2;
-    while lines.get(k).is_some_and(|l| l.trim().is_empty()) {
-        k += 1;
+    let data_header = take(&mut bad);
+    let after_meta = meta.as_ref().map_or(2, |(l, _)| l + 1);
+    match &data_header {
+        Some((_, h)) if h.iter().take(2).eq(["Horodate", "Valeur"]) => {}
+        Some((line, h)) => push!(
+            *line,
+            format!(
+                "expected `Horodate;Valeur`, found {}",
+                quoted(&h.iter().collect::<Vec<_>>().join(";"))
+            )
+        ),
+        None => push!(after_meta, "no `Horodate;Valeur` header".into()),
     }
-    match lines.get(k) {
-        Some(h) if h.split(';').take(2).eq(["Horodate", "Valeur"]) => {}
-        Some(h) => push!(k + 1, format!("expected `Horodate;Valeur`, found `{h}`")),
-        None => push!(k + 1, "no `Horodate;Valeur` header".into()),
-    }
+    let first_data_line = data_header.as_ref().map_or(after_meta, |(l, _)| l + 1);
     let mut raw: Vec<(usize, DateTime<Utc>, Option<f64>)> = Vec::new();
-    for (idx, l) in lines.iter().enumerate().skip(k + 1) {
-        let line = idx + 1;
-        if l.trim().is_empty() {
+    while let Some((line, rec)) = take(&mut bad) {
+        if rec.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        let mut f = l.split(';');
-        let stamp = f.next().unwrap_or("").trim();
-        let value = f.next().map(str::trim);
+        let stamp = rec.get(0).unwrap_or("").trim();
+        let value = rec.get(1).map(str::trim);
         let end = match DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%:z") {
             Ok(t) => t.with_timezone(&Utc),
             Err(e) => {
                 push!(
                     line,
-                    format!("Horodate `{stamp}` is not a local time with offset: {e}"),
+                    format!(
+                        "Horodate {} is not a local time with offset: {e}",
+                        quoted(stamp)
+                    ),
                 );
                 continue;
             }
@@ -219,13 +348,29 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
                 continue;
             }
             Some("") => None,
-            Some(v) => match v.replace(',', ".").parse::<f64>() {
-                Ok(w) if w.is_finite() && w >= 0.0 => Some(w),
-                _ => {
-                    push!(line, format!("Valeur `{v}` is not a power >= 0 in W"));
-                    continue;
+            Some(v) => {
+                let (ceiling, source) = plausible.ceiling(prm.as_ref());
+                let why = match v.replace(',', ".").parse::<f64>() {
+                    Ok(w) if w.is_finite() && (0.0..=ceiling).contains(&w) => None,
+                    Ok(w) if w < 0.0 => Some("negative power (a meter reset?)".to_string()),
+                    Ok(_) => Some(format!(
+                        "above {} kW, the ceiling of a reading ({source})",
+                        ceiling / 1000.0
+                    )),
+                    Err(_) => Some("not a number".to_string()),
+                };
+                match why {
+                    None => v.replace(',', ".").parse::<f64>().ok(),
+                    Some(why) => {
+                        suspects.push(BadLine {
+                            file: file.to_path_buf(),
+                            line,
+                            reason: format!("Valeur {} W: {why}; treated as missing", quoted(v)),
+                        });
+                        None
+                    }
                 }
-            },
+            }
         };
         if let Some(&(prev_line, prev, _)) = raw.last() {
             if end <= prev {
@@ -242,7 +387,7 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
         raw.push((line, end, watts));
     }
     if raw.is_empty() && bad.is_empty() {
-        push!(k + 2, "no measured point".into());
+        push!(first_data_line, "no measured point".into());
     }
     if !bad.is_empty() {
         return Err(bad);
@@ -280,6 +425,7 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
             prm,
             quantity,
             points,
+            suspects,
         }),
         _ => Err(bad),
     }
@@ -288,6 +434,15 @@ pub fn parse(text: &str, file: &Path, grid: &Grid) -> Result<LoadCurve, Vec<BadL
 /// Reads every `*.csv` in `dir` (sorted by name); all bad lines of all files
 /// are reported together.
 pub fn read_dir(dir: &Path, grid: &Grid) -> Result<Vec<LoadCurve>, LoadCurveError> {
+    read_dir_with(dir, grid, &Plausibility::default())
+}
+
+/// [`read_dir`] with values outside `plausible` kept as suspect points.
+pub fn read_dir_with(
+    dir: &Path,
+    grid: &Grid,
+    plausible: &Plausibility,
+) -> Result<Vec<LoadCurve>, LoadCurveError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| LoadCurveError::Io { path, source }
@@ -302,7 +457,7 @@ pub fn read_dir(dir: &Path, grid: &Grid) -> Result<Vec<LoadCurve>, LoadCurveErro
         return Err(LoadCurveError::NoFile(dir.to_path_buf()));
     }
     let mut curves: Vec<LoadCurve> = Vec::new();
-    let mut bad = Vec::new();
+    let mut bad = LineLog::default();
     for f in &files {
         let bytes = std::fs::read(f).map_err(io(f))?;
         let Ok(text) = String::from_utf8(bytes) else {
@@ -313,7 +468,7 @@ pub fn read_dir(dir: &Path, grid: &Grid) -> Result<Vec<LoadCurve>, LoadCurveErro
             });
             continue;
         };
-        match parse(&text, f, grid) {
+        match parse_with(&text, f, grid, plausible) {
             Ok(c) => {
                 if let Some(first) = curves
                     .iter()
@@ -328,7 +483,7 @@ pub fn read_dir(dir: &Path, grid: &Grid) -> Result<Vec<LoadCurve>, LoadCurveErro
                 }
                 curves.push(c);
             }
-            Err(mut b) => bad.append(&mut b),
+            Err(b) => bad.append(b),
         }
     }
     if bad.is_empty() {
@@ -480,18 +635,18 @@ mod tests {
         let g = grid();
         let body = "2025-10-26T00:15:00+02:00;100\n\
                     2025-10-26T00:30:00+01:00;100\n\
-                    2025-10-26T00:45:00+02:00;-5\n\
+                    2025-10-26T00:45:00+02:00;100\n\
                     yesterday;100\n\
                     2025-10-26T00:15:00+02:00;100\n\
                     2025-10-26T01:00:00+02:00\n";
         let bad = parse(&format!("{HEAD}{body}"), Path::new("x.csv"), &g).unwrap_err();
-        let lines: Vec<usize> = bad.iter().map(|b| b.line).collect();
-        assert_eq!(lines, [6, 7, 8, 9, 10], "{bad:?}");
-        assert!(bad[0].reason.contains("offset"));
-        assert!(bad[1].reason.contains("Valeur"));
-        assert!(bad[3].reason.contains("does not come after"));
-        assert!(bad[4].reason.contains("no Valeur"));
-        assert!(bad[0].to_string().starts_with("x.csv:6: "));
+        let lines: Vec<usize> = bad.shown.iter().map(|b| b.line).collect();
+        assert_eq!(lines, [6, 8, 9, 10], "{bad:?}");
+        assert_eq!(bad.total, 4);
+        assert!(bad.shown[0].reason.contains("offset"));
+        assert!(bad.shown[2].reason.contains("does not come after"));
+        assert!(bad.shown[3].reason.contains("no Valeur"));
+        assert!(bad.shown[0].to_string().starts_with("x.csv:6: "));
         let bad = parse(
             &HEAD
                 .replace("Consommation", "Injection")
@@ -500,7 +655,75 @@ mod tests {
             &g,
         )
         .unwrap_err();
-        assert_eq!(bad.len(), 2);
-        assert!(bad.iter().all(|b| b.line == 2));
+        assert_eq!(bad.total, 2);
+        assert!(bad.shown.iter().all(|b| b.line == 2));
+    }
+
+    #[test]
+    fn impossible_values_are_suspect_points_with_file_and_line() {
+        let g = grid();
+        // A meter reset (large negative), an absurd magnitude, a value above
+        // the ceiling, text: each kept as a missing point, the file parses.
+        let body = "2025-10-26T00:15:00+02:00;100\n\
+                    2025-10-26T00:30:00+02:00;-5939308\n\
+                    2025-10-26T00:45:00+02:00;1e300\n\
+                    2025-10-26T01:00:00+02:00;250001\n\
+                    2025-10-26T01:15:00+02:00;n/a\n\
+                    2025-10-26T01:30:00+02:00;250000\n";
+        let limit = Plausibility {
+            max_watts: 250_000.0,
+            ..Default::default()
+        };
+        let c = parse_with(&format!("{HEAD}{body}"), Path::new("r.csv"), &g, &limit).unwrap();
+        let watts: Vec<Option<f64>> = c.points.iter().map(|p| p.watts).collect();
+        assert_eq!(
+            watts,
+            [Some(100.0), None, None, None, None, Some(250_000.0)]
+        );
+        let lines: Vec<usize> = c.suspects.shown.iter().map(|b| b.line).collect();
+        assert_eq!(lines, [6, 7, 8, 9]);
+        assert_eq!(c.suspects.total, 4);
+        assert!(c.suspects.shown[0].reason.contains("negative"));
+        assert!(c.suspects.shown[1].reason.contains("above 250 kW"));
+        assert!(c.suspects.shown[3].reason.contains("not a number"));
+        assert!(c.suspects.shown[1].to_string().starts_with("r.csv:7: "));
+        let s = settle(&c, &g, &day(&g, "2025-10-26"));
+        assert!(s.problem[1].is_some() && s.problem[0].is_none());
+        // The meter's own ceiling (twice 9 kVA) where it is known.
+        let meter = Plausibility {
+            per_prm: [("12345678900000".parse().unwrap(), 18_000.0)].into(),
+            ..limit
+        };
+        let body = "2025-10-26T00:15:00+02:00;18000\n2025-10-26T00:30:00+02:00;18001\n";
+        let c = parse_with(&format!("{HEAD}{body}"), Path::new("m.csv"), &g, &meter).unwrap();
+        assert_eq!(c.points[1].watts, None);
+        assert!(
+            c.suspects.shown[0].reason.contains("above 18 kW"),
+            "{:?}",
+            c.suspects
+        );
+        assert!(c.suspects.shown[0].reason.contains("subscribed_kva"));
+        assert!(s.kwh.iter().all(|k| k.is_finite() && *k < 1e6));
+    }
+
+    #[test]
+    fn bad_lines_are_bounded_and_cut() {
+        let g = grid();
+        let long = "9".repeat(5000);
+        let mut body = String::new();
+        for k in 0..5000 {
+            body.push_str(&format!("bad{k}{long};1\n"));
+        }
+        let bad = parse(&format!("{HEAD}{body}"), Path::new("z.csv"), &g).unwrap_err();
+        assert_eq!(bad.total, 5000);
+        assert_eq!(bad.shown.len(), SHOWN_LINES);
+        let text = bad.to_string();
+        assert!(text.contains("and 4980 more line(s)"), "{text}");
+        // Each shown line quotes at most a few dozen characters of its field.
+        assert!(text.len() < SHOWN_LINES * 200, "{} bytes", text.len());
+        let mut all = LineLog::default();
+        all.append(bad.clone());
+        all.append(bad);
+        assert_eq!((all.total, all.shown.len()), (10_000, SHOWN_LINES));
     }
 }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `ped keys` on a realistic large operation, checked by an independent script.
+# The operation is ../shared/data/district-2026 (PED_SHARED): 600 participants,
+# consumption above production, gaps, resets, an entry and an exit; its
+# consumption.csv is what a PMO receives (converted to the DSO's load-curve
+# exports by scripts/district-curves.py), its truth/ what the DSO settles with.
+# scripts/check-keys.py applies min(key x P, C) to ped's key files with the
+# truth and compares each participant's month with exact pro rata.
+# KEYS_FROM / KEYS_TO (default May 2026), KEYS_POLICIES (default
+# "prorata optimised"), KEYS_MAX_SHORT (0) and KEYS_MIN_PERCENT (99.9: the
+# targets with gaps), KEYS_OUT override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${PED_SHARED:-../shared}"
+DATA="$SHARED/data/district-2026"
+for f in consumption.csv production.csv participants.csv plants.csv site-keys.toml \
+  truth/consumption_clean.csv.gz truth/production_clean.csv.gz; do
+  [ -f "$DATA/$f" ] || { echo "keys-district: $DATA/$f not found (set PED_SHARED)" >&2; exit 1; }
+done
+FROM="${KEYS_FROM:-2026-05-01}"
+TO="${KEYS_TO:-2026-05-31}"
+OUT="${KEYS_OUT:-${TMPDIR:-/tmp}/ped-keys-district}"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+cargo build --quiet --bin ped
+./target/debug/ped check --site "$DATA/site-keys.toml"
+python3 scripts/district-curves.py --data "$DATA" --from "$FROM" --to "$TO" --out "$OUT/curves"
+status=0
+for policy in ${KEYS_POLICIES:-prorata optimised}; do
+  echo "--- ped keys --policy $policy --from $FROM --to $TO"
+  ./target/debug/ped keys --site "$DATA/site-keys.toml" --from "$FROM" --to "$TO" \
+    --load-curves "$OUT/curves" --out "$OUT/keys-$policy" --policy "$policy"
+  ./target/debug/ped keys --site "$DATA/site-keys.toml" --validate "$OUT/keys-$policy"/*
+  python3 scripts/check-keys.py --keys "$OUT/keys-$policy" --data "$DATA" \
+    --site "$DATA/site-keys.toml" --max-short "${KEYS_MAX_SHORT:-0}" \
+    --min-percent "${KEYS_MIN_PERCENT:-99.9}" || status=1
+done
+exit $status
