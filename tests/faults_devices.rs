@@ -187,12 +187,15 @@ async fn faulty_devices_degrade_alone_and_recover() {
         (2u8, bank_for("M-DEAD", Role::Meter)),
     ]);
     let gw = serve_on(bind().await, gw_units, fresh()).await;
-    // The refusing device: a port nobody listens on yet.
-    let refuse_listener = bind().await;
-    let refuse_addr = refuse_listener
-        .local_addr()
+    // The refusing device: a port bound but not listening, so connections
+    // are refused and no other process can take the port before the device
+    // comes up on it.
+    let refuse_socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    refuse_socket
+        .bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
         .unwrap_or_else(|e| panic!("{e}"));
-    drop(refuse_listener);
+    let refuse_addr = refuse_socket.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let mut refuse_socket = Some(refuse_socket);
     let refuse_bank = bank_for("M-REFUSE", Role::Meter);
     let stop = serve_on(bind().await, one(bank_for("M-STOP", Role::Meter)), fresh()).await;
     let slow = serve_on(bind().await, one(bank_for("M-SLOW", Role::Meter)), fresh()).await;
@@ -319,9 +322,11 @@ kwp = 100.0
             for f in [&stop.faults, &exc.faults, &drop_ep.faults] {
                 *lock(f) = Faults::default();
             }
-            let l = TcpListener::bind(refuse_addr)
-                .await
-                .unwrap_or_else(|e| panic!("rebind {refuse_addr}: {e}"));
+            let l = refuse_socket
+                .take()
+                .unwrap_or_else(|| panic!("the refusing device comes up once"))
+                .listen(64)
+                .unwrap_or_else(|e| panic!("listen on {refuse_addr}: {e}"));
             refuse_ep = Some(serve_on(l, one(refuse_bank.clone()), fresh()).await);
             let m = metrics();
             reads_at_phase.push((

@@ -1757,7 +1757,11 @@ mod tests {
         assert_eq!(again, units[40..].to_vec(), "keys after the restart differ");
         assert_eq!(resumed.account, month.account);
         // The rounding remainders come back from the ledger too, bit for bit.
-        assert!(month.carry.kwh.iter().any(|r| *r != 0.0), "{:?}", month.carry);
+        assert!(
+            month.carry.kwh.iter().any(|r| *r != 0.0),
+            "{:?}",
+            month.carry
+        );
         assert_eq!(resumed.carry, month.carry);
         let rebuilt = Month::from_ledger(&sh, &ledger, sh.site.grid.next_period(periods[95]));
         assert_eq!(rebuilt.account, month.account);
