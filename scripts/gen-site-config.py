@@ -54,7 +54,7 @@ w("heat_price_eur_per_kwh = 0.09")
 w("")
 w("[keys]")
 w('policy = "optimised"')
-w("units_per_one = 1000")
+w("units_per_one = 10000")
 w("")
 w("# ---- PV plants: SunSpec inverters (models 1, 103, 120, 123, 160), one endpoint each")
 for i, p in enumerate(plants):

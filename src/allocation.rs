@@ -48,10 +48,12 @@ pub struct Precision {
 }
 
 impl Default for Precision {
-    /// 0.1 %: the precision seen in practice in French key files.
+    /// 0.01 %: the two decimals of a percent of the only real Enedis key file
+    /// found in public. At 0.1 % a household's share in a large operation is
+    /// often below one unit.
     fn default() -> Self {
         Precision {
-            units_per_one: 1000,
+            units_per_one: 10_000,
         }
     }
 }
@@ -1315,6 +1317,11 @@ pub fn keys_for_step_in_month(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 0.1 %: these cases were worked out at one decimal of a percent.
+    const TENTH: Precision = Precision {
+        units_per_one: 1000,
+    };
     use proptest::prelude::*;
 
     /// A small month where tier 1 would starve tier 2 without the pro-rata
@@ -1485,7 +1492,7 @@ mod tests {
             consumption_kwh: vec![1.0; 3],
         };
         let (tariffs, prio) = ([0.20, 0.20, 0.12], [1u8; 3]);
-        let p = Precision::default();
+        let p = TENTH;
         let fresh = MonthToDateAccount::new(3);
         let (k, out) = keys_for_step_in_month(
             &solver,
@@ -1565,7 +1572,8 @@ mod tests {
 
     #[test]
     fn precision_decimals() {
-        assert_eq!(Precision::default().percent_decimals(), Some(1));
+        assert_eq!(Precision::default().percent_decimals(), Some(2));
+        assert_eq!(TENTH.percent_decimals(), Some(1));
         assert_eq!(Precision::new(10_000).unwrap().percent_decimals(), Some(2));
         assert_eq!(Precision::new(100).unwrap().percent_decimals(), Some(0));
         assert!(Precision::new(1500).is_err());
@@ -1576,7 +1584,7 @@ mod tests {
     fn surplus_step_uses_ceiling_where_floor_loses() {
         // P = 10 kWh, three consumers at 1.23456 kWh: the pro-rata coefficient
         // 12.3456 % floors to 12.3 % and loses 4.56 Wh each.
-        let prec = Precision::default();
+        let prec = TENTH;
         let c = [1.23456, 1.23456, 1.23456];
         let naive = naive_floor_pro_rata(10.0, &c, prec);
         let naive_total: f64 = apply_rule(&naive, prec, 10.0, &c).iter().sum();
@@ -1589,7 +1597,7 @@ mod tests {
 
     #[test]
     fn deficit_step_hands_residue_to_largest_need() {
-        let prec = Precision::default();
+        let prec = TENTH;
         let c = [1.0, 1.0, 1.0];
         let k = keys_for_step(&step(1.0, &c), &Policy::ProRata, prec).unwrap();
         assert_eq!(k.units.iter().sum::<u32>(), 1000);
@@ -1602,7 +1610,7 @@ mod tests {
 
     #[test]
     fn degenerate_steps_give_zero_keys() {
-        let prec = Precision::default();
+        let prec = TENTH;
         let k = keys_for_step(&step(0.0, &[1.0, 2.0]), &Policy::ProRata, prec).unwrap();
         assert_eq!(k.units, vec![0, 0]);
         assert_eq!(k.self_consumed_kwh, 0.0);
@@ -1615,7 +1623,7 @@ mod tests {
 
     #[test]
     fn bad_measurements_are_errors_and_sanitised_fallback_flags() {
-        let prec = Precision::default();
+        let prec = TENTH;
         assert!(matches!(
             keys_for_step(&step(f64::NAN, &[1.0]), &Policy::ProRata, prec),
             Err(AllocationError::BadProduction(_))
@@ -1632,7 +1640,7 @@ mod tests {
 
     #[test]
     fn static_shares_are_floored_without_redistribution() {
-        let prec = Precision::default();
+        let prec = TENTH;
         let pol = Policy::Static(vec![0.5, 0.25]);
         let k = keys_for_step(&step(4.0, &[1.0, 3.0]), &pol, prec).unwrap();
         assert_eq!(k.units, vec![500, 250]);
@@ -1646,7 +1654,7 @@ mod tests {
 
     #[test]
     fn optimised_serves_priority_then_tariff() {
-        let prec = Precision::default();
+        let prec = TENTH;
         let pol = Policy::Optimised {
             tariffs_eur_per_kwh: vec![0.20, 0.30, 0.25],
             priority: vec![1, 1, 0],
@@ -1672,7 +1680,7 @@ mod tests {
     fn residue_recovers_most_of_the_flooring_loss() {
         // Deterministic pseudo-random month-like sample: mixed surplus and
         // deficit steps, 20 consumers.
-        let prec = Precision::default();
+        let prec = TENTH;
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut rnd = || {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -1704,7 +1712,7 @@ mod tests {
 
     #[test]
     fn validate_units_rejects_over_100() {
-        let prec = Precision::default();
+        let prec = TENTH;
         assert!(validate_units(&[500, 500], prec).is_ok());
         assert!(validate_units(&[500, 501], prec).is_err());
     }
@@ -1766,7 +1774,7 @@ mod tests {
             fine in any::<bool>(),
             warp in 0.0..1.0f64,
         ) {
-            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
             let s = step(p, &c);
             let pr = keys_for_step(&s, &Policy::ProRata, prec).unwrap();
             let opt = keys_for_step(
@@ -1803,7 +1811,7 @@ mod tests {
                 (Just((p, c)), arb_policy(n), any::<bool>())
             })
         ) {
-            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
             let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
             prop_assert!(validate_units(&k.units, prec).is_ok());
             let again = apply_rule(&k.units, prec, p, &c);
@@ -1848,7 +1856,7 @@ mod tests {
                 (Just((p, c)), arb_policy(n), any::<bool>())
             })
         ) {
-            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
             let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
             let got = apply_rule(&k.units, prec, p, &c);
             let bound = p / f64::from(prec.units_per_one) + 1e-9;
@@ -1874,7 +1882,7 @@ mod tests {
                 (Just((ps, c)), arb_policy(n), any::<bool>())
             })
         ) {
-            let prec = if fine { Precision { units_per_one: 10_000 } } else { Precision::default() };
+            let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
             let p: f64 = ps.iter().sum();
             let intended = intended_for_step(p, &c, &pol).unwrap();
             let input = FullStepInput { production_kwh: ps.clone(), consumption_kwh: c.clone() };
@@ -1905,7 +1913,7 @@ mod tests {
     #[test]
     fn charging_battery_is_a_zero_producer_row_and_a_consumer() {
         // PV 10 kWh, battery charging 3 kWh (consumer #2, producer #1 at 0).
-        let prec = Precision::default();
+        let prec = TENTH;
         let input = FullStepInput {
             production_kwh: vec![10.0, 0.0],
             consumption_kwh: vec![4.0, 2.0, 3.0],
@@ -2103,10 +2111,10 @@ mod tests {
             let (got, exact, best) = carried_month(&prod, &cons, prec);
             // Where a household's step is below one key unit's energy (a
             // large operation's 0.01 % at midday), serving its share costs
-            // part of a unit: fairness may cost up to 0.15 % of the maximum
+            // part of a unit: fairness may cost up to 0.3 % of the maximum
             // against keys that ignore small consumers.
             let most = most_at_precision(&prod, &cons, prec);
-            assert_months_kept(&got, &exact, best, (most / best - 0.0015).min(0.9995));
+            assert_months_kept(&got, &exact, best, (most / best - 0.003).min(0.9995));
         }
     }
 

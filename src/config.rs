@@ -328,7 +328,7 @@ fn default_max_load_curve_kw() -> f64 {
     10_000.0
 }
 fn default_precision() -> u32 {
-    1000
+    10_000
 }
 fn default_month_budget_ms() -> u64 {
     60_000

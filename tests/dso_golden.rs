@@ -94,7 +94,9 @@ fn autumn_dst_day_30_min() {
         "enedis_simple_dynamic_2025-10-26.csv",
         30,
         "2025-10-26",
-        Precision::default(),
+        Precision {
+            units_per_one: 1000,
+        },
         50,
     );
 }
@@ -105,7 +107,9 @@ fn spring_dst_day_30_min() {
         "enedis_simple_dynamic_2025-03-30.csv",
         30,
         "2025-03-30",
-        Precision::default(),
+        Precision {
+            units_per_one: 1000,
+        },
         46,
     );
 }

@@ -122,7 +122,7 @@ async fn simulated_district_end_to_end() {
         .collect();
     assert!(records.len() >= 10, "only {} periods closed", records.len());
     let precision = Precision {
-        units_per_one: 1000,
+        units_per_one: site.config.keys.units_per_one,
     };
     let mut measured = 0;
     for r in &records {
@@ -140,7 +140,10 @@ async fn simulated_district_end_to_end() {
             .iter()
             .map(|u| u.as_u64().unwrap() as u32)
             .collect();
-        assert!(units.iter().sum::<u32>() <= 1000, "keys sum over 100 %");
+        assert!(
+            units.iter().sum::<u32>() <= precision.units_per_one,
+            "keys sum over 100 %"
+        );
         let cons: Vec<f64> = site
             .config
             .participants
@@ -172,7 +175,7 @@ async fn simulated_district_end_to_end() {
             assert!(*a <= c + 1e-9);
         }
         // Floor rounding costs at most one unit of production per consumer.
-        let bound = p * cons.len() as f64 / 1000.0;
+        let bound = p * cons.len() as f64 / f64::from(precision.units_per_one);
         assert!(
             sc + bound + 1e-9 >= p.min(cons.iter().sum()),
             "rounding lost more than its bound"
@@ -313,7 +316,7 @@ async fn simulated_district_end_to_end() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|u| u.as_u64().unwrap() as f64 / 1000.0)
+            .map(|u| u.as_u64().unwrap() as f64 / f64::from(precision.units_per_one))
             .collect()
     };
     let by_local = records

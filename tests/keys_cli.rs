@@ -252,7 +252,9 @@ fn autumn_dst_day_full_dynamic_with_a_battery_and_a_missing_point() {
     }
 
     // Read every producer's file back and apply the DSO's full dynamic rule.
-    let prec = Precision::default();
+    let prec = Precision {
+        units_per_one: 1000,
+    };
     let prod = production("curves-2025-10-26", "2025-10-26");
     let producers = ["30000000000001", "30000000000002", "30000000000009"];
     let reps: Vec<_> = producers
@@ -317,7 +319,9 @@ fn spring_dst_day_simple_dynamic_is_idempotent_and_never_overwritten() {
     assert!(text.contains("written: 4 file(s), 92 periods"), "{text}");
     let m = manifest(&out);
     assert!(m.fallback_steps.is_empty());
-    let prec = Precision::default();
+    let prec = Precision {
+        units_per_one: 1000,
+    };
     let first = std::fs::read(out.join("30000000000001_20250330_20250330.csv")).unwrap();
     // Simple dynamic: the same keys for every producer, on the pooled production.
     for p in ["30000000000002", "30000000000009"] {
@@ -1249,8 +1253,15 @@ fn operation_layout_with_suspect_values_and_a_member_who_left() {
     let key = std::fs::read_to_string(out.join(names[0])).unwrap();
     assert!(key.starts_with("Horodate;20000000000001;20000000000003;30000000000009\n"));
     assert!(key.contains("\n26/10/2025 02:00;") && !key.ends_with('\n'));
-    let rep = enedis::validate_with(&enedis::Layout::ENEDIS, &key, &grid(), Precision::default())
-        .unwrap();
+    let rep = enedis::validate_with(
+        &enedis::Layout::ENEDIS,
+        &key,
+        &grid(),
+        Precision {
+            units_per_one: 1000,
+        },
+    )
+    .unwrap();
     assert_eq!(rep.rows.len(), 100);
     let school_key = |stamp: &str| {
         let line = key.lines().find(|l| l.starts_with(stamp)).unwrap();
@@ -1376,8 +1387,15 @@ fn a_realistic_slice_with_gaps_entry_and_exit_keeps_every_member_at_pro_rata() {
     assert_eq!((est("H-0001"), est("H-0097"), est("H-0450")), (14, 4, 4));
     let g = Grid::new(30, chrono_tz::Europe::Paris).unwrap();
     let key = std::fs::read_to_string(out.join("ACC00002026_30_28032026_29032026.txt")).unwrap();
-    let rep =
-        enedis::validate_with(&enedis::Layout::ENEDIS, &key, &g, Precision::default()).unwrap();
+    let rep = enedis::validate_with(
+        &enedis::Layout::ENEDIS,
+        &key,
+        &g,
+        Precision {
+            units_per_one: 1000,
+        },
+    )
+    .unwrap();
     assert_eq!(rep.rows.len(), 48 + 46);
     let periods: Vec<_> = rep.rows.iter().map(|r| r.start).collect();
     // The clean data, as the DSO settles it.

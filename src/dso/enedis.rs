@@ -722,6 +722,11 @@ pub fn validate_any(
 mod tests {
     use super::*;
 
+    /// 0.1 %: these cases were worked out at one decimal of a percent.
+    const TENTH: Precision = Precision {
+        units_per_one: 1000,
+    };
+
     fn grid(step: u32) -> Grid {
         Grid::new(step, chrono_tz::Europe::Paris).unwrap()
     }
@@ -766,7 +771,7 @@ mod tests {
     #[test]
     fn quarter_hour_dst_days_have_92_and_100_rows() {
         let g = grid(15);
-        let prec = Precision::default();
+        let prec = TENTH;
         for (day, n) in [("2025-03-30", 92), ("2025-10-26", 100), ("2025-06-21", 96)] {
             let rows = day_rows(&g, day, 4);
             let text = render(&g, &prms(4), &rows, prec).unwrap();
@@ -780,7 +785,7 @@ mod tests {
     #[test]
     fn render_rejects_gaps_and_sums_over_100() {
         let g = grid(30);
-        let prec = Precision::default();
+        let prec = TENTH;
         let mut rows = day_rows(&g, "2025-06-21", 2);
         rows.remove(3);
         let e = render(&g, &prms(2), &rows, prec).unwrap_err();
@@ -800,7 +805,7 @@ mod tests {
     }
 
     fn err_at(text: &str, g: &Grid) -> (usize, usize) {
-        match validate(text, g, Precision::default()) {
+        match validate(text, g, TENTH) {
             Err(DsoError::Invalid { line, column, .. }) => (line, column),
             other => panic!("expected an Invalid error, got {other:?}"),
         }
@@ -813,10 +818,7 @@ mod tests {
                   2025-10-26T02:00:00+02:00;50,0;50,0\n\
                   2025-10-26T02:30:00+02:00;10,0;0,0\n\
                   2025-10-26T02:00:00+01:00;100,0;0,0\n";
-        assert_eq!(
-            validate(ok, &g, Precision::default()).unwrap().rows.len(),
-            3
-        );
+        assert_eq!(validate(ok, &g, TENTH).unwrap().rows.len(), 3);
         assert_eq!(err_at(&ok.replace("10,0;0,0", "10,0;0,00"), &g), (3, 3));
         assert_eq!(err_at(&ok.replace("50,0;50,0", "50,0;50,1"), &g), (2, 1));
         assert_eq!(err_at(&ok.replace("10,0;0,0", "10,0;-0,0"), &g), (3, 3));
@@ -925,7 +927,7 @@ mod tests {
     #[test]
     fn without_offsets_the_repeated_hour_is_read_by_order() {
         let g = grid(30);
-        let p = Precision::default();
+        let p = TENTH;
         let ok = "Horodate;12345678900000\n\
                   26/10/2025 01:30;10,0\n\
                   26/10/2025 02:00;20,0\n\
@@ -983,7 +985,7 @@ mod tests {
     #[test]
     fn writes_one_file_per_producer_atomically() {
         let g = grid(30);
-        let prec = Precision::default();
+        let prec = TENTH;
         let dir = tempfile::tempdir().unwrap();
         let mut rows = day_rows(&g, "2025-10-26", 3);
         rows.extend(day_rows(&g, "2025-10-27", 3));
@@ -1025,7 +1027,7 @@ mod tests {
     #[test]
     fn full_dynamic_files_differ_per_producer_and_validate() {
         let g = grid(15);
-        let prec = Precision::default();
+        let prec = TENTH;
         let dir = tempfile::tempdir().unwrap();
         let a = day_rows(&g, "2025-03-30", 3);
         let mut b = a.clone();
