@@ -493,8 +493,9 @@ async fn main() -> Result<()> {
                 },
             )
             .await?;
-            wait_for_stop(clock, None).await;
-            daemon.shutdown().await;
+            // A task that fails stops ped with an error (exit 1) once every
+            // controlled device is released: systemd or Docker restarts it.
+            daemon.run_until(wait_for_stop(clock, None)).await?;
             Ok(())
         }
         Cmd::Simulate {
@@ -591,11 +592,11 @@ async fn main() -> Result<()> {
                 daemon.http_addr,
                 daemon.shared.output_dir.display()
             );
-            wait_for_stop(clock, until).await;
-            daemon.shutdown().await;
+            let outcome = daemon.run_until(wait_for_stop(clock, until)).await;
             // Give the released setpoints a moment to land before the devices disappear.
             tokio::time::sleep(Duration::from_millis(100)).await;
             drop(sim);
+            outcome?;
             Ok(())
         }
         Cmd::Audit {

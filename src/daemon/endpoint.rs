@@ -18,6 +18,7 @@ use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLin
 use crate::registers::ModelLibrary;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,6 +32,9 @@ pub struct EndpointTask {
     pub events: Arc<Handoff>,
     pub setpoints: watch::Receiver<BTreeMap<String, Command>>,
     pub dry_run: bool,
+    /// Set by the supervisor when another task failed: the releases on the
+    /// way out are counted as `task_failure`, not as an ordinary `stop`.
+    pub failing: Arc<AtomicBool>,
 }
 
 struct DevState {
@@ -56,6 +60,19 @@ const CONTACT_LOST_AFTER: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 
 impl DevState {
+    fn new(cfg: DeviceConfig, interval: Duration, next_due: Instant) -> DevState {
+        DevState {
+            cfg,
+            plan: None,
+            last: Vec::new(),
+            written: None,
+            last_kw: None,
+            interval,
+            next_due,
+            failures: 0,
+        }
+    }
+
     fn refresh(&self) -> Duration {
         self.cfg
             .revert_timeout_s
@@ -107,18 +124,10 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 .interval_ms
                 .map(Duration::from_millis)
                 .unwrap_or(default_interval);
-            DevState {
-                cfg: d.clone(),
-                plan: None,
-                last: Vec::new(),
-                written: None,
-                last_kw: None,
-                interval,
-                // Spread first polls over the interval so units behind a gateway
-                // do not all fall due in the same instant.
-                next_due: start + interval * i as u32 / task.devices.len().max(1) as u32,
-                failures: 0,
-            }
+            // Spread first polls over the interval so units behind a gateway
+            // do not all fall due in the same instant.
+            let next_due = start + interval * i as u32 / task.devices.len().max(1) as u32;
+            DevState::new(d.clone(), interval, next_due)
         })
         .collect();
     let m = &task.shared.metrics;
@@ -172,7 +181,8 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => {
-                    release_all(&task, &mut client, &mut devs, "stop").await;
+                    let reason = if task.failing.load(Ordering::SeqCst) { "task_failure" } else { "stop" };
+                    release_all(&task, &mut client, &mut devs, reason).await;
                     break 'outer;
                 }
             }
@@ -260,10 +270,26 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                             continue 'outer;
                         }
                     }
+                    if super::fault_panic("endpoint", Some(&d.cfg.id))
+                        && d.last_kw.is_some_and(|(kw, _)| kw != 0.0)
+                        && driven(&task, &d.cfg.id)
+                    {
+                        panic!("PED_FAULT_PANIC: endpoint task of {} panics while it drives the device", d.cfg.id);
+                    }
                 }
             }
         }
     }
+}
+
+/// The device reports that it follows a setpoint (its power read back is not 0).
+fn driven(task: &EndpointTask, id: &str) -> bool {
+    task.shared
+        .status()
+        .devices
+        .get(id)
+        .and_then(|d| d.readings.get("power_kw"))
+        .is_some_and(|kw| kw.abs() > 0.5)
 }
 
 /// How to reach this endpoint: the serial line of its first device for
@@ -353,6 +379,9 @@ async fn poll_device(
     m.device_last_success
         .with_label_values(&[id])
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    if let Some(st) = task.shared.status().devices.get_mut(id) {
+        st.polled_ok = Some(Instant::now());
+    }
     task.events.push(Snapshot {
         device: d.cfg.id.clone(),
         at,
@@ -545,6 +574,45 @@ async fn read_back(
     Ok(())
 }
 
+/// After the task that polled these devices died: a fresh connection, each
+/// controlled device read once (a SunSpec device's model addresses and scale
+/// factors are needed to address the release), then released. What that task
+/// last wrote is unknown, so every controlled device with writes is released.
+pub async fn release_orphans(task: EndpointTask) {
+    if task.dry_run {
+        return;
+    }
+    let polling = &task.shared.site.config.polling;
+    let timeout = Duration::from_millis(polling.timeout_ms);
+    let mut devs: Vec<DevState> = task
+        .devices
+        .iter()
+        .filter(|d| controlled(d) && !d.writes.is_empty())
+        .map(|d| DevState::new(d.clone(), Duration::ZERO, Instant::now()))
+        .collect();
+    if devs.is_empty() {
+        return;
+    }
+    let Some(link) = link_of(&task).await else {
+        tracing::error!(endpoint = %task.addr, "cannot release the devices of the stopped endpoint: the address does not resolve");
+        return;
+    };
+    let mut client = match ModbusClient::open(&link, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(endpoint = %task.addr, error = %e, "cannot release the devices of the stopped endpoint: no connection; they fall back by their own revert timers");
+            return;
+        }
+    };
+    for d in devs.iter_mut() {
+        if let Err(e) = poll_device(&task, &mut client, d).await {
+            tracing::error!(device = %d.cfg.id, error = %e, "cannot read the device to release it; it falls back by its own revert timer");
+            continue;
+        }
+        release_one(&task, &mut client, d, "task_failure").await;
+    }
+}
+
 /// On stop: hand controlled devices back to their own safe behaviour.
 async fn release_all(
     task: &EndpointTask,
@@ -554,18 +622,27 @@ async fn release_all(
 ) {
     for d in devs.iter_mut() {
         if d.written.is_some() && controlled(&d.cfg) {
-            d.written = None;
-            if let Err(e) = actuate(task, client, d, Command::Release).await {
-                tracing::warn!(device = %d.cfg.id, error = %e, "could not release device on stop");
-            } else {
-                task.shared
-                    .metrics
-                    .device_releases
-                    .with_label_values(&[&d.cfg.id, reason])
-                    .inc();
-                tracing::info!(device = %d.cfg.id, "released to its own control");
-            }
+            release_one(task, client, d, reason).await;
         }
+    }
+}
+
+async fn release_one(
+    task: &EndpointTask,
+    client: &mut ModbusClient,
+    d: &mut DevState,
+    reason: &str,
+) {
+    d.written = None;
+    if let Err(e) = actuate(task, client, d, Command::Release).await {
+        tracing::warn!(device = %d.cfg.id, error = %e, reason, "could not release the device");
+    } else {
+        task.shared
+            .metrics
+            .device_releases
+            .with_label_values(&[&d.cfg.id, reason])
+            .inc();
+        tracing::info!(device = %d.cfg.id, reason, "released to its own control");
     }
 }
 
@@ -681,6 +758,7 @@ meter = "BAT"
                 )),
                 setpoints: plan_rx,
                 dry_run: false,
+                failing: Default::default(),
             },
             stop_rx,
         ));

@@ -117,6 +117,9 @@ pub async fn run(
         }
         let elapsed = started.elapsed().as_secs_f64();
         let planned = publish(&shared, &input, &p, &setpoints, elapsed);
+        if super::fault_panic("planner", None) {
+            panic!("PED_FAULT_PANIC: the planner panics after publishing a plan");
+        }
         let mut sent = planned.clone();
         // Re-plan at the next step, or earlier after a large forecast miss;
         // track the plan at every control tick in between.
