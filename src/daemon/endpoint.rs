@@ -49,6 +49,10 @@ struct DevState {
     interval: Duration,
     next_due: Instant,
     failures: u32,
+    /// Writes in a row whose read-back differed from what was written.
+    mismatches: u32,
+    /// After a release for read-back mismatches: no setpoint before then.
+    held_until: Option<Instant>,
 }
 
 /// Default device watchdog when the config gives none; setpoints are re-sent at a third of it.
@@ -58,6 +62,10 @@ const DEFAULT_REVERT: Duration = Duration::from_secs(15);
 const CONTACT_LOST_AFTER: u32 = 3;
 /// First reconnect delay of the endpoint's connection.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Writes in a row whose read-back differs, after which the device is taken
+/// not to follow ped (another controller, a local mode, a wrong map): it is
+/// released rather than driven blind.
+const MISMATCHES_BEFORE_RELEASE: u32 = 3;
 
 impl DevState {
     fn new(cfg: DeviceConfig, interval: Duration, next_due: Instant) -> DevState {
@@ -70,6 +78,8 @@ impl DevState {
             interval,
             next_due,
             failures: 0,
+            mismatches: 0,
+            held_until: None,
         }
     }
 
@@ -390,9 +400,12 @@ async fn poll_device(
     Ok(())
 }
 
-/// Bounds from the device's ratings and its configured setpoint limits, kW in
-/// ped's convention.
-fn bounds(cfg: &DeviceConfig) -> (f64, f64) {
+/// The allowed range of power setpoints, kW in ped's convention: the
+/// intersection of the device's ratings and its configured setpoint limits.
+/// `None` when they do not overlap (or a limit is not a number): no power
+/// setpoint is safe then, and the device is released instead. Never widened
+/// to make room: a range pushed open by one bound writes past the other.
+fn bounds(cfg: &DeviceConfig) -> Option<(f64, f64)> {
     let (mut lo, mut hi) = match cfg.kind {
         DeviceKind::Battery => (
             -cfg.max_discharge_kw.unwrap_or(0.0),
@@ -401,13 +414,18 @@ fn bounds(cfg: &DeviceConfig) -> (f64, f64) {
         DeviceKind::PowerToHeat => (0.0, cfg.max_power_kw.unwrap_or(0.0)),
         _ => (f64::NEG_INFINITY, f64::INFINITY),
     };
+    let limits = [cfg.setpoint_min_kw, cfg.setpoint_max_kw];
+    if limits.iter().flatten().any(|x| x.is_nan()) {
+        return None;
+    }
     if let Some(l) = cfg.setpoint_min_kw {
         lo = lo.max(l);
     }
     if let Some(h) = cfg.setpoint_max_kw {
         hi = hi.min(h);
     }
-    (lo, hi.max(lo))
+    // A NaN rating fails the comparison: no range.
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// Applies the safety envelope to a power command: bounds, then the ramp limit
@@ -419,7 +437,15 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         Command::PowerToHeat(kw) => (kw, Command::PowerToHeat),
         other => return other,
     };
-    let (lo, hi) = bounds(&d.cfg);
+    let Some((lo, hi)) = bounds(&d.cfg) else {
+        if d.written.map_or(true, |(prev, _)| prev != cmd) {
+            m.device_releases
+                .with_label_values(&[&d.cfg.id, "no_safe_range"])
+                .inc();
+            tracing::error!(device = %d.cfg.id, asked_kw = kw, setpoint_min_kw = ?d.cfg.setpoint_min_kw, setpoint_max_kw = ?d.cfg.setpoint_max_kw, "no power setpoint is safe: the configured setpoint range and the device's ratings do not overlap; released to its own mode (fix the device's setpoint_min_kw/setpoint_max_kw, `ped check` names them)");
+        }
+        return Command::Release;
+    };
     let mut out = kw.clamp(lo, hi);
     if out != kw {
         m.setpoint_clamped
@@ -462,11 +488,13 @@ async fn actuate(
     // Still ramping towards the target: write again even if the plan did not change.
     let ramping = d.cfg.ramp_kw_per_s.is_some()
         && match command_kw(cmd) {
-            Some(target) => {
-                let (lo, hi) = bounds(&d.cfg);
-                let from = d.last_kw.map_or(0.0, |(kw, _)| kw);
-                (target.clamp(lo, hi) - from).abs() > 1e-9
-            }
+            Some(target) => match bounds(&d.cfg) {
+                Some((lo, hi)) => {
+                    let from = d.last_kw.map_or(0.0, |(kw, _)| kw);
+                    (target.clamp(lo, hi) - from).abs() > 1e-9
+                }
+                None => false,
+            },
             None => false,
         };
     let due = match d.written {
@@ -478,6 +506,16 @@ async fn actuate(
     };
     if !due {
         return Ok(());
+    }
+    if cmd != Command::Release {
+        match d.held_until {
+            Some(t) if Instant::now() < t => return Ok(()),
+            Some(_) => {
+                d.held_until = None;
+                tracing::info!(device = %d.cfg.id, "trying the device's setpoint again after releasing it for read-back mismatches");
+            }
+            None => {}
+        }
     }
     let m = &task.shared.metrics;
     let effective = envelope(task, d, cmd);
@@ -512,12 +550,7 @@ async fn actuate(
         return Ok(());
     }
     for w in &writes {
-        let mode = task
-            .lib
-            .get(&w.map_key)
-            .map(|m| m.write)
-            .unwrap_or(crate::registers::WriteMode::Multiple);
-        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, mode).await {
+        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, write_mode(task, w)).await {
             m.setpoint_writes
                 .with_label_values(&[&d.cfg.id, "error"])
                 .inc();
@@ -525,25 +558,72 @@ async fn actuate(
             return Err(e);
         }
     }
-    read_back(task, client, d, &writes).await?;
-    m.setpoint_writes
-        .with_label_values(&[&d.cfg.id, "ok"])
-        .inc();
+    let differ = read_back(task, client, d, &writes).await?;
     let watts = kw_written.unwrap_or(0.0) * 1000.0;
     m.setpoint.with_label_values(&[&d.cfg.id]).set(watts);
     d.written = Some((cmd, Instant::now()));
     d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
+    if effective == Command::Release {
+        // A release that does not read back is not repeated: the device's own
+        // revert timer is the last resort then.
+        m.setpoint_writes
+            .with_label_values(&[d.cfg.id.as_str(), if differ { "readback_mismatch" } else { "ok" }])
+            .inc();
+        return Ok(());
+    }
+    if !differ {
+        d.mismatches = 0;
+        m.setpoint_writes
+            .with_label_values(&[&d.cfg.id, "ok"])
+            .inc();
+        return Ok(());
+    }
+    // The device did not take the setpoint: a failed write, not a success.
+    d.mismatches += 1;
+    m.setpoint_writes
+        .with_label_values(&[&d.cfg.id, "readback_mismatch"])
+        .inc();
+    if d.mismatches >= MISMATCHES_BEFORE_RELEASE {
+        tracing::warn!(device = %d.cfg.id, writes = d.mismatches, retry_s = d.refresh().as_secs_f64() / 2.0, "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
+        d.held_until = Some(Instant::now() + d.refresh() / 2);
+        m.device_releases
+            .with_label_values(&[&d.cfg.id, "readback_mismatch"])
+            .inc();
+        d.written = None;
+        let release = devices::command_writes(&d.cfg, &task.lib, &d.last, Command::Release);
+        match release {
+            Ok(ws) => {
+                for w in ws.iter().filter(|w| !w.timer) {
+                    client.write(d.cfg.unit, w.addr, &w.words, write_mode(task, w)).await?;
+                }
+                d.written = Some((Command::Release, Instant::now()));
+                d.last_kw = None;
+            }
+            Err(e) => {
+                tracing::warn!(device = %d.cfg.id, error = %e, "release refused by the safety envelope");
+            }
+        }
+    }
     Ok(())
+}
+
+fn write_mode(task: &EndpointTask, w: &devices::Write) -> crate::registers::WriteMode {
+    task.lib
+        .get(&w.map_key)
+        .map(|m| m.write)
+        .unwrap_or(crate::registers::WriteMode::Multiple)
 }
 
 /// Reads every written point back and compares it with what was written,
 /// within one step of its scale factor (a device may round or clamp).
+/// Returns whether any point differs.
 async fn read_back(
     task: &EndpointTask,
     client: &mut ModbusClient,
     d: &DevState,
     writes: &[devices::Write],
-) -> Result<(), ModbusError> {
+) -> Result<bool, ModbusError> {
+    let mut differ = false;
     for w in writes {
         let Some(map) = task.lib.get(&w.map_key) else {
             continue;
@@ -554,6 +634,7 @@ async fn read_back(
         match devices::readback_matches(&task.lib, &d.last, w, &back) {
             Ok(true) => {}
             Ok(false) => {
+                differ = true;
                 task.shared
                     .metrics
                     .setpoint_readback_mismatch
@@ -562,6 +643,7 @@ async fn read_back(
                 tracing::warn!(device = %d.cfg.id, point = %w.point, written = ?w.words, read_back = ?back, "setpoint read-back differs from what was written");
             }
             Err(e) => {
+                differ = true;
                 task.shared
                     .metrics
                     .setpoint_readback_mismatch
@@ -571,7 +653,7 @@ async fn read_back(
             }
         }
     }
-    Ok(())
+    Ok(differ)
 }
 
 /// After the task that polled these devices died: a fresh connection, each
@@ -657,44 +739,59 @@ mod tests {
         .unwrap()
     }
 
-    /// Plan loss: the endpoint takes control on a plan, releases the battery to
-    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
-    /// control again on the next plan. Real sockets, a vendor battery map.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
-        use crate::modbus::server::{serve, Bank};
-        use crate::registers::{Access, Table};
-        let lib = Arc::new(ModelLibrary::embedded().unwrap());
-        let map = lib.get("vendor/sma_battery").unwrap().clone();
-        let mut block = vec![0u16; usize::from(map.block_len())];
-        map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
-        map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
-        map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
-        map.encode_raw(&mut block, "mode", 803).unwrap();
-        let mut bank = Bank::new();
-        for p in &map.points {
-            let a = map.base + p.offset;
-            bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
-            let o = usize::from(p.offset);
-            bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
-        }
-        let bank = Arc::new(std::sync::Mutex::new(bank));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(
-            listener,
-            std::collections::HashMap::from([(3u8, bank.clone())]),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("site.toml");
-        std::fs::write(
-            &path,
-            format!(
-                r#"
+    /// A vendor battery (SMA map, unit 3) served by the register-bank server
+    /// on 127.0.0.1, and an endpoint task polling it every 100 ms; 15-minute
+    /// steps at 900x: one step per real second, plan loss after one.
+    struct Rig {
+        bank: Arc<std::sync::Mutex<crate::modbus::server::Bank>>,
+        faults: crate::modbus::server::SharedFaults,
+        shared: Arc<Shared>,
+        plan_tx: watch::Sender<BTreeMap<String, Command>>,
+        stop_tx: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+        _server_stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    impl Rig {
+        /// `edit` changes the battery's config after the site passed `check`,
+        /// to reach run-time paths `check` keeps a site config from reaching.
+        async fn start(edit: impl FnOnce(&mut DeviceConfig)) -> Rig {
+            use crate::modbus::server::{serve_with_faults, Bank};
+            use crate::registers::{Access, Table};
+            let lib = Arc::new(ModelLibrary::embedded().unwrap());
+            let map = lib.get("vendor/sma_battery").unwrap().clone();
+            let mut block = vec![0u16; usize::from(map.block_len())];
+            map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
+            map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
+            map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
+            map.encode_raw(&mut block, "mode", 803).unwrap();
+            let mut bank = Bank::new();
+            for p in &map.points {
+                let a = map.base + p.offset;
+                bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
+                let o = usize::from(p.offset);
+                bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
+            }
+            let bank = Arc::new(std::sync::Mutex::new(bank));
+            let faults = crate::modbus::server::SharedFaults::default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (server_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(serve_with_faults(
+                listener,
+                std::collections::HashMap::from([(3u8, bank.clone())]),
+                faults.clone(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("site.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    r#"
 [site]
 id = "plan-loss"
 name = "plan loss"
@@ -723,102 +820,205 @@ participant = "BAT-P"
 capacity_kwh = 10.0
 max_charge_kw = 5.0
 max_discharge_kw = 5.0
+revert_timeout_s = 1.5
 [[participants]]
 id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
 "#
-            ),
-        )
-        .unwrap();
-        let known = lib.keys().map(str::to_string).collect();
-        let site = crate::config::load(&path, &known).unwrap();
-        let bat = site.config.devices[1].clone();
-        // 15-minute steps at 900x: one step per real second, plan loss after one.
-        let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
-        let shared = Arc::new(Shared {
-            site,
-            clock,
-            metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
-            status: std::sync::Mutex::new(super::super::Status::default()),
-            output_dir: dir.path().to_path_buf(),
-        });
-        let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(
-            EndpointTask {
-                addr: addr.to_string(),
-                devices: vec![bat],
-                lib,
-                shared: shared.clone(),
-                events: Arc::new(super::super::handoff::Handoff::new(
-                    shared.site.grid,
-                    Default::default(),
-                )),
-                setpoints: plan_rx,
-                dry_run: false,
-                failing: Default::default(),
-            },
-            stop_rx,
-        ));
-        let mode = || {
-            let w = bank.lock().unwrap().get(Table::Holding, 40151, 2);
+                ),
+            )
+            .unwrap();
+            let known = lib.keys().map(str::to_string).collect();
+            let site = crate::config::load(&path, &known).unwrap();
+            let mut bat = site.config.devices[1].clone();
+            edit(&mut bat);
+            let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
+            let shared = Arc::new(Shared {
+                site,
+                clock,
+                metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
+                status: std::sync::Mutex::new(super::super::Status::default()),
+                output_dir: dir.path().to_path_buf(),
+            });
+            let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(run(
+                EndpointTask {
+                    addr: addr.to_string(),
+                    devices: vec![bat],
+                    lib,
+                    shared: shared.clone(),
+                    events: Arc::new(super::super::handoff::Handoff::new(
+                        shared.site.grid,
+                        Default::default(),
+                    )),
+                    setpoints: plan_rx,
+                    dry_run: false,
+                    failing: Default::default(),
+                },
+                stop_rx,
+            ));
+            Rig {
+                bank,
+                faults,
+                shared,
+                plan_tx,
+                stop_tx,
+                task,
+                _dir: dir,
+                _server_stop: server_stop,
+            }
+        }
+
+        fn mode(&self) -> u32 {
+            let w = self
+                .bank
+                .lock()
+                .unwrap()
+                .get(crate::registers::Table::Holding, 40151, 2);
             (u32::from(w[0]) << 16) | u32::from(w[1])
-        };
-        let releases = || {
-            shared
+        }
+
+        fn releases(&self, reason: &str) -> u64 {
+            self.shared
                 .metrics
                 .device_releases
-                .with_label_values(&["BAT", "plan_loss"])
+                .with_label_values(&["BAT", reason])
                 .get()
-        };
-        plan_tx
-            .send(BTreeMap::from([(
-                "BAT".to_string(),
-                Command::BatteryPower(2.0),
-            )]))
-            .unwrap();
+        }
+
+        fn plan(&self, kw: f64) {
+            self.plan_tx
+                .send(BTreeMap::from([(
+                    "BAT".to_string(),
+                    Command::BatteryPower(kw),
+                )]))
+                .unwrap();
+        }
+
+        /// Every power setpoint written, kW in ped's convention (the SMA map
+        /// counts discharge positive, in W).
+        fn power_writes(&self) -> Vec<f64> {
+            self.bank
+                .lock()
+                .unwrap()
+                .take_writes()
+                .into_iter()
+                .filter(|(addr, words)| *addr == 40149 && words.len() == 2)
+                .map(|(_, w)| {
+                    -f64::from(((u32::from(w[0]) << 16) | u32::from(w[1])) as i32) / 1000.0
+                })
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.stop_tx.send(true).unwrap();
+            self.task.await.unwrap();
+        }
+    }
+
+    /// Plan loss: the endpoint takes control on a plan, releases the battery to
+    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
+    /// control again on the next plan. Real sockets, a vendor battery map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
+        let rig = Rig::start(|_| {}).await;
+        rig.plan(2.0);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(mode(), 802, "a plan takes the battery into remote control");
+        assert_eq!(rig.mode(), 802, "a plan takes the battery into remote control");
         // No new plan: after one step (1 s real) the battery is released.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert_eq!(mode(), 803, "plan loss must release the battery");
-        assert_eq!(releases(), 1);
-        plan_tx
-            .send(BTreeMap::from([(
-                "BAT".to_string(),
-                Command::BatteryPower(1.0),
-            )]))
-            .unwrap();
+        assert_eq!(rig.mode(), 803, "plan loss must release the battery");
+        assert_eq!(rig.releases("plan_loss"), 1);
+        rig.plan(1.0);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(mode(), 802, "a fresh plan resumes control");
-        stop_tx.send(true).unwrap();
-        task.await.unwrap();
-        assert_eq!(mode(), 803, "released on stop");
+        assert_eq!(rig.mode(), 802, "a fresh plan resumes control");
+        let bank = rig.bank.clone();
+        rig.stop().await;
+        let w = bank.lock().unwrap().get(crate::registers::Table::Holding, 40151, 2);
+        assert_eq!((u32::from(w[0]) << 16) | u32::from(w[1]), 803, "released on stop");
+    }
+
+    /// A configured minimum above the charge rating (a site edited after
+    /// `check`, or a rating lowered): the range is empty, so the battery is
+    /// released and no power setpoint is ever written, where the range used to
+    /// be forced open to the minimum and a discharge written as +8 kW charge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_setpoint_range_releases_and_never_writes_a_setpoint() {
+        let rig = Rig::start(|b| b.setpoint_min_kw = Some(8.0)).await;
+        rig.plan(-3.34);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let written = rig.power_writes();
+        assert!(written.is_empty(), "setpoints written: {written:?}");
+        assert_eq!(rig.mode(), 803, "the battery stays in its own mode");
+        assert_eq!(rig.releases("no_safe_range"), 1, "counted once per plan value");
+        rig.stop().await;
+    }
+
+    /// A device that acknowledges writes but does not take them: after
+    /// [`MISMATCHES_BEFORE_RELEASE`] writes in a row it is released (a failed
+    /// write, not a success), and control is tried again once it does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn setpoints_that_do_not_read_back_release_the_device_after_three_writes() {
+        let rig = Rig::start(|_| {}).await;
+        rig.plan(2.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(rig.mode(), 802);
+        let m = &rig.shared.metrics;
+        let ok_before = m.setpoint_writes.with_label_values(&["BAT", "ok"]).get();
+        // Something else takes the battery back, and it ignores ped from now on.
+        rig.faults.lock().unwrap().ignore_writes = true;
+        rig.bank
+            .lock()
+            .unwrap()
+            .set(crate::registers::Table::Holding, 40151, &[0, 803]);
+        // Setpoints change every poll, so each poll writes and reads back.
+        for i in 0..12 {
+            rig.plan(1.0 + f64::from(i) * 0.1);
+            tokio::time::sleep(Duration::from_millis(110)).await;
+        }
+        let mismatched = m
+            .setpoint_writes
+            .with_label_values(&["BAT", "readback_mismatch"])
+            .get();
+        assert!(mismatched >= 3, "{mismatched} mismatched writes");
+        assert_eq!(
+            m.setpoint_writes.with_label_values(&["BAT", "ok"]).get(),
+            ok_before,
+            "a write that does not read back is not a success"
+        );
+        assert!(rig.releases("readback_mismatch") >= 1);
+        // The device takes writes again: control comes back.
+        rig.faults.lock().unwrap().ignore_writes = false;
+        for i in 0..10 {
+            rig.plan(2.0 + f64::from(i) * 0.1);
+            tokio::time::sleep(Duration::from_millis(110)).await;
+        }
+        assert_eq!(rig.mode(), 802, "control resumes once the device takes writes");
+        rig.stop().await;
     }
 
     #[test]
     fn bounds_combine_ratings_and_configured_limits() {
-        assert_eq!(bounds(&dev("")), (-40.0, 50.0));
+        assert_eq!(bounds(&dev("")), Some((-40.0, 50.0)));
         assert_eq!(
             bounds(&dev("setpoint_min_kw = -10.0\nsetpoint_max_kw = 80.0")),
-            (-10.0, 50.0)
+            Some((-10.0, 50.0))
         );
+        // A minimum above the charge rating (or a maximum below the discharge
+        // rating): nothing is safe, rather than a range forced open past the
+        // rating with the sign of the command inverted.
+        assert_eq!(bounds(&dev("setpoint_min_kw = 80.0")), None);
+        assert_eq!(bounds(&dev("setpoint_max_kw = -60.0")), None);
+        assert_eq!(bounds(&dev("setpoint_min_kw = nan")), None);
     }
 
     #[test]
     fn backoff_doubles_per_failure_and_is_capped() {
-        let mut d = DevState {
-            cfg: dev(""),
-            plan: None,
-            last: Vec::new(),
-            written: None,
-            last_kw: None,
-            interval: Duration::from_millis(100),
-            next_due: Instant::now(),
-            failures: 1,
-        };
+        let mut d = DevState::new(dev(""), Duration::from_millis(100), Instant::now());
+        d.failures = 1;
         let max = Duration::from_secs(1);
         assert_eq!(d.backoff(max), Duration::from_millis(200));
         d.failures = 2;
