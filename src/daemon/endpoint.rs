@@ -84,17 +84,31 @@ impl DevState {
     }
 
     fn refresh(&self) -> Duration {
+        // `check` bounds the setting; one that is not a duration falls back
+        // to the default rather than panicking the endpoint task.
         self.cfg
             .revert_timeout_s
-            .map(Duration::from_secs_f64)
+            .and_then(crate::config::duration_s)
+            .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_REVERT)
             / 3
     }
 
     fn backoff(&self, max: Duration) -> Duration {
         let exp = self.failures.saturating_sub(1).min(16);
-        (self.interval * 2u32.saturating_pow(exp + 1)).min(max.max(self.interval))
+        let cap = max.max(self.interval);
+        self.interval
+            .checked_mul(2u32.saturating_pow(exp + 1))
+            .map_or(cap, |b| b.min(cap))
     }
+}
+
+/// `at + by`, or a day after `at` where the sum would overflow an `Instant`
+/// (`check` keeps intervals far below that).
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(at)
 }
 
 /// A failed poll degrades its device: metrics, and the aggregator is told.
@@ -119,10 +133,11 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
     let default_interval = Duration::from_millis(polling.interval_ms);
     let timeout = Duration::from_millis(polling.timeout_ms);
     let max_backoff = Duration::from_millis(polling.max_backoff_ms);
-    let plan_loss = chrono::Duration::minutes(
+    let plan_loss = chrono::Duration::try_minutes(
         i64::from(task.shared.site.config.site.settlement_minutes)
             * i64::from(task.shared.site.config.control.plan_loss_steps.unwrap_or(2)),
-    );
+    )
+    .unwrap_or(chrono::Duration::MAX);
     let link = link_of(&task).await;
     let start = Instant::now();
     let mut devs: Vec<DevState> = task
@@ -136,7 +151,9 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 .unwrap_or(default_interval);
             // Spread first polls over the interval so units behind a gateway
             // do not all fall due in the same instant.
-            let next_due = start + interval * i as u32 / task.devices.len().max(1) as u32;
+            let spread = interval.checked_mul(i as u32).unwrap_or(interval)
+                / task.devices.len().max(1) as u32;
+            let next_due = later(start, spread);
             DevState::new(d.clone(), interval, next_due)
         })
         .collect();
@@ -178,7 +195,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => break 'outer,
                 }
-                backoff = (backoff * 2).min(max_backoff);
+                backoff = backoff.saturating_mul(2).min(max_backoff.max(MIN_BACKOFF));
                 continue;
             }
         };
@@ -187,7 +204,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 .iter()
                 .map(|d| d.next_due)
                 .min()
-                .unwrap_or_else(|| Instant::now() + default_interval);
+                .unwrap_or_else(|| later(Instant::now(), default_interval));
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => {
@@ -241,10 +258,10 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 match result {
                     Ok(()) => {
                         d.failures = 0;
-                        d.next_due += d.interval;
+                        d.next_due = later(d.next_due, d.interval);
                         if d.next_due <= now {
                             // Late (a slow neighbour, a reconnect): keep the rate, skip the backlog.
-                            d.next_due = now + d.interval;
+                            d.next_due = later(now, d.interval);
                         }
                         m.device_backoff_seconds
                             .with_label_values(&[&d.cfg.id])
@@ -256,7 +273,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                     Err(e) => {
                         d.failures += 1;
                         let wait = d.backoff(max_backoff);
-                        d.next_due = Instant::now() + wait;
+                        d.next_due = later(Instant::now(), wait);
                         tracing::debug!(device = %d.cfg.id, error = %e, failures = d.failures, backoff_ms = wait.as_millis() as u64, "poll failed");
                         report_down(&task, &d.cfg, &e).await;
                         m.device_backoff_seconds
@@ -550,7 +567,10 @@ async fn actuate(
         return Ok(());
     }
     for w in &writes {
-        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, write_mode(task, w)).await {
+        if let Err(e) = client
+            .write(d.cfg.unit, w.addr, &w.words, write_mode(task, w))
+            .await
+        {
             m.setpoint_writes
                 .with_label_values(&[&d.cfg.id, "error"])
                 .inc();
@@ -567,7 +587,10 @@ async fn actuate(
         // A release that does not read back is not repeated: the device's own
         // revert timer is the last resort then.
         m.setpoint_writes
-            .with_label_values(&[d.cfg.id.as_str(), if differ { "readback_mismatch" } else { "ok" }])
+            .with_label_values(&[
+                d.cfg.id.as_str(),
+                if differ { "readback_mismatch" } else { "ok" },
+            ])
             .inc();
         return Ok(());
     }
@@ -585,7 +608,7 @@ async fn actuate(
         .inc();
     if d.mismatches >= MISMATCHES_BEFORE_RELEASE {
         tracing::warn!(device = %d.cfg.id, writes = d.mismatches, retry_s = d.refresh().as_secs_f64() / 2.0, "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
-        d.held_until = Some(Instant::now() + d.refresh() / 2);
+        d.held_until = Some(later(Instant::now(), d.refresh() / 2));
         m.device_releases
             .with_label_values(&[&d.cfg.id, "readback_mismatch"])
             .inc();
@@ -594,7 +617,9 @@ async fn actuate(
         match release {
             Ok(ws) => {
                 for w in ws.iter().filter(|w| !w.timer) {
-                    client.write(d.cfg.unit, w.addr, &w.words, write_mode(task, w)).await?;
+                    client
+                        .write(d.cfg.unit, w.addr, &w.words, write_mode(task, w))
+                        .await?;
                 }
                 d.written = Some((Command::Release, Instant::now()));
                 d.last_kw = None;
@@ -927,7 +952,11 @@ meter = "BAT"
         let rig = Rig::start(|_| {}).await;
         rig.plan(2.0);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(rig.mode(), 802, "a plan takes the battery into remote control");
+        assert_eq!(
+            rig.mode(),
+            802,
+            "a plan takes the battery into remote control"
+        );
         // No new plan: after one step (1 s real) the battery is released.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         assert_eq!(rig.mode(), 803, "plan loss must release the battery");
@@ -937,8 +966,15 @@ meter = "BAT"
         assert_eq!(rig.mode(), 802, "a fresh plan resumes control");
         let bank = rig.bank.clone();
         rig.stop().await;
-        let w = bank.lock().unwrap().get(crate::registers::Table::Holding, 40151, 2);
-        assert_eq!((u32::from(w[0]) << 16) | u32::from(w[1]), 803, "released on stop");
+        let w = bank
+            .lock()
+            .unwrap()
+            .get(crate::registers::Table::Holding, 40151, 2);
+        assert_eq!(
+            (u32::from(w[0]) << 16) | u32::from(w[1]),
+            803,
+            "released on stop"
+        );
     }
 
     /// A configured minimum above the charge rating (a site edited after
@@ -953,7 +989,11 @@ meter = "BAT"
         let written = rig.power_writes();
         assert!(written.is_empty(), "setpoints written: {written:?}");
         assert_eq!(rig.mode(), 803, "the battery stays in its own mode");
-        assert_eq!(rig.releases("no_safe_range"), 1, "counted once per plan value");
+        assert_eq!(
+            rig.releases("no_safe_range"),
+            1,
+            "counted once per plan value"
+        );
         rig.stop().await;
     }
 
@@ -996,7 +1036,11 @@ meter = "BAT"
             rig.plan(2.0 + f64::from(i) * 0.1);
             tokio::time::sleep(Duration::from_millis(110)).await;
         }
-        assert_eq!(rig.mode(), 802, "control resumes once the device takes writes");
+        assert_eq!(
+            rig.mode(),
+            802,
+            "control resumes once the device takes writes"
+        );
         rig.stop().await;
     }
 
@@ -1026,5 +1070,35 @@ meter = "BAT"
         d.failures = 40;
         assert_eq!(d.backoff(max), max);
         assert_eq!(d.refresh(), Duration::from_secs(5));
+    }
+
+    /// Settings that once panicked the endpoint task: a revert timer too
+    /// long for a `Duration`, an interval whose backoff overflows one.
+    #[test]
+    fn extreme_settings_make_durations_not_panics() {
+        let d = DevState::new(
+            dev("revert_timeout_s = 1e20"),
+            Duration::from_millis(100),
+            Instant::now(),
+        );
+        assert_eq!(d.refresh(), DEFAULT_REVERT / 3);
+        let d = DevState::new(
+            dev("revert_timeout_s = 0.0"),
+            Duration::from_millis(100),
+            Instant::now(),
+        );
+        assert_eq!(d.refresh(), DEFAULT_REVERT / 3);
+        let mut d = DevState::new(dev(""), Duration::from_millis(u64::MAX), Instant::now());
+        d.failures = 20;
+        assert_eq!(
+            d.backoff(Duration::from_secs(1)),
+            Duration::from_millis(u64::MAX)
+        );
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
     }
 }
