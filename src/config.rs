@@ -1443,6 +1443,47 @@ fn check_control_safety(config: &SiteConfig, p: &mut Vec<Problem>) {
     }
 }
 
+/// What `check` lets pass but an installer should hear about: a controlled
+/// device whose own revert timer exists in its map but is not in `writes`.
+/// ped then cannot arm it, and after a crash or `kill -9` the device keeps
+/// ped's last setpoint until its own default watchdog, if it has one.
+pub fn warnings(config: &SiteConfig, lib: &crate::registers::ModelLibrary) -> Vec<Problem> {
+    let mut w = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let controlled = matches!(
+            d.kind,
+            DeviceKind::Battery | DeviceKind::PowerToHeat | DeviceKind::PvInverter
+        );
+        if !controlled || d.writes.is_empty() {
+            continue;
+        }
+        let writes = |p: &str| d.writes.iter().any(|x| x == p);
+        let timer: Option<&str> = if d.map == "sunspec" {
+            if writes("WSet") || writes("WSetEna") {
+                Some("WSetRvrtTms")
+            } else if writes("WMaxLim_Ena") {
+                Some("WMaxLimPct_RvrtTms")
+            } else if writes("WMaxLimPct") || writes("WMaxLimPctEna") {
+                Some("WMaxLimPctRvrtTms")
+            } else {
+                None
+            }
+        } else {
+            lib.get(&d.map)
+                .and_then(|m| m.point("revert_seconds"))
+                .map(|_| "revert_seconds")
+        };
+        if let Some(t) = timer.filter(|t| !writes(t)) {
+            w.push(problem(
+                format!("devices[{i}].writes (id `{}`)", d.id),
+                format!("the device's own revert timer `{t}` is not in writes: ped cannot arm it, so after a crash the device keeps ped's last setpoint until its own default watchdog"),
+                format!("add \"{t}\" to writes (ped writes revert_timeout_s there before the first setpoint)"),
+            ));
+        }
+    }
+    w
+}
+
 /// The setpoint range must lie within the ratings: a minimum above the charge
 /// rating (or a maximum below the discharge rating) leaves no safe setpoint.
 fn check_setpoint_range(d: &DeviceConfig, key: &dyn Fn(&str) -> String, p: &mut Vec<Problem>) {
@@ -2089,6 +2130,30 @@ meter = "BAT"
                 .any(|(k, _)| k.starts_with("devices[2].address")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_controlled_device_without_its_revert_timer_in_writes_is_warned_about() {
+        let lib = crate::registers::ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
+        let c = with_battery("writes = [\"WSetEna\", \"WSet\"]");
+        assert_eq!(problems_of(&c), vec![], "a warning, not a problem");
+        let w = warnings(&c, &lib);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].key.starts_with("devices[2].writes"), "{w:?}");
+        assert!(w[0].fix.contains("\"WSetRvrtTms\""), "{w:?}");
+        let armed = with_battery("writes = [\"WSetEna\", \"WSet\", \"WSetRvrtTms\"]");
+        assert_eq!(warnings(&armed, &lib), vec![]);
+        // A vendor map with a `revert_seconds` point, and one without writes.
+        let mut vendor = with_battery(
+            "map = \"vendor/sma_battery\"\nwrites = [\"mode\", \"power_setpoint_kw\"]",
+        );
+        let has_timer = lib
+            .get("vendor/sma_battery")
+            .and_then(|m| m.point("revert_seconds"))
+            .is_some();
+        assert_eq!(warnings(&vendor, &lib).len(), usize::from(has_timer));
+        vendor.devices[2].writes.clear();
+        assert_eq!(warnings(&vendor, &lib), vec![]);
     }
 }
 

@@ -428,6 +428,12 @@ async fn main() -> Result<()> {
             let lib = library(raw.site.models_dir.as_deref())?;
             let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
             let problems = config::check(&raw, &known);
+            for w in config::warnings(&raw, &lib) {
+                println!(
+                    "  warning: {}\n      {}\n      fix: {}",
+                    w.key, w.message, w.fix
+                );
+            }
             if problems.is_empty() {
                 println!(
                     "{}: ok ({} devices, {} participants, {}-minute settlement in {})",

@@ -531,6 +531,9 @@ impl Daemon {
         opts: Options,
         ledger: LedgerOptions,
     ) -> Result<Daemon, DaemonError> {
+        for w in crate::config::warnings(&site.config, &lib) {
+            tracing::warn!(key = %w.key, fix = %w.fix, "{}", w.message);
+        }
         let metrics = Metrics::new(&site.config.site.id)?;
         metrics.precreate(
             site.config
