@@ -360,16 +360,26 @@ async fn poll_device(
     let m = &task.shared.metrics;
     let started = Instant::now();
     if d.plan.is_none() {
-        let discovered: Vec<(u16, u16)> = if d.cfg.map == "sunspec" {
-            sunspec::discover(client, d.cfg.unit)
-                .await?
-                .into_iter()
-                .map(|m| (m.id, m.addr))
-                .collect()
+        let discovered = if d.cfg.map == "sunspec" {
+            sunspec::discover(client, d.cfg.unit).await?
         } else {
             Vec::new()
         };
-        let blocks = devices::blocks_for(&d.cfg, &task.lib, &discovered);
+        let ids: Vec<(u16, u16)> = discovered.iter().map(|m| (m.id, m.addr)).collect();
+        let mut blocks = devices::blocks_for(&d.cfg, &task.lib, &ids);
+        // Each SunSpec block ends where the device says its model ends: a
+        // shorter (older) model is followed by the next one, which ped's own
+        // longer definition would read and write into.
+        for b in blocks.iter_mut() {
+            let declared = discovered
+                .iter()
+                .find(|m| Some(m.id) == b.sunspec_id && m.addr == b.addr)
+                .map(|m| m.block_len());
+            if let Some(len) = declared.filter(|len| *len < b.len) {
+                tracing::info!(device = %d.cfg.id, model = ?b.sunspec_id, declared_words = len, ped_words = b.len, "the device declares a shorter model than ped knows: points past its end are unavailable and never written");
+                b.len = len;
+            }
+        }
         if blocks.is_empty() {
             return Err(ModbusError::Protocol(format!(
                 "device {} exposes none of the models ped reads for a {}",
@@ -1042,6 +1052,156 @@ meter = "BAT"
             "control resumes once the device takes writes"
         );
         rig.stop().await;
+    }
+
+    /// A SunSpec battery whose 704 (controls) is an older, shorter revision:
+    /// it ends before `WSet`, and the 802 (battery) model follows at once.
+    /// ped's own, longer 704 would read `WSet` out of 802 and write the
+    /// setpoint into it; the declared length must stop both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shorter_sunspec_model_is_read_and_written_only_within_its_declared_length() {
+        use crate::modbus::server::{serve, Bank};
+        use crate::registers::Table;
+        let lib = Arc::new(ModelLibrary::embedded().unwrap());
+        let model = |id: u16| lib.sunspec(id).unwrap().clone();
+        let (m1, m704, m802) = (model(1), model(704), model(802));
+        let short = m704.point("WSet").unwrap().offset - 2;
+        assert!(short < m704.length);
+        let mut words = vec![0x5375, 0x6E53];
+        for (m, len) in [(&m1, m1.length), (&m704, short)] {
+            let mut b = vec![0u16; usize::from(len) + 2];
+            let n = b.len().min(usize::from(m.block_len()));
+            m.fill_unimplemented(&mut b[..n]);
+            b[0] = m.sunspec_id.unwrap();
+            b[1] = len;
+            words.extend(b);
+        }
+        let at802 = 40000 + words.len() as u16;
+        let mut b802 = vec![0u16; usize::from(m802.block_len())];
+        m802.fill_unimplemented(&mut b802);
+        b802[0] = 802;
+        b802[1] = m802.length;
+        m802.encode_raw(&mut b802, "SoC_SF", 0).unwrap();
+        m802.encode_raw(&mut b802, "SoC", 55).unwrap();
+        words.extend(b802);
+        words.extend([0xFFFF, 0]);
+        let mut bank = Bank::new();
+        bank.map_range(Table::Holding, 40000, words.len() as u16, true);
+        bank.set(Table::Holding, 40000, &words);
+        let bank = Arc::new(std::sync::Mutex::new(bank));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_server_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            std::collections::HashMap::from([(1u8, bank.clone())]),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[site]
+id = "short-model"
+name = "short model"
+latitude = 47.3
+longitude = 5.0
+[polling]
+interval_ms = 100
+[control]
+writes_allowed = true
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:9"
+prm = "99990000000001"
+kwp = 10.0
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "{addr}"
+writes = ["WSetEna", "WSet"]
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 10.0
+max_charge_kw = 5.0
+max_discharge_kw = 5.0
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
+"#
+            ),
+        )
+        .unwrap();
+        let known = lib.keys().map(str::to_string).collect();
+        let site = crate::config::load(&path, &known).unwrap();
+        let bat = site.config.devices[1].clone();
+        let shared = Arc::new(Shared {
+            site,
+            clock: crate::clock::Clock::simulated(chrono::Utc::now(), 1.0),
+            metrics: crate::metrics::Metrics::new("short-model").unwrap(),
+            status: std::sync::Mutex::new(super::super::Status::default()),
+            output_dir: dir.path().to_path_buf(),
+        });
+        let events = Arc::new(super::super::handoff::Handoff::new(
+            shared.site.grid,
+            Default::default(),
+        ));
+        let (plan_tx, plan_rx) = watch::channel(BTreeMap::from([(
+            "BAT".to_string(),
+            Command::BatteryPower(2.0),
+        )]));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            EndpointTask {
+                addr: addr.to_string(),
+                devices: vec![bat],
+                lib: lib.clone(),
+                shared: shared.clone(),
+                events: events.clone(),
+                setpoints: plan_rx,
+                dry_run: false,
+                failing: Default::default(),
+            },
+            stop_rx,
+        ));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let latest = events.drain().latest;
+        let readings = latest
+            .iter()
+            .find_map(|(d, l)| match l {
+                super::super::handoff::Latest::Up(s) if d == "BAT" => Some(s.readings.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("BAT was not read: {:?}", latest.len()));
+        assert_eq!(
+            readings.get("setpoint_kw"),
+            None,
+            "WSet is past the declared 704: {readings:?}"
+        );
+        assert_eq!(readings.get("soc_pct"), Some(&55.0), "{readings:?}");
+        let m = &shared.metrics;
+        assert!(
+            m.setpoint_writes
+                .with_label_values(&["BAT", "refused"])
+                .get()
+                >= 1
+        );
+        assert_eq!(m.setpoint_writes.with_label_values(&["BAT", "ok"]).get(), 0);
+        let written = bank.lock().unwrap().take_writes();
+        assert!(
+            written.iter().all(|(a, w)| a + w.len() as u16 <= at802),
+            "a write landed in model 802 at {at802}: {written:?}"
+        );
+        drop(plan_tx);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[test]
