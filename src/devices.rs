@@ -268,7 +268,7 @@ fn within(map: &RegisterMap, len: usize, name: &str) -> bool {
         return false;
     };
     let sf_ok = match &p.scale {
-        Some(crate::registers::Scale::Point(sf)) => map.point(sf).is_none_or(|s| end(s) <= len),
+        Some(crate::registers::Scale::Point(sf)) => map.point(sf).map_or(true, |s| end(s) <= len),
         _ => true,
     };
     end(p) <= len && sf_ok

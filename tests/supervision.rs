@@ -89,9 +89,20 @@ fn bat_kw(sim: &Simulator) -> f64 {
 }
 
 /// The real binary: `ped run` against devices served by this process on the
-/// same simulated clock.
+/// same simulated clock; the endpoint task that drives the battery panics,
+/// and the supervisor releases the battery over a fresh connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_endpoint_task_releases_the_battery_and_ped_exits_non_zero() {
+    a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(FAULT).await;
+}
+
+/// The same with the planner: the surviving endpoint task releases the battery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_planner_releases_the_battery_and_ped_exits_non_zero() {
+    a_panicking_stage_releases_the_battery_and_ped_exits_non_zero("planner").await;
+}
+
+async fn a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(fault: &str) {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
     let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -130,7 +141,7 @@ async fn a_panicking_endpoint_task_releases_the_battery_and_ped_exits_non_zero()
             "--speed",
             "60",
         ])
-        .env("PED_FAULT_PANIC", FAULT)
+        .env("PED_FAULT_PANIC", fault)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -69,7 +69,7 @@ pub enum DaemonError {
 
 /// Test-only fault injection, honoured by debug builds only (the binaries
 /// `cargo test` runs), ignored by release builds: `PED_FAULT_PANIC=planner`
-/// makes the planner panic after its first plan, `PED_FAULT_PANIC=endpoint:<device>`
+/// makes the planner panic once a battery follows its plan, `PED_FAULT_PANIC=endpoint:<device>`
 /// makes the endpoint task of that device panic once the device follows a
 /// non-zero setpoint ped wrote. Stands in for a bug in a stage, so the tests
 /// can show what supervision does about one (`tests/supervision.rs`).

@@ -117,9 +117,6 @@ pub async fn run(
         }
         let elapsed = started.elapsed().as_secs_f64();
         let planned = publish(&shared, &input, &p, &setpoints, elapsed);
-        if super::fault_panic("planner", None) {
-            panic!("PED_FAULT_PANIC: the planner panics after publishing a plan");
-        }
         let mut sent = planned.clone();
         // Re-plan at the next step, or earlier after a large forecast miss;
         // track the plan at every control tick in between.
@@ -138,6 +135,9 @@ pub async fn run(
             tokio::select! {
                 _ = clock.sleep_until(wake) => {}
                 _ = shutdown.changed() => return,
+            }
+            if super::fault_panic("planner", None) && batteries_driven(&shared) {
+                panic!("PED_FAULT_PANIC: the planner panics while a battery follows its plan");
             }
             if tracking_on && clock.now() < next {
                 track_tick(
@@ -548,6 +548,17 @@ fn sp_devices(sp: &BTreeMap<String, Command>) -> impl Iterator<Item = String> + 
     sp.iter()
         .filter(|(_, c)| matches!(c, Command::BatteryPower(_) | Command::PowerToHeat(_)))
         .map(|(d, _)| d.clone())
+}
+
+/// A battery reports that it follows a setpoint (for the test-only fault).
+fn batteries_driven(shared: &Shared) -> bool {
+    shared
+        .status()
+        .devices
+        .values()
+        .filter(|d| d.kind == "battery")
+        .filter_map(|d| d.readings.get("power_kw"))
+        .any(|kw| kw.abs() > 0.5)
 }
 
 fn publish(
