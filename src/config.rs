@@ -477,7 +477,11 @@ impl SerialConfig {
     /// The inter-frame silence this line keeps between requests.
     pub fn silence(&self) -> std::time::Duration {
         if let Some(ms) = self.silence_ms {
-            return std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0);
+            // `check` keeps it in 0..=1000; a value that slipped past falls
+            // back to the specification's 3.5 characters below.
+            if let Some(d) = duration_s(ms / 1000.0) {
+                return d;
+            }
         }
         if self.baud > 19_200 || self.baud == 0 {
             return std::time::Duration::from_micros(1_750);
@@ -1364,7 +1368,267 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
     if let Some(d) = &config.delivery {
         check_delivery(d, &mut p);
     }
+    check_control_safety(config, &mut p);
     p
+}
+
+/// Upper bounds of durations and counts: generous for any real site, and far
+/// below what would overflow a `Duration` or an `Instant` at run time.
+pub mod limits {
+    /// `polling.interval_ms`, a device's `interval_ms`, `polling.max_backoff_ms`: 1 h.
+    pub const INTERVAL_MS: u64 = 3_600_000;
+    /// `polling.timeout_ms`: 1 min.
+    pub const TIMEOUT_MS: u64 = 60_000;
+    /// A device's `revert_timeout_s`: 1 h (704 `WSetRvrtTms` holds far more,
+    /// but a watchdog of hours protects nothing).
+    pub const REVERT_TIMEOUT_S: f64 = 3_600.0;
+    /// `control.plan_loss_steps`: a day of 15-minute steps.
+    pub const PLAN_LOSS_STEPS: u32 = 96;
+    /// `plan.budget_ms`: 10 min.
+    pub const PLAN_BUDGET_MS: u64 = 600_000;
+    /// `delivery.backoff_base_s`, `delivery.backoff_cap_s`: 1 day.
+    pub const DELIVERY_BACKOFF_S: u64 = 86_400;
+    /// `ledger.snapshot_retention_days`: 100 years.
+    pub const RETENTION_DAYS: u32 = 36_500;
+}
+
+/// A duration in seconds from a config value, `None` if it is not a finite,
+/// non-negative number a `Duration` can hold (`Duration::from_secs_f64`
+/// would panic on it).
+pub fn duration_s(s: f64) -> Option<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s).ok()
+}
+
+/// What keeps ped's writes and timers sane: setpoint ranges inside the
+/// ratings, every duration and count bounded, no broadcast unit id.
+fn check_control_safety(config: &SiteConfig, p: &mut Vec<Problem>) {
+    let poll = &config.polling;
+    for (k, v, max, fix) in [
+        (
+            "polling.interval_ms",
+            poll.interval_ms,
+            limits::INTERVAL_MS,
+            "use e.g. interval_ms = 1000 (at most 3600000, one hour)",
+        ),
+        (
+            "polling.timeout_ms",
+            poll.timeout_ms,
+            limits::TIMEOUT_MS,
+            "use e.g. timeout_ms = 1000 (at most 60000)",
+        ),
+        (
+            "polling.max_backoff_ms",
+            poll.max_backoff_ms,
+            limits::INTERVAL_MS,
+            "use e.g. max_backoff_ms = 60000 (at most 3600000, one hour)",
+        ),
+        (
+            "plan.budget_ms",
+            config.plan.budget_ms,
+            limits::PLAN_BUDGET_MS,
+            "use e.g. budget_ms = 5000 (at most 600000, ten minutes)",
+        ),
+    ] {
+        if v > max {
+            p.push(problem(k, format!("{v} ms is more than {max} ms"), fix));
+        }
+    }
+    // plan.budget_ms = 0 is allowed: no LP, every plan from the fallback ladder.
+    if let Some(n) = config.control.plan_loss_steps {
+        if !(1..=limits::PLAN_LOSS_STEPS).contains(&n) {
+            p.push(problem(
+                "control.plan_loss_steps",
+                format!("{n} is outside 1..={}: 0 would release every device at every control tick, and more than a day of steps is no plan-loss guard", limits::PLAN_LOSS_STEPS),
+                "use 2 (default: release after two settlement steps without a fresh plan)",
+            ));
+        }
+    }
+    if config.ledger.snapshot_retention_days > limits::RETENTION_DAYS {
+        p.push(problem(
+            "ledger.snapshot_retention_days",
+            format!(
+                "{} days is more than {}",
+                config.ledger.snapshot_retention_days,
+                limits::RETENTION_DAYS
+            ),
+            "use e.g. 400 (a year and some, for reconciliation with the DSO)",
+        ));
+    }
+    if let Some(d) = &config.delivery {
+        for (k, v) in [
+            ("delivery.backoff_base_s", d.backoff_base_s),
+            ("delivery.backoff_cap_s", d.backoff_cap_s),
+        ] {
+            if v > limits::DELIVERY_BACKOFF_S {
+                p.push(problem(
+                    k,
+                    format!(
+                        "{v} s is more than a day: a file would wait that long between attempts"
+                    ),
+                    "use e.g. backoff_base_s = 60, backoff_cap_s = 3600 (at most 86400)",
+                ));
+            }
+        }
+    }
+    for (i, d) in config.devices.iter().enumerate() {
+        let key = |f: &str| format!("devices[{i}].{f} (id `{}`)", d.id);
+        if let Some(ms) = d.interval_ms {
+            if ms > limits::INTERVAL_MS {
+                p.push(problem(
+                    key("interval_ms"),
+                    format!("{ms} ms is more than an hour"),
+                    "use e.g. interval_ms = 1000 (at most 3600000), or leave it out for polling.interval_ms",
+                ));
+            }
+        }
+        if let Some(s) = d.revert_timeout_s {
+            if s.is_finite() && s > limits::REVERT_TIMEOUT_S {
+                p.push(problem(
+                    key("revert_timeout_s"),
+                    format!("{s} s is more than an hour: the device would hold ped's last setpoint that long after ped stops"),
+                    "use the device's watchdog in seconds, e.g. revert_timeout_s = 60 (at most 3600)",
+                ));
+            }
+        }
+        // Unit 0 is the broadcast address on a serial line: every device on
+        // it would obey, none would answer.
+        if d.unit == 0 && d.transport != Transport::Tcp {
+            p.push(problem(
+                key("unit"),
+                "unit 0 is the Modbus broadcast address: every device on the line would take ped's writes and none answers",
+                "give the device's own unit id, 1..=247",
+            ));
+        } else if d.unit > 247 && d.transport == Transport::Rtu {
+            p.push(problem(
+                key("unit"),
+                format!("unit {} is reserved on a serial line", d.unit),
+                "give the device's own unit id, 1..=247",
+            ));
+        }
+        if d.unit == 0 && d.transport == Transport::Tcp {
+            p.push(problem(
+                key("unit"),
+                "unit 0 is the broadcast address to a Modbus gateway: every device behind it would take ped's writes",
+                "give the unit id of the device (1..=247), or 255 or 1 for a device reached directly over TCP",
+            ));
+        }
+        for (f, v) in [("tilt_deg", d.tilt_deg), ("azimuth_deg", d.azimuth_deg)] {
+            if let Some(x) = v {
+                let ok = match f {
+                    "tilt_deg" => (0.0..=90.0).contains(&x),
+                    _ => (0.0..=360.0).contains(&x),
+                };
+                if !ok {
+                    p.push(problem(
+                        key(f),
+                        format!("{x} is not an angle in {}", if f == "tilt_deg" { "0..=90" } else { "0..=360" }),
+                        "give degrees: tilt 0 (flat) to 90 (vertical), azimuth 0..360 with 180 = south",
+                    ));
+                }
+            }
+        }
+        if let Some(x) = d.annual_heat_kwh {
+            if !(x.is_finite() && x >= 0.0) {
+                p.push(problem(
+                    key("annual_heat_kwh"),
+                    format!("{x} is not an energy"),
+                    "give kWh per year, e.g. 120000",
+                ));
+            }
+        }
+        check_setpoint_range(d, &key, p);
+    }
+    for (i, q) in config.participants.iter().enumerate() {
+        if !(q.annual_kwh.is_finite() && q.annual_kwh >= 0.0) {
+            p.push(problem(
+                format!("participants[{i}].annual_kwh (id `{}`)", q.id),
+                format!("{} is not an energy", q.annual_kwh),
+                "give the expected consumption in kWh per year, e.g. 3500, or leave it out",
+            ));
+        }
+    }
+}
+
+/// What `check` lets pass but an installer should hear about: a controlled
+/// device whose own revert timer exists in its map but is not in `writes`.
+/// ped then cannot arm it, and after a crash or `kill -9` the device keeps
+/// ped's last setpoint until its own default watchdog, if it has one.
+pub fn warnings(config: &SiteConfig, lib: &crate::registers::ModelLibrary) -> Vec<Problem> {
+    let mut w = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let controlled = matches!(
+            d.kind,
+            DeviceKind::Battery | DeviceKind::PowerToHeat | DeviceKind::PvInverter
+        );
+        if !controlled || d.writes.is_empty() {
+            continue;
+        }
+        let writes = |p: &str| d.writes.iter().any(|x| x == p);
+        let timer: Option<&str> = if d.map == "sunspec" {
+            if writes("WSet") || writes("WSetEna") {
+                Some("WSetRvrtTms")
+            } else if writes("WMaxLim_Ena") {
+                Some("WMaxLimPct_RvrtTms")
+            } else if writes("WMaxLimPct") || writes("WMaxLimPctEna") {
+                Some("WMaxLimPctRvrtTms")
+            } else {
+                None
+            }
+        } else {
+            lib.get(&d.map)
+                .and_then(|m| m.point("revert_seconds"))
+                .map(|_| "revert_seconds")
+        };
+        if let Some(t) = timer.filter(|t| !writes(t)) {
+            w.push(problem(
+                format!("devices[{i}].writes (id `{}`)", d.id),
+                format!("the device's own revert timer `{t}` is not in writes: ped cannot arm it, so after a crash the device keeps ped's last setpoint until its own default watchdog"),
+                format!("add \"{t}\" to writes (ped writes revert_timeout_s there before the first setpoint)"),
+            ));
+        }
+    }
+    w
+}
+
+/// The setpoint range must lie within the ratings: a minimum above the charge
+/// rating (or a maximum below the discharge rating) leaves no safe setpoint.
+fn check_setpoint_range(d: &DeviceConfig, key: &dyn Fn(&str) -> String, p: &mut Vec<Problem>) {
+    let (lo, hi, rating) = match d.kind {
+        DeviceKind::Battery => (
+            -d.max_discharge_kw.unwrap_or(0.0),
+            d.max_charge_kw.unwrap_or(0.0),
+            "-max_discharge_kw..=max_charge_kw",
+        ),
+        DeviceKind::PowerToHeat => (0.0, d.max_power_kw.unwrap_or(0.0), "0..=max_power_kw"),
+        _ => {
+            for (f, v) in [
+                ("setpoint_min_kw", d.setpoint_min_kw),
+                ("setpoint_max_kw", d.setpoint_max_kw),
+            ] {
+                if v.is_some() {
+                    p.push(problem(
+                        key(f),
+                        format!("a {} takes no power setpoint", d.kind.as_str()),
+                        "remove it (only batteries and power-to-heat units take power setpoints)",
+                    ));
+                }
+            }
+            return;
+        }
+    };
+    for (f, v) in [
+        ("setpoint_min_kw", d.setpoint_min_kw),
+        ("setpoint_max_kw", d.setpoint_max_kw),
+    ] {
+        let Some(x) = v else { continue };
+        if !(x >= lo && x <= hi) {
+            p.push(problem(
+                key(f),
+                format!("{x} kW is outside the device's ratings {rating} = {lo}..={hi} kW"),
+                format!("give a value within {lo}..={hi} kW (ped's convention: positive = charge/consume), or leave it out for the rating"),
+            ));
+        }
+    }
 }
 
 fn resolve_address(a: &str) -> Result<SocketAddr, String> {
@@ -1380,6 +1644,21 @@ fn resolve_address(a: &str) -> Result<SocketAddr, String> {
     if host.is_empty() {
         return Err(format!("`{a}` has no host"));
     }
+    // An IPv6 literal is written in brackets, as connecting to it needs.
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            return v6
+                .parse::<std::net::Ipv6Addr>()
+                .map(|ip| SocketAddr::new(ip.into(), port))
+                .map_err(|_| format!("`{v6}` in `{a}` is not an IPv6 address"));
+        }
+        None if host.contains(':') => {
+            return Err(format!(
+                "`{a}`: an IPv6 address goes in brackets, e.g. \"[{host}]:{port}\""
+            ))
+        }
+        None => host,
+    };
     // Only literal addresses and `localhost` are resolved here: validation must not
     // wait on DNS, and a name that does not resolve yet is a run-time fault, not a typo.
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
@@ -1875,6 +2154,187 @@ meter = "M-1"
             "{on_pv:?}"
         );
         assert!(on_pv[0].fix.contains("power_to_heat"), "{on_pv:?}");
+    }
+
+    /// The minimal site with a battery: a device that takes setpoints.
+    fn with_battery(extra: &str) -> SiteConfig {
+        let text = format!(
+            r#"{MINIMAL}
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "127.0.0.1:1504"
+prm = "99990000000003"
+participant = "B-1"
+capacity_kwh = 100.0
+max_charge_kw = 50.0
+max_discharge_kw = 40.0
+{extra}
+
+[[participants]]
+id = "B-1"
+kind = "battery"
+prm = "99990000000003"
+meter = "BAT"
+"#
+        );
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// The problems `check` finds, as (key, fix).
+    fn problems_of(c: &SiteConfig) -> Vec<(String, String)> {
+        check(c, &maps())
+            .into_iter()
+            .map(|p| (p.key, p.fix))
+            .collect()
+    }
+
+    #[test]
+    fn the_minimal_site_with_a_battery_passes() {
+        assert_eq!(problems_of(&with_battery("")), vec![]);
+    }
+
+    /// Each value passed `check` and panicked ped at run time (a `Duration`
+    /// from an unchecked float or an overflowing product).
+    #[test]
+    fn every_duration_and_count_is_bounded_with_its_key_and_a_fix() {
+        type Edit = fn(&mut SiteConfig);
+        let cases: [(&str, Edit); 12] = [
+            ("devices[2].revert_timeout_s", |c| {
+                c.devices[2].revert_timeout_s = Some(1e20)
+            }),
+            ("devices[2].interval_ms", |c| {
+                c.devices[2].interval_ms = Some(u64::MAX)
+            }),
+            ("polling.interval_ms", |c| {
+                c.polling.interval_ms = u64::MAX / 2
+            }),
+            ("polling.timeout_ms", |c| c.polling.timeout_ms = u64::MAX),
+            ("polling.max_backoff_ms", |c| {
+                c.polling.max_backoff_ms = u64::MAX
+            }),
+            ("plan.budget_ms", |c| c.plan.budget_ms = u64::MAX),
+            ("control.plan_loss_steps", |c| {
+                c.control.plan_loss_steps = Some(0)
+            }),
+            ("control.plan_loss_steps", |c| {
+                c.control.plan_loss_steps = Some(u32::MAX)
+            }),
+            ("ledger.snapshot_retention_days", |c| {
+                c.ledger.snapshot_retention_days = u32::MAX
+            }),
+            ("delivery.backoff_cap_s", |c| {
+                let mut d: DeliverySection = toml::from_str("kind = \"folder\"\ndir = \"spool\"")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                d.backoff_cap_s = 100_000_000_000_000_000;
+                c.delivery = Some(d);
+            }),
+            ("delivery.backoff_base_s", |c| {
+                let mut d: DeliverySection = toml::from_str("kind = \"folder\"\ndir = \"spool\"")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                d.backoff_base_s = 10_000_000_000_000;
+                d.backoff_cap_s = 10_000_000_000_000;
+                c.delivery = Some(d);
+            }),
+        ];
+        for (key, edit) in cases {
+            let mut c = with_battery("");
+            edit(&mut c);
+            let found = problems_of(&c);
+            assert!(
+                found
+                    .iter()
+                    .any(|(k, fix)| k.starts_with(key) && !fix.is_empty()),
+                "{key}: {found:?}"
+            );
+        }
+        // The largest values allowed still make durations.
+        let mut c = with_battery("revert_timeout_s = 3600.0\ninterval_ms = 3600000");
+        c.polling.interval_ms = limits::INTERVAL_MS;
+        c.polling.max_backoff_ms = limits::INTERVAL_MS;
+        c.control.plan_loss_steps = Some(limits::PLAN_LOSS_STEPS);
+        assert_eq!(problems_of(&c), vec![]);
+        assert!(duration_s(limits::REVERT_TIMEOUT_S).is_some());
+        assert_eq!(duration_s(1e20), None);
+        assert_eq!(duration_s(f64::NAN), None);
+        assert_eq!(duration_s(-1.0), None);
+    }
+
+    #[test]
+    fn setpoint_ranges_outside_the_ratings_are_refused() {
+        for (extra, key) in [
+            ("setpoint_min_kw = 80.0", "devices[2].setpoint_min_kw"),
+            ("setpoint_max_kw = -60.0", "devices[2].setpoint_max_kw"),
+            ("setpoint_max_kw = 51.0", "devices[2].setpoint_max_kw"),
+            ("setpoint_min_kw = -41.0", "devices[2].setpoint_min_kw"),
+            ("setpoint_min_kw = nan", "devices[2].setpoint_min_kw"),
+        ] {
+            let found = problems_of(&with_battery(extra));
+            assert!(
+                found
+                    .iter()
+                    .any(|(k, fix)| k.starts_with(key) && fix.contains("-40..=50")),
+                "{extra}: {found:?}"
+            );
+        }
+        let inside = with_battery("setpoint_min_kw = -10.0\nsetpoint_max_kw = 20.0");
+        assert_eq!(problems_of(&inside), vec![]);
+        let mut meter = with_battery("");
+        meter.devices[1].setpoint_max_kw = Some(1.0);
+        assert!(problems_of(&meter)
+            .iter()
+            .any(|(k, _)| k.starts_with("devices[1].setpoint_max_kw")));
+    }
+
+    #[test]
+    fn broadcast_units_nan_ratings_and_ipv6_addresses_are_checked() {
+        let mut c = with_battery("unit = 0");
+        c.participants[0].annual_kwh = f64::NAN;
+        c.devices[0].tilt_deg = Some(f64::NAN);
+        let keys: Vec<String> = problems_of(&c).into_iter().map(|(k, _)| k).collect();
+        for key in [
+            "devices[2].unit",
+            "participants[0].annual_kwh",
+            "devices[0].tilt_deg",
+        ] {
+            assert!(keys.iter().any(|k| k.starts_with(key)), "{key}: {keys:?}");
+        }
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        let mut v6 = with_battery("");
+        v6.devices[2].address = "[::1]:502".into();
+        assert_eq!(problems_of(&v6), vec![]);
+        v6.devices[2].address = "::1:502".into();
+        let found = problems_of(&v6);
+        assert!(
+            found
+                .iter()
+                .any(|(k, _)| k.starts_with("devices[2].address")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_controlled_device_without_its_revert_timer_in_writes_is_warned_about() {
+        let lib = crate::registers::ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
+        let c = with_battery("writes = [\"WSetEna\", \"WSet\"]");
+        assert_eq!(problems_of(&c), vec![], "a warning, not a problem");
+        let w = warnings(&c, &lib);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].key.starts_with("devices[2].writes"), "{w:?}");
+        assert!(w[0].fix.contains("\"WSetRvrtTms\""), "{w:?}");
+        let armed = with_battery("writes = [\"WSetEna\", \"WSet\", \"WSetRvrtTms\"]");
+        assert_eq!(warnings(&armed, &lib), vec![]);
+        // A vendor map with a `revert_seconds` point, and one without writes.
+        let mut vendor = with_battery(
+            "map = \"vendor/sma_battery\"\nwrites = [\"mode\", \"power_setpoint_kw\"]",
+        );
+        let has_timer = lib
+            .get("vendor/sma_battery")
+            .and_then(|m| m.point("revert_seconds"))
+            .is_some();
+        assert_eq!(warnings(&vendor, &lib).len(), usize::from(has_timer));
+        vendor.devices[2].writes.clear();
+        assert_eq!(warnings(&vendor, &lib), vec![]);
     }
 }
 

@@ -199,7 +199,9 @@ pub fn decode_readings(
         let Some(map) = lib.get(&bl.map_key) else {
             continue;
         };
-        if map.point(bind.point).is_none() {
+        // Not in the map, or past the model length the device declares (an
+        // older, shorter model): unavailable, never decoded from the next model.
+        if !within(map, words.len(), bind.point) {
             continue;
         }
         if let Some(v) = map.decode_f64(words, bind.point)? {
@@ -274,8 +276,28 @@ pub enum CommandError {
         "device {device}: writing `{point}` is not allowed by the site config (add it to `writes`)"
     )]
     NotAllowed { device: String, point: String },
+    #[error("device {device}: `{point}` (or its scale factor) lies past the {len} registers of the model the device declares; writing it would land in the next model")]
+    BeyondModel {
+        device: String,
+        point: String,
+        len: usize,
+    },
     #[error(transparent)]
     Register(#[from] crate::registers::RegisterError),
+}
+
+/// Whether `name` and its scale-factor point lie inside the first `len`
+/// words of the block: a device may declare a model shorter than ped's map.
+fn within(map: &RegisterMap, len: usize, name: &str) -> bool {
+    let end = |p: &crate::registers::Point| usize::from(p.offset) + usize::from(p.size);
+    let Some(p) = map.point(name) else {
+        return false;
+    };
+    let sf_ok = match &p.scale {
+        Some(crate::registers::Scale::Point(sf)) => map.point(sf).map_or(true, |s| end(s) <= len),
+        _ => true,
+    };
+    end(p) <= len && sf_ok
 }
 
 /// Register writes for a command, with scale factors taken from the last block
@@ -365,6 +387,13 @@ pub fn command_writes(
             return Err(CommandError::NotAllowed {
                 device: dev.id.clone(),
                 point: point.into(),
+            });
+        }
+        if !within(map, words.len(), point) {
+            return Err(CommandError::BeyondModel {
+                device: dev.id.clone(),
+                point: point.into(),
+                len: words.len(),
             });
         }
         // A map may name the codes of its mode point (e.g. 802/803 for remote
@@ -528,6 +557,10 @@ pub fn poll_plan(
             .chain(dev.writes.iter().map(String::as_str));
         for name in names {
             let Some(p) = map.point(name) else { continue };
+            // Reads stay inside the model length the device declares.
+            if !within(map, usize::from(bl.len), name) {
+                continue;
+            }
             let mut lo = p.offset;
             let mut hi = u32::from(p.offset) + u32::from(p.size);
             if let Some(Scale::Point(sf)) = &p.scale {

@@ -445,6 +445,12 @@ async fn main() -> Result<()> {
             let lib = library(raw.site.models_dir.as_deref())?;
             let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
             let problems = config::check(&raw, &known);
+            for w in config::warnings(&raw, &lib) {
+                println!(
+                    "  warning: {}\n      {}\n      fix: {}",
+                    w.key, w.message, w.fix
+                );
+            }
             if problems.is_empty() {
                 println!(
                     "{}: ok ({} devices, {} participants, {}-minute settlement in {})",
@@ -510,8 +516,9 @@ async fn main() -> Result<()> {
                 },
             )
             .await?;
-            wait_for_stop(clock, None).await;
-            daemon.shutdown().await;
+            // A task that fails stops ped with an error (exit 1) once every
+            // controlled device is released: systemd or Docker restarts it.
+            daemon.run_until(wait_for_stop(clock, None)).await?;
             Ok(())
         }
         Cmd::Simulate {
@@ -608,11 +615,11 @@ async fn main() -> Result<()> {
                 daemon.http_addr,
                 daemon.shared.output_dir.display()
             );
-            wait_for_stop(clock, until).await;
-            daemon.shutdown().await;
+            let outcome = daemon.run_until(wait_for_stop(clock, until)).await;
             // Give the released setpoints a moment to land before the devices disappear.
             tokio::time::sleep(Duration::from_millis(100)).await;
             drop(sim);
+            outcome?;
             Ok(())
         }
         Cmd::Audit {

@@ -93,6 +93,8 @@ pub struct Metrics {
     // Plan tracking between re-solves (issue 4).
     pub tracking_watts: GaugeVec,
     pub tracking_skipped: IntCounterVec,
+    // Supervision of the daemon's tasks.
+    pub task_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -232,7 +234,7 @@ impl Metrics {
             )?,
             setpoint_readback_mismatch: icv("setpoint_readback_mismatch_total", "Setpoints whose read-back differs from what was written by more than one scale-factor step.", &["device"])?,
             setpoint_clamped: icv("setpoint_clamped_total", "Setpoints clamped by the safety envelope, by limit (bound, ramp).", &["device", "limit"])?,
-            device_releases: icv("device_releases_total", "Controlled devices handed back to their own safe mode, by reason (stop, plan_loss, contact_lost).", &["device", "reason"])?,
+            device_releases: icv("device_releases_total", "Controlled devices handed back to their own safe mode, by reason (stop, plan_loss, contact_lost, task_failure, readback_mismatch, no_safe_range).", &["device", "reason"])?,
             device_consecutive_failures: igv("device_consecutive_failures", "Failed polls in a row (0 when the last poll succeeded); drives the device's backoff.", &["device"])?,
             device_poll_reads: icv("device_poll_requests_total", "Read requests sent by the device's poll plan.", &["device"])?,
             ledger_write_errors: reg(r, IntCounter::new("ledger_write_errors_total", "Failed ledger writes (read-only file, disk full, ...).")?)?,
@@ -272,6 +274,11 @@ impl Metrics {
                 "Control ticks at which plan tracking did not run and the plan's setpoints stood, by reason: missing (a PV or consumption meter not read or down), stale (its last reading too old).",
                 &["reason"],
             )?,
+            task_failures: icv(
+                "task_failures_total",
+                "Daemon tasks that stopped on their own (a panic or an unexpected end), by task; every controlled device is then released and ped exits with an error.",
+                &["task"],
+            )?,
             registry,
         };
         m.build_info
@@ -307,6 +314,9 @@ impl Metrics {
         for reason in TRACKING_SKIP_REASONS {
             self.tracking_skipped.with_label_values(&[reason]);
         }
+        for task in TASKS {
+            self.task_failures.with_label_values(&[task]);
+        }
         for state in ["pending", "sent", "failed"] {
             self.outbox_files.with_label_values(&[state]);
         }
@@ -320,12 +330,33 @@ impl Metrics {
             for limit in ["bound", "ramp"] {
                 self.setpoint_clamped.with_label_values(&[d, limit]);
             }
-            for reason in ["stop", "plan_loss", "contact_lost"] {
+            for reason in RELEASE_REASONS {
                 self.device_releases.with_label_values(&[d, reason]);
             }
         }
     }
 }
+
+/// Why a controlled device is handed back to its own safe mode
+/// (`ped_device_releases_total`).
+pub const RELEASE_REASONS: [&str; 6] = [
+    "stop",
+    "plan_loss",
+    "contact_lost",
+    "task_failure",
+    "readback_mismatch",
+    "no_safe_range",
+];
+
+/// The daemon's supervised tasks (`ped_task_failures_total`).
+pub const TASKS: [&str; 6] = [
+    "http",
+    "endpoint",
+    "aggregator",
+    "dispatch_recorder",
+    "outbox",
+    "planner",
+];
 
 /// Why plan tracking can skip a control tick (`ped_tracking_skipped_total`).
 pub const TRACKING_SKIP_REASONS: [&str; 2] = ["missing", "stale"];

@@ -18,6 +18,7 @@ use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLin
 use crate::registers::ModelLibrary;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,6 +32,9 @@ pub struct EndpointTask {
     pub events: Arc<Handoff>,
     pub setpoints: watch::Receiver<BTreeMap<String, Command>>,
     pub dry_run: bool,
+    /// Set by the supervisor when another task failed: the releases on the
+    /// way out are counted as `task_failure`, not as an ordinary `stop`.
+    pub failing: Arc<AtomicBool>,
 }
 
 struct DevState {
@@ -45,6 +49,10 @@ struct DevState {
     interval: Duration,
     next_due: Instant,
     failures: u32,
+    /// Writes in a row whose read-back differed from what was written.
+    mismatches: u32,
+    /// After a release for read-back mismatches: no setpoint before then.
+    held_until: Option<Instant>,
 }
 
 /// Default device watchdog when the config gives none; setpoints are re-sent at a third of it.
@@ -54,20 +62,53 @@ const DEFAULT_REVERT: Duration = Duration::from_secs(15);
 const CONTACT_LOST_AFTER: u32 = 3;
 /// First reconnect delay of the endpoint's connection.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Writes in a row whose read-back differs, after which the device is taken
+/// not to follow ped (another controller, a local mode, a wrong map): it is
+/// released rather than driven blind.
+const MISMATCHES_BEFORE_RELEASE: u32 = 3;
 
 impl DevState {
+    fn new(cfg: DeviceConfig, interval: Duration, next_due: Instant) -> DevState {
+        DevState {
+            cfg,
+            plan: None,
+            last: Vec::new(),
+            written: None,
+            last_kw: None,
+            interval,
+            next_due,
+            failures: 0,
+            mismatches: 0,
+            held_until: None,
+        }
+    }
+
     fn refresh(&self) -> Duration {
+        // `check` bounds the setting; one that is not a duration falls back
+        // to the default rather than panicking the endpoint task.
         self.cfg
             .revert_timeout_s
-            .map(Duration::from_secs_f64)
+            .and_then(crate::config::duration_s)
+            .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_REVERT)
             / 3
     }
 
     fn backoff(&self, max: Duration) -> Duration {
         let exp = self.failures.saturating_sub(1).min(16);
-        (self.interval * 2u32.saturating_pow(exp + 1)).min(max.max(self.interval))
+        let cap = max.max(self.interval);
+        self.interval
+            .checked_mul(2u32.saturating_pow(exp + 1))
+            .map_or(cap, |b| b.min(cap))
     }
+}
+
+/// `at + by`, or a day after `at` where the sum would overflow an `Instant`
+/// (`check` keeps intervals far below that).
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(at)
 }
 
 /// A failed poll degrades its device: metrics, and the aggregator is told.
@@ -92,10 +133,11 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
     let default_interval = Duration::from_millis(polling.interval_ms);
     let timeout = Duration::from_millis(polling.timeout_ms);
     let max_backoff = Duration::from_millis(polling.max_backoff_ms);
-    let plan_loss = chrono::Duration::minutes(
+    let plan_loss = chrono::Duration::try_minutes(
         i64::from(task.shared.site.config.site.settlement_minutes)
             * i64::from(task.shared.site.config.control.plan_loss_steps.unwrap_or(2)),
-    );
+    )
+    .unwrap_or(chrono::Duration::MAX);
     let link = link_of(&task).await;
     let start = Instant::now();
     let mut devs: Vec<DevState> = task
@@ -107,18 +149,12 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 .interval_ms
                 .map(Duration::from_millis)
                 .unwrap_or(default_interval);
-            DevState {
-                cfg: d.clone(),
-                plan: None,
-                last: Vec::new(),
-                written: None,
-                last_kw: None,
-                interval,
-                // Spread first polls over the interval so units behind a gateway
-                // do not all fall due in the same instant.
-                next_due: start + interval * i as u32 / task.devices.len().max(1) as u32,
-                failures: 0,
-            }
+            // Spread first polls over the interval so units behind a gateway
+            // do not all fall due in the same instant.
+            let spread = interval.checked_mul(i as u32).unwrap_or(interval)
+                / task.devices.len().max(1) as u32;
+            let next_due = later(start, spread);
+            DevState::new(d.clone(), interval, next_due)
         })
         .collect();
     let m = &task.shared.metrics;
@@ -159,7 +195,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => break 'outer,
                 }
-                backoff = (backoff * 2).min(max_backoff);
+                backoff = backoff.saturating_mul(2).min(max_backoff.max(MIN_BACKOFF));
                 continue;
             }
         };
@@ -168,11 +204,12 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 .iter()
                 .map(|d| d.next_due)
                 .min()
-                .unwrap_or_else(|| Instant::now() + default_interval);
+                .unwrap_or_else(|| later(Instant::now(), default_interval));
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => {
-                    release_all(&task, &mut client, &mut devs, "stop").await;
+                    let reason = if task.failing.load(Ordering::SeqCst) { "task_failure" } else { "stop" };
+                    release_all(&task, &mut client, &mut devs, reason).await;
                     break 'outer;
                 }
             }
@@ -221,10 +258,10 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 match result {
                     Ok(()) => {
                         d.failures = 0;
-                        d.next_due += d.interval;
+                        d.next_due = later(d.next_due, d.interval);
                         if d.next_due <= now {
                             // Late (a slow neighbour, a reconnect): keep the rate, skip the backlog.
-                            d.next_due = now + d.interval;
+                            d.next_due = later(now, d.interval);
                         }
                         m.device_backoff_seconds
                             .with_label_values(&[&d.cfg.id])
@@ -236,7 +273,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                     Err(e) => {
                         d.failures += 1;
                         let wait = d.backoff(max_backoff);
-                        d.next_due = Instant::now() + wait;
+                        d.next_due = later(Instant::now(), wait);
                         tracing::debug!(device = %d.cfg.id, error = %e, failures = d.failures, backoff_ms = wait.as_millis() as u64, "poll failed");
                         report_down(&task, &d.cfg, &e).await;
                         m.device_backoff_seconds
@@ -260,10 +297,26 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                             continue 'outer;
                         }
                     }
+                    if super::fault_panic("endpoint", Some(&d.cfg.id))
+                        && d.last_kw.is_some_and(|(kw, _)| kw != 0.0)
+                        && driven(&task, &d.cfg.id)
+                    {
+                        panic!("PED_FAULT_PANIC: endpoint task of {} panics while it drives the device", d.cfg.id);
+                    }
                 }
             }
         }
     }
+}
+
+/// The device reports that it follows a setpoint (its power read back is not 0).
+fn driven(task: &EndpointTask, id: &str) -> bool {
+    task.shared
+        .status()
+        .devices
+        .get(id)
+        .and_then(|d| d.readings.get("power_kw"))
+        .is_some_and(|kw| kw.abs() > 0.5)
 }
 
 /// How to reach this endpoint: the serial line of its first device for
@@ -307,16 +360,26 @@ async fn poll_device(
     let m = &task.shared.metrics;
     let started = Instant::now();
     if d.plan.is_none() {
-        let discovered: Vec<(u16, u16)> = if d.cfg.map == "sunspec" {
-            sunspec::discover(client, d.cfg.unit)
-                .await?
-                .into_iter()
-                .map(|m| (m.id, m.addr))
-                .collect()
+        let discovered = if d.cfg.map == "sunspec" {
+            sunspec::discover(client, d.cfg.unit).await?
         } else {
             Vec::new()
         };
-        let blocks = devices::blocks_for(&d.cfg, &task.lib, &discovered);
+        let ids: Vec<(u16, u16)> = discovered.iter().map(|m| (m.id, m.addr)).collect();
+        let mut blocks = devices::blocks_for(&d.cfg, &task.lib, &ids);
+        // Each SunSpec block ends where the device says its model ends: a
+        // shorter (older) model is followed by the next one, which ped's own
+        // longer definition would read and write into.
+        for b in blocks.iter_mut() {
+            let declared = discovered
+                .iter()
+                .find(|m| Some(m.id) == b.sunspec_id && m.addr == b.addr)
+                .map(|m| m.block_len());
+            if let Some(len) = declared.filter(|len| *len < b.len) {
+                tracing::info!(device = %d.cfg.id, model = ?b.sunspec_id, declared_words = len, ped_words = b.len, "the device declares a shorter model than ped knows: points past its end are unavailable and never written");
+                b.len = len;
+            }
+        }
         if blocks.is_empty() {
             return Err(ModbusError::Protocol(format!(
                 "device {} exposes none of the models ped reads for a {}",
@@ -353,6 +416,9 @@ async fn poll_device(
     m.device_last_success
         .with_label_values(&[id])
         .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    if let Some(st) = task.shared.status().devices.get_mut(id) {
+        st.polled_ok = Some(Instant::now());
+    }
     task.events.push(Snapshot {
         device: d.cfg.id.clone(),
         at,
@@ -361,9 +427,12 @@ async fn poll_device(
     Ok(())
 }
 
-/// Bounds from the device's ratings and its configured setpoint limits, kW in
-/// ped's convention.
-fn bounds(cfg: &DeviceConfig) -> (f64, f64) {
+/// The allowed range of power setpoints, kW in ped's convention: the
+/// intersection of the device's ratings and its configured setpoint limits.
+/// `None` when they do not overlap (or a limit is not a number): no power
+/// setpoint is safe then, and the device is released instead. Never widened
+/// to make room: a range pushed open by one bound writes past the other.
+fn bounds(cfg: &DeviceConfig) -> Option<(f64, f64)> {
     let (mut lo, mut hi) = match cfg.kind {
         DeviceKind::Battery => (
             -cfg.max_discharge_kw.unwrap_or(0.0),
@@ -372,13 +441,18 @@ fn bounds(cfg: &DeviceConfig) -> (f64, f64) {
         DeviceKind::PowerToHeat => (0.0, cfg.max_power_kw.unwrap_or(0.0)),
         _ => (f64::NEG_INFINITY, f64::INFINITY),
     };
+    let limits = [cfg.setpoint_min_kw, cfg.setpoint_max_kw];
+    if limits.iter().flatten().any(|x| x.is_nan()) {
+        return None;
+    }
     if let Some(l) = cfg.setpoint_min_kw {
         lo = lo.max(l);
     }
     if let Some(h) = cfg.setpoint_max_kw {
         hi = hi.min(h);
     }
-    (lo, hi.max(lo))
+    // A NaN rating fails the comparison: no range.
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// Applies the safety envelope to a power command: bounds, then the ramp limit
@@ -390,7 +464,15 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         Command::PowerToHeat(kw) => (kw, Command::PowerToHeat),
         other => return other,
     };
-    let (lo, hi) = bounds(&d.cfg);
+    let Some((lo, hi)) = bounds(&d.cfg) else {
+        if d.written.map_or(true, |(prev, _)| prev != cmd) {
+            m.device_releases
+                .with_label_values(&[&d.cfg.id, "no_safe_range"])
+                .inc();
+            tracing::error!(device = %d.cfg.id, asked_kw = kw, setpoint_min_kw = ?d.cfg.setpoint_min_kw, setpoint_max_kw = ?d.cfg.setpoint_max_kw, "no power setpoint is safe: the configured setpoint range and the device's ratings do not overlap; released to its own mode (fix the device's setpoint_min_kw/setpoint_max_kw, `ped check` names them)");
+        }
+        return Command::Release;
+    };
     let mut out = kw.clamp(lo, hi);
     if out != kw {
         m.setpoint_clamped
@@ -433,11 +515,13 @@ async fn actuate(
     // Still ramping towards the target: write again even if the plan did not change.
     let ramping = d.cfg.ramp_kw_per_s.is_some()
         && match command_kw(cmd) {
-            Some(target) => {
-                let (lo, hi) = bounds(&d.cfg);
-                let from = d.last_kw.map_or(0.0, |(kw, _)| kw);
-                (target.clamp(lo, hi) - from).abs() > 1e-9
-            }
+            Some(target) => match bounds(&d.cfg) {
+                Some((lo, hi)) => {
+                    let from = d.last_kw.map_or(0.0, |(kw, _)| kw);
+                    (target.clamp(lo, hi) - from).abs() > 1e-9
+                }
+                None => false,
+            },
             None => false,
         };
     let due = match d.written {
@@ -449,6 +533,16 @@ async fn actuate(
     };
     if !due {
         return Ok(());
+    }
+    if cmd != Command::Release {
+        match d.held_until {
+            Some(t) if Instant::now() < t => return Ok(()),
+            Some(_) => {
+                d.held_until = None;
+                tracing::info!(device = %d.cfg.id, "trying the device's setpoint again after releasing it for read-back mismatches");
+            }
+            None => {}
+        }
     }
     let m = &task.shared.metrics;
     let effective = envelope(task, d, cmd);
@@ -483,12 +577,10 @@ async fn actuate(
         return Ok(());
     }
     for w in &writes {
-        let mode = task
-            .lib
-            .get(&w.map_key)
-            .map(|m| m.write)
-            .unwrap_or(crate::registers::WriteMode::Multiple);
-        if let Err(e) = client.write(d.cfg.unit, w.addr, &w.words, mode).await {
+        if let Err(e) = client
+            .write(d.cfg.unit, w.addr, &w.words, write_mode(task, w))
+            .await
+        {
             m.setpoint_writes
                 .with_label_values(&[&d.cfg.id, "error"])
                 .inc();
@@ -496,25 +588,77 @@ async fn actuate(
             return Err(e);
         }
     }
-    read_back(task, client, d, &writes).await?;
-    m.setpoint_writes
-        .with_label_values(&[&d.cfg.id, "ok"])
-        .inc();
+    let differ = read_back(task, client, d, &writes).await?;
     let watts = kw_written.unwrap_or(0.0) * 1000.0;
     m.setpoint.with_label_values(&[&d.cfg.id]).set(watts);
     d.written = Some((cmd, Instant::now()));
     d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
+    if effective == Command::Release {
+        // A release that does not read back is not repeated: the device's own
+        // revert timer is the last resort then.
+        m.setpoint_writes
+            .with_label_values(&[
+                d.cfg.id.as_str(),
+                if differ { "readback_mismatch" } else { "ok" },
+            ])
+            .inc();
+        return Ok(());
+    }
+    if !differ {
+        d.mismatches = 0;
+        m.setpoint_writes
+            .with_label_values(&[&d.cfg.id, "ok"])
+            .inc();
+        return Ok(());
+    }
+    // The device did not take the setpoint: a failed write, not a success.
+    d.mismatches += 1;
+    m.setpoint_writes
+        .with_label_values(&[&d.cfg.id, "readback_mismatch"])
+        .inc();
+    if d.mismatches >= MISMATCHES_BEFORE_RELEASE {
+        tracing::warn!(device = %d.cfg.id, writes = d.mismatches, retry_s = d.refresh().as_secs_f64() / 2.0, "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
+        d.held_until = Some(later(Instant::now(), d.refresh() / 2));
+        m.device_releases
+            .with_label_values(&[&d.cfg.id, "readback_mismatch"])
+            .inc();
+        d.written = None;
+        let release = devices::command_writes(&d.cfg, &task.lib, &d.last, Command::Release);
+        match release {
+            Ok(ws) => {
+                for w in ws.iter().filter(|w| !w.timer) {
+                    client
+                        .write(d.cfg.unit, w.addr, &w.words, write_mode(task, w))
+                        .await?;
+                }
+                d.written = Some((Command::Release, Instant::now()));
+                d.last_kw = None;
+            }
+            Err(e) => {
+                tracing::warn!(device = %d.cfg.id, error = %e, "release refused by the safety envelope");
+            }
+        }
+    }
     Ok(())
+}
+
+fn write_mode(task: &EndpointTask, w: &devices::Write) -> crate::registers::WriteMode {
+    task.lib
+        .get(&w.map_key)
+        .map(|m| m.write)
+        .unwrap_or(crate::registers::WriteMode::Multiple)
 }
 
 /// Reads every written point back and compares it with what was written,
 /// within one step of its scale factor (a device may round or clamp).
+/// Returns whether any point differs.
 async fn read_back(
     task: &EndpointTask,
     client: &mut ModbusClient,
     d: &DevState,
     writes: &[devices::Write],
-) -> Result<(), ModbusError> {
+) -> Result<bool, ModbusError> {
+    let mut differ = false;
     for w in writes {
         let Some(map) = task.lib.get(&w.map_key) else {
             continue;
@@ -525,6 +669,7 @@ async fn read_back(
         match devices::readback_matches(&task.lib, &d.last, w, &back) {
             Ok(true) => {}
             Ok(false) => {
+                differ = true;
                 task.shared
                     .metrics
                     .setpoint_readback_mismatch
@@ -533,6 +678,7 @@ async fn read_back(
                 tracing::warn!(device = %d.cfg.id, point = %w.point, written = ?w.words, read_back = ?back, "setpoint read-back differs from what was written");
             }
             Err(e) => {
+                differ = true;
                 task.shared
                     .metrics
                     .setpoint_readback_mismatch
@@ -542,7 +688,46 @@ async fn read_back(
             }
         }
     }
-    Ok(())
+    Ok(differ)
+}
+
+/// After the task that polled these devices died: a fresh connection, each
+/// controlled device read once (a SunSpec device's model addresses and scale
+/// factors are needed to address the release), then released. What that task
+/// last wrote is unknown, so every controlled device with writes is released.
+pub async fn release_orphans(task: EndpointTask) {
+    if task.dry_run {
+        return;
+    }
+    let polling = &task.shared.site.config.polling;
+    let timeout = Duration::from_millis(polling.timeout_ms);
+    let mut devs: Vec<DevState> = task
+        .devices
+        .iter()
+        .filter(|d| controlled(d) && !d.writes.is_empty())
+        .map(|d| DevState::new(d.clone(), Duration::ZERO, Instant::now()))
+        .collect();
+    if devs.is_empty() {
+        return;
+    }
+    let Some(link) = link_of(&task).await else {
+        tracing::error!(endpoint = %task.addr, "cannot release the devices of the stopped endpoint: the address does not resolve");
+        return;
+    };
+    let mut client = match ModbusClient::open(&link, timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(endpoint = %task.addr, error = %e, "cannot release the devices of the stopped endpoint: no connection; they fall back by their own revert timers");
+            return;
+        }
+    };
+    for d in devs.iter_mut() {
+        if let Err(e) = poll_device(&task, &mut client, d).await {
+            tracing::error!(device = %d.cfg.id, error = %e, "cannot read the device to release it; it falls back by its own revert timer");
+            continue;
+        }
+        release_one(&task, &mut client, d, "task_failure").await;
+    }
 }
 
 /// On stop: hand controlled devices back to their own safe behaviour.
@@ -554,18 +739,27 @@ async fn release_all(
 ) {
     for d in devs.iter_mut() {
         if d.written.is_some() && controlled(&d.cfg) {
-            d.written = None;
-            if let Err(e) = actuate(task, client, d, Command::Release).await {
-                tracing::warn!(device = %d.cfg.id, error = %e, "could not release device on stop");
-            } else {
-                task.shared
-                    .metrics
-                    .device_releases
-                    .with_label_values(&[&d.cfg.id, reason])
-                    .inc();
-                tracing::info!(device = %d.cfg.id, "released to its own control");
-            }
+            release_one(task, client, d, reason).await;
         }
+    }
+}
+
+async fn release_one(
+    task: &EndpointTask,
+    client: &mut ModbusClient,
+    d: &mut DevState,
+    reason: &str,
+) {
+    d.written = None;
+    if let Err(e) = actuate(task, client, d, Command::Release).await {
+        tracing::warn!(device = %d.cfg.id, error = %e, reason, "could not release the device");
+    } else {
+        task.shared
+            .metrics
+            .device_releases
+            .with_label_values(&[&d.cfg.id, reason])
+            .inc();
+        tracing::info!(device = %d.cfg.id, reason, "released to its own control");
     }
 }
 
@@ -580,44 +774,59 @@ mod tests {
         .unwrap()
     }
 
-    /// Plan loss: the endpoint takes control on a plan, releases the battery to
-    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
-    /// control again on the next plan. Real sockets, a vendor battery map.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
-        use crate::modbus::server::{serve, Bank};
-        use crate::registers::{Access, Table};
-        let lib = Arc::new(ModelLibrary::embedded().unwrap());
-        let map = lib.get("vendor/sma_battery").unwrap().clone();
-        let mut block = vec![0u16; usize::from(map.block_len())];
-        map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
-        map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
-        map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
-        map.encode_raw(&mut block, "mode", 803).unwrap();
-        let mut bank = Bank::new();
-        for p in &map.points {
-            let a = map.base + p.offset;
-            bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
-            let o = usize::from(p.offset);
-            bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
-        }
-        let bank = Arc::new(std::sync::Mutex::new(bank));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(
-            listener,
-            std::collections::HashMap::from([(3u8, bank.clone())]),
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("site.toml");
-        std::fs::write(
-            &path,
-            format!(
-                r#"
+    /// A vendor battery (SMA map, unit 3) served by the register-bank server
+    /// on 127.0.0.1, and an endpoint task polling it every 100 ms; 15-minute
+    /// steps at 900x: one step per real second, plan loss after one.
+    struct Rig {
+        bank: Arc<std::sync::Mutex<crate::modbus::server::Bank>>,
+        faults: crate::modbus::server::SharedFaults,
+        shared: Arc<Shared>,
+        plan_tx: watch::Sender<BTreeMap<String, Command>>,
+        stop_tx: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+        _server_stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    impl Rig {
+        /// `edit` changes the battery's config after the site passed `check`,
+        /// to reach run-time paths `check` keeps a site config from reaching.
+        async fn start(edit: impl FnOnce(&mut DeviceConfig)) -> Rig {
+            use crate::modbus::server::{serve_with_faults, Bank};
+            use crate::registers::{Access, Table};
+            let lib = Arc::new(ModelLibrary::embedded().unwrap());
+            let map = lib.get("vendor/sma_battery").unwrap().clone();
+            let mut block = vec![0u16; usize::from(map.block_len())];
+            map.encode_f64(&mut block, "soc_pct", 50.0).unwrap();
+            map.encode_f64(&mut block, "import_kwh", 10.0).unwrap();
+            map.encode_f64(&mut block, "export_kwh", 10.0).unwrap();
+            map.encode_raw(&mut block, "mode", 803).unwrap();
+            let mut bank = Bank::new();
+            for p in &map.points {
+                let a = map.base + p.offset;
+                bank.map_range(Table::Holding, a, p.size, p.access == Access::Rw);
+                let o = usize::from(p.offset);
+                bank.set(Table::Holding, a, &block[o..o + usize::from(p.size)]);
+            }
+            let bank = Arc::new(std::sync::Mutex::new(bank));
+            let faults = crate::modbus::server::SharedFaults::default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (server_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(serve_with_faults(
+                listener,
+                std::collections::HashMap::from([(3u8, bank.clone())]),
+                faults.clone(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ));
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("site.toml");
+            std::fs::write(
+                &path,
+                format!(
+                    r#"
 [site]
 id = "plan-loss"
 name = "plan loss"
@@ -646,6 +855,281 @@ participant = "BAT-P"
 capacity_kwh = 10.0
 max_charge_kw = 5.0
 max_discharge_kw = 5.0
+revert_timeout_s = 1.5
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
+"#
+                ),
+            )
+            .unwrap();
+            let known = lib.keys().map(str::to_string).collect();
+            let site = crate::config::load(&path, &known).unwrap();
+            let mut bat = site.config.devices[1].clone();
+            edit(&mut bat);
+            let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
+            let shared = Arc::new(Shared {
+                site,
+                clock,
+                metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
+                status: std::sync::Mutex::new(super::super::Status::default()),
+                output_dir: dir.path().to_path_buf(),
+            });
+            let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(run(
+                EndpointTask {
+                    addr: addr.to_string(),
+                    devices: vec![bat],
+                    lib,
+                    shared: shared.clone(),
+                    events: Arc::new(super::super::handoff::Handoff::new(
+                        shared.site.grid,
+                        Default::default(),
+                    )),
+                    setpoints: plan_rx,
+                    dry_run: false,
+                    failing: Default::default(),
+                },
+                stop_rx,
+            ));
+            Rig {
+                bank,
+                faults,
+                shared,
+                plan_tx,
+                stop_tx,
+                task,
+                _dir: dir,
+                _server_stop: server_stop,
+            }
+        }
+
+        fn mode(&self) -> u32 {
+            let w = self
+                .bank
+                .lock()
+                .unwrap()
+                .get(crate::registers::Table::Holding, 40151, 2);
+            (u32::from(w[0]) << 16) | u32::from(w[1])
+        }
+
+        fn releases(&self, reason: &str) -> u64 {
+            self.shared
+                .metrics
+                .device_releases
+                .with_label_values(&["BAT", reason])
+                .get()
+        }
+
+        fn plan(&self, kw: f64) {
+            self.plan_tx
+                .send(BTreeMap::from([(
+                    "BAT".to_string(),
+                    Command::BatteryPower(kw),
+                )]))
+                .unwrap();
+        }
+
+        /// Every power setpoint written, kW in ped's convention (the SMA map
+        /// counts discharge positive, in W).
+        fn power_writes(&self) -> Vec<f64> {
+            self.bank
+                .lock()
+                .unwrap()
+                .take_writes()
+                .into_iter()
+                .filter(|(addr, words)| *addr == 40149 && words.len() == 2)
+                .map(|(_, w)| {
+                    -f64::from(((u32::from(w[0]) << 16) | u32::from(w[1])) as i32) / 1000.0
+                })
+                .collect()
+        }
+
+        async fn stop(self) {
+            self.stop_tx.send(true).unwrap();
+            self.task.await.unwrap();
+        }
+    }
+
+    /// Plan loss: the endpoint takes control on a plan, releases the battery to
+    /// its own mode when no fresh plan arrives for `plan_loss_steps`, and takes
+    /// control again on the next plan. Real sockets, a vendor battery map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plan_loss_releases_and_a_fresh_plan_resumes() {
+        let rig = Rig::start(|_| {}).await;
+        rig.plan(2.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            rig.mode(),
+            802,
+            "a plan takes the battery into remote control"
+        );
+        // No new plan: after one step (1 s real) the battery is released.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(rig.mode(), 803, "plan loss must release the battery");
+        assert_eq!(rig.releases("plan_loss"), 1);
+        rig.plan(1.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(rig.mode(), 802, "a fresh plan resumes control");
+        let bank = rig.bank.clone();
+        rig.stop().await;
+        let w = bank
+            .lock()
+            .unwrap()
+            .get(crate::registers::Table::Holding, 40151, 2);
+        assert_eq!(
+            (u32::from(w[0]) << 16) | u32::from(w[1]),
+            803,
+            "released on stop"
+        );
+    }
+
+    /// A configured minimum above the charge rating (a site edited after
+    /// `check`, or a rating lowered): the range is empty, so the battery is
+    /// released and no power setpoint is ever written, where the range used to
+    /// be forced open to the minimum and a discharge written as +8 kW charge.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_empty_setpoint_range_releases_and_never_writes_a_setpoint() {
+        let rig = Rig::start(|b| b.setpoint_min_kw = Some(8.0)).await;
+        rig.plan(-3.34);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let written = rig.power_writes();
+        assert!(written.is_empty(), "setpoints written: {written:?}");
+        assert_eq!(rig.mode(), 803, "the battery stays in its own mode");
+        assert_eq!(
+            rig.releases("no_safe_range"),
+            1,
+            "counted once per plan value"
+        );
+        rig.stop().await;
+    }
+
+    /// A device that acknowledges writes but does not take them: after
+    /// [`MISMATCHES_BEFORE_RELEASE`] writes in a row it is released (a failed
+    /// write, not a success), and control is tried again once it does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn setpoints_that_do_not_read_back_release_the_device_after_three_writes() {
+        let rig = Rig::start(|_| {}).await;
+        rig.plan(2.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(rig.mode(), 802);
+        let m = &rig.shared.metrics;
+        let ok_before = m.setpoint_writes.with_label_values(&["BAT", "ok"]).get();
+        // Something else takes the battery back, and it ignores ped from now on.
+        rig.faults.lock().unwrap().ignore_writes = true;
+        rig.bank
+            .lock()
+            .unwrap()
+            .set(crate::registers::Table::Holding, 40151, &[0, 803]);
+        // Setpoints change every poll, so each poll writes and reads back.
+        for i in 0..12 {
+            rig.plan(1.0 + f64::from(i) * 0.1);
+            tokio::time::sleep(Duration::from_millis(110)).await;
+        }
+        let mismatched = m
+            .setpoint_writes
+            .with_label_values(&["BAT", "readback_mismatch"])
+            .get();
+        assert!(mismatched >= 3, "{mismatched} mismatched writes");
+        assert_eq!(
+            m.setpoint_writes.with_label_values(&["BAT", "ok"]).get(),
+            ok_before,
+            "a write that does not read back is not a success"
+        );
+        assert!(rig.releases("readback_mismatch") >= 1);
+        // The device takes writes again: control comes back.
+        rig.faults.lock().unwrap().ignore_writes = false;
+        for i in 0..10 {
+            rig.plan(2.0 + f64::from(i) * 0.1);
+            tokio::time::sleep(Duration::from_millis(110)).await;
+        }
+        assert_eq!(
+            rig.mode(),
+            802,
+            "control resumes once the device takes writes"
+        );
+        rig.stop().await;
+    }
+
+    /// A SunSpec battery whose 704 (controls) is an older, shorter revision:
+    /// it ends before `WSet`, and the 802 (battery) model follows at once.
+    /// ped's own, longer 704 would read `WSet` out of 802 and write the
+    /// setpoint into it; the declared length must stop both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shorter_sunspec_model_is_read_and_written_only_within_its_declared_length() {
+        use crate::modbus::server::{serve, Bank};
+        use crate::registers::Table;
+        let lib = Arc::new(ModelLibrary::embedded().unwrap());
+        let model = |id: u16| lib.sunspec(id).unwrap().clone();
+        let (m1, m704, m802) = (model(1), model(704), model(802));
+        let short = m704.point("WSet").unwrap().offset - 2;
+        assert!(short < m704.length);
+        let mut words = vec![0x5375, 0x6E53];
+        for (m, len) in [(&m1, m1.length), (&m704, short)] {
+            let mut b = vec![0u16; usize::from(len) + 2];
+            let n = b.len().min(usize::from(m.block_len()));
+            m.fill_unimplemented(&mut b[..n]);
+            b[0] = m.sunspec_id.unwrap();
+            b[1] = len;
+            words.extend(b);
+        }
+        let at802 = 40000 + words.len() as u16;
+        let mut b802 = vec![0u16; usize::from(m802.block_len())];
+        m802.fill_unimplemented(&mut b802);
+        b802[0] = 802;
+        b802[1] = m802.length;
+        m802.encode_raw(&mut b802, "SoC_SF", 0).unwrap();
+        m802.encode_raw(&mut b802, "SoC", 55).unwrap();
+        words.extend(b802);
+        words.extend([0xFFFF, 0]);
+        let mut bank = Bank::new();
+        bank.map_range(Table::Holding, 40000, words.len() as u16, true);
+        bank.set(Table::Holding, 40000, &words);
+        let bank = Arc::new(std::sync::Mutex::new(bank));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_server_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            std::collections::HashMap::from([(1u8, bank.clone())]),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[site]
+id = "short-model"
+name = "short model"
+latitude = 47.3
+longitude = 5.0
+[polling]
+interval_ms = 100
+[control]
+writes_allowed = true
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "127.0.0.1:9"
+prm = "99990000000001"
+kwp = 10.0
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "{addr}"
+writes = ["WSetEna", "WSet"]
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 10.0
+max_charge_kw = 5.0
+max_discharge_kw = 5.0
 [[participants]]
 id = "BAT-P"
 kind = "battery"
@@ -658,89 +1142,87 @@ meter = "BAT"
         let known = lib.keys().map(str::to_string).collect();
         let site = crate::config::load(&path, &known).unwrap();
         let bat = site.config.devices[1].clone();
-        // 15-minute steps at 900x: one step per real second, plan loss after one.
-        let clock = crate::clock::Clock::simulated(chrono::Utc::now(), 900.0);
         let shared = Arc::new(Shared {
             site,
-            clock,
-            metrics: crate::metrics::Metrics::new("plan-loss").unwrap(),
+            clock: crate::clock::Clock::simulated(chrono::Utc::now(), 1.0),
+            metrics: crate::metrics::Metrics::new("short-model").unwrap(),
             status: std::sync::Mutex::new(super::super::Status::default()),
             output_dir: dir.path().to_path_buf(),
         });
-        let (plan_tx, plan_rx) = watch::channel(BTreeMap::new());
+        let events = Arc::new(super::super::handoff::Handoff::new(
+            shared.site.grid,
+            Default::default(),
+        ));
+        let (plan_tx, plan_rx) = watch::channel(BTreeMap::from([(
+            "BAT".to_string(),
+            Command::BatteryPower(2.0),
+        )]));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
             EndpointTask {
                 addr: addr.to_string(),
                 devices: vec![bat],
-                lib,
+                lib: lib.clone(),
                 shared: shared.clone(),
-                events: Arc::new(super::super::handoff::Handoff::new(
-                    shared.site.grid,
-                    Default::default(),
-                )),
+                events: events.clone(),
                 setpoints: plan_rx,
                 dry_run: false,
+                failing: Default::default(),
             },
             stop_rx,
         ));
-        let mode = || {
-            let w = bank.lock().unwrap().get(Table::Holding, 40151, 2);
-            (u32::from(w[0]) << 16) | u32::from(w[1])
-        };
-        let releases = || {
-            shared
-                .metrics
-                .device_releases
-                .with_label_values(&["BAT", "plan_loss"])
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let latest = events.drain().latest;
+        let readings = latest
+            .iter()
+            .find_map(|(d, l)| match l {
+                super::super::handoff::Latest::Up(s) if d == "BAT" => Some(s.readings.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("BAT was not read: {:?}", latest.len()));
+        assert_eq!(
+            readings.get("setpoint_kw"),
+            None,
+            "WSet is past the declared 704: {readings:?}"
+        );
+        assert_eq!(readings.get("soc_pct"), Some(&55.0), "{readings:?}");
+        let m = &shared.metrics;
+        assert!(
+            m.setpoint_writes
+                .with_label_values(&["BAT", "refused"])
                 .get()
-        };
-        plan_tx
-            .send(BTreeMap::from([(
-                "BAT".to_string(),
-                Command::BatteryPower(2.0),
-            )]))
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(mode(), 802, "a plan takes the battery into remote control");
-        // No new plan: after one step (1 s real) the battery is released.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert_eq!(mode(), 803, "plan loss must release the battery");
-        assert_eq!(releases(), 1);
-        plan_tx
-            .send(BTreeMap::from([(
-                "BAT".to_string(),
-                Command::BatteryPower(1.0),
-            )]))
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(mode(), 802, "a fresh plan resumes control");
+                >= 1
+        );
+        assert_eq!(m.setpoint_writes.with_label_values(&["BAT", "ok"]).get(), 0);
+        let written = bank.lock().unwrap().take_writes();
+        assert!(
+            written.iter().all(|(a, w)| a + w.len() as u16 <= at802),
+            "a write landed in model 802 at {at802}: {written:?}"
+        );
+        drop(plan_tx);
         stop_tx.send(true).unwrap();
         task.await.unwrap();
-        assert_eq!(mode(), 803, "released on stop");
     }
 
     #[test]
     fn bounds_combine_ratings_and_configured_limits() {
-        assert_eq!(bounds(&dev("")), (-40.0, 50.0));
+        assert_eq!(bounds(&dev("")), Some((-40.0, 50.0)));
         assert_eq!(
             bounds(&dev("setpoint_min_kw = -10.0\nsetpoint_max_kw = 80.0")),
-            (-10.0, 50.0)
+            Some((-10.0, 50.0))
         );
+        // A minimum above the charge rating (or a maximum below the discharge
+        // rating): nothing is safe, rather than a range forced open past the
+        // rating with the sign of the command inverted.
+        assert_eq!(bounds(&dev("setpoint_min_kw = 80.0")), None);
+        assert_eq!(bounds(&dev("setpoint_max_kw = -60.0")), None);
+        assert_eq!(bounds(&dev("setpoint_min_kw = nan")), None);
     }
 
     #[test]
     fn backoff_doubles_per_failure_and_is_capped() {
-        let mut d = DevState {
-            cfg: dev(""),
-            plan: None,
-            last: Vec::new(),
-            written: None,
-            last_kw: None,
-            interval: Duration::from_millis(100),
-            next_due: Instant::now(),
-            failures: 1,
-        };
+        let mut d = DevState::new(dev(""), Duration::from_millis(100), Instant::now());
+        d.failures = 1;
         let max = Duration::from_secs(1);
         assert_eq!(d.backoff(max), Duration::from_millis(200));
         d.failures = 2;
@@ -748,5 +1230,35 @@ meter = "BAT"
         d.failures = 40;
         assert_eq!(d.backoff(max), max);
         assert_eq!(d.refresh(), Duration::from_secs(5));
+    }
+
+    /// Settings that once panicked the endpoint task: a revert timer too
+    /// long for a `Duration`, an interval whose backoff overflows one.
+    #[test]
+    fn extreme_settings_make_durations_not_panics() {
+        let d = DevState::new(
+            dev("revert_timeout_s = 1e20"),
+            Duration::from_millis(100),
+            Instant::now(),
+        );
+        assert_eq!(d.refresh(), DEFAULT_REVERT / 3);
+        let d = DevState::new(
+            dev("revert_timeout_s = 0.0"),
+            Duration::from_millis(100),
+            Instant::now(),
+        );
+        assert_eq!(d.refresh(), DEFAULT_REVERT / 3);
+        let mut d = DevState::new(dev(""), Duration::from_millis(u64::MAX), Instant::now());
+        d.failures = 20;
+        assert_eq!(
+            d.backoff(Duration::from_secs(1)),
+            Duration::from_millis(u64::MAX)
+        );
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
     }
 }

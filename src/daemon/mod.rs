@@ -14,6 +14,16 @@
 //!
 //! Data moves one way through channels; the only shared state is the status
 //! snapshot that the HTTP server reads.
+//!
+//! Every task runs under one supervisor (a `JoinSet` in [`Daemon`]): a task
+//! that ends or panics before ped is asked to stop hands every controlled
+//! device back to its own safe mode (the surviving endpoint tasks release
+//! theirs; the devices of a dead endpoint task are released over a fresh
+//! connection), is logged and counted (`ped_task_failures_total`), and
+//! [`Daemon::run_until`] returns an error so that ped exits non-zero and its
+//! service manager restarts it. A half-running ped that still looks healthy
+//! is worse than a restart: it keeps sending setpoints built from readings
+//! nobody refreshes.
 
 mod aggregate;
 mod endpoint;
@@ -31,8 +41,11 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -50,6 +63,30 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error("the {task} task stopped ({why}); every controlled device was released and ped stops with an error so that systemd or Docker restarts it")]
+    TaskFailed { task: String, why: String },
+}
+
+/// Test-only fault injection, honoured by debug builds only (the binaries
+/// `cargo test` runs), ignored by release builds: `PED_FAULT_PANIC=planner`
+/// makes the planner panic once a battery follows its plan, `PED_FAULT_PANIC=endpoint:<device>`
+/// makes the endpoint task of that device panic once the device follows a
+/// non-zero setpoint ped wrote. Stands in for a bug in a stage, so the tests
+/// can show what supervision does about one (`tests/supervision.rs`).
+#[cfg(debug_assertions)]
+pub(crate) fn fault_panic(task: &str, device: Option<&str>) -> bool {
+    static WANTED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var("PED_FAULT_PANIC").ok());
+    match (wanted.as_deref(), device) {
+        (Some(w), None) => w == task,
+        (Some(w), Some(d)) => w.split_once(':') == Some((task, d)),
+        (None, _) => false,
+    }
+}
+
+#[cfg(not(debug_assertions))]
+pub(crate) fn fault_panic(_task: &str, _device: Option<&str>) -> bool {
+    false
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +117,43 @@ pub struct DeviceStatus {
     /// Clock time of the readings, so that control can tell a stale one.
     #[serde(skip)]
     pub read_at: Option<DateTime<Utc>>,
+    /// Real time of the last good poll, set by the endpoint task itself: if
+    /// that task stops, nothing refreshes it and the device turns stale.
+    #[serde(skip)]
+    pub polled_ok: Option<Instant>,
+    /// After how long without a good poll the device counts as down even
+    /// though no failure was reported (a few of its poll intervals).
+    #[serde(skip)]
+    pub stale_after: std::time::Duration,
+}
+
+impl DeviceStatus {
+    /// How long the device has gone without a good poll, when that is longer
+    /// than its `stale_after`: it was up, and nobody has polled it since.
+    pub fn stale_for(&self, now: Instant) -> Option<std::time::Duration> {
+        let age = now.saturating_duration_since(self.polled_ok?);
+        (self.up && age > self.stale_after).then_some(age)
+    }
+
+    /// Up, and its last good poll recent enough.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.up && self.stale_for(now).is_none()
+    }
+}
+
+/// Polls without an answer, beyond the timeouts, after which a device that
+/// nobody reported down counts as down anyway.
+const STALE_POLLS: u32 = 5;
+
+/// A device's `stale_after`: [`STALE_POLLS`] poll intervals plus two timeouts
+/// (a late poll behind a slow neighbour on the same line is not a stale one),
+/// never under 10 s, so that a loaded gateway does not flap.
+pub(crate) fn stale_after(interval_ms: u64, timeout_ms: u64) -> std::time::Duration {
+    let ms = interval_ms
+        .saturating_mul(u64::from(STALE_POLLS))
+        .saturating_add(timeout_ms.saturating_mul(2))
+        .max(10_000);
+    std::time::Duration::from_millis(ms)
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -157,12 +231,39 @@ impl crate::http::Backend for Shared {
     fn metrics(&self) -> String {
         // Evaluated at scrape time so the gauge can never disagree with /ready.
         self.metrics.ready.set(i64::from(self.ready().is_ok()));
+        {
+            // A device nobody polls any more (its endpoint task stopped) must
+            // not keep the 1 its last good poll set.
+            let now = Instant::now();
+            let st = self.status();
+            for d in st.devices.values().filter(|d| d.stale_for(now).is_some()) {
+                self.metrics
+                    .device_up
+                    .with_label_values(&[&d.id, &d.kind])
+                    .set(0);
+            }
+        }
         self.metrics.render()
     }
     fn ready(&self) -> Result<(), String> {
         let st = self.status();
         if !st.polled_once {
             return Err("no successful poll yet".into());
+        }
+        let now = Instant::now();
+        let stale: Vec<String> = st
+            .devices
+            .values()
+            .filter_map(|d| {
+                d.stale_for(now)
+                    .map(|age| format!("{} ({} s)", d.id, age.as_secs()))
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Err(format!(
+                "no poll of {} since its last good reading although none failed: its endpoint task is not running",
+                stale.join(", ")
+            ));
         }
         match &st.plan {
             None => Err("no plan yet".into()),
@@ -181,7 +282,21 @@ impl crate::http::Backend for Shared {
     }
     fn status_json(&self) -> String {
         let ready = self.ready();
+        let now = Instant::now();
         let st = self.status();
+        // `up` means up now: a stale device is shown down, with the reason.
+        let devices: Vec<DeviceStatus> = st
+            .devices
+            .values()
+            .map(|d| {
+                let mut d = d.clone();
+                if let Some(age) = d.stale_for(now) {
+                    d.up = false;
+                    d.last_error = Some(format!("stale: no poll for {} s", age.as_secs()));
+                }
+                d
+            })
+            .collect();
         let sum = |key: &str, kind: &str| -> f64 {
             st.devices
                 .values()
@@ -201,13 +316,13 @@ impl crate::http::Backend for Shared {
             "plan_status": st.plan.as_ref().map(|p| p.status.clone()),
             "plan": st.plan,
             "periods_closed": st.periods_closed,
-            "devices": st.devices.values().collect::<Vec<_>>(),
+            "devices": devices,
             // For the status page: the flows now, the last period in kWh, and
             // its keys by participant (key_units alone are in config order).
             "battery_kw": sum("power_kw", "battery"),
             "p2h_kw": sum("power_kw", "power_to_heat"),
             "heat_kw": sum("heat_kw", "heat_meter"),
-            "devices_up": st.devices.values().filter(|d| d.up).count(),
+            "devices_up": devices.iter().filter(|d| d.up).count(),
             "devices_total": st.devices.len(),
             "ready": ready.as_ref().err(),
             "step_minutes": self.site.grid.step().num_minutes(),
@@ -394,7 +509,14 @@ pub struct Daemon {
     pub shared: Arc<Shared>,
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, Stage>,
+    /// Set when a task failed: releases are then counted as `task_failure`.
+    failing: Arc<AtomicBool>,
+    lib: Arc<ModelLibrary>,
+    events: Arc<handoff::Handoff>,
+    setpoints: watch::Receiver<BTreeMap<String, Command>>,
+    dry_run: bool,
 }
 
 impl Daemon {
@@ -414,6 +536,9 @@ impl Daemon {
         opts: Options,
         ledger: LedgerOptions,
     ) -> Result<Daemon, DaemonError> {
+        for w in crate::config::warnings(&site.config, &lib) {
+            tracing::warn!(key = %w.key, fix = %w.fix, "{}", w.message);
+        }
         let metrics = Metrics::new(&site.config.site.id)?;
         metrics.precreate(
             site.config
@@ -472,6 +597,10 @@ impl Daemon {
                 DeviceStatus {
                     id: d.id.clone(),
                     kind: d.kind.as_str().into(),
+                    stale_after: stale_after(
+                        d.interval_ms.unwrap_or(site.config.polling.interval_ms),
+                        site.config.polling.timeout_ms,
+                    ),
                     ..Default::default()
                 },
             );
@@ -511,62 +640,78 @@ impl Daemon {
         let handoff = Arc::new(handoff::Handoff::new(site.grid, kinds));
         let (periods_tx, periods_rx) = mpsc::channel::<PeriodRecord>(64);
         let (setpoints_tx, setpoints_rx) = watch::channel(BTreeMap::<String, Command>::new());
-        let mut tasks = Vec::new();
+        let mut tasks = JoinSet::new();
+        let mut names = std::collections::HashMap::new();
+        let failing = Arc::new(AtomicBool::new(false));
+        let dry_run = opts.dry_run || !site.config.control.writes_allowed;
 
         {
             let shared = shared.clone();
             let mut rx = shutdown_rx.clone();
-            tasks.push(tokio::spawn(async move {
+            let h = tasks.spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
                 crate::http::serve(listener, shared, stop).await;
-            }));
+            });
+            names.insert(h.id(), Stage::Other("http"));
         }
         for (addr, devs) in site.endpoints() {
             let devs: Vec<_> = devs.into_iter().cloned().collect();
-            tasks.push(tokio::spawn(endpoint::run(
+            let h = tasks.spawn(endpoint::run(
                 endpoint::EndpointTask {
-                    addr,
-                    devices: devs,
+                    addr: addr.clone(),
+                    devices: devs.clone(),
                     lib: lib.clone(),
                     shared: shared.clone(),
                     events: handoff.clone(),
                     setpoints: setpoints_rx.clone(),
-                    dry_run: opts.dry_run || !site.config.control.writes_allowed,
+                    dry_run,
+                    failing: failing.clone(),
                 },
                 shutdown_rx.clone(),
-            )));
+            ));
+            names.insert(
+                h.id(),
+                Stage::Endpoint {
+                    addr,
+                    devices: devs,
+                },
+            );
         }
         // Opened (and migrated) before the first poll, so the resume point is known.
         let mut sink = aggregate::Sink::open(ledger_path.clone());
         sink.slow = ledger.writer_delay.unwrap_or_default();
-        tasks.push(tokio::spawn(aggregate::run(
+        let h = tasks.spawn(aggregate::run(
             shared.clone(),
-            handoff,
+            handoff.clone(),
             periods_tx,
             shutdown_rx.clone(),
             sink,
-        )));
-        tasks.push(tokio::spawn(dispatch_recorder(
+        ));
+        names.insert(h.id(), Stage::Other("aggregator"));
+        let h = tasks.spawn(dispatch_recorder(
             shared.clone(),
             ledger_path.clone(),
             setpoints_rx.clone(),
             shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(outbox_task(
+        ));
+        names.insert(h.id(), Stage::Other("dispatch_recorder"));
+        let h = tasks.spawn(outbox_task(
             shared.clone(),
             ledger_path,
             ledger.deliver.clone(),
             ledger.backoff.unwrap_or_default(),
             shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(planner::run(
+        ));
+        names.insert(h.id(), Stage::Other("outbox"));
+        let h = tasks.spawn(planner::run(
             shared.clone(),
             periods_rx,
             setpoints_tx,
             shutdown_rx,
-        )));
+        ));
+        names.insert(h.id(), Stage::Other("planner"));
         tracing::info!(
             site = %site.config.site.id,
             devices = site.config.devices.len(),
@@ -579,16 +724,168 @@ impl Daemon {
             http_addr,
             shutdown: shutdown_tx,
             tasks,
+            names,
+            failing,
+            lib,
+            events: handoff,
+            setpoints: setpoints_rx,
+            dry_run,
         })
     }
 
-    /// Stops every task; endpoint tasks release their setpoints first.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    /// Runs until `stop` completes (a signal, the end of a simulation), then
+    /// stops cleanly; or until a task stops by itself, and then releases
+    /// every controlled device, stops the rest and returns the failure.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        let failed = tokio::select! {
+            _ = stop => None,
+            f = self.next_failure() => Some(f),
+        };
+        match failed {
+            None => {
+                self.shutdown().await;
+                Ok(())
+            }
+            Some(f) => Err(self.fail(f).await),
         }
+    }
+
+    /// Waits for the first task that stops: before shutdown, any stop is a failure.
+    async fn next_failure(&mut self) -> Failure {
+        let Some(joined) = self.tasks.join_next_with_id().await else {
+            // No task at all: nothing can fail, wait for the stop signal.
+            return std::future::pending().await;
+        };
+        let (id, why) = match joined {
+            Ok((id, ())) => (id, "it ended on its own".to_string()),
+            Err(e) => {
+                let id = e.id();
+                let why = if e.is_panic() {
+                    let p = e.into_panic();
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    format!("panicked: {msg}")
+                } else {
+                    "it was cancelled".to_string()
+                };
+                (id, why)
+            }
+        };
+        Failure {
+            stage: self.names.remove(&id).unwrap_or(Stage::Other("unknown")),
+            why,
+        }
+    }
+
+    /// What supervision does about a failed task: count and log it, release
+    /// every controlled device (the dead endpoint's over a fresh connection,
+    /// the others by their own tasks on shutdown), stop the rest.
+    async fn fail(mut self, f: Failure) -> DaemonError {
+        let task = f.stage.name();
+        let what = match &f.stage {
+            Stage::Endpoint { addr, .. } => format!("endpoint {addr}"),
+            Stage::Other(name) => (*name).to_string(),
+        };
+        self.shared
+            .metrics
+            .task_failures
+            .with_label_values(&[task])
+            .inc();
+        tracing::error!(task = %what, why = %f.why, "a daemon task stopped: releasing every controlled device, then ped stops with an error so that its service manager restarts it");
+        self.failing.store(true, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        if let Stage::Endpoint { addr, devices } = f.stage {
+            let orphans = endpoint::EndpointTask {
+                addr,
+                devices,
+                lib: self.lib.clone(),
+                shared: self.shared.clone(),
+                events: self.events.clone(),
+                setpoints: self.setpoints.clone(),
+                dry_run: self.dry_run,
+                failing: self.failing.clone(),
+            };
+            if tokio::time::timeout(RELEASE_WITHIN, endpoint::release_orphans(orphans))
+                .await
+                .is_err()
+            {
+                tracing::error!(task = %what, "releasing the devices of the stopped endpoint took too long; they fall back by their own revert timers");
+            }
+        }
+        self.join_rest().await;
+        DaemonError::TaskFailed {
+            task: what,
+            why: f.why,
+        }
+    }
+
+    /// Stops every task; endpoint tasks release their setpoints first.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.join_rest().await;
         tracing::info!("ped daemon stopped");
+    }
+
+    async fn join_rest(&mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        let joined = tokio::time::timeout(RELEASE_WITHIN, async {
+            while let Some(r) = tasks.join_next_with_id().await {
+                if let Err(e) = r {
+                    let name = self.names.get(&e.id()).map_or("unknown", Stage::name);
+                    tracing::error!(task = name, error = %e, "a daemon task failed while stopping");
+                }
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "tasks still running after {} s: left behind",
+                RELEASE_WITHIN.as_secs()
+            );
+            tasks.detach_all();
+        }
+    }
+}
+
+/// How long stopping may take: releasing devices over slow links included.
+const RELEASE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A supervised task, by what it is.
+enum Stage {
+    /// An endpoint task and what it polls, to release its devices if it dies.
+    Endpoint {
+        addr: String,
+        devices: Vec<crate::config::DeviceConfig>,
+    },
+    Other(&'static str),
+}
+
+impl Stage {
+    /// The `task` label of `ped_task_failures_total`.
+    fn name(&self) -> &'static str {
+        match self {
+            Stage::Endpoint { .. } => "endpoint",
+            Stage::Other(n) => n,
+        }
+    }
+}
+
+struct Failure {
+    stage: Stage,
+    why: String,
+}
+
+impl Drop for Daemon {
+    /// Dropping a daemon leaves its tasks running, as a `JoinHandle` would.
+    fn drop(&mut self) {
+        self.tasks.detach_all();
     }
 }
 
@@ -662,6 +959,76 @@ mod tests {
         let err = s.ready().unwrap_err();
         assert!(err.starts_with("plan is stale"), "{err}");
         assert_eq!(gauge(&s).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_device_nobody_polls_any_more_is_down_everywhere_and_ready_says_why() {
+        let s = shared();
+        let now = Instant::now();
+        let minute_ago = now
+            .checked_sub(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("the monotonic clock starts less than a minute ago"));
+        let (fresh, stuck) = {
+            let mut st = s.status();
+            st.polled_once = true;
+            st.plan = Some(plan_at(&s, chrono::Duration::zero()));
+            let mut ids = st.devices.keys().cloned();
+            let (Some(fresh), Some(stuck)) = (ids.next(), ids.next()) else {
+                panic!("the demo site has devices");
+            };
+            for (id, at) in [(&fresh, now), (&stuck, minute_ago)] {
+                let d = st.devices.get_mut(id).unwrap_or_else(|| panic!("{id}"));
+                d.up = true;
+                d.polled_ok = Some(at);
+                d.stale_after = stale_after(1_000, 1_000);
+                s.metrics.device_up.with_label_values(&[id, &d.kind]).set(1);
+            }
+            (fresh, stuck)
+        };
+        let err = s.ready().unwrap_err();
+        assert!(err.contains(&format!("no poll of {stuck} (60 s)")), "{err}");
+        assert!(!err.contains(&fresh), "{err}");
+        let v: serde_json::Value =
+            serde_json::from_str(&s.status_json()).unwrap_or_else(|e| panic!("{e}"));
+        let dev = |id: &str| {
+            v["devices"]
+                .as_array()
+                .and_then(|a| a.iter().find(|d| d["id"] == id))
+                .cloned()
+                .unwrap_or_else(|| panic!("{id} in {v}"))
+        };
+        assert_eq!(dev(&stuck)["up"], false);
+        assert_eq!(dev(&stuck)["last_error"], "stale: no poll for 60 s");
+        assert_eq!(dev(&fresh)["up"], true);
+        assert_eq!(v["devices_up"], 1);
+        let text = s.metrics();
+        let up = |id: &str| {
+            let label = format!("device=\"{id}\"");
+            text.lines()
+                .find(|l| l.starts_with("ped_device_up{") && l.contains(&label))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!(up(&stuck), Some(0.0));
+        assert_eq!(up(&fresh), Some(1.0));
+        // Reported down by its poller (a failure), a device is down, not stale:
+        // /ready is not about ordinary device faults.
+        s.status()
+            .devices
+            .get_mut(&stuck)
+            .unwrap_or_else(|| panic!())
+            .up = false;
+        assert_eq!(s.ready(), Ok(()));
+    }
+
+    #[test]
+    fn stale_after_is_a_few_polls_never_under_ten_seconds_and_never_overflows() {
+        use std::time::Duration;
+        assert_eq!(stale_after(1_000, 1_000), Duration::from_secs(10));
+        assert_eq!(stale_after(5_000, 2_000), Duration::from_secs(29));
+        assert_eq!(
+            stale_after(u64::MAX, u64::MAX),
+            Duration::from_millis(u64::MAX)
+        );
     }
 
     #[test]

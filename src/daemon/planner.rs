@@ -34,14 +34,14 @@ pub async fn run(
         .collect();
     // Let the first polls land before the first plan.
     tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(3 * site.config.polling.interval_ms)) => {}
+        _ = tokio::time::sleep(Duration::from_millis(site.config.polling.interval_ms.saturating_mul(3))) => {}
         _ = shutdown.changed() => return,
     }
     let mut last_valid: Option<plan::Plan> = None;
     let mut export_prices = crate::prices::Feed::new(site.config.plan.export_prices_file.clone());
     let tracking_on = site.config.plan.tracking;
     // A control tick every five polls: each one sees fresh meter readings.
-    let tick = Duration::from_millis(5 * site.config.polling.interval_ms.max(1));
+    let tick = Duration::from_millis(site.config.polling.interval_ms.max(1).saturating_mul(5));
     // The reason tracking last skipped a tick, to log a change of it once.
     let mut skipped: Option<&'static str> = None;
     if !tracking_on {
@@ -87,7 +87,7 @@ pub async fn run(
             tokio::task::spawn_blocking(move || plan::solve_ladder(&input, budget, last.as_ref()))
         };
         let waited = tokio::select! {
-            r = tokio::time::timeout(budget + Duration::from_millis(500), solving) => r,
+            r = tokio::time::timeout(budget.saturating_add(Duration::from_millis(500)), solving) => r,
             _ = shutdown.changed() => return,
         };
         let result = match waited {
@@ -135,6 +135,9 @@ pub async fn run(
             tokio::select! {
                 _ = clock.sleep_until(wake) => {}
                 _ = shutdown.changed() => return,
+            }
+            if super::fault_panic("planner", None) && batteries_driven(&shared) {
+                panic!("PED_FAULT_PANIC: the planner panics while a battery follows its plan");
             }
             if tracking_on && clock.now() < next {
                 track_tick(
@@ -545,6 +548,17 @@ fn sp_devices(sp: &BTreeMap<String, Command>) -> impl Iterator<Item = String> + 
     sp.iter()
         .filter(|(_, c)| matches!(c, Command::BatteryPower(_) | Command::PowerToHeat(_)))
         .map(|(d, _)| d.clone())
+}
+
+/// A battery reports that it follows a setpoint (for the test-only fault).
+fn batteries_driven(shared: &Shared) -> bool {
+    shared
+        .status()
+        .devices
+        .values()
+        .filter(|d| d.kind == "battery")
+        .filter_map(|d| d.readings.get("power_kw"))
+        .any(|kw| kw.abs() > 0.5)
 }
 
 fn publish(

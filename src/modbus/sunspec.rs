@@ -20,6 +20,15 @@ pub struct DiscoveredModel {
     pub len: u16,
 }
 
+impl DiscoveredModel {
+    /// Words of the model as the device declares it, ID and L registers
+    /// included: reads and writes must stay inside them, whatever length
+    /// ped's own definition of the model has (an older revision is shorter).
+    pub fn block_len(&self) -> u16 {
+        self.len.saturating_add(2)
+    }
+}
+
 /// Finds the SunSpec base and lists the models in device order.
 ///
 /// An exception while probing a base moves on to the next base; a timeout or
