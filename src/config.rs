@@ -140,17 +140,45 @@ pub struct HttpSection {
     /// (`http::auth`); without it such endpoints stay disabled.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Connections open at once; the next waits in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request's headers, and the longest
+    /// it may stay idle between two requests (at most 300 used).
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
+    /// Series naming a participant on `/metrics`; beyond loopback they also
+    /// need the token.
+    #[serde(default = "default_true")]
+    pub participant_metrics: bool,
+    /// `Host` names accepted (no port); empty: loopback names on a loopback
+    /// listener, any name beyond it.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
             token_file: None,
+            max_connections: default_max_connections(),
+            header_timeout_s: default_header_timeout_s(),
+            participant_metrics: true,
+            allowed_hosts: Vec::new(),
         }
     }
 }
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
+}
+fn default_max_connections() -> usize {
+    64
+}
+fn default_header_timeout_s() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

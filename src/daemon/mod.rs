@@ -50,6 +50,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(transparent)]
+    Token(#[from] crate::http::auth::TokenError),
 }
 
 #[derive(Debug, Clone)]
@@ -434,6 +436,7 @@ impl Daemon {
             path: output_dir.clone(),
             source: e,
         })?;
+        let http_settings = crate::http::Settings::from_config(&site.config.http)?;
         let listen = opts
             .http_listen
             .clone()
@@ -515,7 +518,7 @@ impl Daemon {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                crate::http::serve(listener, shared, stop).await;
+                crate::http::serve(listener, shared, http_settings, stop).await;
             }));
         }
         for (addr, devs) in site.endpoints() {
