@@ -876,6 +876,10 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         job.cups = keys::read_cups_map(c)?;
     }
     if let Some(c) = a.cau {
+        // The CAU names the output file: it must stay inside --out.
+        if !ped::dso::is_plain_file_stem(&c) {
+            bail!("--cau `{c}`: a CAU is letters and digits (e.g. ES0031405712345678JY1A000); it names the output file and cannot hold `/` or start with `.`");
+        }
         job.cau = c;
     }
     let mut site = site;
