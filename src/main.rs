@@ -1078,10 +1078,7 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
     let Some(d) = &site.config.delivery else {
         return Ok((None, None));
     };
-    let backoff = ped::ledger::outbox::Backoff {
-        base: chrono::Duration::seconds(d.backoff_base_s as i64),
-        cap: chrono::Duration::seconds(d.backoff_cap_s as i64),
-    };
+    let backoff = ped::ledger::outbox::Backoff::from_secs(d.backoff_base_s, d.backoff_cap_s);
     let deliver: Arc<dyn ped::dso::delivery::Deliver> = match d.kind {
         DeliveryKind::Folder => {
             let Some(dir) = d.dir.clone() else {
@@ -1111,9 +1108,19 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
                 })?),
                 None => None,
             };
-            let t = std::time::Duration::from_secs_f64(d.timeout_s);
+            let t = std::time::Duration::try_from_secs_f64(d.timeout_s)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: delivery.timeout_s = {} is not a usable duration (fix: e.g. timeout_s = 30)",
+                        site.source.display(),
+                        d.timeout_s
+                    )
+                })?;
+            // timeout_s bounds a whole POST, and so each connect and read in it.
             Arc::new(
-                ped::dso::channels::HttpPost::new(url, t, t, token)
+                ped::dso::channels::HttpPost::new(url, t, t, t, token)
                     .map_err(|e| anyhow::anyhow!("{}: delivery.url: {e}", site.source.display()))?,
             )
         }

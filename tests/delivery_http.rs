@@ -95,6 +95,7 @@ fn post(url: &str, read_ms: u64) -> HttpPost {
         url,
         Duration::from_secs(2),
         Duration::from_millis(read_ms),
+        Duration::from_secs(30),
         None,
     )
     .unwrap()
