@@ -1636,7 +1636,8 @@ meter = "M-1"
         assert_eq!(del.kind, DeliveryKind::Https);
         assert_eq!(del.backoff_base_s, 60);
 
-        let remote = "\n[delivery]\nkind = \"https\"\nurl = \"http://ped:s3cr3t-pw@dso.example/keys\"\n";
+        let remote =
+            "\n[delivery]\nkind = \"https\"\nurl = \"http://ped:s3cr3t-pw@dso.example/keys\"\n";
         let (_d2, bad) = write(&(MINIMAL.to_string() + remote));
         let err = load(&bad, &maps()).unwrap_err().to_string();
         assert!(
@@ -1798,7 +1799,10 @@ pub fn read_delivery_token(path: &std::path::Path) -> Result<String, Problem> {
         if mode & 0o077 != 0 {
             return Err(problem(
                 "delivery.token_file",
-                format!("{}: other users can read it (mode {mode:o})", path.display()),
+                format!(
+                    "{}: other users can read it (mode {mode:o})",
+                    path.display()
+                ),
                 format!("chmod 600 {}", path.display()),
             ));
         }

@@ -200,7 +200,9 @@ struct App<B> {
     loopback: bool,
 }
 
-fn router<B: Backend>(backend: Arc<B>, access: Access, loopback: bool) -> Router {
+/// The routes and access rules, as served on a listener that is (or not) on
+/// loopback. Public so that the rules can be tested without a socket.
+pub fn router<B: Backend>(backend: Arc<B>, access: Access, loopback: bool) -> Router {
     let state = Arc::new(App {
         backend,
         access,
@@ -298,7 +300,10 @@ impl<B> App<B> {
             .get_all(header::AUTHORIZATION)
             .iter()
             .filter_map(|v| v.to_str().ok());
-        if presented.into_iter().any(|v| auth::authorized_value(v, token)) {
+        if presented
+            .into_iter()
+            .any(|v| auth::authorized_value(v, token))
+        {
             return Ok(());
         }
         let mut r = text(StatusCode::UNAUTHORIZED, "token needed\n");
@@ -467,8 +472,8 @@ mod tests {
         let mut out = Vec::new();
         loop {
             let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-            let len = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16)
-                .unwrap();
+            let len =
+                usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
             if len == 0 {
                 return out;
             }
@@ -515,7 +520,12 @@ mod tests {
             .replace("http://www.w3.org/2000/svg", "")
             .contains("http://"));
         assert!(!b.contains("https://"));
-        for path in ["/nope", "/../metrics", "/metrics/../status.json", "//etc/passwd"] {
+        for path in [
+            "/nope",
+            "/../metrics",
+            "/metrics/../status.json",
+            "//etc/passwd",
+        ] {
             let (head, _) = get(addr, &req("GET", path, "")).await;
             assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
         }
@@ -549,7 +559,9 @@ mod tests {
             "{head}"
         );
         // Compressed on the fly: sent chunked.
-        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+        assert!(head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"));
         let b = dechunk(&b);
         let mut plain = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&b[..]), &mut plain)
@@ -565,7 +577,13 @@ mod tests {
     #[test]
     fn host_rule() {
         let none: Vec<String> = Vec::new();
-        for h in ["127.0.0.1:9464", "localhost", "LOCALHOST:80", "[::1]:9464", "127.0.0.2"] {
+        for h in [
+            "127.0.0.1:9464",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:9464",
+            "127.0.0.2",
+        ] {
             assert!(host_allowed(Some(h), &none, true), "{h}");
         }
         for h in ["evil.example", "evil.example:9464", "10.0.0.5:9464"] {
@@ -595,90 +613,10 @@ mod tests {
             ready: AtomicBool::new(true),
         };
         let out = without_participants(&f.metrics());
-        assert_eq!(out, "# HELP ped_x x\n# TYPE ped_x gauge\nped_x{site=\"s\"} 1\n");
-    }
-
-    fn with_token() -> (tempfile::TempDir, Token) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("token");
-        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let t = Token::load(&p).unwrap();
-        (dir, t)
-    }
-
-    /// The access rules beyond loopback, driven through the router itself
-    /// (binding a non-loopback address is not possible everywhere tests run).
-    #[tokio::test]
-    async fn beyond_loopback_personal_data_needs_the_token() {
-        use tower::ServiceExt as _;
-        let (_d, token) = with_token();
-        let backend = Arc::new(Fake {
-            ready: AtomicBool::new(true),
-        });
-        let call = |app: Router, path: &str, auth: Option<&str>| {
-            let mut r = Request::builder()
-                .uri(path)
-                .header(header::HOST, "10.0.0.5:9464");
-            if let Some(a) = auth {
-                r = r.header(header::AUTHORIZATION, a);
-            }
-            let r = r.body(axum::body::Body::empty()).unwrap();
-            async move {
-                let resp = app.oneshot(r).await.unwrap();
-                let code = resp.status();
-                let b = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-                (code, body(&b))
-            }
-        };
-        let access = Access {
-            token: Some(token),
-            participant_metrics: true,
-            allowed_hosts: Vec::new(),
-        };
-        let app = router(backend.clone(), access.clone(), false);
-        for path in ["/", "/status.json"] {
-            let (code, b) = call(app.clone(), path, None).await;
-            assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
-            assert!(!b.contains("site"), "{path}: {b}");
-            let (code, _) = call(app.clone(), path, Some("Bearer 0123456789abcdef0124")).await;
-            assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}");
-            let (code, _) = call(app.clone(), path, Some("Bearer 0123456789abcdef0123")).await;
-            assert_eq!(code, StatusCode::OK, "{path}");
-        }
-        // A browser's Basic credentials carry the token as the password.
-        use base64::Engine as _;
-        let basic = base64::engine::general_purpose::STANDARD.encode("manager:0123456789abcdef0123");
-        let (code, b) = call(app.clone(), "/status.json", Some(&format!("Basic {basic}"))).await;
-        assert_eq!((code, b.as_str()), (StatusCode::OK, "{\"site\":\"t\"}"));
-        // /metrics: the site's series for anyone, the participants' with the token.
-        let (code, b) = call(app.clone(), "/metrics", None).await;
-        assert_eq!(code, StatusCode::OK);
-        assert_eq!(b, without_participants(&backend.metrics()));
-        let (_, b) = call(app.clone(), "/metrics", Some("Bearer 0123456789abcdef0123")).await;
-        assert_eq!(b, backend.metrics());
-        let (code, _) = call(app.clone(), "/health", None).await;
-        assert_eq!(code, StatusCode::OK);
-        // participant_metrics = false: never, token or not.
-        let off = router(
-            backend.clone(),
-            Access {
-                participant_metrics: false,
-                ..access
-            },
-            false,
+        assert_eq!(
+            out,
+            "# HELP ped_x x\n# TYPE ped_x gauge\nped_x{site=\"s\"} 1\n"
         );
-        let (_, b) = call(off, "/metrics", Some("Bearer 0123456789abcdef0123")).await;
-        assert_eq!(b, without_participants(&backend.metrics()));
-        // No token configured: personal data is refused to everyone.
-        let closed = router(backend.clone(), Access::default(), false);
-        let (code, b) = call(closed, "/status.json", Some("Bearer 0123456789abcdef0123")).await;
-        assert_eq!(code, StatusCode::FORBIDDEN);
-        assert!(b.contains("http.token_file"), "{b}");
     }
 
     /// More idle connections than slots: `/health` answers as soon as one
@@ -750,7 +688,12 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out).matches("HTTP/1.1 200").count(), 2);
+        assert_eq!(
+            String::from_utf8_lossy(&out)
+                .matches("HTTP/1.1 200")
+                .count(),
+            2
+        );
         let _ = tx.send(());
     }
 }

@@ -1120,7 +1120,7 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
                 })?;
             // timeout_s bounds a whole POST, and so each connect and read in it.
             Arc::new(
-                ped::dso::channels::HttpPost::new(url, t, t, t, token)
+                ped::dso::channels::HttpPost::new(url, t, t, token)
                     .map_err(|e| anyhow::anyhow!("{}: delivery.url: {e}", site.source.display()))?,
             )
         }

@@ -95,7 +95,6 @@ fn post(url: &str, read_ms: u64) -> HttpPost {
         url,
         Duration::from_secs(2),
         Duration::from_millis(read_ms),
-        Duration::from_secs(30),
         None,
     )
     .unwrap()

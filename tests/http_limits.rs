@@ -149,7 +149,10 @@ fn idle_connections_beyond_the_limit_starve_neither_files_nor_health() {
     let base = fds();
     if let Some(base) = base {
         // Without the limit the flood below would use up ped's descriptors.
-        assert!(base < NOFILE && base + IDLE > NOFILE, "{base} open at start");
+        assert!(
+            base < NOFILE && base + IDLE > NOFILE,
+            "{base} open at start"
+        );
     }
 
     // The flood: more idle connections than ped has file descriptors left.

@@ -66,7 +66,12 @@ fn a_participant_id_from_the_manifest_cannot_escape_out() {
     let before = tree(tmp.path());
 
     let st = tmp.path().join("deep/st");
-    let o = keys(&["--statements", run.to_str().unwrap(), "--out", st.to_str().unwrap()]);
+    let o = keys(&[
+        "--statements",
+        run.to_str().unwrap(),
+        "--out",
+        st.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("`../x`"), "{err}");
@@ -106,10 +111,8 @@ fn a_cau_cannot_escape_out() {
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(tree(tmp.path())
-        .iter()
-        .all(|p| p.starts_with("deep/es")));
-    assert!(tree(&out)
-        .iter()
-        .any(|p| p.to_string_lossy().starts_with("ES0031405712345678JY1A000_")));
+    assert!(tree(tmp.path()).iter().all(|p| p.starts_with("deep/es")));
+    assert!(tree(&out).iter().any(|p| p
+        .to_string_lossy()
+        .starts_with("ES0031405712345678JY1A000_")));
 }

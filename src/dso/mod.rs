@@ -40,7 +40,18 @@ mod name_tests {
         for ok in ["FLAT-1", "ES0031405712345678JY1A000", "a.b_c"] {
             assert!(super::is_plain_file_stem(ok), "{ok}");
         }
-        for bad in ["", "../x", "..", ".hidden", "a/b", "a\\b", "/etc/x", "a\0b", "é", &"x".repeat(101)] {
+        for bad in [
+            "",
+            "../x",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "/etc/x",
+            "a\0b",
+            "é",
+            &"x".repeat(101),
+        ] {
             assert!(!super::is_plain_file_stem(bad), "{bad}");
         }
     }

@@ -327,6 +327,9 @@ mod tests {
         let b = Backoff::from_secs(10_000_000_000_000, 10_000_000_000_000);
         assert_eq!(b.after(7), chrono::Duration::seconds(10_000_000_000_000));
         assert_eq!(b.next_attempt(now, 1), DateTime::<Utc>::MAX_UTC);
-        assert_eq!(Backoff::from_secs(60, 3600).next_attempt(now, 2), now + chrono::Duration::minutes(2));
+        assert_eq!(
+            Backoff::from_secs(60, 3600).next_attempt(now, 2),
+            now + chrono::Duration::minutes(2)
+        );
     }
 }
