@@ -285,13 +285,14 @@ async fn check_host<B: Backend>(
 }
 
 impl<B> App<B> {
-    /// On loopback everything is served; beyond it, personal data only with the token.
-    fn personal_ok(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// On loopback everything is served; beyond it, personal data only with
+    /// the token. `None`: served; else the refusal to send.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
         if self.loopback {
-            return Ok(());
+            return None;
         }
         let Some(token) = &self.access.token else {
-            return Err(text(
+            return Some(text(
                 StatusCode::FORBIDDEN,
                 "personal data: not served beyond loopback without http.token_file\n",
             ));
@@ -304,7 +305,7 @@ impl<B> App<B> {
             .into_iter()
             .any(|v| auth::authorized_value(v, token))
         {
-            return Ok(());
+            return None;
         }
         let mut r = text(StatusCode::UNAUTHORIZED, "token needed\n");
         // Basic lets a browser ask for the token (as the password) and resend
@@ -318,12 +319,12 @@ impl<B> App<B> {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"ped\""),
         );
-        Err(r)
+        Some(r)
     }
 }
 
 async fn page<B: Backend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.personal_ok(&headers) {
+    if let Some(r) = app.refusal(&headers) {
         return r;
     }
     (
@@ -334,7 +335,7 @@ async fn page<B: Backend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) ->
 }
 
 async fn status_json<B: Backend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.personal_ok(&headers) {
+    if let Some(r) = app.refusal(&headers) {
         return r;
     }
     (
@@ -358,7 +359,7 @@ async fn ready<B: Backend>(State(app): State<Arc<App<B>>>) -> Response {
 
 async fn metrics<B: Backend>(State(app): State<Arc<App<B>>>, headers: HeaderMap) -> Response {
     let body = app.backend.metrics();
-    let with_participants = app.access.participant_metrics && app.personal_ok(&headers).is_ok();
+    let with_participants = app.access.participant_metrics && app.refusal(&headers).is_none();
     let body = if with_participants {
         body
     } else {
@@ -410,7 +411,7 @@ mod tests {
     }
     impl Backend for Fake {
         fn metrics(&self) -> String {
-            "# HELP ped_x x\n# TYPE ped_x gauge\nped_x{site=\"s\"} 1\n# HELP ped_participant_key_ratio k\n# TYPE ped_participant_key_ratio gauge\nped_participant_key_ratio{participant=\"H-001\",site=\"s\"} 0.5\n".repeat(1).to_string()
+            "# HELP ped_x x\n# TYPE ped_x gauge\nped_x{site=\"s\"} 1\n# HELP ped_participant_key_ratio k\n# TYPE ped_participant_key_ratio gauge\nped_participant_key_ratio{participant=\"H-001\",site=\"s\"} 0.5\n".to_string()
         }
         fn ready(&self) -> Result<(), String> {
             if self.ready.load(Ordering::SeqCst) {
