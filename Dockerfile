@@ -36,6 +36,10 @@ RUN mkdir -p /var/lib/ped && chown ped:ped /var/lib/ped
 USER ped
 WORKDIR /var/lib/ped
 VOLUME ["/etc/ped", "/var/lib/ped"]
+# 0.0.0.0: the container's loopback is unreachable from outside. Beyond loopback
+# ped serves the status page, /status.json and participant series only with the
+# token of http.token_file (mount one, mode 600, owner 10001, and set
+# PED__HTTP__TOKEN_FILE); without it they are refused and ped warns at start.
 ENV PED__SITE__OUTPUT_DIR=/var/lib/ped \
     PED__HTTP__LISTEN=0.0.0.0:9464
 EXPOSE 9464

@@ -12,8 +12,9 @@ code with ped: it reads the key files as bytes and the data set as CSV.
 
 A participant is short when its month under ped's keys is below its exact
 pro-rata month by more than max(0.1 kWh, 0.5 %). A participant whose
-consumption ped had to estimate for a day or more (manifest.json,
-`estimated_steps`) is listed apart: the estimate's error can put it short.
+consumption ped had to estimate for --gap-hours or more (default 24;
+manifest.json, `estimated_steps`) is listed apart: the estimate's error can
+put it short.
 Members only: a participant outside its `entry`..`exit` (site file) at a step
 takes no part in that step, as the DSO's settlement has it.
 """
@@ -119,6 +120,8 @@ def main():
     ap.add_argument("--site", required=True)
     ap.add_argument("--max-short", type=int, default=None)
     ap.add_argument("--min-percent", type=float, default=None)
+    ap.add_argument("--gap-hours", type=float, default=24.0,
+                    help="participants with this many hours of estimated consumption are listed apart")
     a = ap.parse_args()
 
     man = json.load(open(os.path.join(a.keys, "manifest.json")))
@@ -200,7 +203,7 @@ def main():
             got[pid] += min(offered.get(pid, 0.0), c[pid])
 
     gaps = {p["id"] for p in man["participants"]
-            if p.get("estimated_steps", 0) * step_min >= 24 * 60}
+            if p.get("estimated_steps", 0) * step_min >= a.gap_hours * 60}
     short = []
     for pid in part:
         miss = pro[pid] - got[pid]
@@ -215,9 +218,9 @@ def main():
     print(f"self-consumed under the DSO's rule with the clean data: {total:.3f} kWh of the "
           f"pro-rata maximum {maximum:.3f} kWh = {pct:.3f} %")
     print(f"participants short of exact pro rata by > max(0.1 kWh, 0.5 %): {len(counted)}"
-          f" (+{len(short) - len(counted)} with a gap of a day or more in ped's copy)")
+          f" (+{len(short) - len(counted)} with {a.gap_hours:g} h or more estimated in ped's copy)")
     for rel, miss, pid in short[:10]:
-        note = " (multi-day gap)" if pid in gaps else ""
+        note = " (estimated gap)" if pid in gaps else ""
         print(f"  {pid}: {miss:.3f} kWh short = {100 * rel:.2f} % of {pro[pid]:.3f} kWh{note}")
     failed = False
     if a.max_short is not None and len(counted) > a.max_short:

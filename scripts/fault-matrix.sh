@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # The suites the README's table names. Exact names must exist; `prefix_*` needs at least one
 # tests/prefix_*.rs. A missing suite is a failure, never a skip: the table would lie.
-EXPECTED=(fault_matrix faults_devices control_envelope modbus_loopback slow_writer 'crash_*' 'ledger_*' modbus_rtu_serial revert_timer keys_cli supervision control_safety)
+EXPECTED=(fault_matrix faults_devices control_envelope modbus_loopback slow_writer 'crash_*' 'ledger_*' modbus_rtu_serial revert_timer keys_cli supervision control_safety http_limits http_access keys_paths outbox_faults)
 
 suites=()
 missing=()

@@ -140,17 +140,45 @@ pub struct HttpSection {
     /// (`http::auth`); without it such endpoints stay disabled.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Connections open at once; the next waits in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request's headers, and the longest
+    /// it may stay idle between two requests (at most 300 used).
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
+    /// Series naming a participant on `/metrics`; beyond loopback they also
+    /// need the token.
+    #[serde(default = "default_true")]
+    pub participant_metrics: bool,
+    /// `Host` names accepted (no port); empty: loopback names on a loopback
+    /// listener, any name beyond it.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: default_listen(),
             token_file: None,
+            max_connections: default_max_connections(),
+            header_timeout_s: default_header_timeout_s(),
+            participant_metrics: true,
+            allowed_hosts: Vec::new(),
         }
     }
 }
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
+}
+fn default_max_connections() -> usize {
+    64
+}
+fn default_header_timeout_s() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -2075,11 +2103,16 @@ meter = "M-1"
         assert_eq!(del.kind, DeliveryKind::Https);
         assert_eq!(del.backoff_base_s, 60);
 
-        let remote = "\n[delivery]\nkind = \"https\"\nurl = \"http://dso.example/keys\"\n";
+        let remote =
+            "\n[delivery]\nkind = \"https\"\nurl = \"http://ped:s3cr3t-pw@dso.example/keys\"\n";
         let (_d2, bad) = write(&(MINIMAL.to_string() + remote));
         let err = load(&bad, &maps()).unwrap_err().to_string();
         assert!(
             err.contains("delivery.url") && err.contains("in clear"),
+            "{err}"
+        );
+        assert!(
+            err.contains("`http://***@dso.example/keys`") && !err.contains("s3cr3t"),
             "{err}"
         );
 
@@ -2098,6 +2131,15 @@ meter = "M-1"
 
         let secret = d.path().join("token");
         std::fs::write(&secret, "s3cr3t-token\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let p = read_delivery_token(&secret).unwrap_err();
+            assert_eq!(p.key, "delivery.token_file");
+            assert_eq!(p.fix, format!("chmod 600 {}", secret.display()));
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let with = format!(
             "\n[delivery]\nkind = \"https\"\nurl = \"https://dso.example/keys\"\ntoken_file = \"{}\"\n",
             secret.display()
@@ -2355,7 +2397,8 @@ pub struct DeliverySection {
     /// the secret stays out of the site file (which goes into the ledger).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// Connect and read timeout of one POST, seconds.
+    /// Longest one POST may take, seconds, from the connection to the last
+    /// byte of the answer (so also each connect and read within it).
     #[serde(default = "default_delivery_timeout_s")]
     pub timeout_s: f64,
     /// First wait after a transient failure, seconds (site clock); doubles per failure.
@@ -2396,6 +2439,22 @@ fn url_host(rest: &str) -> &str {
 /// Reads `delivery.token_file`; the error is a config problem naming key,
 /// file and fix. The token itself never appears in a message.
 pub fn read_delivery_token(path: &std::path::Path) -> Result<String, Problem> {
+    // A secret only its owner may read, as for http.token_file.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(problem(
+                "delivery.token_file",
+                format!(
+                    "{}: other users can read it (mode {mode:o})",
+                    path.display()
+                ),
+                format!("chmod 600 {}", path.display()),
+            ));
+        }
+    }
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
         Ok(_) => Err(problem(
@@ -2443,12 +2502,14 @@ fn check_delivery(d: &DeliverySection, p: &mut Vec<Problem>) {
                     "add url = \"https://…\" (the DSO or relay endpoint)",
                 )),
                 Some(url) => {
+                    // Problems are printed and logged: never the URL's credentials.
+                    let shown = crate::dso::channels::redact_url(url);
                     let local = |host: &str| matches!(host, "127.0.0.1" | "localhost" | "::1");
                     if let Some(rest) = url.strip_prefix("https://") {
                         if url_host(rest).is_empty() {
                             p.push(problem(
                                 "delivery.url",
-                                format!("`{url}` has no host"),
+                                format!("`{shown}` has no host"),
                                 "use https://host/path",
                             ));
                         }
@@ -2456,14 +2517,14 @@ fn check_delivery(d: &DeliverySection, p: &mut Vec<Problem>) {
                         if !local(url_host(rest)) {
                             p.push(problem(
                                 "delivery.url",
-                                format!("`{url}` is plain http to a remote host: key files and token would travel in clear"),
+                                format!("`{shown}` is plain http to a remote host: key files and token would travel in clear"),
                                 "use https://, or http:// only to 127.0.0.1/localhost",
                             ));
                         }
                     } else {
                         p.push(problem(
                             "delivery.url",
-                            format!("`{url}` is not an http(s) URL"),
+                            format!("`{shown}` is not an http(s) URL"),
                             "use https://host/path",
                         ));
                     }

@@ -914,6 +914,10 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         job.cups = keys::read_cups_map(c)?;
     }
     if let Some(c) = a.cau {
+        // The CAU names the output file: it must stay inside --out.
+        if !ped::dso::is_plain_file_stem(&c) {
+            bail!("--cau `{c}`: a CAU is letters and digits (e.g. ES0031405712345678JY1A000); it names the output file and cannot hold `/` or start with `.`");
+        }
         job.cau = c;
     }
     let mut site = site;
@@ -1119,10 +1123,7 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
     let Some(d) = &site.config.delivery else {
         return Ok((None, None));
     };
-    let backoff = ped::ledger::outbox::Backoff {
-        base: chrono::Duration::seconds(d.backoff_base_s as i64),
-        cap: chrono::Duration::seconds(d.backoff_cap_s as i64),
-    };
+    let backoff = ped::ledger::outbox::Backoff::from_secs(d.backoff_base_s, d.backoff_cap_s);
     let deliver: Arc<dyn ped::dso::delivery::Deliver> = match d.kind {
         DeliveryKind::Folder => {
             let Some(dir) = d.dir.clone() else {
@@ -1152,7 +1153,17 @@ fn site_delivery(site: &ped::config::Site) -> Result<SiteDelivery> {
                 })?),
                 None => None,
             };
-            let t = std::time::Duration::from_secs_f64(d.timeout_s);
+            let t = std::time::Duration::try_from_secs_f64(d.timeout_s)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: delivery.timeout_s = {} is not a usable duration (fix: e.g. timeout_s = 30)",
+                        site.source.display(),
+                        d.timeout_s
+                    )
+                })?;
+            // timeout_s bounds a whole POST, and so each connect and read in it.
             Arc::new(
                 ped::dso::channels::HttpPost::new(url, t, t, token)
                     .map_err(|e| anyhow::anyhow!("{}: delivery.url: {e}", site.source.display()))?,

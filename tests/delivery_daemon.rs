@@ -161,6 +161,12 @@ fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
     let stop = Arc::new(AtomicBool::new(false));
     let (url, seen) = server(stop.clone());
     std::fs::write(dir.join("token"), "test-token\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
     let text = std::fs::read_to_string(dir.join("site.toml")).unwrap();
     // Backoff in site-clock seconds: at ×900, 60 s is 67 ms of real time.
     let text = text.replace("timeout_ms = 500", "timeout_ms = 200")

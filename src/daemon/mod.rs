@@ -65,6 +65,8 @@ pub enum DaemonError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("the {task} task stopped ({why}); every controlled device was released and ped stops with an error so that systemd or Docker restarts it")]
     TaskFailed { task: String, why: String },
+    #[error(transparent)]
+    Token(#[from] crate::http::auth::TokenError),
 }
 
 /// Test-only fault injection, honoured by debug builds only (the binaries
@@ -564,6 +566,7 @@ impl Daemon {
             path: output_dir.clone(),
             source: e,
         })?;
+        let http_settings = crate::http::Settings::from_config(&site.config.http)?;
         let listen = opts
             .http_listen
             .clone()
@@ -652,7 +655,7 @@ impl Daemon {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                crate::http::serve(listener, shared, stop).await;
+                crate::http::serve(listener, shared, http_settings, stop).await;
             });
             names.insert(h.id(), Stage::Other("http"));
         }

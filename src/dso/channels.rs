@@ -101,48 +101,111 @@ impl Deliver for FolderDrop {
     }
 }
 
+/// `url` with its user-info (`user:secret@`) replaced by `***@`. This is the
+/// only form of a delivery URL that logs, errors, `ped check` and the
+/// outbox's error column may hold.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// POSTs a file to an HTTP(S) endpoint with an `Idempotency-Key` header, so
 /// a retry of a file whose acknowledgement was lost is not counted twice.
 /// 2xx: delivered; 408, 429, 5xx, timeouts, refused or dropped connections:
 /// transient; other statuses (4xx, unexpected 3xx): permanent.
+///
+/// One POST has an overall deadline, from the connection to the last byte
+/// read, so a receiver that trickles its answer cannot hold the outbox.
 pub struct HttpPost {
     url: String,
+    /// `url` as [`redact_url`] shows it.
+    shown: String,
+    /// The user-info of `url`, if any: scrubbed from every message.
+    userinfo: Option<String>,
     agent: ureq::Agent,
     bearer: Option<String>,
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for HttpPost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The token stays out of logs.
-        f.debug_struct("HttpPost").field("url", &self.url).finish()
+        // The token and the URL's credentials stay out of logs.
+        f.debug_struct("HttpPost")
+            .field("url", &self.shown)
+            .finish()
     }
 }
 
 impl HttpPost {
     /// `url` must be `http://` or `https://`; TLS is rustls with the Mozilla
-    /// roots, so no system OpenSSL is involved.
+    /// roots, so no system OpenSSL is involved. `deadline` bounds a whole
+    /// POST, from the connection to the last byte of the answer (and so every
+    /// read and write in it); `connect_timeout` the connection alone.
     pub fn new(
         url: &str,
         connect_timeout: Duration,
-        read_timeout: Duration,
+        deadline: Duration,
         bearer: Option<String>,
     ) -> Result<Self, DeliveryError> {
+        let shown = redact_url(url);
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(DeliveryError::Permanent(format!(
-                "delivery URL `{url}` must start with http:// or https://"
+                "delivery URL `{shown}` must start with http:// or https://"
             )));
         }
+        let userinfo = url.split_once("://").and_then(|(_, rest)| {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            rest[..end]
+                .rfind('@')
+                .map(|at| rest[..at].to_string())
+                .filter(|u| !u.is_empty())
+        });
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(connect_timeout)
-            .timeout_read(read_timeout)
-            .timeout_write(read_timeout)
+            // One deadline for the whole exchange (it takes precedence over
+            // per-read and per-write timeouts in ureq): a trickle cannot
+            // reset it the way it resets a per-read timeout.
+            .timeout(deadline)
             .redirects(0)
             .build();
         Ok(HttpPost {
             url: url.to_string(),
+            shown,
+            userinfo,
             agent,
             bearer,
+            deadline,
         })
+    }
+
+    /// Every message leaving the channel goes through here.
+    fn scrub(&self, msg: String) -> String {
+        let msg = msg.replace(&self.url, &self.shown);
+        match &self.userinfo {
+            Some(u) => {
+                let msg = msg.replace(u.as_str(), "***");
+                // The password alone, as a server might echo it back decoded.
+                match u.split_once(':') {
+                    Some((_, pw)) if pw.len() >= 4 => msg.replace(pw, "***"),
+                    _ => msg,
+                }
+            }
+            None => msg,
+        }
+    }
+
+    fn transient(&self, msg: String) -> DeliveryError {
+        DeliveryError::Transient(self.scrub(msg))
+    }
+
+    fn permanent(&self, msg: String) -> DeliveryError {
+        DeliveryError::Permanent(self.scrub(msg))
     }
 }
 
@@ -189,40 +252,54 @@ impl Deliver for HttpPost {
         if let Some(token) = &self.bearer {
             req = req.set("Authorization", &format!("Bearer {token}"));
         }
-        match req.send_bytes(&d.content) {
+        let started = std::time::Instant::now();
+        let url = &self.shown;
+        let result = match req.send_bytes(&d.content) {
             Ok(resp) => {
                 let status = resp.status();
                 let mut body = String::new();
-                let _ = resp.into_reader().take(4096).read_to_string(&mut body);
-                if (200..300).contains(&status) {
+                let read = resp.into_reader().take(4096).read_to_string(&mut body);
+                if started.elapsed() > self.deadline || read.is_err() {
+                    // The answer did not arrive whole in time: whether the
+                    // receiver kept the file is unknown, so try again (same key).
+                    Err(self.transient(format!(
+                        "HTTP {status} from {url}, answer not read within the {} s deadline",
+                        self.deadline.as_secs_f64()
+                    )))
+                } else if (200..300).contains(&status) {
                     Ok(format!("HTTP {status} {}", short(&body)))
                 } else {
-                    Err(DeliveryError::Permanent(format!(
-                        "unexpected HTTP {status} from {}",
-                        self.url
-                    )))
+                    Err(self.permanent(format!("unexpected HTTP {status} from {url}")))
                 }
             }
             Err(ureq::Error::Status(status, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
-                let msg = format!("HTTP {status} from {}: {}", self.url, short(&body));
+                let msg = format!("HTTP {status} from {url}: {}", short(&body));
                 if status == 408 || status == 429 || status >= 500 {
-                    Err(DeliveryError::Transient(msg))
+                    Err(self.transient(msg))
                 } else {
-                    Err(DeliveryError::Permanent(msg))
+                    Err(self.permanent(msg))
                 }
             }
             Err(ureq::Error::Transport(t)) => {
                 use ureq::ErrorKind::*;
-                let msg = format!("{}: {t}", self.url);
+                // Not `t`'s own Display: it starts with the URL as given.
+                let mut msg = format!("{url}: {}", t.kind());
+                if let Some(m) = t.message() {
+                    msg.push_str(&format!(": {m}"));
+                }
+                if let Some(src) = std::error::Error::source(&t) {
+                    msg.push_str(&format!(": {src}"));
+                }
                 match t.kind() {
                     InvalidUrl | UnknownScheme | InsecureRequestHttpsOnly | InvalidProxyUrl => {
-                        Err(DeliveryError::Permanent(msg))
+                        Err(self.permanent(msg))
                     }
-                    _ => Err(DeliveryError::Transient(msg)),
+                    _ => Err(self.transient(msg)),
                 }
             }
-        }
+        };
+        result.map(|receipt| self.scrub(receipt))
     }
 }
 
@@ -334,12 +411,89 @@ mod tests {
 
     #[test]
     fn http_post_rejects_other_schemes() {
-        assert!(HttpPost::new(
-            "ftp://x",
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            None
-        )
-        .is_err());
+        let s = Duration::from_secs(1);
+        let e = HttpPost::new("ftp://user:s3cr3t-pw@x", s, s, None).unwrap_err();
+        assert!(
+            matches!(&e, DeliveryError::Permanent(m) if m == "delivery URL `ftp://***@x` must start with http:// or https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        assert_eq!(
+            redact_url("https://user:secret@dso.example:8443/keys?a=b@c"),
+            "https://***@dso.example:8443/keys?a=b@c"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9/keys"),
+            "http://127.0.0.1:9/keys"
+        );
+        assert_eq!(redact_url("https://tok@h/"), "https://***@h/");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    /// A local receiver: answers each connection with `reply(n)` (None:
+    /// drop it) after reading the request head; serves `n` connections.
+    fn receiver(
+        n: usize,
+        reply: impl Fn(usize, &mut std::net::TcpStream) + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            for k in 0..n {
+                let Ok((mut s, _)) = l.accept() else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => break,
+                    }
+                }
+                reply(k, &mut s);
+            }
+        });
+        (format!("http://user:s3cr3t-pw@{addr}/keys"), h)
+    }
+
+    #[test]
+    fn credentials_in_the_url_reach_neither_errors_nor_the_outbox() {
+        let (url, h) = receiver(2, |k, s| {
+            let body = "no user:s3cr3t-pw here";
+            let code = if k == 0 { 503 } else { 403 };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        let t = Duration::from_secs(5);
+        let post = HttpPost::new(&url, t, t, None).unwrap();
+        assert!(!format!("{post:?}").contains("s3cr3t"));
+        let d = delivery("k.csv", b"x");
+        let shown = url.replace("user:s3cr3t-pw", "***");
+        let e1 = post.deliver(&d).unwrap_err();
+        assert_eq!(
+            e1,
+            DeliveryError::Transient(format!("HTTP 503 from {shown}: no *** here"))
+        );
+        let e2 = post.deliver(&d).unwrap_err();
+        assert!(
+            matches!(&e2, DeliveryError::Permanent(m) if m.starts_with(&format!("HTTP 403 from {shown}"))),
+            "{e2}"
+        );
+        h.join().unwrap();
+        // Nothing listens any more: a transport error, scrubbed too.
+        let e3 = post.deliver(&d).unwrap_err();
+        let DeliveryError::Transient(m) = &e3 else {
+            panic!("{e3}")
+        };
+        assert!(
+            m.starts_with(&format!("{shown}: ")) && !m.contains("s3cr3t"),
+            "{m}"
+        );
     }
 }

@@ -12,12 +12,49 @@ pub mod statement;
 
 use chrono::{DateTime, Utc};
 
+/// Whether `name` can become a file name inside an output folder as it is:
+/// letters, digits, `.`, `_`, `-`, at most 100 of them, not starting with a
+/// dot. So no separator, no `..`, no hidden file: a participant id from a
+/// manifest or a CAU on the command line can never write outside `--out`.
+pub fn is_plain_file_stem(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// One step of keys: the step's UTC start and one integer key per consumer,
 /// in units of an [`crate::allocation::Precision`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
     pub start: DateTime<Utc>,
     pub units: Vec<u32>,
+}
+
+#[cfg(test)]
+mod name_tests {
+    #[test]
+    fn only_plain_stems_pass() {
+        for ok in ["FLAT-1", "ES0031405712345678JY1A000", "a.b_c"] {
+            assert!(super::is_plain_file_stem(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "/etc/x",
+            "a\0b",
+            "é",
+            &"x".repeat(101),
+        ] {
+            assert!(!super::is_plain_file_stem(bad), "{bad}");
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -28,6 +28,8 @@ pub enum StatementError {
         line: usize,
         reason: String,
     },
+    #[error("participant id `{id}` in the manifest cannot be a file name (only letters, digits, `.`, `_`, `-`, not starting with `.`); nothing written (fix: use the manifest ped keys wrote, or rename the participant in the site config and rerun ped keys)")]
+    UnsafeId { id: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -253,14 +255,20 @@ pub fn render_html(s: &Statement) -> String {
 
 /// Writes `<id>.csv` and `<id>.html` per participant into `out`.
 pub fn write_all(out: &Path, statements: &[Statement]) -> Result<Vec<PathBuf>, StatementError> {
+    // The ids come from a manifest on disk, which anyone may have edited:
+    // each must stay a plain name inside `out`. Checked before any write.
+    if let Some(s) = statements
+        .iter()
+        .find(|s| !super::is_plain_file_stem(&s.id))
+    {
+        return Err(StatementError::UnsafeId { id: s.id.clone() });
+    }
     std::fs::create_dir_all(out).map_err(|source| StatementError::Io {
         path: out.to_path_buf(),
         source,
     })?;
     let mut files = Vec::new();
     for s in statements {
-        // Participant ids are validated `[A-Za-z0-9._-]` by the config, so
-        // they are safe file names.
         for (ext, text) in [("csv", render_csv(s)), ("html", render_html(s))] {
             let path = out.join(format!("{}.{ext}", s.id));
             std::fs::write(&path, text).map_err(|source| StatementError::Io {

@@ -1,9 +1,10 @@
-//! Bearer tokens for HTTP endpoints that change state.
+//! Bearer tokens for HTTP endpoints that serve personal data or change state.
 //!
-//! Today every endpoint is read-only (GET/HEAD; anything else is answered 405), so
-//! none needs a token. An endpoint that changes state (a manual setpoint, a resend of
-//! key files, …) must call [`authorized`] with the token from `http.token_file` and
-//! answer 401 without it; with no token configured, such endpoints stay disabled.
+//! Beyond loopback, the status page, `/status.json` and participant series need
+//! the token from `http.token_file` ([`authorized_value`], used by `http`). An
+//! endpoint that changes state (a manual setpoint, a resend of key files, …) must
+//! check it too and answer 401 without it; with no token configured, such
+//! endpoints stay disabled.
 //! The comparison takes the same time whatever the bytes, so the token cannot be
 //! guessed a byte at a time from response times.
 
@@ -92,12 +93,37 @@ pub fn authorized(request_head: &str, token: Option<&Token>) -> bool {
         .any(|(_, value)| {
             let value = value.trim();
             match value.split_once(' ') {
-                Some((scheme, presented)) if scheme.eq_ignore_ascii_case("bearer") => {
-                    constant_time_eq(presented.trim().as_bytes(), token.0.as_bytes())
+                Some((scheme, _)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    authorized_value(value, token)
                 }
                 _ => false,
             }
         })
+}
+
+/// Whether one `Authorization` header value carries the token: `Bearer <token>`
+/// (Prometheus, curl), or `Basic` with the token as the password (a browser
+/// asked for credentials; the user name is ignored).
+pub fn authorized_value(value: &str, token: &Token) -> bool {
+    let value = value.trim();
+    let Some((scheme, presented)) = value.split_once(' ') else {
+        return false;
+    };
+    let presented = presented.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return constant_time_eq(presented.as_bytes(), token.0.as_bytes());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(presented) else {
+            return false;
+        };
+        return match decoded.iter().position(|b| *b == b':') {
+            Some(k) => constant_time_eq(&decoded[k + 1..], token.0.as_bytes()),
+            None => false,
+        };
+    }
+    false
 }
 
 #[cfg(test)]

@@ -34,14 +34,34 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn after(&self, attempts: u32) -> chrono::Duration {
-        let exp = attempts.saturating_sub(1).min(30);
-        let d = self.base * (1i32 << exp.min(20));
-        if d > self.cap || exp >= 20 {
-            self.cap
-        } else {
-            d
+    /// From `delivery.backoff_base_s` and `backoff_cap_s`; values beyond what a
+    /// duration can hold (hundreds of millions of years) become that bound.
+    pub fn from_secs(base_s: u64, cap_s: u64) -> Backoff {
+        let secs = |s: u64| {
+            i64::try_from(s)
+                .ok()
+                .and_then(chrono::Duration::try_seconds)
+                .unwrap_or(chrono::Duration::MAX)
+        };
+        Backoff {
+            base: secs(base_s),
+            cap: secs(cap_s),
         }
+    }
+
+    pub fn after(&self, attempts: u32) -> chrono::Duration {
+        let exp = attempts.saturating_sub(1).min(20);
+        self.base
+            .checked_mul(1i32 << exp)
+            .map_or(self.cap, |d| d.min(self.cap))
+    }
+
+    /// When to try again after `attempts` failures at `now`: never earlier
+    /// than `now`, and the latest instant a timestamp holds if the wait
+    /// reaches beyond it (the failure is recorded either way).
+    pub fn next_attempt(&self, now: DateTime<Utc>, attempts: u32) -> DateTime<Utc> {
+        now.checked_add_signed(self.after(attempts))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -84,6 +104,9 @@ pub struct OutboxEntry {
     pub idempotency_key: String,
     pub state: String,
     pub attempts: u32,
+    /// Why the last attempt failed, as the channel reported it (credentials
+    /// already scrubbed by the channel).
+    pub last_error: Option<String>,
 }
 
 /// Delivers every entry due at `now`, oldest first. Each outcome is committed
@@ -147,7 +170,7 @@ pub fn deliver_due(
                 AttemptResult::Sent
             }
             Err(DeliveryError::Transient(why)) => {
-                let next = now + backoff.after(attempts);
+                let next = backoff.next_attempt(now, attempts);
                 failures.push((id, attempts, Some(next), why.clone()));
                 tracing::warn!(file = %file_name, channel = deliver.channel(), attempts, error = %why, next = %next, "delivery failed, will retry");
                 AttemptResult::Retry
@@ -217,7 +240,7 @@ pub fn entries(ledger: &mut Ledger) -> Result<Vec<OutboxEntry>, LedgerError> {
     };
     let conn = ledger.conn();
     let mut st = conn
-        .prepare("SELECT id, file_name, version, idempotency_key, state, attempts FROM outbox ORDER BY id")
+        .prepare("SELECT id, file_name, version, idempotency_key, state, attempts, last_error FROM outbox ORDER BY id")
         .map_err(e)?;
     let rows = st
         .query_map([], |r| {
@@ -228,6 +251,7 @@ pub fn entries(ledger: &mut Ledger) -> Result<Vec<OutboxEntry>, LedgerError> {
                 idempotency_key: r.get(3)?,
                 state: r.get(4)?,
                 attempts: r.get(5)?,
+                last_error: r.get(6)?,
             })
         })
         .map_err(e)?;
@@ -292,5 +316,20 @@ mod tests {
         assert_eq!(b.after(5), chrono::Duration::minutes(16));
         assert_eq!(b.after(6), chrono::Duration::minutes(30));
         assert_eq!(b.after(1000), chrono::Duration::minutes(30));
+    }
+
+    #[test]
+    fn huge_settings_saturate_instead_of_overflowing() {
+        let b = Backoff::from_secs(u64::MAX, u64::MAX);
+        assert_eq!(b.after(1), chrono::Duration::MAX);
+        let now = Utc::now();
+        assert_eq!(b.next_attempt(now, 3), DateTime::<Utc>::MAX_UTC);
+        let b = Backoff::from_secs(10_000_000_000_000, 10_000_000_000_000);
+        assert_eq!(b.after(7), chrono::Duration::seconds(10_000_000_000_000));
+        assert_eq!(b.next_attempt(now, 1), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            Backoff::from_secs(60, 3600).next_attempt(now, 2),
+            now + chrono::Duration::minutes(2)
+        );
     }
 }
