@@ -179,14 +179,14 @@ pub fn keys_for_step_carried(
     carry: &mut Remainders,
 ) -> Result<StepKeys, AllocationError> {
     carry.fit(input.consumption_kwh.len());
-    keys_for_step_with(input, policy, precision, Some(&mut carry.kwh))
+    keys_for_step_with(input, policy, precision, Some(carry))
 }
 
 fn keys_for_step_with(
     input: &StepInput,
     policy: &Policy,
     precision: Precision,
-    carry: Option<&mut [f64]>,
+    carry: Option<&mut Remainders>,
 ) -> Result<StepKeys, AllocationError> {
     if precision.units_per_one == 0 {
         return Err(AllocationError::BadPrecision(0));
@@ -386,7 +386,7 @@ fn quantise(
     c: &[f64],
     precision: Precision,
     redistribute: bool,
-    carry: Option<&mut [f64]>,
+    carry: Option<&mut Remainders>,
 ) -> Vec<u32> {
     let n = c.len();
     if p <= 0.0 {
@@ -411,9 +411,21 @@ fn quantise(
 
     match carry {
         Some(carry) => {
-            spend_carried(&mut units, &mut residue, intended, p, c, precision, carry);
-            for (i, owed) in carry.iter_mut().enumerate() {
-                *owed += intended[i] - served(units[i], p, c[i], precision);
+            let fair = pro_rata(p, c);
+            spend_carried(
+                &mut units,
+                &mut residue,
+                intended,
+                &fair,
+                p,
+                c,
+                precision,
+                carry,
+            );
+            for i in 0..n {
+                let got = served(units[i], p, c[i], precision);
+                carry.kwh[i] += intended[i] - got;
+                carry.behind_pro_rata_kwh[i] += fair[i] - got;
             }
         }
         None if redistribute => {
@@ -424,35 +436,61 @@ fn quantise(
     units
 }
 
-/// Gives residue units one at a time to whoever the month owes most: the
-/// participant's carried remainder plus what this step still lacks of its
-/// intended energy, among those a unit still gives energy to (ties: the
-/// larger gain, then the lower index). Residue left once every owed
-/// participant is served goes on by the same order to whoever can absorb
-/// energy, so no absorbable unit is left unallocated.
+/// Gives residue units one at a time, in three tiers, to whoever the month
+/// owes most:
+///
+/// 1. participants behind exact pro rata over the month so far, once the
+///    energy a unit would waste is counted against them: the guarantee that
+///    nobody ends the month worse off than under the DSO's default rule;
+/// 2. then units that give a full unit of energy, to whoever is furthest
+///    below its intended month (carried remainder plus this step's gap);
+/// 3. then units that give only part of one (a consumer within a unit of its
+///    consumption), by the same owed energy minus what the unit wastes.
 ///
 /// A floor loses each participant less than one unit a step, and the
 /// residue is those fractions summed: handing it out by the running
-/// remainder (error diffusion) keeps every participant's month within about
-/// one unit of its intended energy. Handing it out for the largest energy
-/// gain instead favours the consumers a whole unit fits in, step after step,
-/// and a household whose pro-rata share is below one unit would get nothing
-/// all month.
+/// remainder (error diffusion) keeps every participant's month close to its
+/// intended energy. Handing it out for the largest energy gain instead
+/// favours the consumers a whole unit fits in, step after step, and a
+/// household whose pro-rata share is below one unit would get nothing all
+/// month. Putting whole units before partial ones matters once an intended
+/// allocation serves many consumers in full (the month solver's): a unit
+/// that tops up such a consumer wastes most of itself, the energy it wastes
+/// is taken from everyone else's month, and by remainder alone those
+/// consumers win the residue often, pushing participants held at their
+/// pro-rata guarantee below it. They are already above pro rata, so
+/// tier 1 still serves them if they ever fall behind it.
+#[allow(clippy::too_many_arguments)]
 fn spend_carried(
     units: &mut [u32],
     residue: &mut u64,
     intended: &[f64],
+    fair: &[f64],
     p: f64,
     c: &[f64],
     precision: Precision,
-    carry: &[f64],
+    carry: &Remainders,
 ) {
     let full = precision.unit_share() * p;
     let owed = |units: &[u32], i: usize| -> Option<Owed> {
         let now = served(units[i], p, c[i], precision);
         let gain = served(units[i] + 1, p, c[i], precision) - now;
-        (gain > EPS_KWH).then(|| Owed {
-            kwh: carry[i] + intended[i] - now - (full - gain),
+        if gain <= EPS_KWH {
+            return None;
+        }
+        let waste = full - gain;
+        let behind = carry.behind_pro_rata_kwh[i] + fair[i] - now - waste;
+        let whole = gain >= full * (1.0 - 1e-9);
+        let (tier, kwh) = if behind > EPS_KWH {
+            (2, behind)
+        } else if whole {
+            (1, carry.kwh[i] + intended[i] - now)
+        } else {
+            (0, carry.kwh[i] + intended[i] - now - waste)
+        };
+        Some(Owed {
+            tier,
+            kwh,
             gain,
             index: i,
         })
@@ -472,6 +510,7 @@ fn spend_carried(
 
 #[derive(PartialEq)]
 struct Owed {
+    tier: u8,
     kwh: f64,
     gain: f64,
     index: usize,
@@ -479,8 +518,9 @@ struct Owed {
 impl Eq for Owed {}
 impl Ord for Owed {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.kwh
-            .total_cmp(&other.kwh)
+        self.tier
+            .cmp(&other.tier)
+            .then(self.kwh.total_cmp(&other.kwh))
             .then(self.gain.total_cmp(&other.gain))
             .then(other.index.cmp(&self.index))
     }
@@ -491,25 +531,31 @@ impl PartialOrd for Owed {
     }
 }
 
-/// Each participant's rounding remainder over the month so far, kWh: the
-/// energy its intended allocation promised minus what the DSO's rule gave
-/// with the exported keys (positive: the month owes it). Indexed like the
-/// step's consumers; reset at each local month.
+/// Each participant's rounding remainders over the month so far, kWh,
+/// indexed like the step's consumers and reset at each local month.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Remainders {
+    /// The energy its intended allocation promised minus what the DSO's rule
+    /// gave with the exported keys (positive: the month owes it).
     pub kwh: Vec<f64>,
+    /// Exact pro rata minus what the DSO's rule gave (positive: behind the
+    /// DSO's default so far this month).
+    #[serde(default)]
+    pub behind_pro_rata_kwh: Vec<f64>,
 }
 
 impl Remainders {
     pub fn new(participants: usize) -> Self {
         Remainders {
             kwh: vec![0.0; participants],
+            behind_pro_rata_kwh: vec![0.0; participants],
         }
     }
 
     /// Sized for `participants` (a new participant starts owed nothing).
     pub fn fit(&mut self, participants: usize) {
         self.kwh.resize(participants, 0.0);
+        self.behind_pro_rata_kwh.resize(participants, 0.0);
     }
 }
 
@@ -661,7 +707,7 @@ pub fn keys_from_intended_carried(
     let (p, c) = checked(input, precision)?;
     let intended = clip_intended(p, c, intended)?;
     carry.fit(c.len());
-    let units = quantise(&intended, p, c, precision, true, Some(&mut carry.kwh));
+    let units = quantise(&intended, p, c, precision, true, Some(carry));
     Ok(finish(p, c, units, intended, None, precision))
 }
 
@@ -2116,6 +2162,57 @@ mod tests {
             let most = most_at_precision(&prod, &cons, prec);
             assert_months_kept(&got, &exact, best, (most / best - 0.003).min(0.9995));
         }
+    }
+
+    /// Most participants on one tariff, as in a housing operation: the month
+    /// solver's optimum is pro rata in total for each of them, and any split
+    /// of it between steps is worth the same. Rounded, a split that serves
+    /// half of them in full at each step lost units to waste at every step
+    /// and left hundreds short of pro rata; the balanced split keeps
+    /// everyone within the rounding slack and the files at the pro-rata
+    /// maximum.
+    #[test]
+    fn optimised_month_on_one_tariff_rounds_like_pro_rata() {
+        let (prod, cons) = operation(300, 960, 0.6, 11);
+        let n = cons[0].len();
+        let tariffs: Vec<f64> = (0..n)
+            .map(|i| if i % 10 == 0 { 0.20 } else { 0.2516 })
+            .collect();
+        let prio = vec![1u8; n];
+        let mut solver = month_solver(n, None);
+        solver.fairness.floor_ratio = None;
+        solver.subscription_share = vec![None; n];
+        let out = solver
+            .allocate_month(&MonthInput {
+                production_kwh: &prod,
+                consumption_kwh: &cons,
+                tariffs_eur_per_kwh: &tariffs,
+                priority: &prio,
+            })
+            .unwrap();
+        assert!(out.violations.is_empty(), "{:?}", out.violations);
+        let prec = Precision::new(10_000).unwrap();
+        let mut carry = Remainders::new(n);
+        let (mut got, mut exact) = (vec![0.0; n], vec![0.0; n]);
+        let (mut total, mut best) = (0.0, 0.0);
+        for (t, (p, c)) in prod.iter().zip(&cons).enumerate() {
+            let k =
+                keys_from_intended_carried(&step(*p, c), &out.intended_kwh[t], prec, &mut carry)
+                    .unwrap();
+            for (i, a) in apply_rule(&k.units, prec, *p, c).iter().enumerate() {
+                got[i] += a;
+                total += a;
+            }
+            for (i, a) in pro_rata(*p, c).iter().enumerate() {
+                exact[i] += a;
+                best += a;
+            }
+        }
+        let short: Vec<usize> = (0..n)
+            .filter(|&i| got[i] < exact[i] - (0.005 * exact[i]).max(0.1))
+            .collect();
+        assert!(short.is_empty(), "{} short of pro rata: {short:?}", short.len());
+        assert!(total >= 0.9995 * best, "{total} of {best} kWh");
     }
 
     /// Optimised intent too: the month solver's allocation, rounded with

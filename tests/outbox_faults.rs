@@ -33,11 +33,24 @@ fn receiver(
                     _ => break,
                 }
             }
+            // Read the whole request before answering: closing a socket
+            // with unread bytes sends a reset, which can discard the answer
+            // before the client reads it.
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut request_body = vec![0u8; length];
+            let _ = s.read_exact(&mut request_body);
             let _ = write!(
                 s,
                 "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
+            let _ = s.flush();
+            let _ = s.shutdown(std::net::Shutdown::Write);
         }
     });
     (addr, h)

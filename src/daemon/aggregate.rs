@@ -932,6 +932,8 @@ struct RecordFigures {
     total_production_kwh: f64,
     #[serde(default)]
     remainder_kwh: BTreeMap<String, f64>,
+    #[serde(default)]
+    behind_pro_rata_kwh: BTreeMap<String, f64>,
 }
 
 impl Month {
@@ -1001,12 +1003,12 @@ impl Month {
         // The remainders as the period left them (a record without them
         // leaves the carry as it was).
         if !rec.remainder_kwh.is_empty() {
+            let by_participant = |m: &BTreeMap<String, f64>| -> Vec<f64> {
+                cfg.participants.iter().map(|p| get(m, &p.id)).collect()
+            };
             self.carry = allocation::Remainders {
-                kwh: cfg
-                    .participants
-                    .iter()
-                    .map(|p| get(&rec.remainder_kwh, &p.id))
-                    .collect(),
+                kwh: by_participant(&rec.remainder_kwh),
+                behind_pro_rata_kwh: by_participant(&rec.behind_pro_rata_kwh),
             };
         }
     }
@@ -1300,6 +1302,12 @@ fn close_period(
             .participants
             .iter()
             .zip(&carry.kwh)
+            .map(|(p, e)| (p.id.clone(), *e))
+            .collect(),
+        behind_pro_rata_kwh: cfg
+            .participants
+            .iter()
+            .zip(&carry.behind_pro_rata_kwh)
             .map(|(p, e)| (p.id.clone(), *e))
             .collect(),
         key_units: units,
