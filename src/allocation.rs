@@ -2211,7 +2211,11 @@ mod tests {
         let short: Vec<usize> = (0..n)
             .filter(|&i| got[i] < exact[i] - (0.005 * exact[i]).max(0.1))
             .collect();
-        assert!(short.is_empty(), "{} short of pro rata: {short:?}", short.len());
+        assert!(
+            short.is_empty(),
+            "{} short of pro rata: {short:?}",
+            short.len()
+        );
         assert!(total >= 0.9995 * best, "{total} of {best} kWh");
     }
 

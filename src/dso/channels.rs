@@ -434,7 +434,7 @@ mod tests {
     }
 
     /// A local receiver: answers each connection with `reply(n)` (None:
-    /// drop it) after reading the request head; serves `n` connections.
+    /// drop it) after reading the request; serves `n` connections.
     fn receiver(
         n: usize,
         reply: impl Fn(usize, &mut std::net::TcpStream) + Send + 'static,
@@ -453,7 +453,19 @@ mod tests {
                         _ => break,
                     }
                 }
+                // The body too: closing with unread bytes sends a reset,
+                // which can discard the answer before the client reads it.
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = s.read_exact(&mut body);
                 reply(k, &mut s);
+                let _ = s.flush();
+                let _ = s.shutdown(std::net::Shutdown::Write);
             }
         });
         (format!("http://user:s3cr3t-pw@{addr}/keys"), h)
