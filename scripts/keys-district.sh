@@ -31,9 +31,7 @@ cargo build --quiet --bin ped
 ./target/debug/ped check --site "$DATA/site-keys.toml"
 python3 scripts/district-curves.py --data "$DATA" --from "$FROM" --to "$TO" --out "$OUT/curves"
 status=0
-# Pro rata only by default: the optimised month on this data set is not yet
-# within the target (KEYS_POLICIES="prorata optimised" shows it).
-for policy in ${KEYS_POLICIES:-prorata}; do
+for policy in ${KEYS_POLICIES:-prorata optimised}; do
   echo "--- ped keys --policy $policy --from $FROM --to $TO"
   ./target/debug/ped keys --site "$DATA/site-keys.toml" --from "$FROM" --to "$TO" \
     --load-curves "$OUT/curves" --out "$OUT/keys-$policy" --policy "$policy"

@@ -1142,15 +1142,24 @@ fn close_period(
         production.insert(d.id.clone(), e);
     }
     let mut consumption = Vec::with_capacity(cfg.participants.len());
+    let day = grid.local_day(start);
     for p in &cfg.participants {
+        // Outside its membership a participant's meter is archived as read
+        // but takes no part in the operation: no consumption to share
+        // production with, so no key, and a missing reading of it does not
+        // send the period to the default rule.
+        let (entry, exit) = p.membership();
+        let member = !entry.is_some_and(|d| day < d) && !exit.is_some_and(|d| day > d);
         let (e, q) = match counters.energy(&p.meter, "import_kwh", start) {
             Ok(v) => v,
+            Err(_) if !member => (0.0, Quality::Missing),
             Err(why) => {
                 problems.push(why);
                 unknown.push(p.id.clone());
                 (0.0, Quality::Missing)
             }
         };
+        let shared_kwh = if member { e } else { 0.0 };
         estimated |= q == Quality::Estimated;
         energies.push(EnergyRow {
             owner: Owner::Participant,
@@ -1159,7 +1168,7 @@ fn close_period(
             kwh: (q != Quality::Missing).then_some(e),
             quality: q,
         });
-        consumption.push(e);
+        consumption.push(shared_kwh);
     }
     let precision = Precision {
         units_per_one: cfg.keys.units_per_one,
@@ -1738,6 +1747,51 @@ mod tests {
         let (_, consumers) = prms(&sh);
         let text = enedis::render(&sh.site.grid, &consumers, &rows, precision).expect("render");
         enedis::validate(&text, &sh.site.grid, precision).expect("valid keys");
+    }
+
+    /// A participant who joins the day after and one who left the day
+    /// before get no key and no energy, whatever their meters read; a
+    /// missing reading of a non-member does not send periods to the default
+    /// rule; the members share the production.
+    #[test]
+    fn members_outside_their_membership_get_no_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut sh = fairness_day(tmp.path(), 0);
+        sh.site.config.keys.policy = KeyPolicy::Prorata;
+        sh.site.config.participants[0].entry = Some("2025-06-22".into());
+        sh.site.config.participants[2].exit = Some("2025-06-20".into());
+        let (periods, mut c) = fairness_counters(&sh);
+        // The leaver's meter stops answering; it is no member any more.
+        let gone = sh.site.config.participants[2].meter.clone();
+        c.tracks.remove(&(gone, "import_kwh"));
+        let mut month = Month::new();
+        let recs: Vec<PeriodRecord> = periods
+            .iter()
+            .map(|s| close_period(&sh, &c, &mut month, *s).0)
+            .collect();
+        let ids: Vec<String> = sh
+            .site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let mut shared_any = false;
+        for r in &recs {
+            assert_eq!(r.quality, "measured", "{}", r.start);
+            assert_eq!(r.key_units[0], 0, "{}", r.start);
+            assert_eq!(r.key_units[2], 0, "{}", r.start);
+            assert_eq!(r.allocated_kwh[&ids[0]], 0.0);
+            assert_eq!(r.allocated_kwh[&ids[2]], 0.0);
+            let member = r.allocated_kwh[&ids[1]];
+            let want = r.total_production_kwh.min(r.consumption_kwh[&ids[1]]);
+            assert!(
+                (member - want).abs() <= 1e-9 + want * 1e-3,
+                "{member} vs {want}"
+            );
+            shared_any |= member > 0.0;
+        }
+        assert!(shared_any, "no production shared all day");
     }
 
     #[test]
