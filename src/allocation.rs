@@ -426,6 +426,7 @@ fn quantise(
                 let got = served(units[i], p, c[i], precision);
                 carry.kwh[i] += intended[i] - got;
                 carry.behind_pro_rata_kwh[i] += fair[i] - got;
+                carry.pro_rata_kwh[i] += fair[i];
             }
         }
         None if redistribute => {
@@ -436,16 +437,24 @@ fn quantise(
     units
 }
 
+/// How far behind exact pro rata a participant may fall over the month so
+/// far before the residue goes to it first: max(GUARD_KWH, GUARD_SHARE of its
+/// pro-rata energy so far). Below it, units go where they waste least; the
+/// DSO's rule is checked at max(0.1 kWh, 0.5 %) of the month.
+const GUARD_KWH: f64 = 0.03;
+const GUARD_SHARE: f64 = 0.002;
+
 /// Gives residue units one at a time, in three tiers, to whoever the month
 /// owes most:
 ///
-/// 1. participants behind exact pro rata over the month so far, once the
-///    energy a unit would waste is counted against them: the guarantee that
+/// 1. participants behind exact pro rata over the month so far by more than
+///    the guard, once the energy a unit would waste is counted against
+///    them, by that shortfall relative to their month: the guarantee that
 ///    nobody ends the month worse off than under the DSO's default rule;
 /// 2. then units that give a full unit of energy, to whoever is furthest
 ///    below its intended month (carried remainder plus this step's gap);
 /// 3. then units that give only part of one (a consumer within a unit of its
-///    consumption), by the same owed energy minus what the unit wastes.
+///    consumption), to whoever it gives the most energy.
 ///
 /// A floor loses each participant less than one unit a step, and the
 /// residue is those fractions summed: handing it out by the running
@@ -481,12 +490,19 @@ fn spend_carried(
         let waste = full - gain;
         let behind = carry.behind_pro_rata_kwh[i] + fair[i] - now - waste;
         let whole = gain >= full * (1.0 - 1e-9);
-        let (tier, kwh) = if behind > EPS_KWH {
-            (2, behind)
+        let entitled = carry.pro_rata_kwh[i] + fair[i];
+        let guard = GUARD_KWH.max(GUARD_SHARE * entitled);
+        let (tier, kwh) = if behind > guard {
+            // Relative to the month's entitlement so far: the energy no
+            // rounding can place then costs every participant about the same
+            // share of its month, not the same kWh, which would be a large
+            // share of a small household's.
+            (2, behind / entitled.max(full))
         } else if whole {
             (1, carry.kwh[i] + intended[i] - now)
         } else {
-            (0, carry.kwh[i] + intended[i] - now - waste)
+            // Whoever a unit gives the most energy, so the least is wasted.
+            (0, gain)
         };
         Some(Owed {
             tier,
@@ -542,6 +558,10 @@ pub struct Remainders {
     /// DSO's default so far this month).
     #[serde(default)]
     pub behind_pro_rata_kwh: Vec<f64>,
+    /// Exact pro rata so far this month: what the shortfall is measured
+    /// against.
+    #[serde(default)]
+    pub pro_rata_kwh: Vec<f64>,
 }
 
 impl Remainders {
@@ -549,6 +569,7 @@ impl Remainders {
         Remainders {
             kwh: vec![0.0; participants],
             behind_pro_rata_kwh: vec![0.0; participants],
+            pro_rata_kwh: vec![0.0; participants],
         }
     }
 
@@ -556,6 +577,7 @@ impl Remainders {
     pub fn fit(&mut self, participants: usize) {
         self.kwh.resize(participants, 0.0);
         self.behind_pro_rata_kwh.resize(participants, 0.0);
+        self.pro_rata_kwh.resize(participants, 0.0);
     }
 }
 

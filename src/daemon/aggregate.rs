@@ -934,6 +934,8 @@ struct RecordFigures {
     remainder_kwh: BTreeMap<String, f64>,
     #[serde(default)]
     behind_pro_rata_kwh: BTreeMap<String, f64>,
+    #[serde(default)]
+    pro_rata_kwh: BTreeMap<String, f64>,
 }
 
 impl Month {
@@ -1009,6 +1011,7 @@ impl Month {
             self.carry = allocation::Remainders {
                 kwh: by_participant(&rec.remainder_kwh),
                 behind_pro_rata_kwh: by_participant(&rec.behind_pro_rata_kwh),
+                pro_rata_kwh: by_participant(&rec.pro_rata_kwh),
             };
         }
     }
@@ -1317,6 +1320,12 @@ fn close_period(
             .participants
             .iter()
             .zip(&carry.behind_pro_rata_kwh)
+            .map(|(p, e)| (p.id.clone(), *e))
+            .collect(),
+        pro_rata_kwh: cfg
+            .participants
+            .iter()
+            .zip(&carry.pro_rata_kwh)
             .map(|(p, e)| (p.id.clone(), *e))
             .collect(),
         key_units: units,

@@ -199,6 +199,8 @@ pub struct PeriodRecord {
     /// (positive: behind the DSO's default so far); the rounding's guarantee
     /// starts from it.
     pub behind_pro_rata_kwh: BTreeMap<String, f64>,
+    /// Exact pro rata summed since the local month began.
+    pub pro_rata_kwh: BTreeMap<String, f64>,
     pub key_units: Vec<u32>,
     pub total_production_kwh: f64,
     pub total_consumption_kwh: f64,
@@ -1062,6 +1064,7 @@ mod tests {
                 allocated_kwh: participants.iter().map(|p| (p.id.clone(), 0.5)).collect(),
                 remainder_kwh: BTreeMap::new(),
                 behind_pro_rata_kwh: BTreeMap::new(),
+                pro_rata_kwh: BTreeMap::new(),
                 key_units: (0..participants.len() as u32).collect(),
                 total_production_kwh: 100.0,
                 total_consumption_kwh: 200.0,
