@@ -998,6 +998,10 @@ pub struct ScenarioSummary {
     pub participants_worse_than_dso_prorata: usize,
     /// The first of them (at most [`SHOWN_LINES`]), with their month.
     pub worse_than_dso_prorata: Vec<WorseOff>,
+    /// Participants whose savings over the run are below what they save in
+    /// the district without ped (`dso_prorata`: no storage, pro rata keys)
+    /// by more than a cent.
+    pub participants_saving_less_than_without_ped: usize,
     /// Steps × participants with a key while outside their membership
     /// (should be 0).
     pub keys_outside_membership: usize,
@@ -1892,6 +1896,16 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             }
         })
         .collect();
+    for (s, alloc) in summaries.iter_mut().zip(&per_participant) {
+        // Less money, not fewer kWh: the keys' rounding moves fractions of a
+        // cent between participants and is not a loss.
+        s.participants_saving_less_than_without_ped = (0..np)
+            .filter(|&i| {
+                let v = site.tariff[i] - site.local_price;
+                v * (alloc[i] - per_participant[dso][i]) < -0.01
+            })
+            .count();
+    }
     solve_times.sort_by(f64::total_cmp);
     stats.p50_s = percentile(&solve_times, 0.5);
     stats.p95_s = percentile(&solve_times, 0.95);
