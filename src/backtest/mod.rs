@@ -539,14 +539,6 @@ impl Dataset {
         })
     }
 
-    /// Whether participant `i` is a member of the operation at step `t`.
-    pub fn member(&self, i: usize, t: usize) -> bool {
-        self.limited
-            .iter()
-            .find(|(k, _)| *k == i)
-            .map_or(true, |(_, m)| m.get(t).copied().unwrap_or(false))
-    }
-
     /// The problems of the data rows that replay steps `begin..end` cover.
     pub fn quality(&self, begin: usize, end: usize) -> (DataQuality, LineLog) {
         let rows = begin / self.split..end.div_ceil(self.split);
@@ -1015,7 +1007,8 @@ pub struct WorseOff {
     pub month: String,
     pub allocated_kwh: f64,
     pub prorata_kwh: f64,
-    /// Steps of the month whose consumption was estimated.
+    /// Steps of the month whose consumption was missing or suspect (and
+    /// estimated, unless nothing could estimate it).
     pub estimated_steps: usize,
 }
 
