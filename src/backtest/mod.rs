@@ -2203,6 +2203,26 @@ pub fn table(s: &Summary) -> String {
         "export: production no one in the district consumed; unalloc: consumed in the district but not allocated by the DSO's rule with the rounded keys\n\
          worse off: participants short of exact pro rata of the same production and consumption, in a month, by more than max(0.1 kWh, 0.5 %)\n",
     );
+    if let Some(x) = s.scenarios.iter().find(|x| x.name == "ped") {
+        if !x.worse_than_dso_prorata.is_empty() {
+            let shown: Vec<String> = x
+                .worse_than_dso_prorata
+                .iter()
+                .take(5)
+                .map(|w| {
+                    format!(
+                        "{} {} {:.1} of {:.1} kWh ({} steps estimated)",
+                        w.id, w.month, w.allocated_kwh, w.prorata_kwh, w.estimated_steps
+                    )
+                })
+                .collect();
+            o.push_str(&format!(
+                "ped, short of exact pro rata ({} participants; the first in summary.json): {}\n",
+                x.participants_worse_than_dso_prorata,
+                shown.join("; ")
+            ));
+        }
+    }
     let q = &s.data_quality;
     o.push_str(&format!(
         "data: {} missing and {} suspect values (negative, above the ceiling of a reading, not a number), {} estimated ({:.1} kWh) as `ped keys` does, {} left at 0; {} participants with an entry or exit day, {} values outside membership ignored\n",
