@@ -174,6 +174,11 @@ enum Cmd {
         /// plan tracking, for comparison).
         #[arg(long)]
         no_tracking: bool,
+        /// Refuse the run when the data holds a value that cannot be a
+        /// reading (negative, above keys.max_load_curve_kw, not a number)
+        /// instead of treating it as missing and estimating it.
+        #[arg(long)]
+        strict: bool,
     },
     /// Write a plan or allocation instance as JSON, or solve one and print a summary.
     /// Instances: a synthetic district (--synthetic), or a dump, e.g. the
@@ -412,6 +417,7 @@ async fn main() -> Result<()> {
             out,
             quiet,
             no_tracking,
+            strict,
         } => {
             // The backtest talks to no device: the site's register maps are not needed.
             let raw = config::load_unvalidated(&site)?;
@@ -426,6 +432,7 @@ async fn main() -> Result<()> {
                 out_dir: out.clone(),
                 progress: !quiet,
                 tracking: !no_tracking,
+                strict,
             };
             let summary = tokio::task::spawn_blocking(move || ped::backtest::run(&raw, &opts))
                 .await

@@ -1,6 +1,9 @@
 //! Reading a district data set in the layout of `district-2025` (see its
 //! README): wide CSV time series keyed by `utc`, and the participant and
-//! plant tables. Every bad line is an error naming the file and the line.
+//! plant tables. A malformed line (wrong field count, bad time stamp) is an
+//! error naming the file and the line; in the energy series an empty or
+//! non-numeric cell is read as a missing value and listed, for the caller
+//! to estimate as `ped keys` does.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +18,13 @@ pub struct Wide {
     pub file: PathBuf,
     pub utc: Vec<DateTime<Utc>>,
     pub columns: Vec<String>,
-    /// [column][row]
+    /// [column][row]; NaN where the cell is empty or not a number (only
+    /// when read with `missing_allowed`).
     pub values: Vec<Vec<f64>>,
+    /// 1-based line of each row, for messages.
+    pub lines: Vec<usize>,
+    /// Cells that held text that is not a number: (column, row, text).
+    pub not_numbers: Vec<(usize, usize, String)>,
 }
 
 impl Wide {
@@ -93,8 +101,10 @@ fn number(path: &Path, line: usize, col: &str, s: &str) -> Result<f64, BacktestE
 }
 
 /// Reads a wide series file whose first two columns are `utc` and `local`;
-/// every other column must be numeric, and the rows in increasing UTC order.
-pub fn read_wide(path: &Path) -> Result<Wide, BacktestError> {
+/// every other column numeric, the rows in increasing UTC order. With
+/// `missing_allowed`, an empty or non-numeric cell becomes NaN (and the
+/// latter is listed in [`Wide::not_numbers`]) instead of an error.
+pub fn read_wide(path: &Path, missing_allowed: bool) -> Result<Wide, BacktestError> {
     let text = read_text(path)?;
     let (header, body) = rows(path, &text)?;
     if header.len() < 3 || header[0] != "utc" || header[1] != "local" {
@@ -107,6 +117,8 @@ pub fn read_wide(path: &Path) -> Result<Wide, BacktestError> {
     let columns: Vec<String> = header[2..].to_vec();
     let mut values = vec![Vec::with_capacity(body.len()); columns.len()];
     let mut utc = Vec::with_capacity(body.len());
+    let mut lines = Vec::with_capacity(body.len());
+    let mut not_numbers = Vec::new();
     for (line, f) in &body {
         let t = DateTime::parse_from_rfc3339(&f[0])
             .map_err(|e| bad(path, *line, format!("`utc` = `{}`: {e}", f[0])))?
@@ -119,8 +131,20 @@ pub fn read_wide(path: &Path) -> Result<Wide, BacktestError> {
             ));
         }
         utc.push(t);
+        let row = lines.len();
+        lines.push(*line);
         for (j, col) in columns.iter().enumerate() {
-            values[j].push(number(path, *line, col, &f[j + 2])?);
+            let cell = &f[j + 2];
+            let v = match number(path, *line, col, cell) {
+                Ok(v) => v,
+                Err(_) if missing_allowed && cell.trim().is_empty() => f64::NAN,
+                Err(_) if missing_allowed => {
+                    not_numbers.push((j, row, cell.clone()));
+                    f64::NAN
+                }
+                Err(e) => return Err(e),
+            };
+            values[j].push(v);
         }
     }
     if utc.is_empty() {
@@ -131,6 +155,8 @@ pub fn read_wide(path: &Path) -> Result<Wide, BacktestError> {
         utc,
         columns,
         values,
+        lines,
+        not_numbers,
     })
 }
 
@@ -240,20 +266,39 @@ mod tests {
             "production.csv",
             "utc,local,PV-01\n2025-01-01T00:00:00Z,x,1\n2025-01-01T00:30:00Z,x,abc\n",
         );
-        let e = read_wide(&p).unwrap_err().to_string();
+        let e = read_wide(&p, false).unwrap_err().to_string();
         assert!(
             e.contains("production.csv") && e.contains("line 3") && e.contains("abc"),
             "{e}"
         );
         let p = write(d.path(), "c.csv", "utc,local,A\n2025-01-01T00:00:00Z,x\n");
-        let e = read_wide(&p).unwrap_err().to_string();
+        let e = read_wide(&p, false).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("2 fields"), "{e}");
         let p = write(
             d.path(),
             "o.csv",
             "utc,local,A\n2025-01-01T00:30:00Z,x,1\n2025-01-01T00:00:00Z,x,1\n",
         );
-        assert!(read_wide(&p).unwrap_err().to_string().contains("not after"));
+        assert!(read_wide(&p, false)
+            .unwrap_err()
+            .to_string()
+            .contains("not after"));
+    }
+
+    #[test]
+    fn empty_and_non_numeric_cells_are_missing_when_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "consumption.csv",
+            "utc,local,A,B\n2025-01-01T00:00:00Z,x,1,\n2025-01-01T00:30:00Z,x,abc,2\n",
+        );
+        assert!(read_wide(&p, false).is_err());
+        let w = read_wide(&p, true).unwrap();
+        assert!(w.values[1][0].is_nan() && w.values[0][1].is_nan());
+        assert_eq!((w.values[0][0], w.values[1][1]), (1.0, 2.0));
+        assert_eq!(w.not_numbers, vec![(0, 1, "abc".to_string())]);
+        assert_eq!(w.lines, vec![2, 3]);
     }
 
     #[test]

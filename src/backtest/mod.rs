@@ -53,6 +53,8 @@ use serde::Serialize;
 
 use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy, SiteConfig};
+use crate::dso::keys::estimate_gaps;
+use crate::dso::loadcurve::{LineLog, Plausibility, SHOWN_LINES};
 use crate::forecast::{
     self, Calendar, DegreeDayModel, ErrorAccumulator, ForecastError, LoadAnalogs,
 };
@@ -83,6 +85,8 @@ pub enum BacktestError {
     },
     #[error("plan input rejected at {at}: {source}")]
     Plan { at: String, source: plan::PlanError },
+    #[error("{} suspect value(s) in the data set, refused with --strict:\n{}", .0.total, .0)]
+    Suspect(LineLog),
 }
 
 /// Battery charge/discharge efficiency and P2H efficiency the planner assumes
@@ -118,6 +122,109 @@ pub struct Options {
     /// Move the plan's setpoints by the measured error within each step
     /// ([`crate::plan::track`]); off: the plan's powers as they stand.
     pub tracking: bool,
+    /// Refuse the run when the replayed range holds a suspect value
+    /// (negative, above the ceiling of a reading, not a number) instead of
+    /// treating it as missing, as `ped keys --strict` does.
+    pub strict: bool,
+}
+
+/// How the energy series of a data set are checked: what a reading can be
+/// (the ceilings `ped keys` applies to load curves) and who is a member of
+/// the operation on which days.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    pub plausibility: Plausibility,
+    /// Per participant id: its PRM in the site config (for its own ceiling),
+    /// its first and last local day in the operation (`None`: open).
+    pub participants: BTreeMap<String, ParticipantCheck>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ParticipantCheck {
+    pub prm: Option<crate::ids::Prm>,
+    pub entry: Option<NaiveDate>,
+    pub exit: Option<NaiveDate>,
+}
+
+impl Checks {
+    /// The checks of `ped keys` for this site (see `KeysJob::from_site`).
+    pub fn from_site(cfg: &SiteConfig) -> Self {
+        Checks {
+            plausibility: Plausibility {
+                max_watts: cfg.keys.max_load_curve_kw * 1000.0,
+                per_prm: cfg
+                    .participants
+                    .iter()
+                    .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
+                    .collect(),
+            },
+            participants: cfg
+                .participants
+                .iter()
+                .map(|p| {
+                    let (entry, exit) = p.membership();
+                    (
+                        p.id.clone(),
+                        ParticipantCheck {
+                            prm: Some(p.prm.clone()),
+                            entry,
+                            exit,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// An empty cell where a value was expected.
+    Missing,
+    /// A value that cannot be a reading: negative (a meter reset), above the
+    /// ceiling of a reading, or not a number.
+    Suspect,
+}
+
+/// One missing or suspect value of the energy series.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Row of the data file (source step).
+    pub row: usize,
+    pub kind: ProblemKind,
+    /// The estimate that replaced it (kWh); `None`: nothing to estimate
+    /// from, counted as 0.
+    pub estimated_kwh: Option<f64>,
+    pub file: PathBuf,
+    pub line: usize,
+    /// Column and reason, e.g. "H-0028 = -958.7 kWh: negative (a meter reset?)".
+    pub reason: String,
+}
+
+/// What the replayed range's data held and what was done about it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataQuality {
+    /// Empty cells where a value was expected (a member's consumption, a
+    /// plant's production).
+    pub missing_values: usize,
+    /// Values that cannot be readings, treated as missing: negative (a meter
+    /// reset), above the ceiling of a reading (`keys.max_load_curve_kw`, or
+    /// twice a participant's `subscribed_kva`), not a number.
+    pub suspect_values: usize,
+    /// Missing and suspect values replaced by an estimate, with the method of
+    /// `ped keys` (`dso::keys::estimate_gaps`).
+    pub estimated_values: usize,
+    pub estimated_kwh: f64,
+    /// Missing or suspect values nothing could estimate from, counted as 0.
+    pub unestimated_values: usize,
+    /// Cells outside a participant's membership (entry/exit in the site
+    /// config) that held a value: ignored, the participant consumes nothing
+    /// in the operation then.
+    pub values_outside_membership: usize,
+    /// Participants with an entry or exit day inside the data set.
+    pub participants_with_entry_or_exit: usize,
+    /// The first problems in full ("file, line N: column = value: reason").
+    pub first: Vec<String>,
 }
 
 /// The data set on the replay grid, energies converted to kW averages.
@@ -133,6 +240,103 @@ pub struct Dataset {
     /// [substation][step] kW thermal
     pub heat_kw: Vec<Vec<f64>>,
     pub temp_c: Vec<f64>,
+    /// Replay steps per data row.
+    pub split: usize,
+    /// Participants with an entry or exit day, and for each of them
+    /// `[step]` whether it is a member then (everyone else always is).
+    pub limited: Vec<(usize, Vec<bool>)>,
+    /// Missing and suspect values of production.csv and consumption.csv.
+    pub problems: Vec<Problem>,
+    /// Data rows of the values present outside a membership (ignored).
+    pub outside_membership_rows: Vec<usize>,
+}
+
+/// One series of production.csv or consumption.csv cleaned as `ped keys`
+/// cleans a load curve: values that cannot be readings become missing, the
+/// missing values of the expected steps are estimated
+/// ([`estimate_gaps`]), and the steps not expected (outside membership) are 0.
+#[allow(clippy::too_many_arguments)]
+fn clean_series(
+    w: &data::Wide,
+    col: usize,
+    ceiling: (f64, &'static str),
+    expected: &[bool],
+    grid: &Grid,
+    to_kw: f64,
+    not_numbers: &std::collections::HashMap<(usize, usize), String>,
+    problems: &mut Vec<Problem>,
+    outside: &mut Vec<usize>,
+) -> Vec<f64> {
+    let raw = &w.values[col];
+    let name = &w.columns[col];
+    let n = raw.len();
+    let mut kwh = vec![0.0; n];
+    let mut known = vec![false; n];
+    let mut bad: Vec<(usize, ProblemKind, String)> = Vec::new();
+    for t in 0..n {
+        let v = raw[t];
+        let text = if v.is_nan() {
+            not_numbers.get(&(col, t)).map(String::as_str)
+        } else {
+            None
+        };
+        if !expected[t] {
+            if !v.is_nan() || text.is_some() {
+                outside.push(t);
+            }
+            continue;
+        }
+        let why = match text {
+            Some(text) => Some((
+                ProblemKind::Suspect,
+                format!("{name} = `{text}`: not a number; treated as missing"),
+            )),
+            None if v.is_nan() => Some((ProblemKind::Missing, format!("{name} is empty"))),
+            None if v < 0.0 => Some((
+                ProblemKind::Suspect,
+                format!("{name} = {v} kWh: negative (a meter reset?); treated as missing"),
+            )),
+            None if v * to_kw * 1000.0 > ceiling.0 => Some((
+                ProblemKind::Suspect,
+                format!(
+                    "{name} = {v} kWh ({:.0} kW on average): above {} kW, the ceiling of a reading ({}); treated as missing",
+                    v * to_kw,
+                    ceiling.0 / 1000.0,
+                    ceiling.1
+                ),
+            )),
+            None => None,
+        };
+        match why {
+            None => {
+                kwh[t] = v;
+                known[t] = true;
+            }
+            Some((kind, reason)) => bad.push((t, kind, reason)),
+        }
+    }
+    if bad.is_empty() {
+        return kwh;
+    }
+    let mut filled = vec![false; n];
+    for t in estimate_gaps(&mut kwh, &known, expected, &w.utc, grid) {
+        filled[t] = true;
+    }
+    for (t, kind, reason) in bad {
+        let estimated_kwh = filled[t].then_some(kwh[t]);
+        if estimated_kwh.is_none() {
+            kwh[t] = 0.0;
+        }
+        problems.push(Problem {
+            row: t,
+            kind,
+            estimated_kwh,
+            file: w.file.clone(),
+            line: w.lines[t],
+            reason,
+        });
+    }
+    kwh
 }
 
 fn check_same_rows(a: &data::Wide, b: &data::Wide) -> Result<(), BacktestError> {
@@ -168,7 +372,14 @@ fn resample(values: &[f64], split: usize, scale: f64) -> Vec<f64> {
 }
 
 impl Dataset {
-    pub fn load(dir: &Path, tz: chrono_tz::Tz, step_minutes: u32) -> Result<Self, BacktestError> {
+    /// Reads the data set; the energy series are checked and cleaned with
+    /// `checks` ([`clean_series`]).
+    pub fn load(
+        dir: &Path,
+        tz: chrono_tz::Tz,
+        step_minutes: u32,
+        checks: &Checks,
+    ) -> Result<Self, BacktestError> {
         for f in [
             "production.csv",
             "consumption.csv",
@@ -183,9 +394,9 @@ impl Dataset {
                 });
             }
         }
-        let prod = data::read_wide(&dir.join("production.csv"))?;
-        let cons = data::read_wide(&dir.join("consumption.csv"))?;
-        let heat = data::read_wide(&dir.join("heat.csv"))?;
+        let prod = data::read_wide(&dir.join("production.csv"), true)?;
+        let cons = data::read_wide(&dir.join("consumption.csv"), true)?;
+        let heat = data::read_wide(&dir.join("heat.csv"), false)?;
         check_same_rows(&prod, &cons)?;
         check_same_rows(&prod, &heat)?;
         let source_step = match prod.utc.as_slice() {
@@ -216,14 +427,86 @@ impl Dataset {
         let to_kw = 60.0 / f64::from(source_step);
         let plants = data::read_plants(&dir.join("plants.csv"))?;
         let participants = data::read_participants(&dir.join("participants.csv"))?;
+        // Gaps are estimated on the data's own step, as `ped keys` does on
+        // the settlement step.
+        let source_grid = Grid::new(source_step, tz)
+            .map_err(|e| BacktestError::Options(format!("data step: {e}")))?;
+        let days: Vec<NaiveDate> = prod.utc.iter().map(|t| source_grid.local_day(*t)).collect();
+        let mut problems = Vec::new();
+        let mut outside = Vec::new();
+        let position = |w: &data::Wide, id: &str| -> Result<usize, BacktestError> {
+            w.columns
+                .iter()
+                .position(|c| c == id)
+                .ok_or_else(|| BacktestError::Missing {
+                    file: w.file.clone(),
+                    what: format!("column `{id}`"),
+                })
+        };
+        let texts = |w: &data::Wide| -> std::collections::HashMap<(usize, usize), String> {
+            w.not_numbers
+                .iter()
+                .map(|(c, r, t)| ((*c, *r), t.clone()))
+                .collect()
+        };
+        let (prod_texts, cons_texts) = (texts(&prod), texts(&cons));
+        let always = vec![true; prod.utc.len()];
         let pv_kw = plants
             .iter()
-            .map(|p| prod.column(&p.id).map(|v| resample(v, split, to_kw)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let load_kw = participants
-            .iter()
-            .map(|p| cons.column(&p.id).map(|v| resample(v, split, to_kw)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|p| {
+                let col = position(&prod, &p.id)?;
+                let kwh = clean_series(
+                    &prod,
+                    col,
+                    checks.plausibility.ceiling(None),
+                    &always,
+                    &source_grid,
+                    to_kw,
+                    &prod_texts,
+                    &mut problems,
+                    &mut outside,
+                );
+                Ok(resample(&kwh, split, to_kw))
+            })
+            .collect::<Result<Vec<_>, BacktestError>>()?;
+        let mut limited = Vec::new();
+        let mut load_kw = Vec::with_capacity(participants.len());
+        for (i, p) in participants.iter().enumerate() {
+            let col = position(&cons, &p.id)?;
+            let check = checks.participants.get(&p.id);
+            let expected: Vec<bool> = match check {
+                Some(c) if c.entry.is_some() || c.exit.is_some() => days
+                    .iter()
+                    .map(|&d| c.entry.map_or(true, |e| d >= e) && c.exit.map_or(true, |x| d <= x))
+                    .collect(),
+                _ => always.clone(),
+            };
+            let kwh = clean_series(
+                &cons,
+                col,
+                checks
+                    .plausibility
+                    .ceiling(check.and_then(|c| c.prm.as_ref())),
+                &expected,
+                &source_grid,
+                to_kw,
+                &cons_texts,
+                &mut problems,
+                &mut outside,
+            );
+            if expected.iter().any(|e| !e) {
+                limited.push((
+                    i,
+                    expected
+                        .iter()
+                        .flat_map(|&e| std::iter::repeat(e).take(split))
+                        .collect(),
+                ));
+            }
+            load_kw.push(resample(&kwh, split, to_kw));
+        }
+        // In file order, so the first ones shown are the first in the files.
+        problems.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         let substations: Vec<String> = heat
             .columns
             .iter()
@@ -249,7 +532,55 @@ impl Dataset {
             substations,
             heat_kw,
             temp_c,
+            split,
+            limited,
+            problems,
+            outside_membership_rows: outside,
         })
+    }
+
+    /// The problems of the data rows that replay steps `begin..end` cover.
+    pub fn quality(&self, begin: usize, end: usize) -> (DataQuality, LineLog) {
+        let rows = begin / self.split..end.div_ceil(self.split);
+        let mut q = DataQuality {
+            participants_with_entry_or_exit: self.limited.len(),
+            values_outside_membership: self
+                .outside_membership_rows
+                .iter()
+                .filter(|r| rows.contains(r))
+                .count(),
+            ..Default::default()
+        };
+        let mut suspects = LineLog::default();
+        for p in self.problems.iter().filter(|p| rows.contains(&p.row)) {
+            match p.kind {
+                ProblemKind::Missing => q.missing_values += 1,
+                ProblemKind::Suspect => {
+                    q.suspect_values += 1;
+                    suspects.push(crate::dso::loadcurve::BadLine {
+                        file: p.file.clone(),
+                        line: p.line,
+                        reason: p.reason.clone(),
+                    });
+                }
+            }
+            match p.estimated_kwh {
+                Some(e) => {
+                    q.estimated_values += 1;
+                    q.estimated_kwh += e;
+                }
+                None => q.unestimated_values += 1,
+            }
+            if q.first.len() < SHOWN_LINES {
+                q.first.push(format!(
+                    "{}, line {}: {}",
+                    p.file.display(),
+                    p.line,
+                    p.reason
+                ));
+            }
+        }
+        (q, suspects)
     }
 }
 
@@ -632,18 +963,60 @@ pub struct ScenarioSummary {
     pub allocated_to_storage_kwh: f64,
     /// Storage charge the keys did not cover: bought from the grid.
     pub storage_grid_kwh: f64,
+    /// Physical export: Σ over steps of max(0, PV + discharge − participants'
+    /// consumption − storage charge − P2H).
     pub export_kwh: f64,
-    /// 1 − export / PV.
+    /// Σ over steps of min(PV + discharge, consumption incl. storage): what
+    /// the keys could allocate.
+    pub consumed_locally_kwh: f64,
+    /// `consumed_locally_kwh` − what the DSO's rule allocates with the
+    /// exported (rounded) keys: consumed in the district but, for the DSO,
+    /// neither self-consumed nor exported by anyone (rounding residue).
+    pub unallocated_kwh: f64,
+    /// 1 − export / PV (physical export).
     pub self_consumption_rate: f64,
     /// Allocated / consumption of the participants.
     pub self_sufficiency: f64,
     pub savings_eur: f64,
     pub export_revenue_eur: f64,
     pub battery_full_cycles: f64,
-    /// Largest |PV + discharge − allocated − export| of a step, kWh.
+    /// Largest |PV + discharge − allocated − export − unallocated| of a
+    /// step, and of the keys' own balance, kWh.
     pub max_balance_error_kwh: f64,
+    /// Participants who, in at least one local month, get from the DSO's rule
+    /// `min(key × P, C)` with this scenario's exported keys less than exact
+    /// pro rata of the same production and consumption would give them, by
+    /// more than [`WORSE_OFF_MIN_KWH`] and [`WORSE_OFF_SHARE`] of it.
     pub participants_worse_than_dso_prorata: usize,
+    /// The first of them (at most [`SHOWN_LINES`]), with their month.
+    pub worse_than_dso_prorata: Vec<WorseOff>,
+    /// Participants whose savings over the run are below what they save in
+    /// the district without ped (`dso_prorata`: no storage, pro rata keys)
+    /// by more than a cent.
+    pub participants_saving_less_than_without_ped: usize,
+    /// Steps × participants with a key while outside their membership
+    /// (should be 0).
+    pub keys_outside_membership: usize,
 }
+
+/// A participant's month short of exact pro rata.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorseOff {
+    pub id: String,
+    /// Local month, `YYYY-MM`.
+    pub month: String,
+    pub allocated_kwh: f64,
+    pub prorata_kwh: f64,
+    /// Steps of the month whose consumption was missing or suspect (and
+    /// estimated, unless nothing could estimate it).
+    pub estimated_steps: usize,
+}
+
+/// A month short of pro rata by less than this (kWh) or than
+/// [`WORSE_OFF_SHARE`] of the pro-rata month is rounding, not a loss: the
+/// keys are exported to 0.1 % and the DSO applies them as they are.
+pub const WORSE_OFF_MIN_KWH: f64 = 0.1;
+pub const WORSE_OFF_SHARE: f64 = 0.005;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ParticipantResult {
@@ -703,6 +1076,8 @@ pub struct Summary {
     pub participants: Vec<ParticipantResult>,
     /// The `ped` dispatch's export against its plan's surplus.
     pub tracking: TrackingDiagnosis,
+    /// Missing and suspect values of the replayed range and their estimates.
+    pub data_quality: DataQuality,
 }
 
 struct Progress {
@@ -830,9 +1205,39 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             cfg.site.timezone
         ))
     })?;
-    let ds = Dataset::load(&opts.data_dir, tz, opts.step_minutes)?;
+    let ds = Dataset::load(
+        &opts.data_dir,
+        tz,
+        opts.step_minutes,
+        &Checks::from_site(cfg),
+    )?;
     let site = build_site(cfg, &ds)?;
     let (begin, end) = range(&ds, opts)?;
+    let (quality, suspects) = ds.quality(begin, end);
+    if opts.strict && !suspects.is_empty() {
+        return Err(BacktestError::Suspect(suspects));
+    }
+    for line in &quality.first {
+        tracing::warn!(value = %line, "missing or suspect value in the data set");
+    }
+    let more = quality.missing_values + quality.suspect_values - quality.first.len();
+    if quality.missing_values + quality.suspect_values > 0 {
+        tracing::warn!(
+            missing = quality.missing_values,
+            suspect = quality.suspect_values,
+            estimated = quality.estimated_values,
+            estimated_kwh = format!("{:.1}", quality.estimated_kwh),
+            left_at_zero = quality.unestimated_values,
+            not_shown = more,
+            "data set values treated as missing and estimated as `ped keys` does (all counted in summary.json)"
+        );
+    }
+    if quality.values_outside_membership > 0 {
+        tracing::warn!(
+            values = quality.values_outside_membership,
+            "values outside a participant's membership (site config entry/exit) ignored"
+        );
+    }
     let h = ds.cal.grid.step_hours();
     let horizon = (f64::from(site.horizon_hours) / h).round() as usize;
     let steps = end - begin;
@@ -1206,6 +1611,46 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             ..Default::default()
         };
         let mut alloc = vec![0.0; np];
+        let mut month_alloc = vec![0.0; np];
+        let mut month_prorata = vec![0.0; np];
+        let mut month_label = String::new();
+        let mut worse = vec![false; np];
+        // Each month's shortfalls against exact pro rata, once it is over.
+        let close_month = |label: &str,
+                           alloc: &mut [f64],
+                           prorata: &mut [f64],
+                           s: &mut ScenarioSummary,
+                           worse: &mut [bool],
+                           range: (usize, usize)| {
+            for i in 0..np {
+                let short = prorata[i] - alloc[i];
+                if short > WORSE_OFF_MIN_KWH.max(WORSE_OFF_SHARE * prorata[i]) {
+                    worse[i] = true;
+                    if s.worse_than_dso_prorata.len() < SHOWN_LINES {
+                        let rows = range.0 / ds.split..range.1.div_ceil(ds.split);
+                        let col = ds.participants[i].id.as_str();
+                        s.worse_than_dso_prorata.push(WorseOff {
+                            id: col.to_string(),
+                            month: label.to_string(),
+                            allocated_kwh: alloc[i],
+                            prorata_kwh: prorata[i],
+                            estimated_steps: ds
+                                .problems
+                                .iter()
+                                .filter(|p| {
+                                    rows.contains(&p.row)
+                                        && p.reason.starts_with(&format!("{col} "))
+                                        && p.file.ends_with("consumption.csv")
+                                })
+                                .count(),
+                        });
+                    }
+                }
+            }
+            alloc.iter_mut().for_each(|a| *a = 0.0);
+            prorata.iter_mut().for_each(|a| *a = 0.0);
+        };
+        let mut month_began = begin;
         for (j, f) in run.flows.iter().enumerate() {
             let t = begin + j;
             let pv = total_pv[t] * h;
@@ -1235,10 +1680,41 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 chrono::Datelike::month(&local),
             );
             if month_of != Some(month) {
+                if month_of.is_some() {
+                    close_month(
+                        &month_label,
+                        &mut month_alloc,
+                        &mut month_prorata,
+                        &mut s,
+                        &mut worse,
+                        (month_began, t),
+                    );
+                }
                 account = allocation::MonthToDateAccount::new(n_all);
                 carry = allocation::Remainders::new(n_all);
                 month_of = Some(month);
+                month_label = format!("{:04}-{:02}", month.0, month.1);
+                month_began = t;
             }
+            // A participant outside its membership has no key: its static
+            // share is withdrawn (the other policies follow consumption, 0).
+            let outside: Vec<usize> = ds
+                .limited
+                .iter()
+                .filter(|(_, m)| !m.get(t).copied().unwrap_or(false))
+                .map(|(i, _)| *i)
+                .collect();
+            let step_policy = match policy {
+                Policy::Static(shares) if !outside.is_empty() => {
+                    let mut shares = shares.clone();
+                    for &i in &outside {
+                        shares[i] = 0.0;
+                    }
+                    Some(Policy::Static(shares))
+                }
+                _ => None,
+            };
+            let policy = step_policy.as_ref().unwrap_or(policy);
             let keys = match in_month {
                 Some(solver) => {
                     let (k, _) = allocation::keys_for_step_in_month(
@@ -1266,6 +1742,10 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                         .map_err(at)?
                 }
             };
+            s.keys_outside_membership += outside
+                .iter()
+                .filter(|&&i| keys.units.get(i).is_some_and(|&u| u > 0))
+                .count();
             let a_part: f64 = keys.allocated_kwh[..np].iter().sum();
             let a_storage: f64 = keys.allocated_kwh[np..].iter().sum();
             let storage_use: f64 = consumption[np..].iter().sum();
@@ -1281,8 +1761,23 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             s.allocated_kwh += a_part;
             s.allocated_to_storage_kwh += a_storage;
             s.storage_grid_kwh += (storage_use - a_storage).max(0.0);
-            s.export_kwh += keys.surplus_kwh;
-            let err = (pv + discharge - keys.self_consumed_kwh - keys.surplus_kwh).abs();
+            let production = pv + discharge;
+            let demand: f64 = consumption.iter().sum();
+            let local = production.min(demand);
+            let export = (production - demand).max(0.0);
+            let unallocated = local - keys.self_consumed_kwh;
+            s.export_kwh += export;
+            s.consumed_locally_kwh += local;
+            s.unallocated_kwh += unallocated;
+            for i in 0..np {
+                month_alloc[i] += keys.allocated_kwh[i];
+                if demand > 0.0 {
+                    month_prorata[i] += local * consumption[i] / demand;
+                }
+            }
+            let err = (production - keys.self_consumed_kwh - keys.surplus_kwh)
+                .abs()
+                .max((production - keys.self_consumed_kwh - export - unallocated).abs());
             s.max_balance_error_kwh = s.max_balance_error_kwh.max(err);
             if *name == "ped" {
                 let net: f64 = f.charge.iter().sum::<f64>() - f.discharge.iter().sum::<f64>();
@@ -1290,9 +1785,20 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
                 trace.load.push(total_load[t]);
                 trace.battery.push(net);
                 trace.p2h.push(f.p2h.iter().sum());
-                trace.export.push(keys.surplus_kwh / h);
+                trace.export.push(export / h);
             }
         }
+        if month_of.is_some() {
+            close_month(
+                &month_label,
+                &mut month_alloc,
+                &mut month_prorata,
+                &mut s,
+                &mut worse,
+                (month_began, end),
+            );
+        }
+        s.participants_worse_than_dso_prorata = worse.iter().filter(|&&w| w).count();
         s.heat_from_pv_kwh = s.p2h_kwh * P2H_EFF;
         s.self_consumption_rate = if s.pv_kwh > 0.0 {
             1.0 - s.export_kwh / s.pv_kwh
@@ -1384,10 +1890,9 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
         })
         .collect();
     for (s, alloc) in summaries.iter_mut().zip(&per_participant) {
-        // Worse off means less money: the savings over the run below pro
-        // rata's by more than a cent (the keys' 0.1 % rounding moves
-        // fractions of a cent between participants and is not a loss).
-        s.participants_worse_than_dso_prorata = (0..np)
+        // Less money, not fewer kWh: the keys' rounding moves fractions of a
+        // cent between participants and is not a loss.
+        s.participants_saving_less_than_without_ped = (0..np)
             .filter(|&i| {
                 let v = site.tariff[i] - site.local_price;
                 v * (alloc[i] - per_participant[dso][i]) < -0.01
@@ -1424,6 +1929,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
         },
         participants,
         tracking: diag,
+        data_quality: quality,
     };
     write_outputs(&summary, &trace, &ds, begin, &opts.out_dir)?;
     Ok(summary)
@@ -1662,7 +2168,7 @@ pub fn table(s: &Summary) -> String {
         s.from, s.to, s.steps, s.step_minutes, s.horizon_steps, s.replan_every, s.wall_seconds
     ));
     o.push_str(&format!(
-        "{:<15} {:>6} {:>5} {:>6} {:>6} {:>12} {:>12} {:>11} {:>8} {:>10} {:>9}\n",
+        "{:<15} {:>6} {:>5} {:>6} {:>6} {:>12} {:>12} {:>12} {:>11} {:>8} {:>10} {:>9}\n",
         "scenario",
         "disp",
         "keys",
@@ -1670,6 +2176,7 @@ pub fn table(s: &Summary) -> String {
         "SSR %",
         "savings €",
         "export kWh",
+        "unalloc kWh",
         "storage kWh",
         "cycles",
         "heat PV kWh",
@@ -1677,7 +2184,7 @@ pub fn table(s: &Summary) -> String {
     ));
     for x in &s.scenarios {
         o.push_str(&format!(
-            "{:<15} {:>6} {:>5} {:>6.2} {:>6.2} {:>12.0} {:>12.0} {:>11.0} {:>8.1} {:>10.0} {:>9}\n",
+            "{:<15} {:>6} {:>5} {:>6.2} {:>6.2} {:>12.0} {:>12.0} {:>12.1} {:>11.0} {:>8.1} {:>10.0} {:>9}\n",
             x.name,
             x.dispatch,
             &x.keys[..x.keys.len().min(5)],
@@ -1685,12 +2192,48 @@ pub fn table(s: &Summary) -> String {
             100.0 * x.self_sufficiency,
             x.savings_eur,
             x.export_kwh,
+            x.unallocated_kwh,
             x.allocated_to_storage_kwh,
             x.battery_full_cycles,
             x.heat_from_pv_kwh,
             x.participants_worse_than_dso_prorata
         ));
     }
+    o.push_str(
+        "export: production no one in the district consumed; unalloc: consumed in the district but not allocated by the DSO's rule with the rounded keys\n\
+         worse off: participants short of exact pro rata of the same production and consumption, in a month, by more than max(0.1 kWh, 0.5 %)\n",
+    );
+    if let Some(x) = s.scenarios.iter().find(|x| x.name == "ped") {
+        if !x.worse_than_dso_prorata.is_empty() {
+            let shown: Vec<String> = x
+                .worse_than_dso_prorata
+                .iter()
+                .take(5)
+                .map(|w| {
+                    format!(
+                        "{} {} {:.1} of {:.1} kWh ({} steps estimated)",
+                        w.id, w.month, w.allocated_kwh, w.prorata_kwh, w.estimated_steps
+                    )
+                })
+                .collect();
+            o.push_str(&format!(
+                "ped, short of exact pro rata ({} participants; the first in summary.json): {}\n",
+                x.participants_worse_than_dso_prorata,
+                shown.join("; ")
+            ));
+        }
+    }
+    let q = &s.data_quality;
+    o.push_str(&format!(
+        "data: {} missing and {} suspect values (negative, above the ceiling of a reading, not a number), {} estimated ({:.1} kWh) as `ped keys` does, {} left at 0; {} participants with an entry or exit day, {} values outside membership ignored\n",
+        q.missing_values,
+        q.suspect_values,
+        q.estimated_values,
+        q.estimated_kwh,
+        q.unestimated_values,
+        q.participants_with_entry_or_exit,
+        q.values_outside_membership
+    ));
     let f = &s.forecast_errors;
     o.push_str(&format!(
         "\nforecast errors (every horizon point): PV MAE {:.1} kW nMAE {:.3}; consumption MAE {:.3} kW nMAE {:.3}; heat MAE {:.1} kW nMAE {:.3}\n",

@@ -86,7 +86,7 @@ impl Default for Plausibility {
 
 impl Plausibility {
     /// The ceiling for `prm`, and where it comes from.
-    fn ceiling(&self, prm: Option<&Prm>) -> (f64, &'static str) {
+    pub fn ceiling(&self, prm: Option<&Prm>) -> (f64, &'static str) {
         match prm.and_then(|p| self.per_prm.get(p)) {
             Some(&w) => (w, "twice the participant's subscribed_kva"),
             None => (self.max_watts, "keys.max_load_curve_kw"),
