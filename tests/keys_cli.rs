@@ -361,7 +361,7 @@ fn spring_dst_day_simple_dynamic_is_idempotent_and_never_overwritten() {
     // Different keys for the same month: refused, the old version stays.
     let other: Vec<&str> = args
         .iter()
-        .map(|a| if *a == "prorata" { "optimised" } else { a })
+        .map(|a| if *a == "prorata" { "static" } else { a })
         .collect();
     let o2 = keys(&other);
     assert!(!o2.status.success());
@@ -833,7 +833,9 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
         "{text}"
     );
     // A changed month (another policy): new versions beside the old ones.
-    let text = run("b", "optimised");
+    // Static keys, not optimised ones: with flat tariffs and the pro-rata
+    // guarantee the optimised month is pro rata, to the key.
+    let text = run("b", "static");
     assert!(text.contains("new key-file version(s)"), "{text}");
     let first = manifest(&tmp.path().join("a"));
     let second = manifest(&tmp.path().join("b"));
@@ -867,7 +869,7 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
         if want == 2 {
             assert_eq!(rows[1].1, f2.sha256);
             assert!(
-                rows[1].4.contains("\"policy\":\"optimised\""),
+                rows[1].4.contains("\"policy\":\"static\""),
                 "{}",
                 rows[1].4
             );
@@ -877,7 +879,7 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
         db.query_row("SELECT count(*) FROM key_files", [], |r| r.get::<_, i64>(0))
             .unwrap()
             > 3,
-        "the optimised month changed no file"
+        "the static month changed no file"
     );
     // A stored version cannot be rewritten in place.
     assert!(db
