@@ -221,7 +221,10 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().expect("bench executable");
-    println!("month of keys: 2,976 quarter-hours (July 2025, Europe/Paris), {PRODUCERS} producers, 0.1 % precision");
+    println!(
+        "month of keys: 2,976 quarter-hours (July 2025, Europe/Paris), {PRODUCERS} producers, {} units per one",
+        Precision::default().units_per_one
+    );
     // PED_KEYS_BENCH_SIZES=120 runs one size only.
     let sizes: Vec<usize> = std::env::var("PED_KEYS_BENCH_SIZES")
         .ok()

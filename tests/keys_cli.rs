@@ -868,11 +868,7 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
         );
         if want == 2 {
             assert_eq!(rows[1].1, f2.sha256);
-            assert!(
-                rows[1].4.contains("\"policy\":\"static\""),
-                "{}",
-                rows[1].4
-            );
+            assert!(rows[1].4.contains("\"policy\":\"static\""), "{}", rows[1].4);
         }
     }
     assert!(
