@@ -219,8 +219,15 @@ def main():
           f"pro-rata maximum {maximum:.3f} kWh = {pct:.3f} %")
     print(f"participants short of exact pro rata by > max(0.1 kWh, 0.5 %): {len(counted)}"
           f" (+{len(short) - len(counted)} with {a.gap_hours:g} h or more estimated in ped's copy)")
+    estimated = {p["id"]: p.get("estimated_steps", 0) for p in man["participants"]}
     for rel, miss, pid in short[:10]:
-        note = " (estimated gap)" if pid in gaps else ""
+        if pid in gaps:
+            note = " (estimated gap)"
+        elif estimated.get(pid):
+            # Counted, but said: ped's copy lacked points the DSO has.
+            note = f" ({estimated[pid]} estimated step(s))"
+        else:
+            note = ""
         print(f"  {pid}: {miss:.3f} kWh short = {100 * rel:.2f} % of {pro[pid]:.3f} kWh{note}")
     failed = False
     if a.max_short is not None and len(counted) > a.max_short:
