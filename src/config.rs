@@ -1577,12 +1577,28 @@ fn check_control_safety(config: &SiteConfig, p: &mut Vec<Problem>) {
     }
 }
 
-/// What `check` lets pass but an installer should hear about: a controlled
-/// device whose own revert timer exists in its map but is not in `writes`.
+/// Below this many key units per participant on average, rounding to whole
+/// units costs small consumers their pro-rata month.
+const COARSE_KEYS_UNITS_PER_PARTICIPANT: usize = 5;
+
+/// What `check` lets pass but an installer should hear about: keys too
+/// coarse for the operation's size, and a controlled device whose own revert
+/// timer exists in its map but is not in `writes`.
 /// ped then cannot arm it, and after a crash or `kill -9` the device keeps
 /// ped's last setpoint until its own default watchdog, if it has one.
 pub fn warnings(config: &SiteConfig, lib: &crate::registers::ModelLibrary) -> Vec<Problem> {
     let mut w = Vec::new();
+    let units = config.keys.units_per_one;
+    let participants = config.participants.len();
+    if participants > 0 && (units as usize) < COARSE_KEYS_UNITS_PER_PARTICIPANT * participants {
+        w.push(problem(
+            "keys.units_per_one".to_string(),
+            format!(
+                "{units} key units for {participants} participants: an average participant's share of a step is under {COARSE_KEYS_UNITS_PER_PARTICIPANT} units, so a household's share is often below one; no rounding then keeps every participant's month at pro rata and places all the energy (600 participants at 1000: 553 short and 6.7 % of local use unallocated in a backtested month)"
+            ),
+            "set keys.units_per_one = 10000 (the DSO's key files carry two decimals)".to_string(),
+        ));
+    }
     for (i, d) in config.devices.iter().enumerate() {
         let controlled = matches!(
             d.kind,
@@ -2353,6 +2369,29 @@ meter = "BAT"
                 .any(|(k, _)| k.starts_with("devices[2].address")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn keys_too_coarse_for_the_operation_are_warned_about() {
+        let lib = crate::registers::ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
+        let mut c = with_battery("writes = [\"WSetEna\", \"WSet\", \"WSetRvrtTms\"]");
+        let one = c.participants[0].clone();
+        c.participants = (0..600)
+            .map(|i| ParticipantConfig {
+                id: format!("H-{i:04}"),
+                ..one.clone()
+            })
+            .collect();
+        c.keys.units_per_one = 1000;
+        let w = warnings(&c, &lib);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "keys.units_per_one");
+        assert!(w[0].fix.contains("10000"), "{w:?}");
+        c.keys.units_per_one = 10000;
+        assert_eq!(warnings(&c, &lib), vec![]);
+        c.keys.units_per_one = 1000;
+        c.participants.truncate(200);
+        assert_eq!(warnings(&c, &lib), vec![]);
     }
 
     #[test]
