@@ -26,6 +26,16 @@ pub enum Clock {
         speed: f64,
         offset_us: &'static AtomicI64,
     },
+    /// A simulated clock that moves only when its driver calls [`Clock::step`]:
+    /// tests pace it on the daemon's progress, so a machine that stalls (a
+    /// loaded CI runner, a descheduled process) stops simulated time with it
+    /// instead of skipping polls. `speed` is the nominal pace, used to turn
+    /// real-time watchdogs into clock durations.
+    Paced {
+        origin: DateTime<Utc>,
+        speed: f64,
+        offset_us: &'static AtomicI64,
+    },
 }
 
 impl Clock {
@@ -55,11 +65,24 @@ impl Clock {
         }
     }
 
-    /// Moves a steppable clock by `by` (negative: backwards). Returns false, and
-    /// does nothing, for the other clocks.
+    /// A clock that stands still until [`Clock::step`] moves it; see [`Clock::Paced`].
+    pub fn paced(origin: DateTime<Utc>, speed: f64) -> Clock {
+        Clock::Paced {
+            origin,
+            speed: if speed.is_finite() && speed > 0.0 {
+                speed
+            } else {
+                1.0
+            },
+            offset_us: Box::leak(Box::new(AtomicI64::new(0))),
+        }
+    }
+
+    /// Moves a steppable or paced clock by `by` (negative: backwards). Returns
+    /// false, and does nothing, for the other clocks.
     pub fn step(&self, by: chrono::Duration) -> bool {
         match *self {
-            Clock::Steppable { offset_us, .. } => {
+            Clock::Steppable { offset_us, .. } | Clock::Paced { offset_us, .. } => {
                 offset_us.fetch_add(by.num_microseconds().unwrap_or(0), Ordering::SeqCst);
                 true
             }
@@ -115,13 +138,18 @@ impl Clock {
                         (real * 1e6) as i64 + offset_us.load(Ordering::SeqCst),
                     )
             }
+            Clock::Paced {
+                origin, offset_us, ..
+            } => origin + chrono::Duration::microseconds(offset_us.load(Ordering::SeqCst)),
         }
     }
 
     pub fn speed(&self) -> f64 {
         match *self {
             Clock::System => 1.0,
-            Clock::Simulated { speed, .. } | Clock::Steppable { speed, .. } => speed,
+            Clock::Simulated { speed, .. }
+            | Clock::Steppable { speed, .. }
+            | Clock::Paced { speed, .. } => speed,
         }
     }
 
@@ -181,5 +209,22 @@ mod tests {
         assert_eq!((c.now() - origin).num_minutes(), 50);
         assert!(!Clock::simulated(origin, 1.0).step(chrono::Duration::hours(1)));
         assert!(!Clock::System.step(chrono::Duration::hours(1)));
+    }
+
+    #[test]
+    fn paced_clock_moves_only_when_stepped() {
+        let origin = DateTime::parse_from_rfc3339("2025-06-21T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = Clock::paced(origin, 900.0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(c.now(), origin);
+        assert!(c.step(chrono::Duration::seconds(9)));
+        assert_eq!((c.now() - origin).num_seconds(), 9);
+        // Watchdogs in real time still map to the nominal pace.
+        assert_eq!(
+            c.clock_duration(Duration::from_millis(100)).num_seconds(),
+            90
+        );
     }
 }

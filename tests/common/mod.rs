@@ -77,3 +77,46 @@ pub fn metric_sum(text: &str, name: &str, with: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Whether every one of `devices` has a reading in the daemon taken no more
+/// than `lead` of clock time ago: the condition on which a paced clock may
+/// move on.
+pub fn read_within(
+    shared: &ped::daemon::Shared,
+    clock: Clock,
+    devices: &[String],
+    lead: chrono::Duration,
+) -> bool {
+    let now = clock.now();
+    let st = shared.status();
+    devices.iter().all(|id| {
+        st.devices
+            .get(id)
+            .and_then(|d| d.read_at)
+            .is_some_and(|at| now - at <= lead)
+    })
+}
+
+/// Drives a [`Clock::paced`] clock until the returned handle is aborted:
+/// every `tick` of real time it moves the clock by `tick × speed`, as long as
+/// each of `devices` has a reading at most `lead` old; otherwise it waits for
+/// the daemon. A stalled machine stops simulated time instead of skipping
+/// polls, so samples are never further apart than `lead + tick × speed`
+/// whatever the load.
+pub fn pace(
+    clock: Clock,
+    shared: Arc<ped::daemon::Shared>,
+    devices: Vec<String>,
+    tick: std::time::Duration,
+    lead: chrono::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let step = clock.clock_duration(tick);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(tick).await;
+            if read_within(&shared, clock, &devices, lead) {
+                clock.step(step);
+            }
+        }
+    })
+}
