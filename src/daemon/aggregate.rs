@@ -192,9 +192,9 @@ pub(super) struct Sink {
     /// Local days whose working key files this process wrote whole: later
     /// periods of the day are appended to them.
     days_current: BTreeSet<NaiveDate>,
-    /// Test-only: a pause before every period commit, standing in for a slow
-    /// disk ([`super::LedgerOptions::writer_delay`]).
-    pub(super) slow: Duration,
+    /// Test-only: while set, no period is committed, standing in for a disk
+    /// that hangs ([`super::LedgerOptions::writer_hold`]).
+    pub(super) hold: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Sink {
@@ -214,7 +214,7 @@ impl Sink {
             failing: false,
             last_try: None,
             days_current: BTreeSet::new(),
-            slow: Duration::ZERO,
+            hold: None,
         }
     }
 
@@ -266,8 +266,10 @@ impl Sink {
                 break;
             }
             budget -= 1;
-            if !self.slow.is_zero() {
-                std::thread::sleep(self.slow);
+            if let Some(hold) = &self.hold {
+                while hold.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             match ledger.commit_period(p) {
                 Ok(_) => {

@@ -365,10 +365,10 @@ pub struct LedgerOptions {
     pub deliver: Option<Arc<dyn crate::dso::delivery::Deliver>>,
     /// Retry schedule; default 1 min doubling up to 1 h, clock time.
     pub backoff: Option<crate::ledger::outbox::Backoff>,
-    /// Test-only knob: the ledger writer pauses this long before every period
-    /// it commits, standing in for a slow disk. Polling and control must not
-    /// notice (`tests/slow_writer.rs`).
-    pub writer_delay: Option<std::time::Duration>,
+    /// Test-only knob: while it is set, the ledger writer commits nothing,
+    /// standing in for a disk that hangs. Polling, control and the closing of
+    /// periods must not notice (`tests/slow_writer.rs`).
+    pub writer_hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for LedgerOptions {
@@ -690,7 +690,7 @@ impl Daemon {
         }
         // Opened (and migrated) before the first poll, so the resume point is known.
         let mut sink = aggregate::Sink::open(ledger_path.clone());
-        sink.slow = ledger.writer_delay.unwrap_or_default();
+        sink.hold = ledger.writer_hold.clone();
         let h = tasks.spawn(aggregate::run(
             shared.clone(),
             handoff.clone(),
