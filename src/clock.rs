@@ -38,16 +38,21 @@ pub enum Clock {
     },
 }
 
+/// A usable speed: a speed that is not a positive number runs at real time.
+fn nominal(speed: f64) -> f64 {
+    if speed.is_finite() && speed > 0.0 {
+        speed
+    } else {
+        1.0
+    }
+}
+
 impl Clock {
     pub fn simulated(origin: DateTime<Utc>, speed: f64) -> Clock {
         Clock::Simulated {
             origin_real: Instant::now(),
             origin,
-            speed: if speed.is_finite() && speed > 0.0 {
-                speed
-            } else {
-                1.0
-            },
+            speed: nominal(speed),
         }
     }
 
@@ -56,11 +61,7 @@ impl Clock {
         Clock::Steppable {
             origin_real: Instant::now(),
             origin,
-            speed: if speed.is_finite() && speed > 0.0 {
-                speed
-            } else {
-                1.0
-            },
+            speed: nominal(speed),
             offset_us: Box::leak(Box::new(AtomicI64::new(0))),
         }
     }
@@ -69,11 +70,7 @@ impl Clock {
     pub fn paced(origin: DateTime<Utc>, speed: f64) -> Clock {
         Clock::Paced {
             origin,
-            speed: if speed.is_finite() && speed > 0.0 {
-                speed
-            } else {
-                1.0
-            },
+            speed: nominal(speed),
             offset_us: Box::leak(Box::new(AtomicI64::new(0))),
         }
     }
@@ -96,11 +93,7 @@ impl Clock {
     /// process started later (a daemon restarted after `kill -9`) joins the
     /// same simulated time as the devices it polls.
     pub fn simulated_shared(origin_unix: f64, start: DateTime<Utc>, speed: f64) -> Clock {
-        let speed = if speed.is_finite() && speed > 0.0 {
-            speed
-        } else {
-            1.0
-        };
+        let speed = nominal(speed);
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
