@@ -1599,6 +1599,20 @@ pub fn warnings(config: &SiteConfig, lib: &crate::registers::ModelLibrary) -> Ve
             "set keys.units_per_one = 10000 (the DSO's key files carry two decimals)".to_string(),
         ));
     }
+    let layout = crate::dso::enedis::Layout::of(config.keys.layout).with(&config.keys.file);
+    if participants > 0
+        && layout.naming == crate::dso::enedis::Naming::Operation
+        && config.keys.operation_id.is_none()
+    {
+        w.push(problem(
+            "keys.operation_id".to_string(),
+            format!(
+                "the `{}` layout names the month's key file after the operation, and no operation id is set: the daemon keeps the daily working files but queues no month file for the DSO, and `ped keys --format enedis` stops",
+                layout.label()
+            ),
+            "set keys.operation_id = \"ACC…\" (the operation's Enedis id, from its convention), or keys.file.naming = \"producer\"".to_string(),
+        ));
+    }
     for (i, d) in config.devices.iter().enumerate() {
         let controlled = matches!(
             d.kind,
@@ -2236,7 +2250,9 @@ prm = "99990000000003"
 meter = "BAT"
 "#
         );
-        toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        let mut c: SiteConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        c.keys.operation_id = Some("ACC00000001".into());
+        c
     }
 
     /// The problems `check` finds, as (key, fix).
@@ -2416,6 +2432,23 @@ meter = "BAT"
         assert_eq!(warnings(&vendor, &lib).len(), usize::from(has_timer));
         vendor.devices[2].writes.clear();
         assert_eq!(warnings(&vendor, &lib), vec![]);
+    }
+
+    #[test]
+    fn an_operation_layout_without_an_operation_id_is_warned_about() {
+        let lib = crate::registers::ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
+        let mut c = with_battery("writes = [\"WSetEna\", \"WSet\", \"WSetRvrtTms\"]");
+        assert_eq!(warnings(&c, &lib), vec![]);
+        c.keys.operation_id = None;
+        let w = warnings(&c, &lib);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "keys.operation_id");
+        assert!(w[0].fix.contains("ACC"), "{w:?}");
+        c.keys.file.naming = Some(crate::dso::enedis::Naming::Producer);
+        assert_eq!(warnings(&c, &lib), vec![]);
+        c.keys.file.naming = None;
+        c.keys.layout = crate::dso::enedis::LayoutName::EnedisIso;
+        assert_eq!(warnings(&c, &lib), vec![]);
     }
 }
 

@@ -26,6 +26,9 @@ timeout_ms = 300
 [control]
 writes_allowed = true
 
+[keys]
+operation_id = "ACC00000001"
+
 [plan]
 budget_ms = 500
 "#;

@@ -552,9 +552,11 @@ fn range_rows(
         .collect())
 }
 
-/// A day (or a month: the DSO takes keys monthly for the previous month) is
-/// complete: its key files are validated (rendered, then parsed back by the
-/// validator) and recorded as versions, which puts new versions in the outbox.
+/// A day or a month is complete: its key files are validated (rendered, then
+/// parsed back by the validator) and recorded as versions, which puts new
+/// versions in the outbox. A day's files are working copies in the
+/// per-producer layout with offsets; the month's file, the one the DSO takes
+/// for the previous month, is in the site's `keys.layout`.
 fn finalise(
     shared: &Shared,
     ledger: &mut Ledger,
@@ -566,12 +568,26 @@ fn finalise(
     if rows.is_empty() {
         return Ok(());
     }
+    let keys = &shared.site.config.keys;
     let precision = Precision {
-        units_per_one: shared.site.config.keys.units_per_one,
+        units_per_one: keys.units_per_one,
+    };
+    let month = first != last;
+    let layout = if month {
+        enedis::Layout::of(keys.layout).with(&keys.file)
+    } else {
+        enedis::Layout::ENEDIS_ISO
     };
     let (producers, consumers) = prms(shared);
-    let text = match enedis::render(&grid, &consumers, &rows, precision)
-        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
+    // The month's header lists the members of the month only: a participant
+    // who left before it or joins after it has no column.
+    let (consumers, rows) = if month {
+        members_only(shared, &consumers, rows, first, last)
+    } else {
+        (consumers, rows)
+    };
+    let text = match enedis::render_with(&layout, &grid, &consumers, &rows, precision)
+        .and_then(|t| enedis::validate_with(&layout, &t, &grid, precision).map(|_| t))
     {
         Ok(t) => t,
         Err(e) => {
@@ -588,12 +604,24 @@ fn finalise(
         .map(|(s, h)| serde_json::json!({"period": s.to_rfc3339(), "sha256": h}))
         .collect();
     let inputs = serde_json::Value::Array(inputs).to_string();
-    let policy = format!("{:?}", shared.site.config.keys.policy).to_lowercase();
-    for producer in &producers {
-        let name = match enedis::file_name(&grid, producer, &rows) {
+    let policy = format!("{:?}", keys.policy).to_lowercase();
+    // Simple dynamic keys: one file for the operation, or the same text once
+    // per producer when files are named after producers.
+    let targets: Vec<Option<&Prm>> = match layout.naming {
+        enedis::Naming::Operation => vec![None],
+        enedis::Naming::Producer => producers.iter().map(Some).collect(),
+    };
+    for producer in targets {
+        let name = match enedis::file_name_with(
+            &layout,
+            &grid,
+            keys.operation_id.as_deref(),
+            producer,
+            &rows,
+        ) {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(error = %e, "key file name");
+                tracing::error!(first = %first, last = %last, error = %e, "key file not queued: it cannot be named");
                 continue;
             }
         };
@@ -611,6 +639,51 @@ fn finalise(
         }
     }
     Ok(())
+}
+
+/// The columns of the participants who are members on some day of
+/// `first..=last`, and each row cut to them.
+fn members_only(
+    shared: &Shared,
+    consumers: &[Prm],
+    rows: Vec<KeyRow>,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> (Vec<Prm>, Vec<KeyRow>) {
+    let keep: Vec<bool> = shared
+        .site
+        .config
+        .participants
+        .iter()
+        .map(|p| {
+            let (entry, exit) = p.membership();
+            entry.is_none_or(|e| e <= last) && exit.is_none_or(|x| x >= first)
+        })
+        .collect();
+    if keep.iter().all(|k| *k) {
+        return (consumers.to_vec(), rows);
+    }
+    let cut = |v: &[Prm]| -> Vec<Prm> {
+        v.iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
+    let rows = rows
+        .into_iter()
+        .map(|r| KeyRow {
+            start: r.start,
+            units: r
+                .units
+                .iter()
+                .zip(&keep)
+                .filter(|(_, k)| **k)
+                .map(|(u, _)| *u)
+                .collect(),
+        })
+        .collect();
+    (cut(consumers), rows)
 }
 
 /// What the aggregator hands to the writer thread.
@@ -1494,6 +1567,10 @@ mod tests {
         // Two producers and five participants are enough: every period
         // rewrites and syncs the day's files, slow in a debug build.
         sh.site.config.participants.truncate(5);
+        sh.site.config.keys.operation_id = Some("ACC00000042".into());
+        // Joins in July: a column of June's working day files, not of the
+        // month's file.
+        sh.site.config.participants[4].entry = Some("2025-07-01".into());
         let keep: Vec<String> = sh
             .site
             .producers()
@@ -1537,18 +1614,35 @@ mod tests {
             .map(|e| e.file_name)
             .collect();
         let producers = sh.site.producers().len();
-        assert_eq!(names.len(), 3 * producers, "{names:?}");
-        for suffix in [
-            "_20250629_20250629.csv",
-            "_20250630_20250630.csv",
-            "_20250629_20250630.csv",
-        ] {
+        assert_eq!(names.len(), 2 * producers + 1, "{names:?}");
+        for suffix in ["_20250629_20250629.csv", "_20250630_20250630.csv"] {
             assert_eq!(
                 names.iter().filter(|n| n.ends_with(suffix)).count(),
                 producers,
                 "{suffix}"
             );
         }
+        // The month's file: the operation's, in the DSO's layout, its header
+        // the month's members, local stamps without offset, no final LF.
+        let month = "ACC00000042_15_29062025_30062025.txt";
+        assert!(names.iter().any(|n| n == month), "{names:?}");
+        let content: Vec<u8> = l
+            .conn()
+            .query_row(
+                "SELECT content FROM key_files WHERE name = ?1",
+                [month],
+                |r| r.get(0),
+            )
+            .expect("month file");
+        let text = String::from_utf8(content).expect("UTF-8");
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().expect("header").split(';').collect();
+        let members: Vec<&str> = participants[..4].iter().map(|p| p.prm.as_str()).collect();
+        assert_eq!(header[0], "Horodate");
+        assert_eq!(&header[1..], &members[..]);
+        assert_eq!(lines.next(), Some("29/06/2025 23:45;0,05;0,05;0,05;0,05"));
+        assert_eq!(text.lines().count(), 98);
+        assert!(!text.ends_with('\n'));
         // The working file of the last day holds all its 96 rows, read back from the ledger.
         let f = std::fs::read_dir(tmp.path().join("keys/2025-06-30"))
             .expect("keys")
