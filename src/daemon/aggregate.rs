@@ -657,7 +657,7 @@ fn members_only(
         .iter()
         .map(|p| {
             let (entry, exit) = p.membership();
-            entry.is_none_or(|e| e <= last) && exit.is_none_or(|x| x >= first)
+            entry.map_or(true, |e| e <= last) && exit.map_or(true, |x| x >= first)
         })
         .collect();
     if keep.iter().all(|k| *k) {
