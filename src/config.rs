@@ -66,6 +66,11 @@ pub struct SiteConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub participants: Vec<ParticipantConfig>,
+    /// The district's collective self-consumption operations; none declared:
+    /// one operation of every producer and participant, named by
+    /// `keys.operation_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationConfig>,
     #[serde(default)]
     pub ledger: LedgerSection,
     #[serde(default)]
@@ -621,6 +626,39 @@ pub struct ParticipantConfig {
     pub subscribed_kva: Option<f64>,
 }
 
+/// `[[operations]]`: one collective self-consumption operation as declared
+/// to the DSO. The dispatch stays site-wide; production is shared, keys are
+/// computed, files named and fairness kept within each operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationConfig {
+    /// The Enedis id of the operation, `ACC` + 8 digits.
+    pub id: String,
+    pub name: Option<String>,
+    /// Device ids of the operation's producers (PV plants, batteries).
+    pub producers: Vec<String>,
+    /// Participant ids; a participant is a member of one operation.
+    pub participants: Vec<String>,
+}
+
+/// One operation resolved against the site: indices into
+/// [`Site::producers`] and [`SiteConfig::participants`], in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Enedis id; `None` for an implicit operation without `keys.operation_id`.
+    pub id: Option<String>,
+    pub name: String,
+    pub producers: Vec<usize>,
+    pub participants: Vec<usize>,
+}
+
+impl Operation {
+    /// What names the operation in logs and statements.
+    pub fn label(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.name)
+    }
+}
+
 /// A time-of-use window, `from` inclusive to `to` exclusive, both "HH:MM" in
 /// the site's time zone; a window with `from` after `to` runs over midnight.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -719,6 +757,33 @@ impl Site {
         v.extend(self.devices_of(DeviceKind::Battery));
         v
     }
+    /// The site's operations: the declared `[[operations]]` or, when none
+    /// is, one operation of every producer and participant.
+    pub fn operations(&self) -> Vec<Operation> {
+        let cfg = &self.config;
+        let producers = self.producers();
+        if cfg.operations.is_empty() {
+            return vec![Operation {
+                id: cfg.keys.operation_id.clone(),
+                name: cfg.site.name.clone(),
+                producers: (0..producers.len()).collect(),
+                participants: (0..cfg.participants.len()).collect(),
+            }];
+        }
+        cfg.operations
+            .iter()
+            .map(|o| Operation {
+                id: Some(o.id.clone()),
+                name: o.name.clone().unwrap_or_else(|| o.id.clone()),
+                producers: (0..producers.len())
+                    .filter(|&i| o.producers.contains(&producers[i].id))
+                    .collect(),
+                participants: (0..cfg.participants.len())
+                    .filter(|&i| o.participants.contains(&cfg.participants[i].id))
+                    .collect(),
+            })
+            .collect()
+    }
     /// Devices grouped by Modbus endpoint: one connection per endpoint.
     pub fn endpoints(&self) -> BTreeMap<String, Vec<&DeviceConfig>> {
         let mut m: BTreeMap<String, Vec<&DeviceConfig>> = BTreeMap::new();
@@ -790,6 +855,118 @@ fn problem(key: impl Into<String>, message: impl Into<String>, fix: impl Into<St
         key: key.into(),
         message: message.into(),
         fix: fix.into(),
+    }
+}
+
+/// `[[operations]]`: valid and unique ids, producers and participants that
+/// exist, each in one operation, every participant in one.
+fn check_operations(config: &SiteConfig, p: &mut Vec<Problem>) {
+    if config.operations.is_empty() {
+        return;
+    }
+    if let Some(id) = &config.keys.operation_id {
+        p.push(problem(
+            "keys.operation_id",
+            format!("`{id}` is set and [[operations]] are declared: which operation is it?"),
+            "remove keys.operation_id; each [[operations]] has its own id",
+        ));
+    }
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut producer_of: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut member_of: BTreeMap<&str, &str> = BTreeMap::new();
+    for (i, o) in config.operations.iter().enumerate() {
+        let key = |f: &str| format!("operations[{i}].{f} (id `{}`)", o.id);
+        if !valid_operation_id(&o.id) {
+            p.push(problem(
+                key("id"),
+                format!("`{}` is not an Enedis operation id", o.id),
+                "write `ACC` and the operation's 8 digits, e.g. \"ACC00000001\" (see the operation's convention)",
+            ));
+        }
+        if let Some(j) = ids.insert(&o.id, i) {
+            p.push(problem(
+                key("id"),
+                format!("duplicate operation id, also operations[{j}]"),
+                "give every operation its own Enedis id",
+            ));
+        }
+        if o.producers.is_empty() {
+            p.push(problem(
+                key("producers"),
+                "no producer: the operation has nothing to share",
+                "list the device ids of its PV plants (and batteries)",
+            ));
+        }
+        for d in &o.producers {
+            match config.devices.iter().find(|x| &x.id == d) {
+                None => p.push(problem(
+                    key("producers"),
+                    format!("no device `{d}`"),
+                    "name the id of a PV inverter or battery from [[devices]]",
+                )),
+                Some(x) if !matches!(x.kind, DeviceKind::PvInverter | DeviceKind::Battery) => p
+                    .push(problem(
+                        key("producers"),
+                        format!("device `{d}` is a {}, not a producer", x.kind.as_str()),
+                        "name a PV inverter or battery",
+                    )),
+                Some(_) => {
+                    if let Some(other) = producer_of.insert(d, &o.id) {
+                        p.push(problem(
+                            key("producers"),
+                            format!("`{d}` is already a producer of {other}"),
+                            "a production installation takes part in one operation: keep it in one list",
+                        ));
+                    }
+                }
+            }
+        }
+        if o.participants.is_empty() {
+            p.push(problem(
+                key("participants"),
+                "no participant: nobody to share with",
+                "list the ids of its participants from [[participants]]",
+            ));
+        }
+        for q in &o.participants {
+            if !config.participants.iter().any(|x| &x.id == q) {
+                p.push(problem(
+                    key("participants"),
+                    format!("no participant `{q}`"),
+                    "name an id from [[participants]]",
+                ));
+            } else if let Some(other) = member_of.insert(q, &o.id) {
+                p.push(problem(
+                    key("participants"),
+                    format!("`{q}` is already a member of {other}"),
+                    "a consumer takes part in one operation: keep it in one list",
+                ));
+            }
+        }
+        if config.keys.policy == KeyPolicy::Static {
+            let sum: f64 = config
+                .participants
+                .iter()
+                .filter(|x| o.participants.contains(&x.id))
+                .map(|x| x.static_share)
+                .sum();
+            if sum > 1.0 + 1e-9 {
+                p.push(problem(
+                    key("participants"),
+                    format!("its members' static shares add up to {sum:.6} > 1"),
+                    "scale the shares of the operation's members so that they add up to at most 1",
+                ));
+            }
+        }
+    }
+    for (i, q) in config.participants.iter().enumerate() {
+        if !member_of.contains_key(q.id.as_str()) {
+            p.push(problem(
+                format!("participants[{i}] (id `{}`)", q.id),
+                "is in no operation: its consumption would be shared with nobody",
+                "add its id to the participants of one [[operations]], or remove it",
+            ));
+        }
     }
 }
 
@@ -1338,7 +1515,11 @@ pub fn check(config: &SiteConfig, known_maps: &BTreeSet<String>) -> Vec<Problem>
         }
         static_sum += q.static_share;
     }
-    if config.keys.policy == KeyPolicy::Static && static_sum > 1.0 + 1e-9 {
+    check_operations(config, &mut p);
+    if config.keys.policy == KeyPolicy::Static
+        && config.operations.is_empty()
+        && static_sum > 1.0 + 1e-9
+    {
         p.push(problem(
             "participants[*].static_share",
             format!("static shares add up to {static_sum:.6} > 1"),
@@ -1603,6 +1784,7 @@ pub fn warnings(config: &SiteConfig, lib: &crate::registers::ModelLibrary) -> Ve
     if participants > 0
         && layout.naming == crate::dso::enedis::Naming::Operation
         && config.keys.operation_id.is_none()
+        && config.operations.is_empty()
     {
         w.push(problem(
             "keys.operation_id".to_string(),
@@ -1824,6 +2006,134 @@ meter = "M-1"
         assert_eq!(site.grid.step_minutes(), 15);
         assert_eq!(site.config.http.listen, "127.0.0.1:9464");
         assert_eq!(site.producers().len(), 1);
+    }
+
+    fn embedded_maps() -> BTreeSet<String> {
+        let lib = crate::registers::ModelLibrary::embedded().unwrap();
+        lib.keys().map(str::to_string).collect()
+    }
+
+    /// Fontaine d'Ouche as its three operations: the city's buildings and
+    /// two social landlords.
+    fn three_operations() -> String {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml"),
+        )
+        .unwrap()
+        .replace("operation_id = \"ACC00000001\"\n", "");
+        let ids = |prefix: &str, r: std::ops::RangeInclusive<u32>, w: usize| -> Vec<String> {
+            r.map(|i| format!("\"{prefix}{i:0w$}\"")).collect()
+        };
+        let mut city = ids("T-", 1..=14, 2);
+        city.extend(ids("SST-", 1..=3, 2));
+        city.extend(["\"BAT-01\"".to_string(), "\"P2H-01\"".to_string()]);
+        let mut a = ids("H-", 1..=40, 3);
+        a.push("\"BAT-02\"".to_string());
+        let b = ids("H-", 41..=100, 3);
+        format!(
+            "{text}\n[[operations]]\nid = \"ACC00000011\"\nname = \"Ville de Dijon\"\nproducers = [\"PV-01\", \"PV-02\", \"PV-03\", \"PV-06\", \"PV-07\", \"PV-08\", \"BAT-01\"]\nparticipants = [{}]\n\n[[operations]]\nid = \"ACC00000012\"\nproducers = [\"PV-04\", \"BAT-02\"]\nparticipants = [{}]\n\n[[operations]]\nid = \"ACC00000013\"\nproducers = [\"PV-05\"]\nparticipants = [{}]\n",
+            city.join(", "),
+            a.join(", "),
+            b.join(", ")
+        )
+    }
+
+    #[test]
+    fn operations_resolve_to_their_producers_and_members() {
+        let (_d, path) = write(&three_operations());
+        let site = load(&path, &embedded_maps()).unwrap();
+        let ops = site.operations();
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[0].label(), "ACC00000011");
+        assert_eq!(ops[0].name, "Ville de Dijon");
+        assert_eq!(ops[1].name, "ACC00000012");
+        let producers = site.producers();
+        let names = |o: &Operation| -> Vec<&str> {
+            o.producers
+                .iter()
+                .map(|&i| producers[i].id.as_str())
+                .collect()
+        };
+        assert_eq!(
+            names(&ops[0]),
+            ["PV-01", "PV-02", "PV-03", "PV-06", "PV-07", "PV-08", "BAT-01"]
+        );
+        assert_eq!(names(&ops[1]), ["PV-04", "BAT-02"]);
+        assert_eq!(names(&ops[2]), ["PV-05"]);
+        assert_eq!(
+            ops.iter().map(|o| o.participants.len()).collect::<Vec<_>>(),
+            [19, 41, 60]
+        );
+        let mut all: Vec<usize> = ops.iter().flat_map(|o| o.participants.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..120).collect::<Vec<_>>());
+
+        // Without [[operations]]: one operation of everything.
+        let mut one = site.config.clone();
+        one.operations.clear();
+        let implicit = Site {
+            config: one,
+            ..site.clone()
+        }
+        .operations();
+        assert_eq!(implicit.len(), 1);
+        assert_eq!(implicit[0].producers.len(), producers.len());
+        assert_eq!(implicit[0].participants.len(), 120);
+    }
+
+    #[test]
+    fn operations_are_checked_with_key_and_fix() {
+        let good = three_operations();
+        for (bad, key, says) in [
+            (
+                good.replace("ACC00000012", "ACC12"),
+                "operations[1].id",
+                "not an Enedis operation id",
+            ),
+            (
+                good.replace("ACC00000013", "ACC00000012"),
+                "operations[2].id",
+                "duplicate operation id",
+            ),
+            (
+                good.replace("producers = [\"PV-05\"]", "producers = [\"PV-04\"]"),
+                "operations[2].producers",
+                "already a producer of ACC00000012",
+            ),
+            (
+                good.replace("producers = [\"PV-05\"]", "producers = [\"MTR-H-041\"]"),
+                "operations[2].producers",
+                "not a producer",
+            ),
+            (
+                good.replace("\"H-041\", ", "\"H-040\", "),
+                "operations[2].participants",
+                "already a member of ACC00000012",
+            ),
+            (
+                good.replace("\"H-041\", ", ""),
+                "participants[40]",
+                "in no operation",
+            ),
+            (
+                good.replace("\"H-041\", ", "\"H-999\", \"H-041\", "),
+                "operations[2].participants",
+                "no participant `H-999`",
+            ),
+            (
+                good.replace("[keys]\n", "[keys]\noperation_id = \"ACC00000001\"\n"),
+                "keys.operation_id",
+                "[[operations]] are declared",
+            ),
+        ] {
+            assert_ne!(bad, good, "{key}: the replacement did not apply");
+            let (_d, path) = write(&bad);
+            let err = load(&path, &embedded_maps()).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(says) && err.contains("fix:"),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

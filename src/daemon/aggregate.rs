@@ -21,7 +21,7 @@
 use super::handoff::{Drained, Handoff, Latest};
 use super::{PeriodRecord, Shared};
 use crate::allocation::{self, Policy, Precision, StepInput};
-use crate::config::{DeviceKind, KeyPolicy};
+use crate::config::{DeviceKind, KeyPolicy, Operation};
 use crate::dso::{enedis, KeyRow};
 use crate::ids::Prm;
 use crate::ledger::{
@@ -435,18 +435,29 @@ fn write_day_files(
     let precision = Precision {
         units_per_one: site.config.keys.units_per_one,
     };
-    let (producers, consumers) = prms(shared);
     let m = &shared.metrics;
     match std::fs::create_dir_all(&dir)
         .map_err(|e| e.to_string())
         .and_then(|_| {
-            enedis::write_simple_dynamic(&dir, &grid, &producers, &consumers, &rows, precision)
+            let mut files = Vec::new();
+            for slice in slices(shared) {
+                let written = enedis::write_simple_dynamic(
+                    &dir,
+                    &grid,
+                    &slice.producers,
+                    &slice.consumers(shared),
+                    &slice.rows(&rows),
+                    precision,
+                )
                 .map_err(|e| {
                     if matches!(e, crate::dso::DsoError::Invalid { .. }) {
                         m.key_files_validated.with_label_values(&["invalid"]).inc();
                     }
-                    e.to_string()
-                })
+                    format!("{}: {e}", slice.label)
+                })?;
+                files.extend(written);
+            }
+            Ok(files)
         }) {
         Ok(files) => {
             days_current.insert(day);
@@ -467,7 +478,6 @@ fn write_day_files(
 /// files appended to.
 fn append_day_row(shared: &Shared, p: &ClosedPeriod, day: NaiveDate) -> Result<u64, String> {
     let grid = shared.site.grid;
-    let (producers, consumers) = prms(shared);
     let precision = Precision {
         units_per_one: shared.site.config.keys.units_per_one,
     };
@@ -475,51 +485,88 @@ fn append_day_row(shared: &Shared, p: &ClosedPeriod, day: NaiveDate) -> Result<u
         start: p.start,
         units: p.keys.iter().map(|k| k.2).collect(),
     };
-    if row.units.len() != consumers.len() {
+    if row.units.len() != shared.site.config.participants.len() {
         return Err("participant list changed".into());
     }
-    // Rendered and read back by the validator like a whole file (header + the row).
-    let text = enedis::render(&grid, &consumers, std::slice::from_ref(&row), precision)
-        .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
-        .map_err(|e| e.to_string())?;
-    let line = text.split_once('\n').map(|(_, l)| l).unwrap_or_default();
     let dir = shared
         .output_dir
         .join("keys")
         .join(day.format("%Y-%m-%d").to_string());
     let mut n = 0;
-    for producer in &producers {
-        let name = enedis::file_name(&grid, producer, std::slice::from_ref(&row))
+    for slice in slices(shared) {
+        let rows = slice.rows(std::slice::from_ref(&row));
+        // Rendered and read back by the validator like a whole file (header + the row).
+        let text = enedis::render(&grid, &slice.consumers(shared), &rows, precision)
+            .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
             .map_err(|e| e.to_string())?;
-        let path = dir.join(&name);
-        // Never creates: a missing file means the day must be written whole.
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_data())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        n += 1;
+        let line = text.split_once('\n').map(|(_, l)| l).unwrap_or_default();
+        for producer in &slice.producers {
+            let name = enedis::file_name(&grid, producer, &rows).map_err(|e| e.to_string())?;
+            let path = dir.join(&name);
+            // Never creates: a missing file means the day must be written whole.
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            f.write_all(line.as_bytes())
+                .and_then(|_| f.sync_data())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            n += 1;
+        }
     }
     Ok(n)
 }
 
-fn prms(shared: &Shared) -> (Vec<Prm>, Vec<Prm>) {
-    let producers: Vec<Prm> = shared
+/// One operation's part of the key files: its producers' PRMs, and its
+/// members as columns (indices into the site's participants).
+struct FileSlice {
+    id: Option<String>,
+    label: String,
+    producers: Vec<Prm>,
+    columns: Vec<usize>,
+}
+
+impl FileSlice {
+    fn consumers(&self, shared: &Shared) -> Vec<Prm> {
+        let participants = &shared.site.config.participants;
+        self.columns
+            .iter()
+            .map(|&i| participants[i].prm.clone())
+            .collect()
+    }
+
+    /// `rows` (one unit per site participant) cut to this operation's columns.
+    fn rows(&self, rows: &[KeyRow]) -> Vec<KeyRow> {
+        rows.iter()
+            .map(|r| KeyRow {
+                start: r.start,
+                units: self
+                    .columns
+                    .iter()
+                    .map(|&i| r.units.get(i).copied().unwrap_or(0))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn slices(shared: &Shared) -> Vec<FileSlice> {
+    let producers = shared.site.producers();
+    shared
         .site
-        .producers()
-        .iter()
-        .filter_map(|d| d.prm.clone())
-        .collect();
-    let consumers: Vec<Prm> = shared
-        .site
-        .config
-        .participants
-        .iter()
-        .map(|p| p.prm.clone())
-        .collect();
-    (producers, consumers)
+        .operations()
+        .into_iter()
+        .map(|op| FileSlice {
+            label: op.label().to_string(),
+            producers: op
+                .producers
+                .iter()
+                .filter_map(|&i| producers[i].prm.clone())
+                .collect(),
+            columns: op.participants.clone(),
+            id: op.id,
+        })
+        .collect()
 }
 
 /// UTC bounds of the local days `first..=last`.
@@ -578,23 +625,6 @@ fn finalise(
     } else {
         enedis::Layout::ENEDIS_ISO
     };
-    let (producers, consumers) = prms(shared);
-    // The month's header lists the members of the month only: a participant
-    // who left before it or joins after it has no column.
-    let (consumers, rows) = if month {
-        members_only(shared, &consumers, rows, first, last)
-    } else {
-        (consumers, rows)
-    };
-    let text = match enedis::render_with(&layout, &grid, &consumers, &rows, precision)
-        .and_then(|t| enedis::validate_with(&layout, &t, &grid, precision).map(|_| t))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(first = %first, last = %last, error = %e, "final key files invalid; not queued for delivery");
-            return Ok(());
-        }
-    };
     let Some((from, to)) = day_bounds(&grid, first, last) else {
         return Ok(());
     };
@@ -605,85 +635,73 @@ fn finalise(
         .collect();
     let inputs = serde_json::Value::Array(inputs).to_string();
     let policy = format!("{:?}", keys.policy).to_lowercase();
-    // Simple dynamic keys: one file for the operation, or the same text once
-    // per producer when files are named after producers.
-    let targets: Vec<Option<&Prm>> = match layout.naming {
-        enedis::Naming::Operation => vec![None],
-        enedis::Naming::Producer => producers.iter().map(Some).collect(),
-    };
-    for producer in targets {
-        let name = match enedis::file_name_with(
+    for mut slice in slices(shared) {
+        // The month's header lists the members of the month only: a
+        // participant who left before it or joins after it has no column.
+        if month {
+            members_only(shared, &mut slice, first, last);
+        }
+        let rows = slice.rows(&rows);
+        let text = match enedis::render_with(
             &layout,
             &grid,
-            keys.operation_id.as_deref(),
-            producer,
+            &slice.consumers(shared),
             &rows,
-        ) {
-            Ok(n) => n,
+            precision,
+        )
+        .and_then(|t| enedis::validate_with(&layout, &t, &grid, precision).map(|_| t))
+        {
+            Ok(t) => t,
             Err(e) => {
-                tracing::error!(first = %first, last = %last, error = %e, "key file not queued: it cannot be named");
+                tracing::error!(operation = %slice.label, first = %first, last = %last, error = %e, "final key files invalid; not queued for delivery");
                 continue;
             }
         };
-        let v = ledger.record_key_file(
-            &name,
-            first,
-            last,
-            text.as_bytes(),
-            &inputs,
-            &policy,
-            shared.clock.now(),
-        )?;
-        if v.new {
-            tracing::info!(file = %name, version = v.version, sha256 = %v.sha256, "key file version recorded, queued for delivery");
+        // Simple dynamic keys: one file for the operation, or the same text
+        // once per producer when files are named after producers.
+        let targets: Vec<Option<&Prm>> = match layout.naming {
+            enedis::Naming::Operation => vec![None],
+            enedis::Naming::Producer => slice.producers.iter().map(Some).collect(),
+        };
+        for producer in targets {
+            let name = match enedis::file_name_with(
+                &layout,
+                &grid,
+                slice.id.as_deref(),
+                producer,
+                &rows,
+            ) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(operation = %slice.label, first = %first, last = %last, error = %e, "key file not queued: it cannot be named");
+                    continue;
+                }
+            };
+            let v = ledger.record_key_file(
+                &name,
+                first,
+                last,
+                text.as_bytes(),
+                &inputs,
+                &policy,
+                shared.clock.now(),
+            )?;
+            if v.new {
+                tracing::info!(operation = %slice.label, file = %name, version = v.version, sha256 = %v.sha256, "key file version recorded, queued for delivery");
+            }
         }
     }
     Ok(())
 }
 
-/// The columns of the participants who are members on some day of
-/// `first..=last`, and each row cut to them.
-fn members_only(
-    shared: &Shared,
-    consumers: &[Prm],
-    rows: Vec<KeyRow>,
-    first: NaiveDate,
-    last: NaiveDate,
-) -> (Vec<Prm>, Vec<KeyRow>) {
-    let keep: Vec<bool> = shared
-        .site
-        .config
-        .participants
-        .iter()
-        .map(|p| {
-            let (entry, exit) = p.membership();
-            entry.map_or(true, |e| e <= last) && exit.map_or(true, |x| x >= first)
-        })
-        .collect();
-    if keep.iter().all(|k| *k) {
-        return (consumers.to_vec(), rows);
-    }
-    let cut = |v: &[Prm]| -> Vec<Prm> {
-        v.iter()
-            .zip(&keep)
-            .filter(|(_, k)| **k)
-            .map(|(c, _)| c.clone())
-            .collect()
-    };
-    let rows = rows
-        .into_iter()
-        .map(|r| KeyRow {
-            start: r.start,
-            units: r
-                .units
-                .iter()
-                .zip(&keep)
-                .filter(|(_, k)| **k)
-                .map(|(u, _)| *u)
-                .collect(),
-        })
-        .collect();
-    (cut(consumers), rows)
+/// Keeps the columns of `slice`'s participants who are members on some day
+/// of `first..=last`.
+fn members_only(shared: &Shared, slice: &mut FileSlice, first: NaiveDate, last: NaiveDate) {
+    let participants = &shared.site.config.participants;
+    slice.columns.retain(|&i| {
+        let (entry, exit) = participants[i].membership();
+        entry.map_or(true, |e| e <= last) && exit.map_or(true, |x| x >= first)
+    });
 }
 
 /// What the aggregator hands to the writer thread.
@@ -989,7 +1007,9 @@ fn on_latest(shared: &Shared, device: String, latest: Latest) {
 pub(super) struct Month {
     /// Local (year, month) the account is for.
     key: Option<(i32, u32)>,
-    account: allocation::MonthToDateAccount,
+    /// One account per operation of the site, its members in the order of
+    /// [`Operation::participants`].
+    accounts: Vec<allocation::MonthToDateAccount>,
     /// Rounding remainders after the last period added, by participant
     /// order of the site config.
     carry: allocation::Remainders,
@@ -1006,6 +1026,8 @@ struct RecordFigures {
     #[serde(default)]
     total_production_kwh: f64,
     #[serde(default)]
+    production_kwh: BTreeMap<String, f64>,
+    #[serde(default)]
     remainder_kwh: BTreeMap<String, f64>,
     #[serde(default)]
     behind_pro_rata_kwh: BTreeMap<String, f64>,
@@ -1017,7 +1039,7 @@ impl Month {
     pub(super) fn new() -> Month {
         Month {
             key: None,
-            account: allocation::MonthToDateAccount::default(),
+            accounts: Vec::new(),
             carry: allocation::Remainders::default(),
         }
     }
@@ -1027,17 +1049,35 @@ impl Month {
         (d.year(), d.month())
     }
 
-    /// The account for the period starting at `start`: emptied when the
+    /// The accounts for the period starting at `start`: emptied when the
     /// period opens a new local month.
-    fn roll(&mut self, shared: &Shared, start: DateTime<Utc>) -> &allocation::MonthToDateAccount {
+    fn roll(&mut self, shared: &Shared, start: DateTime<Utc>) {
         let key = Month::key_of(&shared.site.grid, start);
-        let n = shared.site.config.participants.len();
-        if self.key != Some(key) || self.account.participants.len() != n {
+        let sizes: Vec<usize> = shared
+            .site
+            .operations()
+            .iter()
+            .map(|o| o.participants.len())
+            .collect();
+        let same = self.accounts.len() == sizes.len()
+            && self
+                .accounts
+                .iter()
+                .zip(&sizes)
+                .all(|(a, n)| a.participants.len() == *n);
+        if self.key != Some(key) || !same {
             self.key = Some(key);
-            self.account = allocation::MonthToDateAccount::new(n);
-            self.carry = allocation::Remainders::new(n);
+            self.accounts = sizes
+                .iter()
+                .map(|n| allocation::MonthToDateAccount::new(*n))
+                .collect();
+            self.carry = allocation::Remainders::new(shared.site.config.participants.len());
         }
-        &self.account
+    }
+
+    /// The whole site's month so far: every operation's account together.
+    pub(super) fn steps(&self) -> usize {
+        self.accounts.first().map_or(0, |a| a.steps)
     }
 
     /// Adds a closed period from its archived record. Participants are
@@ -1056,26 +1096,39 @@ impl Month {
         let cfg = &shared.site.config;
         let tz = shared.site.grid.tz();
         let get = |m: &BTreeMap<String, f64>, id: &str| m.get(id).copied().unwrap_or(0.0);
-        let consumption: Vec<f64> = cfg
-            .participants
-            .iter()
-            .map(|p| get(&rec.consumption_kwh, &p.id))
-            .collect();
-        let allocated: Vec<f64> = cfg
-            .participants
-            .iter()
-            .map(|p| get(&rec.allocated_kwh, &p.id))
-            .collect();
-        let values: Vec<f64> = cfg
-            .participants
-            .iter()
-            .map(|p| p.tariff_at(rec.start, tz) - cfg.plan.local_price_eur_per_kwh)
-            .collect();
-        if let Err(e) =
-            self.account
-                .add_step(rec.total_production_kwh, &consumption, &allocated, &values)
-        {
-            tracing::warn!(error = %e, "period left out of the month's fairness figures");
+        let operations = shared.site.operations();
+        let producers = shared.site.producers();
+        for (op, account) in operations.iter().zip(self.accounts.iter_mut()) {
+            let members: Vec<&crate::config::ParticipantConfig> = op
+                .participants
+                .iter()
+                .map(|&i| &cfg.participants[i])
+                .collect();
+            let consumption: Vec<f64> = members
+                .iter()
+                .map(|p| get(&rec.consumption_kwh, &p.id))
+                .collect();
+            let allocated: Vec<f64> = members
+                .iter()
+                .map(|p| get(&rec.allocated_kwh, &p.id))
+                .collect();
+            let values: Vec<f64> = members
+                .iter()
+                .map(|p| p.tariff_at(rec.start, tz) - cfg.plan.local_price_eur_per_kwh)
+                .collect();
+            // A single operation shares all production, also in records
+            // stored before producers were listed per operation.
+            let production = if operations.len() == 1 {
+                rec.total_production_kwh
+            } else {
+                op.producers
+                    .iter()
+                    .map(|&i| get(&rec.production_kwh, &producers[i].id))
+                    .sum()
+            };
+            if let Err(e) = account.add_step(production, &consumption, &allocated, &values) {
+                tracing::warn!(operation = op.label(), error = %e, "period left out of the month's fairness figures");
+            }
         }
         // The remainders as the period left them (a record without them
         // leaves the carry as it was).
@@ -1110,8 +1163,9 @@ impl Month {
                 }
                 if !periods.is_empty() {
                     tracing::info!(
-                        periods = month.account.steps,
-                        production_kwh = month.account.production_kwh,
+                        periods = month.steps(),
+                        production_kwh =
+                            month.accounts.iter().map(|a| a.production_kwh).sum::<f64>(),
                         "month-to-date figures rebuilt from the ledger"
                     );
                 }
@@ -1131,6 +1185,7 @@ impl Month {
 /// now gives the flat price; the planner warns and counts that).
 fn period_solver(
     shared: &Shared,
+    members: &[&crate::config::ParticipantConfig],
     start: chrono::DateTime<chrono::Utc>,
 ) -> Option<allocation::MonthSolverAllocator> {
     let cfg = &shared.site.config;
@@ -1139,7 +1194,7 @@ fn period_solver(
         return None;
     }
     Some(allocation::MonthSolverAllocator {
-        ids: cfg.participants.iter().map(|p| p.id.clone()).collect(),
+        ids: members.iter().map(|p| p.id.clone()).collect(),
         local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
         export_price_eur_per_kwh: export_price_at(cfg, start),
         fairness: crate::plan::allocate::Fairness {
@@ -1147,8 +1202,7 @@ fn period_solver(
             no_worse_than_pro_rata: k.no_worse_than_pro_rata,
             ..Default::default()
         },
-        subscription_share: cfg
-            .participants
+        subscription_share: members
             .iter()
             .map(|p| (p.static_share > 0.0).then_some(p.static_share))
             .collect(),
@@ -1173,6 +1227,158 @@ fn export_price_at(cfg: &crate::config::SiteConfig, start: chrono::DateTime<chro
             flat
         }
     }
+}
+
+/// One operation's keys for one period, for its members in the order of
+/// [`Operation::participants`].
+struct OperationKeys {
+    units: Vec<u32>,
+    allocated: Vec<f64>,
+    self_consumed_kwh: f64,
+    surplus_kwh: f64,
+}
+
+/// The values of `v` at `at` (a shorter `v` counts as zeros).
+fn pick(v: &[f64], at: &[usize]) -> Vec<f64> {
+    at.iter()
+        .map(|&i| v.get(i).copied().unwrap_or(0.0))
+        .collect()
+}
+
+/// The keys of one operation: its producers' energy shared among its
+/// members by the site's policy, pro rata when one of its readings is
+/// unknown (`degraded`). `carry` holds every participant's remainders; the
+/// operation's members' are taken from it and put back.
+#[allow(clippy::too_many_arguments)]
+fn operation_keys(
+    shared: &Shared,
+    op: &Operation,
+    start: DateTime<Utc>,
+    production_kwh: f64,
+    consumption: &[f64],
+    degraded: bool,
+    account: &allocation::MonthToDateAccount,
+    carry: &mut allocation::Remainders,
+    problems: &mut Vec<String>,
+) -> OperationKeys {
+    let cfg = &shared.site.config;
+    let grid = shared.site.grid;
+    let m = &shared.metrics;
+    let members: Vec<&crate::config::ParticipantConfig> = op
+        .participants
+        .iter()
+        .map(|&i| &cfg.participants[i])
+        .collect();
+    let precision = Precision {
+        units_per_one: cfg.keys.units_per_one,
+    };
+    let policy = if degraded {
+        Policy::ProRata
+    } else {
+        match cfg.keys.policy {
+            KeyPolicy::Prorata => Policy::ProRata,
+            KeyPolicy::Static => Policy::Static(members.iter().map(|p| p.static_share).collect()),
+            KeyPolicy::Optimised => Policy::Optimised {
+                tariffs_eur_per_kwh: members.iter().map(|p| p.tariff_eur_per_kwh).collect(),
+                priority: members.iter().map(|p| p.priority).collect(),
+            },
+        }
+    };
+    let input = StepInput {
+        production_kwh,
+        consumption_kwh: op.participants.iter().map(|&i| consumption[i]).collect(),
+    };
+    let mut sub = allocation::Remainders {
+        kwh: pick(&carry.kwh, &op.participants),
+        behind_pro_rata_kwh: pick(&carry.behind_pro_rata_kwh, &op.participants),
+        pro_rata_kwh: pick(&carry.pro_rata_kwh, &op.participants),
+    };
+    let in_month = match (&policy, period_solver(shared, &members, start)) {
+        (Policy::Optimised { priority, .. }, Some(solver)) => {
+            // Valued at the period's own time-of-use prices, as the month's
+            // account values it (`Month::add_record`).
+            let tariffs: Vec<f64> = members
+                .iter()
+                .map(|p| p.tariff_at(start, grid.tz()))
+                .collect();
+            match allocation::keys_for_step_in_month(
+                &solver, account, &input, &tariffs, priority, precision, &mut sub,
+            ) {
+                Ok((k, outcome)) => {
+                    if let Some(why) = &outcome.fallback {
+                        m.period_fallbacks
+                            .with_label_values(&["month_solver"])
+                            .inc();
+                        tracing::warn!(operation = op.label(), period = %grid.format_local(start), reason = %why, "period's month-aware keys not solved; per-period optimised keys instead");
+                    }
+                    // Shortfalls under a cent are the keys' rounding
+                    // carried from the last periods (at dawn a unit is worth
+                    // little and the next periods make it good): debug, not
+                    // a warning for the energy manager.
+                    let (real, rounding): (Vec<&String>, Vec<&String>) =
+                        outcome.violations.iter().partition(|v| {
+                            v.split(' ')
+                                .nth(2)
+                                .and_then(|a| a.parse::<f64>().ok())
+                                .map_or(true, |a| a >= 0.01)
+                        });
+                    if !real.is_empty() {
+                        tracing::warn!(operation = op.label(), period = %grid.format_local(start), violations = ?real, below_a_cent = rounding.len(), "the month's fairness rules cannot all be met so far");
+                    } else if !rounding.is_empty() {
+                        tracing::debug!(operation = op.label(), period = %grid.format_local(start), violations = ?rounding, "the month's fairness rules are a rounding short so far");
+                    }
+                    Some(Ok(k))
+                }
+                Err(e) => {
+                    tracing::warn!(operation = op.label(), period = %grid.format_local(start), error = %e, "period's month-aware keys failed; per-period optimised keys instead");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let carried = sub.clone();
+    let keys = in_month
+        .unwrap_or_else(|| allocation::keys_for_step_carried(&input, &policy, precision, &mut sub))
+        .or_else(|e| {
+            problems.push(format!("keys of {}: {e}", op.label()));
+            sub = carried.clone();
+            allocation::keys_for_step_carried(&input, &Policy::ProRata, precision, &mut sub)
+        });
+    let out = match keys {
+        Ok(k) => OperationKeys {
+            units: k.units,
+            allocated: k.allocated_kwh,
+            self_consumed_kwh: k.self_consumed_kwh,
+            surplus_kwh: k.surplus_kwh,
+        },
+        Err(e) => {
+            // Nothing valid to send: all-zero keys leave everything to the DSO's default.
+            problems.push(format!("pro-rata keys of {}: {e}", op.label()));
+            sub = carried;
+            let n = members.len();
+            OperationKeys {
+                units: vec![0; n],
+                allocated: vec![0.0; n],
+                self_consumed_kwh: 0.0,
+                surplus_kwh: production_kwh,
+            }
+        }
+    };
+    let n = carry.kwh.len().max(cfg.participants.len());
+    for v in [
+        &mut carry.kwh,
+        &mut carry.behind_pro_rata_kwh,
+        &mut carry.pro_rata_kwh,
+    ] {
+        v.resize(n, 0.0);
+    }
+    for (j, &i) in op.participants.iter().enumerate() {
+        carry.kwh[i] = sub.kwh.get(j).copied().unwrap_or(0.0);
+        carry.behind_pro_rata_kwh[i] = sub.behind_pro_rata_kwh.get(j).copied().unwrap_or(0.0);
+        carry.pro_rata_kwh[i] = sub.pro_rata_kwh.get(j).copied().unwrap_or(0.0);
+    }
+    out
 }
 
 fn close_period(
@@ -1248,100 +1454,52 @@ fn close_period(
         });
         consumption.push(shared_kwh);
     }
-    let precision = Precision {
-        units_per_one: cfg.keys.units_per_one,
-    };
-    let policy = if !problems.is_empty() {
-        Policy::ProRata
-    } else {
-        match cfg.keys.policy {
-            KeyPolicy::Prorata => Policy::ProRata,
-            KeyPolicy::Static => {
-                Policy::Static(cfg.participants.iter().map(|p| p.static_share).collect())
-            }
-            KeyPolicy::Optimised => Policy::Optimised {
-                tariffs_eur_per_kwh: cfg
-                    .participants
-                    .iter()
-                    .map(|p| p.tariff_eur_per_kwh)
-                    .collect(),
-                priority: cfg.participants.iter().map(|p| p.priority).collect(),
-            },
-        }
-    };
-    let input = StepInput {
-        production_kwh: total_p,
-        consumption_kwh: consumption.clone(),
-    };
     month.roll(shared, start);
+    let n = cfg.participants.len();
+    let mut units = vec![0; n];
+    let mut allocated = vec![0.0; n];
+    let (mut self_consumed, mut surplus) = (0.0, 0.0);
     // Worked on a copy: the month takes the remainders from the archived
     // record (`Month::add_record`), live and when rebuilt alike.
     let mut carry = month.carry.clone();
-    let account = &month.account;
-    let in_month = match (&policy, period_solver(shared, start)) {
-        (Policy::Optimised { priority, .. }, Some(solver)) => {
-            // Valued at the period's own time-of-use prices, as the month's
-            // account values it (`Month::add_record`).
-            let tariffs: Vec<f64> = cfg
-                .participants
-                .iter()
-                .map(|p| p.tariff_at(start, grid.tz()))
-                .collect();
-            match allocation::keys_for_step_in_month(
-                &solver, account, &input, &tariffs, priority, precision, &mut carry,
-            ) {
-                Ok((k, outcome)) => {
-                    if let Some(why) = &outcome.fallback {
-                        m.period_fallbacks
-                            .with_label_values(&["month_solver"])
-                            .inc();
-                        tracing::warn!(period = %grid.format_local(start), reason = %why, "period's month-aware keys not solved; per-period optimised keys instead");
-                    }
-                    // Shortfalls under a cent are the keys' 0.1 % rounding
-                    // carried from the last periods (at dawn a unit is worth
-                    // little and the next periods make it good): debug, not
-                    // a warning for the energy manager.
-                    let (real, rounding): (Vec<&String>, Vec<&String>) =
-                        outcome.violations.iter().partition(|v| {
-                            v.split(' ')
-                                .nth(2)
-                                .and_then(|a| a.parse::<f64>().ok())
-                                .map_or(true, |a| a >= 0.01)
-                        });
-                    if !real.is_empty() {
-                        tracing::warn!(period = %grid.format_local(start), violations = ?real, below_a_cent = rounding.len(), "the month's fairness rules cannot all be met so far");
-                    } else if !rounding.is_empty() {
-                        tracing::debug!(period = %grid.format_local(start), violations = ?rounding, "the month's fairness rules are a rounding short so far");
-                    }
-                    Some(Ok(k))
-                }
-                Err(e) => {
-                    tracing::warn!(period = %grid.format_local(start), error = %e, "period's month-aware keys failed; per-period optimised keys instead");
-                    None
-                }
-            }
+    let producers = site.producers();
+    for (o, op) in shared.site.operations().iter().enumerate() {
+        // A producer or member of another operation missing its reading
+        // does not send this operation to the default rule.
+        let degraded = op
+            .producers
+            .iter()
+            .map(|&i| &producers[i].id)
+            .chain(op.participants.iter().map(|&i| &cfg.participants[i].id))
+            .any(|id| unknown.contains(id));
+        let production_kwh: f64 = op
+            .producers
+            .iter()
+            .filter_map(|&i| production.get(&producers[i].id))
+            .sum();
+        let Some(account) = month.accounts.get(o) else {
+            continue;
+        };
+        let k = operation_keys(
+            shared,
+            op,
+            start,
+            production_kwh,
+            &consumption,
+            degraded,
+            account,
+            &mut carry,
+            &mut problems,
+        );
+        for (j, &i) in op.participants.iter().enumerate() {
+            units[i] = k.units[j];
+            allocated[i] = k.allocated[j];
         }
-        _ => None,
-    };
-    let carried = carry.clone();
-    let keys = in_month
-        .unwrap_or_else(|| {
-            allocation::keys_for_step_carried(&input, &policy, precision, &mut carry)
-        })
-        .or_else(|e| {
-            problems.push(format!("keys: {e}"));
-            carry = carried.clone();
-            allocation::keys_for_step_carried(&input, &Policy::ProRata, precision, &mut carry)
-        });
-    let (units, allocated, self_consumed, surplus) = match keys {
-        Ok(k) => (k.units, k.allocated_kwh, k.self_consumed_kwh, k.surplus_kwh),
-        Err(e) => {
-            // Nothing valid to send: all-zero keys leave everything to the DSO's default.
-            problems.push(format!("pro-rata keys: {e}"));
-            carry = carried;
-            let n = cfg.participants.len();
-            (vec![0; n], vec![0.0; n], 0.0, total_p)
-        }
+        self_consumed += k.self_consumed_kwh;
+        surplus += k.surplus_kwh;
+    }
+    let precision = Precision {
+        units_per_one: cfg.keys.units_per_one,
     };
     if estimated {
         m.periods_estimated.inc();
@@ -1829,7 +1987,7 @@ mod tests {
                 "participant {i}: {got} € < pro rata {pro} €"
             );
         }
-        let shortfall = month.account.pro_rata_shortfall_eur();
+        let shortfall = month.accounts[0].pro_rata_shortfall_eur();
         assert!(shortfall.iter().all(|s| *s <= unit_eur), "{shortfall:?}");
         // As much local value in all as pro rata, to a key unit: greed is
         // only curbed (the rounding spends the residue by what the month
@@ -1849,7 +2007,13 @@ mod tests {
                 units: r.key_units.clone(),
             })
             .collect();
-        let (_, consumers) = prms(&sh);
+        let consumers: Vec<Prm> = sh
+            .site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.prm.clone())
+            .collect();
         let text = enedis::render(&sh.site.grid, &consumers, &rows, precision).expect("render");
         enedis::validate(&text, &sh.site.grid, precision).expect("valid keys");
     }
@@ -1915,14 +2079,14 @@ mod tests {
         // Restarted after period 40: the account from the ledger, then on.
         let restart = periods[40];
         let mut resumed = Month::from_ledger(&sh, &ledger, restart);
-        assert_eq!(resumed.account.steps, 40);
-        assert!(resumed.account.production_kwh > 0.0);
+        assert_eq!(resumed.accounts[0].steps, 40);
+        assert!(resumed.accounts[0].production_kwh > 0.0);
         let mut again = Vec::new();
         for s in &periods[40..] {
             again.push(close_period(&sh, &c, &mut resumed, *s).0.key_units);
         }
         assert_eq!(again, units[40..].to_vec(), "keys after the restart differ");
-        assert_eq!(resumed.account, month.account);
+        assert_eq!(resumed.accounts, month.accounts);
         // The rounding remainders come back from the ledger too, bit for bit.
         assert!(
             month.carry.kwh.iter().any(|r| *r != 0.0),
@@ -1931,12 +2095,12 @@ mod tests {
         );
         assert_eq!(resumed.carry, month.carry);
         let rebuilt = Month::from_ledger(&sh, &ledger, sh.site.grid.next_period(periods[95]));
-        assert_eq!(rebuilt.account, month.account);
+        assert_eq!(rebuilt.accounts, month.accounts);
         assert_eq!(rebuilt.carry, month.carry);
         // The first period of the next local month starts afresh.
         let july = Month::from_ledger(&sh, &ledger, t("2025-06-30T22:00:00Z"));
-        assert_eq!(july.account.steps, 0);
-        assert_eq!(july.account.production_kwh, 0.0);
+        assert_eq!(july.accounts[0].steps, 0);
+        assert_eq!(july.accounts[0].production_kwh, 0.0);
         assert!(july.carry.kwh.iter().all(|r| *r == 0.0));
     }
 
