@@ -1812,6 +1812,223 @@ mod tests {
         assert!(l.verify().expect("verify").ok());
     }
 
+    /// Four households and two PV plants in two operations: the first
+    /// plant and households for ACC00000011, the others for ACC00000012.
+    fn two_operations(out: &std::path::Path) -> Shared {
+        let mut sh = shared(out);
+        sh.site.config.keys.operation_id = None;
+        sh.site.config.participants.truncate(4);
+        let producers: Vec<String> = sh.site.producers().iter().map(|d| d.id.clone()).collect();
+        let keep = [producers[0].clone(), producers[1].clone()];
+        sh.site
+            .config
+            .devices
+            .retain(|d| keep.contains(&d.id) || !producers.contains(&d.id));
+        let ids: Vec<String> = sh
+            .site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        sh.site.config.operations = vec![
+            crate::config::OperationConfig {
+                id: "ACC00000011".into(),
+                name: Some("Ville de Dijon".into()),
+                producers: vec![keep[0].clone()],
+                participants: ids[..2].to_vec(),
+            },
+            crate::config::OperationConfig {
+                id: "ACC00000012".into(),
+                name: None,
+                producers: vec![keep[1].clone()],
+                participants: ids[2..].to_vec(),
+            },
+        ];
+        sh
+    }
+
+    /// Eight periods of a June noon: the first plant makes 3 kWh a period,
+    /// the second 0.5 kWh; every household uses 1 kWh.
+    fn two_operations_counters(sh: &Shared) -> (Vec<DateTime<Utc>>, Counters) {
+        let grid = sh.site.grid;
+        let mut periods = vec![t("2025-06-21T10:00:00Z")];
+        for _ in 0..7 {
+            periods.push(grid.next_period(periods[periods.len() - 1]));
+        }
+        let mut c = counters();
+        let pv: Vec<String> = sh.site.producers().iter().map(|d| d.id.clone()).collect();
+        // A sample before the first boundary, so that boundary is known.
+        let before = periods[0] - chrono::Duration::minutes(1);
+        let samples = std::iter::once((before, 0.0)).chain((0..=periods.len()).map(|k| {
+            (
+                periods[0] + chrono::Duration::minutes(15 * k as i64),
+                k as f64,
+            )
+        }));
+        for (at, k) in samples {
+            c.sample(&pv[0], "production_kwh", at, 3.0 * k);
+            c.sample(&pv[1], "production_kwh", at, 0.5 * k);
+            for p in &sh.site.config.participants {
+                c.sample(&p.meter, "import_kwh", at, k);
+            }
+        }
+        (periods, c)
+    }
+
+    #[test]
+    fn each_operation_shares_its_own_production() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut sh = two_operations(tmp.path());
+        sh.site.config.keys.policy = KeyPolicy::Optimised;
+        let ids: Vec<String> = sh
+            .site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        let (periods, c) = two_operations_counters(&sh);
+        let mut month = Month::new();
+        let recs: Vec<PeriodRecord> = periods
+            .iter()
+            .map(|s| close_period(&sh, &c, &mut month, *s).0)
+            .collect();
+        let upo = f64::from(sh.site.config.keys.units_per_one);
+        for r in &recs {
+            assert_eq!(r.quality, "measured", "{}", r.start);
+            assert!((r.total_production_kwh - 3.5).abs() < 1e-9, "{r:?}");
+            // The first operation is in surplus: its members are served in
+            // full, and the surplus is not given to the other operation.
+            for id in &ids[..2] {
+                assert!((r.allocated_kwh[id] - 1.0).abs() < 1e-9, "{id}: {r:?}");
+            }
+            let (a, b) = (&r.key_units[..2], &r.key_units[2..]);
+            assert!(a.iter().sum::<u32>() <= 10_000 && b.iter().sum::<u32>() <= 10_000);
+            // Keys are shares of the operation's own production: 1 kWh of
+            // 3 kWh is a third, whatever the other plant makes.
+            for u in a {
+                assert!(f64::from(*u) / upo * 3.0 >= 1.0 - 1e-9, "{a:?}");
+            }
+            // The second is short: its 0.5 kWh is all its members get.
+            let got: f64 = ids[2..].iter().map(|id| r.allocated_kwh[id]).sum();
+            assert!((got - 0.5).abs() <= 2.0 * 0.5 / upo + 1e-9, "{got}: {r:?}");
+            for (u, id) in b.iter().zip(&ids[2..]) {
+                let served = (f64::from(*u) / upo * 0.5).min(1.0);
+                assert!((served - r.allocated_kwh[id]).abs() < 1e-9, "{id}: {r:?}");
+            }
+            assert!((r.self_consumed_kwh - 2.5).abs() <= 1e-3, "{r:?}");
+            assert!((r.surplus_kwh - 1.0).abs() <= 1e-3, "{r:?}");
+        }
+        assert_eq!(month.accounts.len(), 2);
+        assert!((month.accounts[0].production_kwh - 24.0).abs() < 1e-9);
+        assert!((month.accounts[1].production_kwh - 4.0).abs() < 1e-9);
+        // Rebuilt from the records, as after a restart: the same accounts.
+        let mut rebuilt = Month::new();
+        for r in &recs {
+            rebuilt.add_record(&sh, &serde_json::to_string(r).expect("json"));
+        }
+        assert_eq!(rebuilt.accounts, month.accounts);
+        assert_eq!(rebuilt.carry, month.carry);
+
+        // A meter of the first operation stops answering: that operation
+        // falls back to pro rata, the second keeps its keys.
+        let (_, mut c) = two_operations_counters(&sh);
+        let gone = sh.site.config.participants[0].meter.clone();
+        c.tracks.remove(&(gone, "import_kwh"));
+        let mut month = Month::new();
+        for (r, s) in recs.iter().zip(&periods) {
+            let degraded = close_period(&sh, &c, &mut month, *s).0;
+            assert!(degraded.quality.starts_with("fallback"), "{degraded:?}");
+            assert_eq!(degraded.key_units[2..], r.key_units[2..], "{}", r.start);
+            // Pro rata of the first plant alone: a third, served in full.
+            assert!(
+                (3333..=3334).contains(&degraded.key_units[1]),
+                "{degraded:?}"
+            );
+            assert!((degraded.allocated_kwh[&ids[1]] - 1.0).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn each_operation_gets_its_own_month_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sh = two_operations(tmp.path());
+        let mut sink = Sink::open(tmp.path().join("l.sqlite"));
+        let grid = sh.site.grid;
+        let mut start = t("2025-06-29T21:45:00Z");
+        let end = t("2025-06-30T22:00:00Z");
+        let participants = &sh.site.config.participants;
+        while start < end {
+            let p = ClosedPeriod {
+                start,
+                end: grid.next_period(start),
+                record_json: format!("{{\"start\":\"{start}\"}}"),
+                quality: "measured".into(),
+                policy: "prorata".into(),
+                energies: Vec::new(),
+                keys: participants
+                    .iter()
+                    .zip([10u32, 20, 30, 40])
+                    .map(|(p, u)| (p.id.clone(), p.prm.as_str().to_string(), u))
+                    .collect(),
+                snapshots: Vec::new(),
+            };
+            sink.push(&sh, p);
+            start = grid.next_period(start);
+        }
+        let l = sink.ledger.as_mut().expect("ledger");
+        let names: Vec<String> = crate::ledger::outbox::entries(l)
+            .expect("outbox")
+            .into_iter()
+            .map(|e| e.file_name)
+            .collect();
+        // Two days of working files for each plant, one month file per operation.
+        assert_eq!(names.len(), 2 * 2 + 2, "{names:?}");
+        for (op, members, first) in [
+            (
+                "ACC00000011",
+                &participants[..2],
+                "29/06/2025 23:45;0,10;0,20",
+            ),
+            (
+                "ACC00000012",
+                &participants[2..],
+                "29/06/2025 23:45;0,30;0,40",
+            ),
+        ] {
+            let name = format!("{op}_15_29062025_30062025.txt");
+            let content: Vec<u8> = l
+                .conn()
+                .query_row(
+                    "SELECT content FROM key_files WHERE name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .expect("month file");
+            let text = String::from_utf8(content).expect("UTF-8");
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().expect("header").split(';').collect();
+            let prms: Vec<&str> = members.iter().map(|p| p.prm.as_str()).collect();
+            assert_eq!(&header[1..], &prms[..], "{name}");
+            assert_eq!(lines.next(), Some(first), "{name}");
+            assert_eq!(text.lines().count(), 98, "{name}");
+        }
+        // A plant's working file of the day has its own operation's columns.
+        let pv2 = sh.site.producers()[1].prm.clone().expect("PRM");
+        let f = std::fs::read_dir(tmp.path().join("keys/2025-06-30"))
+            .expect("keys")
+            .filter_map(Result::ok)
+            .find(|f| f.file_name().to_string_lossy().contains(pv2.as_str()))
+            .expect("the second plant's file");
+        let text = std::fs::read_to_string(f.path()).expect("read");
+        let header = text.lines().next().expect("header");
+        assert_eq!(header.split(';').count(), 3, "{header}");
+        assert!(header.contains(participants[3].prm.as_str()), "{header}");
+        assert!(!header.contains(participants[0].prm.as_str()), "{header}");
+        assert_eq!(text.lines().count(), 97);
+    }
+
     #[test]
     fn a_restart_completes_the_open_period_from_the_stored_boundary() {
         let mut c = counters();
