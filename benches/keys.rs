@@ -63,6 +63,7 @@ fn job(n: usize, policy: KeyPolicy, kind: KeyKind) -> KeysJob {
         layout: ped::dso::enedis::Layout::ENEDIS_ISO,
         plausibility: Default::default(),
         strict: false,
+        other_operations: Default::default(),
     }
 }
 

@@ -311,6 +311,10 @@ struct KeysArgs {
     /// unchanged month adds nothing; a changed month is a new version).
     #[arg(long)]
     ledger: Option<PathBuf>,
+    /// The operation to compute (its `ACC` id) when the site declares
+    /// several; default: every one, each into its own directory of --out.
+    #[arg(long)]
+    operation: Option<String>,
 }
 
 fn init_logs(format: &str) {
@@ -849,7 +853,7 @@ async fn scan(
 }
 
 fn keys_cmd(a: KeysArgs) -> Result<()> {
-    use ped::dso::keys::{self, Format, KeyKind, KeysError, Written};
+    use ped::dso::keys;
     let (site, _) = load_site(&a.site)?;
     let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
         .context("keys.units_per_one")?;
@@ -885,10 +889,69 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     if let Some(dso_file) = &a.reconcile {
         return reconcile_cmd(&site, &a, dso_file);
     }
-    let (Some(from), Some(to), Some(dir), Some(out)) = (a.from, a.to, a.load_curves, a.out) else {
+    let (Some(from), Some(to), Some(dir), Some(out)) =
+        (a.from, a.to, a.load_curves.clone(), a.out.clone())
+    else {
         bail!("ped keys needs --from, --to, --load-curves and --out (or --validate FILE...)");
     };
-    let mut job = keys::KeysJob::from_site(&site, from, to);
+    let operations = site.operations();
+    let runs: Vec<(&config::Operation, PathBuf)> = match &a.operation {
+        Some(id) => match operations.iter().find(|o| o.id.as_deref() == Some(id.as_str())) {
+            Some(op) => vec![(op, out.clone())],
+            None => bail!(
+                "--operation {id}: {} declares {} (fix: name one of them, or leave --operation out for all)",
+                site.source.display(),
+                operations.iter().map(|o| o.label()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        None if operations.len() == 1 => vec![(&operations[0], out.clone())],
+        // One directory per operation, named after its id.
+        None => operations
+            .iter()
+            .map(|o| (o, out.join(o.label())))
+            .collect(),
+    };
+    let mut manifests = Vec::new();
+    for (op, out) in &runs {
+        if runs.len() > 1 {
+            println!("operation {} ({}):", op.label(), op.name);
+        }
+        manifests.push(keys_run(&site, &a, op, from, to, &dir, out)?);
+    }
+    if let Some(p) = &a.metrics_textfile {
+        let metrics = ped::metrics::Metrics::new(&site.config.site.id)?;
+        for m in &manifests {
+            metrics
+                .period_fallbacks
+                .with_label_values(&["missing_data"])
+                .inc_by(m.fallback_steps.len() as u64);
+            if m.month_solver
+                .as_ref()
+                .is_some_and(|s| s.fallback.is_some())
+            {
+                metrics
+                    .period_fallbacks
+                    .with_label_values(&["month_solver"])
+                    .inc_by(m.periods as u64);
+            }
+        }
+        std::fs::write(p, metrics.render()).with_context(|| format!("{}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// One operation's keys from the load curves in `dir` into `out`.
+fn keys_run(
+    site: &config::Site,
+    a: &KeysArgs,
+    op: &config::Operation,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    dir: &Path,
+    out: &Path,
+) -> Result<ped::dso::keys::Manifest> {
+    use ped::dso::keys::{self, Format, KeyKind, KeysError, Written};
+    let mut job = keys::KeysJob::for_operation(site, op, from, to);
     job.strict = a.strict;
     if a.format == "enedis"
         && job.layout.naming == ped::dso::enedis::Naming::Operation
@@ -899,7 +962,7 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
             site.source.display()
         );
     }
-    if let Some(p) = a.policy {
+    if let Some(p) = &a.policy {
         job.policy = match p.as_str() {
             "prorata" => config::KeyPolicy::Prorata,
             "static" => config::KeyPolicy::Static,
@@ -920,14 +983,14 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
     if let Some(c) = &a.cups {
         job.cups = keys::read_cups_map(c)?;
     }
-    if let Some(c) = a.cau {
+    if let Some(c) = a.cau.clone() {
         // The CAU names the output file: it must stay inside --out.
         if !ped::dso::is_plain_file_stem(&c) {
             bail!("--cau `{c}`: a CAU is letters and digits (e.g. ES0031405712345678JY1A000); it names the output file and cannot hold `/` or start with `.`");
         }
         job.cau = c;
     }
-    let mut site = site;
+    let mut site = site.clone();
     if let Some(b) = a.month_budget_ms {
         site.config.keys.month_budget_ms = b;
     }
@@ -942,12 +1005,12 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
                 ),
                 _ => None,
             };
-            keys::run_in_month(&job, &dir, &out, solver, archive.as_ref())
+            keys::run_in_month(&job, dir, out, solver, archive.as_ref())
         }
         None => keys::run(
             &job,
-            &dir,
-            &out,
+            dir,
+            out,
             None,
             site.config.plan.local_price_eur_per_kwh,
         ),
@@ -1024,24 +1087,7 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
                     tracing::info!(file = %v.name, version = v.version, sha256 = %v.sha256, "key file archived");
                 }
             }
-            if let Some(p) = &a.metrics_textfile {
-                let metrics = ped::metrics::Metrics::new(&site.config.site.id)?;
-                metrics
-                    .period_fallbacks
-                    .with_label_values(&["missing_data"])
-                    .inc_by(m.fallback_steps.len() as u64);
-                if m.month_solver
-                    .as_ref()
-                    .is_some_and(|s| s.fallback.is_some())
-                {
-                    metrics
-                        .period_fallbacks
-                        .with_label_values(&["month_solver"])
-                        .inc_by(m.periods as u64);
-                }
-                std::fs::write(p, metrics.render()).with_context(|| format!("{}", p.display()))?;
-            }
-            Ok(())
+            Ok(m)
         }
         Err(e @ KeysError::LoadCurves(_)) => {
             eprintln!("{e}");

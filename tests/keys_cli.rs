@@ -1547,3 +1547,143 @@ fn absurd_values_and_floods_of_bad_lines_are_bounded_and_named() {
     assert!(err.contains("FLAT-1.csv:305: Horodate `xxxx"));
     assert!(o.stderr.len() < 8_000, "{} bytes of stderr", o.stderr.len());
 }
+
+/// The fixture's site as two operations: PV-1 for the school, PV-2 and the
+/// battery for the flats (and the battery's own charging).
+fn two_operations_site(dir: &Path) -> PathBuf {
+    let site = std::fs::read_to_string(data("site.toml"))
+        .unwrap()
+        .replace("layout = \"enedis_iso\"\n", "")
+        .replace("operation_id = \"ACC00000042\"\n", "");
+    let path = dir.join("site.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{site}\n[[operations]]\nid = \"ACC00000051\"\nname = \"Groupe scolaire\"\nproducers = [\"PV-1\"]\nparticipants = [\"SCHOOL\"]\n\n[[operations]]\nid = \"ACC00000052\"\nproducers = [\"PV-2\", \"BAT-1\"]\nparticipants = [\"FLAT-1\", \"FLAT-2\", \"BAT-1\"]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A key file of the DSO's sample layout → its header's PRMs and each row's
+/// keys as ratios.
+fn sample_layout_keys(text: &str) -> (Vec<String>, Vec<Vec<f64>>) {
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(';')
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|l| {
+            l.split(';')
+                .skip(1)
+                .map(|v| v.replace(',', ".").parse::<f64>().unwrap() / 100.0)
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn each_operation_gets_its_own_keys_from_its_own_producers() {
+    use ped::dso::loadcurve::{self, Quantity};
+    let tmp = tempfile::tempdir().unwrap();
+    let site = two_operations_site(tmp.path());
+    let curves = data("curves-2025-10-26");
+    let out = tmp.path().join("oct");
+    let o = keys_with_site(
+        &site,
+        &day_args("2025-10-26", &curves, &out, &["--policy", "prorata"]),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    // The other operation's curves are in the same export: no warning.
+    assert!(!text.contains("neither a producer nor a member"), "{text}");
+
+    // The DSO's rule on each file with the curves: energy per step and PRM.
+    let g = grid();
+    let periods = g
+        .periods_of_local_day(chrono::NaiveDate::from_ymd_opt(2025, 10, 26).unwrap())
+        .unwrap();
+    let mut kwh: BTreeMap<(String, Quantity), Vec<f64>> = BTreeMap::new();
+    for c in loadcurve::read_dir(&curves, &g).unwrap() {
+        let e = loadcurve::settle(&c, &g, &periods).kwh;
+        kwh.insert((c.prm.to_string(), c.quantity), e);
+    }
+    let energy = |prm: &str, q: Quantity| kwh[&(prm.to_string(), q)].clone();
+    for (op, producers, members) in [
+        (
+            "ACC00000051",
+            vec!["30000000000001"],
+            vec!["20000000000001"],
+        ),
+        (
+            "ACC00000052",
+            vec!["30000000000002", "30000000000009"],
+            vec!["20000000000002", "20000000000003", "30000000000009"],
+        ),
+    ] {
+        let dir = out.join(op);
+        let m = manifest(&dir);
+        assert_eq!(m.operation_id.as_deref(), Some(op));
+        let name = format!("{op}_15_26102025_26102025.txt");
+        assert!(m.files.iter().any(|f| f.name == name), "{:?}", m.files);
+        let (header, rows) = sample_layout_keys(&std::fs::read_to_string(dir.join(&name)).unwrap());
+        assert_eq!(header, members, "{op}");
+        assert_eq!(rows.len(), 100, "{op}");
+        let (mut served, mut max) = (0.0, 0.0);
+        for (t, keys) in rows.iter().enumerate() {
+            assert!(keys.iter().sum::<f64>() <= 1.0 + 1e-9, "{op} step {t}");
+            let p: f64 = producers
+                .iter()
+                .map(|prm| energy(prm, Quantity::Production)[t])
+                .sum();
+            let c: Vec<f64> = members
+                .iter()
+                .map(|prm| energy(prm, Quantity::Consumption)[t])
+                .collect();
+            served += keys
+                .iter()
+                .zip(&c)
+                .map(|(k, c)| (k * p).min(*c))
+                .sum::<f64>();
+            max += p.min(c.iter().sum());
+        }
+        // Each operation places its own plants' energy, to its own members,
+        // as fully as the keys' two decimals allow.
+        assert!(max > 1.0, "{op}: nothing to share");
+        assert!(
+            served <= max + 1e-9 && served >= 0.995 * max,
+            "{op}: {served} of {max}"
+        );
+    }
+
+    // One operation by its id, into --out itself; an unknown id names the known ones.
+    let one = tmp.path().join("one");
+    let o = keys_with_site(
+        &site,
+        &day_args("2025-10-26", &curves, &one, &["--operation", "ACC00000052"]),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(one.join("ACC00000052_15_26102025_26102025.txt").exists());
+    let o = keys_with_site(
+        &site,
+        &day_args(
+            "2025-10-26",
+            &curves,
+            &tmp.path().join("x"),
+            &["--operation", "ACC00000099"],
+        ),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("ACC00000051, ACC00000052"), "{err}");
+}

@@ -11,7 +11,7 @@
 //! `manifest.json` (hashes of inputs and outputs, policy, precision, range)
 //! into a temporary directory that is renamed into place at the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -131,9 +131,14 @@ pub struct KeysJob {
     pub plausibility: Plausibility,
     /// Refuse the run when a load curve holds a suspect value.
     pub strict: bool,
+    /// PRMs of the site's other operations: their load curves, in the same
+    /// export, are not this run's and not worth a warning.
+    pub other_operations: BTreeSet<Prm>,
 }
 
 impl KeysJob {
+    /// The job of the whole site as one operation (its declared operations
+    /// ignored); [`KeysJob::for_operation`] for one of them.
     pub fn from_site(site: &Site, from: NaiveDate, to: NaiveDate) -> KeysJob {
         let cfg = &site.config;
         KeysJob {
@@ -184,7 +189,42 @@ impl KeysJob {
                     .collect(),
             },
             strict: false,
+            other_operations: BTreeSet::new(),
         }
+    }
+
+    /// The job of one operation of the site: its members' columns, its
+    /// producers' energy, named after its id.
+    pub fn for_operation(
+        site: &Site,
+        op: &crate::config::Operation,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> KeysJob {
+        let mut job = KeysJob::from_site(site, from, to);
+        let cfg = &site.config;
+        let members: BTreeSet<&str> = op
+            .participants
+            .iter()
+            .map(|&i| cfg.participants[i].id.as_str())
+            .collect();
+        job.consumers.retain(|c| members.contains(c.id.as_str()));
+        let producers = site.producers();
+        job.producers = op
+            .producers
+            .iter()
+            .filter_map(|&i| producers[i].prm.clone())
+            .collect();
+        job.operation_id = op.id.clone();
+        job.other_operations = cfg
+            .participants
+            .iter()
+            .filter(|p| !members.contains(p.id.as_str()))
+            .map(|p| p.prm.clone())
+            .chain(producers.iter().filter_map(|d| d.prm.clone()))
+            .filter(|prm| !job.producers.contains(prm))
+            .collect();
+        job
     }
 
     pub fn policy(&self) -> Policy {
@@ -364,7 +404,7 @@ pub fn measure_load_curves(job: &KeysJob, dir: &Path) -> Result<Measured, KeysEr
             quantity: c.quantity.as_str().into(),
         });
         let known = job.consumers.iter().any(|k| k.prm == c.prm) || job.producers.contains(&c.prm);
-        if !known {
+        if !known && !job.other_operations.contains(&c.prm) {
             tracing::warn!(file = %c.file.display(), prm = %c.prm, "load curve for a PRM that is neither a producer nor a member of the operation in this run; ignored");
         }
     }
@@ -1764,6 +1804,7 @@ mod tests {
             layout: Layout::ENEDIS,
             plausibility: Plausibility::default(),
             strict: false,
+            other_operations: Default::default(),
         };
         let periods = job.periods().expect("periods");
         let n_t = periods.len();
