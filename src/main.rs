@@ -471,6 +471,18 @@ async fn main() -> Result<()> {
                     raw.site.settlement_minutes,
                     raw.site.timezone
                 );
+                for o in &raw.operations {
+                    println!(
+                        "  operation {}{}: {} producer(s), {} participant(s)",
+                        o.id,
+                        o.name
+                            .as_deref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default(),
+                        o.producers.len(),
+                        o.participants.len()
+                    );
+                }
                 Ok(())
             } else {
                 println!("{}: {} problem(s)", site.display(), problems.len());

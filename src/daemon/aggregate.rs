@@ -1463,6 +1463,7 @@ fn close_period(
     // record (`Month::add_record`), live and when rebuilt alike.
     let mut carry = month.carry.clone();
     let producers = site.producers();
+    let mut operation_sums: Vec<u32> = Vec::new();
     for (o, op) in shared.site.operations().iter().enumerate() {
         // A producer or member of another operation missing its reading
         // does not send this operation to the default rule.
@@ -1497,6 +1498,7 @@ fn close_period(
         }
         self_consumed += k.self_consumed_kwh;
         surplus += k.surplus_kwh;
+        operation_sums.push(k.units.iter().sum::<u32>());
     }
     let precision = Precision {
         units_per_one: cfg.keys.units_per_one,
@@ -1605,7 +1607,9 @@ fn close_period(
     } else {
         0.0
     });
-    let key_sum: u32 = rec.key_units.iter().sum();
+    // Each operation's keys share its own production: the sum that must
+    // stay at most 1 is each operation's.
+    let key_sum: u32 = operation_sums.iter().copied().max().unwrap_or_default();
     m.key_sum_max_ratio
         .set(f64::from(key_sum) / f64::from(precision.units_per_one));
     for (p, u) in cfg.participants.iter().zip(&rec.key_units) {
