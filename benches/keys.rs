@@ -19,8 +19,8 @@ use std::time::Instant;
 use chrono::NaiveDate;
 use ped::allocation::{MonthAllocator, MonthSolverAllocator, PerStepAllocator, Precision};
 use ped::config::KeyPolicy;
-use ped::dso::keys::{self, Consumer, Format, KeyKind, KeysJob, Measured};
 use ped::ids::Prm;
+use ped::keys::{self, Consumer, Format, KeyKind, KeysJob, Measured};
 use ped::time::Grid;
 
 const PRODUCERS: usize = 10;

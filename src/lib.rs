@@ -15,6 +15,7 @@ pub mod dso;
 pub mod forecast;
 pub mod http;
 pub mod ids;
+pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod modbus;

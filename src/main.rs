@@ -865,7 +865,7 @@ async fn scan(
 }
 
 fn keys_cmd(a: KeysArgs) -> Result<()> {
-    use ped::dso::keys;
+    use ped::keys;
     let (site, _) = load_site(&a.site)?;
     let precision = ped::allocation::Precision::new(site.config.keys.units_per_one)
         .context("keys.units_per_one")?;
@@ -961,8 +961,8 @@ fn keys_run(
     to: chrono::NaiveDate,
     dir: &Path,
     out: &Path,
-) -> Result<ped::dso::keys::Manifest> {
-    use ped::dso::keys::{self, Format, KeyKind, KeysError, Written};
+) -> Result<ped::keys::Manifest> {
+    use ped::keys::{self, Format, KeyKind, KeysError, Written};
     let mut job = keys::KeysJob::for_operation(site, op, from, to);
     job.strict = a.strict;
     if a.format == "enedis"
@@ -1087,7 +1087,7 @@ fn keys_run(
                         std::fs::read(&p).with_context(|| format!("{}", p.display()))?,
                     ));
                 }
-                let versions = ped::ledger::keys::archive_run(&mut ledger, &m, &files)
+                let versions = ped::keys::archive::archive_run(&mut ledger, &m, &files)
                     .with_context(|| format!("--ledger {}", l.display()))?;
                 let new = versions.iter().filter(|v| v.new).count();
                 println!(
@@ -1110,7 +1110,8 @@ fn keys_run(
 }
 
 fn reconcile_cmd(site: &config::Site, a: &KeysArgs, dso_file: &Path) -> Result<()> {
-    use ped::dso::{keys, reconcile};
+    use ped::dso::reconcile;
+    use ped::keys;
     let Some(dir) = &a.intended else {
         bail!("--reconcile needs --intended DIR (a `ped keys` output directory)");
     };

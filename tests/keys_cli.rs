@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ped::allocation::{apply_rule, apply_rule_full, Precision};
-use ped::dso::keys::{sha256_hex, Manifest};
 use ped::dso::{enedis, spain};
+use ped::keys::{sha256_hex, Manifest};
 use ped::time::Grid;
 
 fn data(p: &str) -> PathBuf {
@@ -1014,7 +1014,7 @@ fn assert_month_fair_or_reported(m: &Manifest) {
     }
 }
 
-fn participant<'a>(m: &'a Manifest, id: &str) -> &'a ped::dso::keys::ParticipantTotal {
+fn participant<'a>(m: &'a Manifest, id: &str) -> &'a ped::keys::ParticipantTotal {
     m.participants.iter().find(|p| p.id == id).unwrap()
 }
 

@@ -53,11 +53,11 @@ use serde::Serialize;
 
 use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy, SiteConfig};
-use crate::dso::keys::estimate_gaps;
 use crate::dso::loadcurve::{LineLog, Plausibility, SHOWN_LINES};
 use crate::forecast::{
     self, Calendar, DegreeDayModel, ErrorAccumulator, ForecastError, LoadAnalogs,
 };
+use crate::keys::estimate_gaps;
 use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput, PlanStatus};
 use crate::time::Grid;
 
@@ -212,7 +212,7 @@ pub struct DataQuality {
     /// twice a participant's `subscribed_kva`), not a number.
     pub suspect_values: usize,
     /// Missing and suspect values replaced by an estimate, with the method of
-    /// `ped keys` (`dso::keys::estimate_gaps`).
+    /// `ped keys` (`keys::estimate_gaps`).
     pub estimated_values: usize,
     pub estimated_kwh: f64,
     /// Missing or suspect values nothing could estimate from, counted as 0.

@@ -24,6 +24,7 @@ use crate::allocation::{self, Policy, Precision, StepInput};
 use crate::config::{DeviceKind, KeyPolicy, Operation};
 use crate::dso::{enedis, KeyRow};
 use crate::ids::Prm;
+use crate::keys::KeyFileFormat;
 use crate::ledger::{
     ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, LedgerError, Owner, Quality,
 };
@@ -496,12 +497,15 @@ fn append_day_row(shared: &Shared, p: &ClosedPeriod, day: NaiveDate) -> Result<u
     for slice in slices(shared) {
         let rows = slice.rows(std::slice::from_ref(&row));
         // Rendered and read back by the validator like a whole file (header + the row).
-        let text = enedis::render(&grid, &slice.consumers(shared), &rows, precision)
-            .and_then(|t| enedis::validate(&t, &grid, precision).map(|_| t))
+        let day_file = &enedis::Layout::ENEDIS_ISO;
+        let text = day_file
+            .render_checked(&grid, &slice.consumers(shared), &rows, precision)
             .map_err(|e| e.to_string())?;
         let line = text.split_once('\n').map(|(_, l)| l).unwrap_or_default();
         for producer in &slice.producers {
-            let name = enedis::file_name(&grid, producer, &rows).map_err(|e| e.to_string())?;
+            let name = day_file
+                .file_name(&grid, None, Some(producer), &rows)
+                .map_err(|e| e.to_string())?;
             let path = dir.join(&name);
             // Never creates: a missing file means the day must be written whole.
             let mut f = std::fs::OpenOptions::new()
@@ -620,10 +624,10 @@ fn finalise(
         units_per_one: keys.units_per_one,
     };
     let month = first != last;
-    let layout = if month {
-        enedis::Layout::of(keys.layout).with(&keys.file)
+    let layout: &dyn KeyFileFormat = if month {
+        &enedis::Layout::of(keys.layout).with(&keys.file)
     } else {
-        enedis::Layout::ENEDIS_ISO
+        &enedis::Layout::ENEDIS_ISO
     };
     let Some((from, to)) = day_bounds(&grid, first, last) else {
         return Ok(());
@@ -642,15 +646,7 @@ fn finalise(
             members_only(shared, &mut slice, first, last);
         }
         let rows = slice.rows(&rows);
-        let text = match enedis::render_with(
-            &layout,
-            &grid,
-            &slice.consumers(shared),
-            &rows,
-            precision,
-        )
-        .and_then(|t| enedis::validate_with(&layout, &t, &grid, precision).map(|_| t))
-        {
+        let text = match layout.render_checked(&grid, &slice.consumers(shared), &rows, precision) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(operation = %slice.label, first = %first, last = %last, error = %e, "final key files invalid; not queued for delivery");
@@ -659,18 +655,9 @@ fn finalise(
         };
         // Simple dynamic keys: one file for the operation, or the same text
         // once per producer when files are named after producers.
-        let targets: Vec<Option<&Prm>> = match layout.naming {
-            enedis::Naming::Operation => vec![None],
-            enedis::Naming::Producer => slice.producers.iter().map(Some).collect(),
-        };
+        let targets = layout.simple_targets(&slice.producers);
         for producer in targets {
-            let name = match enedis::file_name_with(
-                &layout,
-                &grid,
-                slice.id.as_deref(),
-                producer,
-                &rows,
-            ) {
+            let name = match layout.file_name(&grid, slice.id.as_deref(), producer, &rows) {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(operation = %slice.label, first = %first, last = %last, error = %e, "key file not queued: it cannot be named");

@@ -4,7 +4,6 @@
 pub mod channels;
 pub mod delivery;
 pub mod enedis;
-pub mod keys;
 pub mod loadcurve;
 pub mod reconcile;
 pub mod spain;

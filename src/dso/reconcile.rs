@@ -160,7 +160,7 @@ pub fn read_settlement(
 /// ped's side, per consumer PRM: consumption and allocated kWh over the run,
 /// read from a `ped keys` output directory's `allocation.csv`.
 pub fn read_intended(dir: &Path) -> Result<BTreeMap<String, (f64, f64)>, ReconcileError> {
-    let path = dir.join(super::keys::ALLOCATION_FILE);
+    let path = dir.join(crate::keys::ALLOCATION_FILE);
     let text = std::fs::read_to_string(&path).map_err(|source| ReconcileError::Io {
         path: path.clone(),
         source,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate};
 
-use super::keys::{Manifest, ALLOCATION_FILE, MANIFEST_FILE};
+use crate::keys::{Manifest, ALLOCATION_FILE, MANIFEST_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatementError {

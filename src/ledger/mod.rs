@@ -15,7 +15,6 @@
 //! are never updated: triggers refuse it, and the audit chain makes a change
 //! made behind the triggers' back detectable (`ped audit verify`).
 
-pub mod keys;
 pub mod outbox;
 
 use chrono::{DateTime, NaiveDate, Utc};

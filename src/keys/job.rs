@@ -19,14 +19,15 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::enedis::Layout;
-use super::loadcurve::{self, LineLog, LoadCurveError, Plausibility, Quantity};
-use super::{enedis, spain, DsoError, KeyRow};
+use super::KeyFileFormat;
 use crate::allocation::{
     self, AllocationError, FullStepInput, MonthAllocator, MonthInput, PerStepAllocator, Policy,
     Precision, StepInput,
 };
 use crate::config::{KeyPolicy, Site};
+use crate::dso::enedis::Layout;
+use crate::dso::loadcurve::{self, LineLog, LoadCurveError, Plausibility, Quantity};
+use crate::dso::{enedis, spain, DsoError, KeyRow};
 use crate::ids::Prm;
 use crate::time::Grid;
 
@@ -790,18 +791,16 @@ fn each_key_file(
             if job.producers.is_empty() {
                 return Err(DsoError::Empty("no producer PRM").into());
             }
-            let layout = &job.layout;
+            let layout: &dyn KeyFileFormat = &job.layout;
             let checked = |rows: &[KeyRow]| -> Result<String, KeysError> {
-                let text = enedis::render_with(layout, &job.grid, &consumers, rows, job.precision)?;
-                enedis::validate_with(layout, &text, &job.grid, job.precision)?;
-                Ok(text)
+                Ok(layout.render_checked(&job.grid, &consumers, rows, job.precision)?)
             };
             let operation = job.operation_id.as_deref();
-            if layout.naming == enedis::Naming::Operation && job.kind == KeyKind::Simple {
+            if job.kind == KeyKind::Simple && layout.simple_targets(&job.producers) == [None] {
                 // Simple dynamic keys apply to the pooled production: one
                 // file for the operation.
                 let text = checked(&k.rows[0])?;
-                let name = enedis::file_name_with(layout, &job.grid, operation, None, &k.rows[0])?;
+                let name = layout.file_name(&job.grid, operation, None, &k.rows[0])?;
                 return emit(name, &text, None);
             }
             let shared = match job.kind {
@@ -821,8 +820,7 @@ fn each_key_file(
                         &own
                     }
                 };
-                let name =
-                    enedis::file_name_with(layout, &job.grid, operation, Some(producer), rows)?;
+                let name = layout.file_name(&job.grid, operation, Some(producer), rows)?;
                 emit(name, text, Some(producer.to_string()))?;
             }
         }
@@ -1458,7 +1456,7 @@ pub fn month_start(
     let through = job.from.pred_opt();
     let mut why_not = Vec::new();
     if let Some(l) = ledger {
-        match crate::ledger::keys::month_to_date_before(l, job.from) {
+        match super::archive::month_to_date_before(l, job.from) {
             Ok(Some(f)) => {
                 let start = MonthStart {
                     source: "ledger".into(),

@@ -12,8 +12,8 @@
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{KeyFileVersion, Ledger, LedgerError};
-use crate::dso::keys::{InputFile, Manifest, MonthFigures, ALLOCATION_FILE, MANIFEST_FILE};
+use super::job::{InputFile, Manifest, MonthFigures, ALLOCATION_FILE, MANIFEST_FILE};
+use crate::ledger::{KeyFileVersion, Ledger, LedgerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -48,13 +48,13 @@ struct ArchivedInputs<'a> {
 struct ArchivedPolicy<'a> {
     policy: &'a crate::config::KeyPolicy,
     allocator: &'a str,
-    kind: &'a crate::dso::keys::KeyKind,
-    format: &'a crate::dso::keys::Format,
+    kind: &'a super::job::KeyKind,
+    format: &'a super::job::Format,
     units_per_one: u32,
     settlement_minutes: u32,
     timezone: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    month_solver: Option<&'a crate::dso::keys::MonthNote>,
+    month_solver: Option<&'a super::job::MonthNote>,
 }
 
 /// Records the key files of a run whose `files` (name, content) were written
