@@ -68,22 +68,21 @@ pub fn read_settlement(
 ) -> Result<BTreeMap<(String, Role), Totals>, ReconcileError> {
     let mut bad = Vec::new();
     let mut out: BTreeMap<(String, Role), Totals> = BTreeMap::new();
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, h)) if h.trim_end().split(';').count() == 6 && h.starts_with("Identifiant PRM;Role;Horodate") => {}
+    let mut records = super::semicolon_records(text, None);
+    match records.next() {
+        Some((_, Ok(h)))
+            if h.len() == 6
+                && h.iter()
+                    .collect::<Vec<_>>()
+                    .join(";")
+                    .starts_with("Identifiant PRM;Role;Horodate") => {}
         _ => bad.push(BadLine {
             file: file.to_path_buf(),
             line: 1,
             reason: "header must be `Identifiant PRM;Role;Horodate;Energie totale;Energie autoconsommee;Complement ou surplus`".into(),
         }),
     }
-    for (k, l) in lines {
-        let line = k + 1;
-        let l = l.trim_end_matches('\r');
-        if l.trim().is_empty() {
-            continue;
-        }
+    for (line, rec) in records {
         let mut why = |reason: String| {
             bad.push(BadLine {
                 file: file.to_path_buf(),
@@ -91,7 +90,14 @@ pub fn read_settlement(
                 reason,
             })
         };
-        let f: Vec<&str> = l.split(';').map(str::trim).collect();
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                why(e);
+                continue;
+            }
+        };
+        let f: Vec<&str> = rec.iter().collect();
         if f.len() != 6 {
             why(format!("{} fields, expected 6", f.len()));
             continue;
@@ -167,8 +173,8 @@ pub fn read_intended(dir: &Path) -> Result<BTreeMap<String, (f64, f64)>, Reconci
     })?;
     let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut bad = Vec::new();
-    for (k, l) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = l.split(';').collect();
+    for (line, rec) in super::semicolon_records(&text, None).skip(1) {
+        let f: Vec<&str> = rec.as_ref().map(|r| r.iter().collect()).unwrap_or_default();
         let parsed = (f.len() >= 4)
             .then(|| Some((f[2].parse::<f64>().ok()?, f[3].parse::<f64>().ok()?)))
             .flatten();
@@ -180,7 +186,7 @@ pub fn read_intended(dir: &Path) -> Result<BTreeMap<String, (f64, f64)>, Reconci
             }
             None => bad.push(BadLine {
                 file: path.clone(),
-                line: k + 1,
+                line,
                 reason: "expected Horodate;PRM;consumption_kwh;allocated_kwh;…".into(),
             }),
         }

@@ -75,13 +75,14 @@ pub fn build(dir: &Path, local_price_eur_per_kwh: f64) -> Result<Vec<Statement>,
     let apath = dir.join(ALLOCATION_FILE);
     let text = std::fs::read_to_string(&apath).map_err(io(&apath))?;
     let mut days: BTreeMap<String, BTreeMap<NaiveDate, Day>> = BTreeMap::new();
-    for (k, l) in text.lines().enumerate().skip(1) {
+    for (line, rec) in super::semicolon_records(&text, None).skip(1) {
         let bad = |reason: &str| StatementError::Bad {
             path: apath.clone(),
-            line: k + 1,
+            line,
             reason: reason.into(),
         };
-        let f: Vec<&str> = l.split(';').collect();
+        let rec = rec.map_err(|e| bad(&e))?;
+        let f: Vec<&str> = rec.iter().collect();
         if f.len() != 5 {
             return Err(bad(
                 "expected Horodate;PRM;consumption_kwh;allocated_kwh;prorata_kwh",

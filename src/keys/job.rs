@@ -1717,16 +1717,13 @@ pub fn validate_file_in(
 pub fn read_cups_map(path: &Path) -> Result<BTreeMap<Prm, String>, KeysError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let mut map = BTreeMap::new();
-    for (k, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if l.is_empty() || l.starts_with('#') {
-            continue;
-        }
-        let bad = |why: String| KeysError::Input(format!("{}:{}: {why}", path.display(), k + 1));
-        let (prm, cups) = l
-            .split_once(';')
-            .ok_or_else(|| bad("expected PRM;CUPS".into()))?;
-        let prm: Prm = prm.trim().parse().map_err(|e| bad(format!("{e}")))?;
+    for (line, rec) in crate::dso::semicolon_records(&text, Some(b'#')) {
+        let bad = |why: String| KeysError::Input(format!("{}:{line}: {why}", path.display()));
+        let rec = rec.map_err(bad)?;
+        let (Some(prm), Some(cups), None) = (rec.get(0), rec.get(1), rec.get(2)) else {
+            return Err(bad("expected PRM;CUPS".into()));
+        };
+        let prm: Prm = prm.parse().map_err(|e| bad(format!("{e}")))?;
         spain::check_cups(cups.trim()).map_err(bad)?;
         map.insert(prm, cups.trim().to_string());
     }
