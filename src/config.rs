@@ -301,6 +301,17 @@ pub enum KeyPolicy {
     Optimised,
 }
 
+impl KeyPolicy {
+    /// The name the site config, the records and the files use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPolicy::Prorata => "prorata",
+            KeyPolicy::Static => "static",
+            KeyPolicy::Optimised => "optimised",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {

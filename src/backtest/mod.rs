@@ -1546,11 +1546,7 @@ pub fn run(cfg: &SiteConfig, opts: &Options) -> Result<Summary, BacktestError> {
             },
         }
     };
-    let policy_name = match site.policy {
-        KeyPolicy::Prorata => "prorata",
-        KeyPolicy::Static => "static",
-        KeyPolicy::Optimised => "optimised",
-    };
+    let policy_name = site.policy.as_str();
     let scenarios: Vec<(&str, &DispatchRun, &str, Policy, &str)> = vec![
         ("ped", &lp, "lp", site_policy(), policy_name),
         ("ped_prorata", &lp, "lp", Policy::ProRata, "prorata"),

@@ -638,7 +638,7 @@ fn finalise(
         .map(|(s, h)| serde_json::json!({"period": s.to_rfc3339(), "sha256": h}))
         .collect();
     let inputs = serde_json::Value::Array(inputs).to_string();
-    let policy = format!("{:?}", keys.policy).to_lowercase();
+    let policy = keys.policy.as_str();
     for mut slice in slices(shared) {
         // The month's header lists the members of the month only: a
         // participant who left before it or joins after it has no column.
@@ -670,7 +670,7 @@ fn finalise(
                 last,
                 text.as_bytes(),
                 &inputs,
-                &policy,
+                policy,
                 shared.clock.now(),
             )?;
             if v.new {
@@ -1556,7 +1556,7 @@ fn close_period(
         self_consumed_kwh: self_consumed,
         surplus_kwh: surplus,
         quality,
-        policy: format!("{:?}", cfg.keys.policy).to_lowercase(),
+        policy: cfg.keys.policy.as_str().to_string(),
     };
     let closed = ClosedPeriod {
         start,
