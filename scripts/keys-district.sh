@@ -40,4 +40,37 @@ for policy in ${KEYS_POLICIES:-prorata optimised}; do
     --site "$DATA/site-keys.toml" --max-short "${KEYS_MAX_SHORT:-0}" --gap-hours "${KEYS_GAP_HOURS:-4}" \
     --min-percent "${KEYS_MIN_PERCENT:-99.9}" || status=1
 done
+# The same operation declared as two (`[[operations]]`): the first 300 participants
+# share PV-N, the other 300 PV-E and PV-C. Each operation's file is checked on its
+# own plants and members.
+python3 - "$DATA/site-keys.toml" "$OUT/site-operations.toml" <<'PY'
+import sys, tomllib
+src, dst = sys.argv[1], sys.argv[2]
+text = open(src, encoding="utf-8").read()
+ids = [p["id"] for p in tomllib.loads(text)["participants"]]
+text = "\n".join(l for l in text.split("\n") if not l.startswith("operation_id"))
+q = lambda xs: ", ".join(f'"{x}"' for x in xs)
+text += f"""
+[[operations]]
+id = "ACC00002061"
+producers = ["PV-N"]
+participants = [{q(ids[:300])}]
+
+[[operations]]
+id = "ACC00002062"
+producers = ["PV-E", "PV-C"]
+participants = [{q(ids[300:])}]
+"""
+open(dst, "w", encoding="utf-8").write(text)
+PY
+./target/debug/ped check --site "$OUT/site-operations.toml"
+echo "--- ped keys --policy prorata, two operations"
+./target/debug/ped keys --site "$OUT/site-operations.toml" --from "$FROM" --to "$TO" \
+  --load-curves "$OUT/curves" --out "$OUT/keys-operations" --policy prorata
+for op in ACC00002061 ACC00002062; do
+  ./target/debug/ped keys --site "$OUT/site-operations.toml" --validate "$OUT/keys-operations/$op"/*
+  python3 scripts/check-keys.py --keys "$OUT/keys-operations/$op" --data "$DATA" \
+    --site "$OUT/site-operations.toml" --operation "$op" --max-short "${KEYS_MAX_SHORT:-0}" \
+    --gap-hours "${KEYS_GAP_HOURS:-4}" --min-percent "${KEYS_MIN_PERCENT:-99.9}" || status=1
+done
 exit $status
