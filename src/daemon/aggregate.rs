@@ -1709,6 +1709,35 @@ mod tests {
         }
     }
 
+    /// Closed periods from 29 June 23:45 local to the end of 30 June (two
+    /// days, one month end) through `sink`, participant i keyed `units[i]`.
+    fn push_month_end(sh: &Shared, sink: &mut Sink, units: &[u32]) {
+        let grid = sh.site.grid;
+        let mut start = t("2025-06-29T21:45:00Z");
+        let end = t("2025-06-30T22:00:00Z");
+        while start < end {
+            let p = ClosedPeriod {
+                start,
+                end: grid.next_period(start),
+                record_json: format!("{{\"start\":\"{start}\"}}"),
+                quality: "measured".into(),
+                policy: "prorata".into(),
+                energies: Vec::new(),
+                keys: sh
+                    .site
+                    .config
+                    .participants
+                    .iter()
+                    .zip(units)
+                    .map(|(p, u)| (p.id.clone(), p.prm.as_str().to_string(), *u))
+                    .collect(),
+                snapshots: Vec::new(),
+            };
+            sink.push(sh, p);
+            start = grid.next_period(start);
+        }
+    }
+
     #[test]
     fn the_last_day_of_a_month_queues_daily_and_monthly_files() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -1733,28 +1762,8 @@ mod tests {
             .devices
             .retain(|d| keep.contains(&d.id) || !producer_ids.contains(&d.id));
         let mut sink = Sink::open(tmp.path().join("l.sqlite"));
-        let grid = sh.site.grid;
-        // 29 June 23:45 local to the end of 30 June: two days, one month end.
-        let mut start = t("2025-06-29T21:45:00Z");
-        let end = t("2025-06-30T22:00:00Z");
+        push_month_end(&sh, &mut sink, &[5; 5]);
         let participants = &sh.site.config.participants;
-        while start < end {
-            let p = ClosedPeriod {
-                start,
-                end: grid.next_period(start),
-                record_json: format!("{{\"start\":\"{start}\"}}"),
-                quality: "measured".into(),
-                policy: "prorata".into(),
-                energies: Vec::new(),
-                keys: participants
-                    .iter()
-                    .map(|p| (p.id.clone(), p.prm.as_str().to_string(), 5))
-                    .collect(),
-                snapshots: Vec::new(),
-            };
-            sink.push(&sh, p);
-            start = grid.next_period(start);
-        }
         assert!(sink.pending.is_empty() && sink.to_finalise.is_empty());
         let l = sink.ledger.as_mut().expect("ledger");
         let names: Vec<String> = crate::ledger::outbox::entries(l)
@@ -1946,28 +1955,8 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let sh = two_operations(tmp.path());
         let mut sink = Sink::open(tmp.path().join("l.sqlite"));
-        let grid = sh.site.grid;
-        let mut start = t("2025-06-29T21:45:00Z");
-        let end = t("2025-06-30T22:00:00Z");
+        push_month_end(&sh, &mut sink, &[10, 20, 30, 40]);
         let participants = &sh.site.config.participants;
-        while start < end {
-            let p = ClosedPeriod {
-                start,
-                end: grid.next_period(start),
-                record_json: format!("{{\"start\":\"{start}\"}}"),
-                quality: "measured".into(),
-                policy: "prorata".into(),
-                energies: Vec::new(),
-                keys: participants
-                    .iter()
-                    .zip([10u32, 20, 30, 40])
-                    .map(|(p, u)| (p.id.clone(), p.prm.as_str().to_string(), u))
-                    .collect(),
-                snapshots: Vec::new(),
-            };
-            sink.push(&sh, p);
-            start = grid.next_period(start);
-        }
         let l = sink.ledger.as_mut().expect("ledger");
         let names: Vec<String> = crate::ledger::outbox::entries(l)
             .expect("outbox")
