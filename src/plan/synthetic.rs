@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::allocate::{AllocationParticipant, AllocationProblem, Fairness, MonthToDate};
+use crate::allocation::solver::{AllocationParticipant, AllocationProblem, Fairness, MonthToDate};
 use super::{BatteryModel, DeviceParticipant, HeatUnitModel, ParticipantForecast, PlanInput};
 
 struct Lcg(u64);

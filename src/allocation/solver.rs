@@ -69,7 +69,7 @@ use good_lp::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::PlanError;
+use crate::plan::PlanError;
 
 fn default_tier() -> u8 {
     1
@@ -2004,10 +2004,10 @@ mod tests {
         // answer (and agree with the oracle) rather than fall back. With
         // off-peak hours under the PV only at uncongested steps the
         // participants' values there are private and the flow solves it.
-        let dynamic = super::super::synthetic::dynamic_tariffs(
-            super::super::synthetic::allocation(40, 96, 3),
+        let dynamic = crate::plan::synthetic::dynamic_tariffs(
+            crate::plan::synthetic::allocation(40, 96, 3),
         );
-        let midday = super::super::synthetic::allocation_midday_off_peak(40, 96, 3);
+        let midday = crate::plan::synthetic::allocation_midday_off_peak(40, 96, 3);
         let before = lp_fallbacks();
         for (p, method) in [(dynamic, "sifted_lp"), (midday, "flow")] {
             let s = solve_allocation(&p).unwrap();
@@ -2027,7 +2027,7 @@ mod tests {
     fn merged_steps_give_the_same_optimum_and_split_pro_rata() {
         // Night-tariff day: 96 steps, of which those covering the demand
         // merge and those without PV are one.
-        let p = super::super::synthetic::allocation(30, 96, 5);
+        let p = crate::plan::synthetic::allocation(30, 96, 5);
         let (r, groups) = reduce(&p).unwrap();
         assert!(r.steps < 30, "{} steps", r.steps);
         let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();

@@ -18,6 +18,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+pub mod flow;
+pub mod solver;
+
 /// Energies below this are treated as zero: measured kWh carry far fewer
 /// significant digits, and floating error must not buy a key unit.
 const EPS_KWH: f64 = 1e-9;
@@ -1051,7 +1054,7 @@ impl MonthAllocator for PerStepAllocator {
     }
 }
 
-/// The whole month as one problem for [`crate::plan::allocate`]: the same
+/// The whole month as one problem for [`crate::allocation::solver`]: the same
 /// objective and fairness rules as the optimiser (priority tiers, a floor on
 /// the month's share relative to the subscription, nobody worse off than pro
 /// rata over the month, month-to-date figures for a partial month), solved
@@ -1068,11 +1071,11 @@ pub struct MonthSolverAllocator {
     pub ids: Vec<String>,
     pub local_price_eur_per_kwh: f64,
     pub export_price_eur_per_kwh: f64,
-    pub fairness: crate::plan::allocate::Fairness,
+    pub fairness: crate::allocation::solver::Fairness,
     /// Per participant, for the floor rule (None: no floor for it).
     pub subscription_share: Vec<Option<f64>>,
     /// Per participant; empty means a month that starts with the run.
-    pub month_to_date: Vec<crate::plan::allocate::MonthToDate>,
+    pub month_to_date: Vec<crate::allocation::solver::MonthToDate>,
     pub month_to_date_production_kwh: f64,
     /// None: no limit.
     pub budget: Option<std::time::Duration>,
@@ -1083,8 +1086,8 @@ impl MonthSolverAllocator {
     pub fn problem(
         &self,
         input: &MonthInput<'_>,
-    ) -> Result<crate::plan::allocate::AllocationProblem, AllocationError> {
-        use crate::plan::allocate::{AllocationParticipant, AllocationProblem};
+    ) -> Result<crate::allocation::solver::AllocationProblem, AllocationError> {
+        use crate::allocation::solver::{AllocationParticipant, AllocationProblem};
         let n_t = input.production_kwh.len();
         let n = self.ids.len();
         if input.consumption_kwh.len() != n_t {
@@ -1166,13 +1169,13 @@ impl MonthAllocator for MonthSolverAllocator {
         Ok(self.allocate_month(input)?.intended_kwh)
     }
     fn allocate_month(&self, input: &MonthInput<'_>) -> Result<MonthOutcome, AllocationError> {
-        use crate::plan::{allocate, PlanError};
+        use crate::plan::PlanError;
         let problem = self.problem(input)?;
-        allocate::validate_allocation(&problem)
+        solver::validate_allocation(&problem)
             .map_err(|e| AllocationError::Policy(e.to_string()))?;
         let started = std::time::Instant::now();
         let solved = match self.budget {
-            None => allocate::solve_allocation(&problem),
+            None => solver::solve_allocation(&problem),
             Some(budget) => {
                 let over = || {
                     format!(
@@ -1197,7 +1200,7 @@ impl MonthAllocator for MonthSolverAllocator {
                             let _ = held.recv();
                         }
                         // The receiver is gone after a timeout; nothing to report then.
-                        let _ = tx.send(allocate::solve_allocation(&problem));
+                        let _ = tx.send(solver::solve_allocation(&problem));
                     });
                 if let Err(e) = spawned {
                     return self.per_step(input, format!("cannot start the month solver: {e}"));
@@ -1265,7 +1268,7 @@ impl MonthAllocator for MonthSolverAllocator {
 /// rata over the month) rather than the step's alone.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MonthToDateAccount {
-    pub participants: Vec<crate::plan::allocate::MonthToDate>,
+    pub participants: Vec<crate::allocation::solver::MonthToDate>,
     pub production_kwh: f64,
     pub steps: usize,
 }
@@ -1308,7 +1311,7 @@ impl MonthToDateAccount {
         let p = clean(production_kwh);
         let c: Vec<f64> = consumption_kwh.iter().map(|&v| clean(v)).collect();
         // The same pro-rata rule as the month solver's target
-        // (`plan::allocate::pro_rata`), so the month's rows compare like with like.
+        // (`allocation::solver::pro_rata`), so the month's rows compare like with like.
         let total: f64 = c.iter().sum();
         let ratio = if total > 0.0 {
             (p / total).min(1.0)
@@ -1426,7 +1429,7 @@ mod tests {
             ids: (0..n).map(|i| format!("P{i}")).collect(),
             local_price_eur_per_kwh: 0.10,
             export_price_eur_per_kwh: 0.06,
-            fairness: crate::plan::allocate::Fairness {
+            fairness: crate::allocation::solver::Fairness {
                 floor_ratio: Some(0.5),
                 ..Default::default()
             },
@@ -1439,7 +1442,7 @@ mod tests {
 
     #[test]
     fn month_solver_matches_the_generic_lp_and_keeps_pro_rata_value() {
-        use crate::plan::allocate::{pro_rata as month_pro_rata, solve_allocation_lp};
+        use crate::allocation::solver::{pro_rata as month_pro_rata, solve_allocation_lp};
         let mut short_before = 0;
         for seed in [1u64, 7, 42] {
             let (prod, cons, tariffs, prio) = small_month(8, 96, seed);
@@ -1501,7 +1504,7 @@ mod tests {
             // With the plain default penalties the tier bonus wins instead.
             let mut plain = problem.clone();
             plain.fairness = solver.fairness.clone();
-            short_before += crate::plan::allocate::solve_allocation(&plain)
+            short_before += crate::allocation::solver::solve_allocation(&plain)
                 .unwrap()
                 .violations
                 .iter()
@@ -1549,7 +1552,7 @@ mod tests {
             ids: vec!["A".into(), "B".into(), "C".into()],
             local_price_eur_per_kwh: 0.10,
             export_price_eur_per_kwh: 0.0,
-            fairness: crate::plan::allocate::Fairness::default(),
+            fairness: crate::allocation::solver::Fairness::default(),
             subscription_share: vec![None; 3],
             month_to_date: Vec::new(),
             month_to_date_production_kwh: 0.0,
