@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::allocation::solver::{self, AllocationProblem};
 use super::{PlanError, PlanInput};
+use crate::allocation::solver::{self, AllocationProblem};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
