@@ -6,7 +6,7 @@
 //! peak memory (VmHWM) is its own.
 //!
 //! `optimised` is the per-step policy (`PerStepAllocator`); `month` is the
-//! month solver (`MonthSolverAllocator`, `plan::allocate::solve_allocation`
+//! month solver (`MonthSolverAllocator`, `allocation::solver::solve_allocation`
 //! over the whole month with the fairness rows: floor at half the
 //! subscription, nobody worse off than pro rata) under a wall-clock budget of
 //! `PED_KEYS_BENCH_MONTH_BUDGET_S` seconds (default 300); past it the case
@@ -154,7 +154,7 @@ fn run_case(n: usize, policy: &str, kind: &str) {
         ids: j.consumers.iter().map(|c| c.id.clone()).collect(),
         local_price_eur_per_kwh: 0.10,
         export_price_eur_per_kwh: 0.06,
-        fairness: ped::plan::allocate::Fairness {
+        fairness: ped::allocation::solver::Fairness {
             floor_ratio: Some(0.5),
             ..Default::default()
         },

@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use ped::plan::{self, allocate, synthetic};
+use ped::allocation::solver;
+use ped::plan::{self, synthetic};
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -31,7 +32,7 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Vec<f64>, T) {
 /// (seconds, status, score). Needs the venv at `$PED_PULP_VENV` (default
 /// `${TMPDIR:-/tmp}/ped-pulp-venv`, `pip install pulp`); without it the bench
 /// says so and exits 1 rather than report no baseline.
-fn pulp(p: &allocate::AllocationProblem) -> Option<(f64, String, f64)> {
+fn pulp(p: &solver::AllocationProblem) -> Option<(f64, String, f64)> {
     if std::env::var("PED_BENCH_SKIP_PULP").is_ok() {
         return None;
     }
@@ -106,7 +107,7 @@ fn main() {
             "{np}{} {tariffs}",
             if rules { "" } else { " (no fairness rows)" },
         );
-        let (mut s, fast) = time(runs, || allocate::solve_allocation(&p).expect("fast"));
+        let (mut s, fast) = time(runs, || solver::solve_allocation(&p).expect("fast"));
         println!(
             "| allocation {np} × {n} | fast | {:.1} | {:.1} | {} | {:.6} |",
             percentile(&mut s, 0.5) * 1e3,
@@ -129,7 +130,7 @@ fn main() {
             );
         }
         if !skip_lp {
-            let (mut s, lp) = time(1, || allocate::solve_allocation_lp(&p).expect("lp"));
+            let (mut s, lp) = time(1, || solver::solve_allocation_lp(&p).expect("lp"));
             println!(
                 "| allocation {np} × {n} | generic LP ({}) | {:.1} | {:.1} | lp | {:.6} |",
                 plan::BACKEND,

@@ -517,7 +517,7 @@ fn scale_exponent(map: &RegisterMap, words: &[u16], point: &str) -> i16 {
 #[derive(Debug, Clone, Default)]
 pub struct PollPlan {
     pub blocks: Vec<Block>,
-    pub reads: Vec<crate::modbus::plan::Read>,
+    pub reads: Vec<crate::modbus::read_plan::Read>,
 }
 
 /// Builds the poll plan of a device: every bound point and every point ped may
@@ -527,8 +527,8 @@ pub fn poll_plan(
     dev: &DeviceConfig,
     lib: &ModelLibrary,
     blocks: Vec<Block>,
-) -> Result<PollPlan, crate::modbus::plan::PlanError> {
-    use crate::modbus::plan::{plan, Span, DEFAULT_MAX_GAP};
+) -> Result<PollPlan, crate::modbus::read_plan::PlanError> {
+    use crate::modbus::read_plan::{plan, Span, DEFAULT_MAX_GAP};
     use crate::registers::Scale;
     let mut spans = Vec::new();
     for (i, bl) in blocks.iter().enumerate() {
@@ -615,7 +615,7 @@ pub fn assemble(
                 .map(|m| m.table)
                 .unwrap_or(crate::registers::Table::Holding);
             let mut words = vec![0u16; usize::from(bl.len)];
-            crate::modbus::plan::gather(&plan.reads, answers, table, bl.addr, &mut words);
+            crate::modbus::read_plan::gather(&plan.reads, answers, table, bl.addr, &mut words);
             (bl.clone(), words)
         })
         .collect()

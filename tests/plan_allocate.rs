@@ -2,7 +2,7 @@
 //! small instances: same score within 1e-6 relative, every row satisfied or
 //! its violation reported, and the same keys on the same input.
 
-use ped::plan::allocate::{
+use ped::allocation::solver::{
     pro_rata, solve_allocation, solve_allocation_lp, AllocationParticipant, AllocationProblem,
     AllocationSolution, Fairness, MonthToDate,
 };

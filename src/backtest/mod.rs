@@ -621,7 +621,7 @@ struct Site {
     precision: Precision,
     /// `[keys]` fairness, when the site's optimised keys are solved as the
     /// month's next step (`keys.month_budget_ms` > 0), as the daemon does.
-    month_fairness: Option<crate::plan::allocate::Fairness>,
+    month_fairness: Option<crate::allocation::solver::Fairness>,
 }
 
 fn build_site(cfg: &SiteConfig, ds: &Dataset) -> Result<Site, BacktestError> {
@@ -700,7 +700,7 @@ fn build_site(cfg: &SiteConfig, ds: &Dataset) -> Result<Site, BacktestError> {
         policy: cfg.keys.policy,
         precision: Precision::new(cfg.keys.units_per_one).unwrap_or_default(),
         month_fairness: (cfg.keys.policy == KeyPolicy::Optimised && cfg.keys.month_budget_ms > 0)
-            .then(|| crate::plan::allocate::Fairness {
+            .then(|| crate::allocation::solver::Fairness {
                 floor_ratio: cfg.keys.floor_ratio,
                 no_worse_than_pro_rata: cfg.keys.no_worse_than_pro_rata,
                 ..Default::default()

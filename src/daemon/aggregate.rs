@@ -1184,7 +1184,7 @@ fn period_solver(
         ids: members.iter().map(|p| p.id.clone()).collect(),
         local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
         export_price_eur_per_kwh: export_price_at(cfg, start),
-        fairness: crate::plan::allocate::Fairness {
+        fairness: crate::allocation::solver::Fairness {
             floor_ratio: k.floor_ratio,
             no_worse_than_pro_rata: k.no_worse_than_pro_rata,
             ..Default::default()

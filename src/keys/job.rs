@@ -1125,7 +1125,7 @@ pub fn month_solver(site: &Site, job: &KeysJob) -> Option<allocation::MonthSolve
         ids: job.consumers.iter().map(|c| c.id.clone()).collect(),
         local_price_eur_per_kwh: site.config.plan.local_price_eur_per_kwh,
         export_price_eur_per_kwh: site.config.plan.export_price_eur_per_kwh,
-        fairness: crate::plan::allocate::Fairness {
+        fairness: crate::allocation::solver::Fairness {
             floor_ratio: k.floor_ratio,
             no_worse_than_pro_rata: k.no_worse_than_pro_rata,
             ..Default::default()

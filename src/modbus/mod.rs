@@ -13,4 +13,4 @@ pub use sunspec::{discover, DiscoveredModel};
 pub const MAX_READ_WORDS: u16 = 125;
 /// Most registers one function 16 request may carry.
 pub const MAX_WRITE_WORDS: u16 = 123;
-pub mod plan;
+pub mod read_plan;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::allocate::{self, AllocationProblem};
 use super::{PlanError, PlanInput};
+use crate::allocation::solver::{self, AllocationProblem};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -111,7 +111,7 @@ impl Instance {
             }
             Instance::Allocation { problem } => {
                 let began = Instant::now();
-                let s = allocate::solve_allocation(problem)?;
+                let s = solver::solve_allocation(problem)?;
                 let secs = began.elapsed().as_secs_f64();
                 out.push_str(&format!(
                     "allocation: {} participants × {} steps\nfast solver ({}): objective {:.6} €, score {:.9}, violations: {} floor, {} pro_rata, {:.3} s\n",
@@ -126,7 +126,7 @@ impl Instance {
                 ));
                 if oracle {
                     let began = Instant::now();
-                    let o = allocate::solve_allocation_lp(problem)?;
+                    let o = solver::solve_allocation_lp(problem)?;
                     let secs_lp = began.elapsed().as_secs_f64();
                     let rel = (s.score - o.score).abs() / o.score.abs().max(1.0);
                     out.push_str(&format!(

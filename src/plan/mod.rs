@@ -30,8 +30,6 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-pub mod allocate;
-pub mod flow;
 
 /// The LP backend this build uses by default: clarabel (pure Rust, the
 /// default), or HiGHS with the `highs` cargo feature.
@@ -938,10 +936,10 @@ enum AllocVars {
 ///   so the full LP's optimum is ≥ the class one.
 ///
 /// The optima are therefore equal, and the split (the DSO's default key
-/// restricted to the tie, the same rule as `allocate`'s greedy) gives an
+/// restricted to the tie, the same rule as `allocation::solver`'s greedy) gives an
 /// optimal allocation of the full LP. The joint LP carries no month fairness
 /// rows (`PlanInput` holds no month-to-date state; the month rules belong to
-/// `allocate::solve_allocation` on the keys' side), so the equivalence is
+/// `allocation::solver::solve_allocation` on the keys' side), so the equivalence is
 /// exact; test `decomposed_matches_joint_lp` checks it within 1e-6 relative
 /// against [`solve_joint_lp`]. A site with a handful of retail offers has a
 /// handful of classes per step instead of one variable per participant.

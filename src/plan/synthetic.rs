@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::allocate::{AllocationParticipant, AllocationProblem, Fairness, MonthToDate};
 use super::{BatteryModel, DeviceParticipant, HeatUnitModel, ParticipantForecast, PlanInput};
+use crate::allocation::solver::{AllocationParticipant, AllocationProblem, Fairness, MonthToDate};
 
 struct Lcg(u64);
 
