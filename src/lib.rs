@@ -1,9 +1,11 @@
 //! ped: the positive-energy district controller.
 //!
-//! Rooms (lower never import higher): ground (`time`, `units`, `ids`), data in
-//! (`config`, `registers`, `modbus`, `devices`), decisions (`forecast`, `plan`,
-//! `allocation`), data out (`ledger`, `dso`, `metrics`, `http`), top
-//! (`simulator`, `daemon`). See README, "Architecture".
+//! Rooms (lower never import higher): ground (`time`, `clock`, `units`,
+//! `ids`), data in (`config`, `prices`, `registers`, `modbus`, `devices`),
+//! decisions, pure (`forecast`, `plan`: the dispatch LP, `allocation`: the
+//! ex-post keys and the month solver), data out (`ledger`, `dso`, `keys`,
+//! `metrics`, `http`), top (`simulator`, `daemon`, `backtest`). See README,
+//! "Architecture".
 
 pub mod allocation;
 pub mod backtest;

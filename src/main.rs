@@ -892,9 +892,9 @@ fn keys_cmd(a: KeysArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(dir) = &a.statements {
-        let st = ped::dso::statement::build(dir, site.config.plan.local_price_eur_per_kwh)?;
+        let st = ped::keys::statement::build(dir, site.config.plan.local_price_eur_per_kwh)?;
         let out = a.out.clone().unwrap_or_else(|| dir.join("statements"));
-        let files = ped::dso::statement::write_all(&out, &st)?;
+        let files = ped::keys::statement::write_all(&out, &st)?;
         println!("{}: {} statement file(s)", out.display(), files.len());
         return Ok(());
     }
@@ -1110,8 +1110,8 @@ fn keys_run(
 }
 
 fn reconcile_cmd(site: &config::Site, a: &KeysArgs, dso_file: &Path) -> Result<()> {
-    use ped::dso::reconcile;
     use ped::keys;
+    use ped::keys::reconcile;
     let Some(dir) = &a.intended else {
         bail!("--reconcile needs --intended DIR (a `ped keys` output directory)");
     };

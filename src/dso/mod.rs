@@ -5,9 +5,7 @@ pub mod channels;
 pub mod delivery;
 pub mod enedis;
 pub mod loadcurve;
-pub mod reconcile;
 pub mod spain;
-pub mod statement;
 
 use chrono::{DateTime, Utc};
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate};
 
-use crate::keys::{Manifest, ALLOCATION_FILE, MANIFEST_FILE};
+use super::{Manifest, ALLOCATION_FILE, MANIFEST_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatementError {
@@ -75,7 +75,7 @@ pub fn build(dir: &Path, local_price_eur_per_kwh: f64) -> Result<Vec<Statement>,
     let apath = dir.join(ALLOCATION_FILE);
     let text = std::fs::read_to_string(&apath).map_err(io(&apath))?;
     let mut days: BTreeMap<String, BTreeMap<NaiveDate, Day>> = BTreeMap::new();
-    for (line, rec) in super::semicolon_records(&text, None).skip(1) {
+    for (line, rec) in crate::dso::semicolon_records(&text, None).skip(1) {
         let bad = |reason: &str| StatementError::Bad {
             path: apath.clone(),
             line,
@@ -260,7 +260,7 @@ pub fn write_all(out: &Path, statements: &[Statement]) -> Result<Vec<PathBuf>, S
     // each must stay a plain name inside `out`. Checked before any write.
     if let Some(s) = statements
         .iter()
-        .find(|s| !super::is_plain_file_stem(&s.id))
+        .find(|s| !crate::dso::is_plain_file_stem(&s.id))
     {
         return Err(StatementError::UnsafeId { id: s.id.clone() });
     }

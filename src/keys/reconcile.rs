@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::loadcurve::BadLine;
+use crate::dso::loadcurve::BadLine;
 use crate::time::Grid;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub fn read_settlement(
 ) -> Result<BTreeMap<(String, Role), Totals>, ReconcileError> {
     let mut bad = Vec::new();
     let mut out: BTreeMap<(String, Role), Totals> = BTreeMap::new();
-    let mut records = super::semicolon_records(text, None);
+    let mut records = crate::dso::semicolon_records(text, None);
     match records.next() {
         Some((_, Ok(h)))
             if h.len() == 6
@@ -166,14 +166,14 @@ pub fn read_settlement(
 /// ped's side, per consumer PRM: consumption and allocated kWh over the run,
 /// read from a `ped keys` output directory's `allocation.csv`.
 pub fn read_intended(dir: &Path) -> Result<BTreeMap<String, (f64, f64)>, ReconcileError> {
-    let path = dir.join(crate::keys::ALLOCATION_FILE);
+    let path = dir.join(super::ALLOCATION_FILE);
     let text = std::fs::read_to_string(&path).map_err(|source| ReconcileError::Io {
         path: path.clone(),
         source,
     })?;
     let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     let mut bad = Vec::new();
-    for (line, rec) in super::semicolon_records(&text, None).skip(1) {
+    for (line, rec) in crate::dso::semicolon_records(&text, None).skip(1) {
         let f: Vec<&str> = rec.as_ref().map(|r| r.iter().collect()).unwrap_or_default();
         let parsed = (f.len() >= 4)
             .then(|| Some((f[2].parse::<f64>().ok()?, f[3].parse::<f64>().ok()?)))
