@@ -1687,6 +1687,15 @@ mod tests {
         );
     }
 
+    fn participant_ids(sh: &Shared) -> Vec<String> {
+        sh.site
+            .config
+            .participants
+            .iter()
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
     fn counters() -> Counters {
         Counters {
             grid: crate::time::Grid::new(15, chrono_tz::Europe::Paris).expect("grid"),
@@ -1824,13 +1833,7 @@ mod tests {
             .config
             .devices
             .retain(|d| keep.contains(&d.id) || !producers.contains(&d.id));
-        let ids: Vec<String> = sh
-            .site
-            .config
-            .participants
-            .iter()
-            .map(|p| p.id.clone())
-            .collect();
+        let ids = participant_ids(&sh);
         sh.site.config.operations = vec![
             crate::config::OperationConfig {
                 id: "ACC00000011".into(),
@@ -1881,13 +1884,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut sh = two_operations(tmp.path());
         sh.site.config.keys.policy = KeyPolicy::Optimised;
-        let ids: Vec<String> = sh
-            .site
-            .config
-            .participants
-            .iter()
-            .map(|p| p.id.clone())
-            .collect();
+        let ids = participant_ids(&sh);
         let (periods, c) = two_operations_counters(&sh);
         let mut month = Month::new();
         let recs: Vec<PeriodRecord> = periods
@@ -2235,13 +2232,7 @@ mod tests {
             .iter()
             .map(|s| close_period(&sh, &c, &mut month, *s).0)
             .collect();
-        let ids: Vec<String> = sh
-            .site
-            .config
-            .participants
-            .iter()
-            .map(|p| p.id.clone())
-            .collect();
+        let ids = participant_ids(&sh);
         let mut shared_any = false;
         for r in &recs {
             assert_eq!(r.quality, "measured", "{}", r.start);
