@@ -26,7 +26,10 @@
 //! optimal for the whole problem whenever it satisfies every coupling row:
 //! dropping the rows (and their slacks, which only cost) can only raise the
 //! optimum, and the greedy attains the relaxed optimum with zero penalty.
-//! When a coupling row binds and every participant with a pro-rata row has
+//! When a coupling row binds and every participant's value is flat, the
+//! optimum is read from each participant's total (`method: "totals"`, see
+//! `totals`) when the steps can carry the totals that bound it.
+//! Otherwise, when every participant with a pro-rata row has
 //! one value at every congested step where it can receive energy (flat
 //! tariffs, as in `ped keys`, or time-of-use tariffs whose off-peak hours
 //! fall at night or when the PV covers the demand), the problem is a
@@ -76,10 +79,12 @@ mod network;
 mod smooth;
 #[cfg(test)]
 mod tests;
+mod totals;
 
 pub use lp::*;
 use network::*;
 use smooth::*;
+use totals::*;
 
 fn default_tier() -> u8 {
     1
@@ -244,7 +249,7 @@ pub struct AllocationSolution {
     /// What the solver maximises: objective + tier bonuses − penalties.
     pub score: f64,
     pub violations: Vec<Violation>,
-    /// `greedy`, `flow`, `sifted_lp` or `lp`.
+    /// `greedy`, `totals`, `flow`, `sifted_lp` or `lp`.
     pub method: String,
 }
 
@@ -575,6 +580,17 @@ pub fn lp_fallbacks() -> u64 {
 
 /// The fast structured solver (see the module doc).
 pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
+    solve(p, true)
+}
+
+/// The same solver without the totals' path: it searches (greedy, flow,
+/// sifted LP) even where the participants' totals give the optimum. For the
+/// tests and benchmarks of those paths; both return an optimum.
+pub fn solve_allocation_searching(p: &AllocationProblem) -> Result<AllocationSolution, PlanError> {
+    solve(p, false)
+}
+
+fn solve(p: &AllocationProblem, by_totals: bool) -> Result<AllocationSolution, PlanError> {
     validate_allocation(p)?;
     let m = model(p);
     let (a, method) = match reduce(p) {
@@ -584,10 +600,10 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
                 reduced = r.steps,
                 "allocation: interchangeable steps merged"
             );
-            let (a, method) = solve_structured(&r, &model(&r))?;
+            let (a, method) = solve_structured(&r, &model(&r), by_totals)?;
             (expand(p, &groups, &a), method)
         }
-        None => solve_structured(p, &m)?,
+        None => solve_structured(p, &m, by_totals)?,
     };
     Ok(finish(p, &m, a, method))
 }
@@ -595,11 +611,17 @@ pub fn solve_allocation(p: &AllocationProblem) -> Result<AllocationSolution, Pla
 fn solve_structured(
     p: &AllocationProblem,
     m: &Model,
+    by_totals: bool,
 ) -> Result<(Vec<Vec<f64>>, &'static str), PlanError> {
     let a = greedy(p, m);
     let (fl, pr) = shortfalls(m, &a);
     if fl.iter().chain(&pr).all(|x| *x <= ROW_TOL) {
         return Ok((a, "greedy"));
+    }
+    if by_totals {
+        if let Some(a) = from_totals(p, m) {
+            return Ok((a, "totals"));
+        }
     }
     if let Some(a) = flow_allocation(p, m, &a) {
         return Ok((smooth(p, m, a), "flow"));

@@ -55,6 +55,33 @@ pub(super) fn smooth(p: &AllocationProblem, m: &Model, a: Vec<Vec<f64>>) -> Vec<
         .iter()
         .map(|&t| (0..np).filter(|&i| movable[i]).map(|i| a[i][t]).sum())
         .collect();
+    balance(p, a, &congested, &movable, &row_target, &col_target).unwrap_or_else(|a| {
+        tracing::debug!(
+            participants = np,
+            steps = congested.len(),
+            "allocation: the flow's split did not balance; kept as solved"
+        );
+        a
+    })
+}
+
+/// Capped matrix balancing of the movable participants' energy at the
+/// congested steps: from each step's pro-rata split, alternately scaled to
+/// every participant's total (`row_target`, over the congested steps) and to
+/// every step's total (`col_target`, over the movable participants), never
+/// above a consumption. Other cells keep `a`'s values. Err(a) when the totals
+/// are not met within 1e-9 after [`SMOOTH_ROUNDS`] rounds (they may be
+/// infeasible under the caps).
+pub(super) fn balance(
+    p: &AllocationProblem,
+    a: Vec<Vec<f64>>,
+    congested: &[usize],
+    movable: &[bool],
+    row_target: &[f64],
+    col_target: &[f64],
+) -> Result<Vec<Vec<f64>>, Vec<Vec<f64>>> {
+    let np = p.participants.len();
+    let c = |i: usize, t: usize| p.participants[i].consumption_kwh[t];
     let mut b = a.clone();
     for (k, &t) in congested.iter().enumerate() {
         let demand: f64 = (0..np).filter(|&i| movable[i]).map(|i| c(i, t)).sum();
@@ -73,7 +100,7 @@ pub(super) fn smooth(p: &AllocationProblem, m: &Model, a: Vec<Vec<f64>>) -> Vec<
             let sum: f64 = congested.iter().map(|&t| b[i][t]).sum();
             if sum > 0.0 {
                 let f = row_target[i] / sum;
-                for &t in &congested {
+                for &t in congested {
                     b[i][t] = (b[i][t] * f).min(c(i, t));
                 }
             }
@@ -94,13 +121,8 @@ pub(super) fn smooth(p: &AllocationProblem, m: &Model, a: Vec<Vec<f64>>) -> Vec<
             (sum - row_target[i]).abs() <= tol(row_target[i])
         });
         if settled {
-            return b;
+            return Ok(b);
         }
     }
-    tracing::debug!(
-        participants = np,
-        steps = congested.len(),
-        "allocation: the flow's split did not balance; kept as solved"
-    );
-    a
+    Err(a)
 }

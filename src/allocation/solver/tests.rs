@@ -272,8 +272,16 @@ fn flow_solves_flat_instances_with_binding_rows_exactly() {
     p.fairness.floor_ratio = Some(0.8);
     p.participants[2].subscription_share = Some(0.5);
     p.participants[1].month_to_date.pro_rata_value_eur = -0.02;
-    let s = solve_allocation(&p).unwrap();
+    let s = solve_allocation_searching(&p).unwrap();
     assert_eq!(s.method, "flow");
+    let by_totals = solve_allocation(&p).unwrap();
+    assert!(
+        (by_totals.score - s.score).abs() <= 1e-6 * s.score.abs().max(1.0),
+        "{}: {} vs flow {}",
+        by_totals.method,
+        by_totals.score,
+        s.score
+    );
     let o = solve_allocation_lp(&p).unwrap();
     assert!(
         (s.score - o.score).abs() <= 1e-6 * o.score.abs().max(1.0),
@@ -290,7 +298,7 @@ fn flow_solves_flat_instances_with_binding_rows_exactly() {
         "{:?}",
         s.allocated_kwh
     );
-    assert_eq!(solve_allocation(&p).unwrap(), s);
+    assert_eq!(solve_allocation_searching(&p).unwrap(), s);
 }
 
 #[test]
@@ -318,4 +326,143 @@ fn invalid_problem_is_an_error() {
     p.participants[0].consumption_kwh = vec![1.0, f64::NAN];
     p.participants[0].tariff_eur_per_kwh = vec![0.2, 0.2];
     assert!(solve_allocation(&p).is_err());
+}
+
+/// A month of flat tariffs with random values, floors that bind for the
+/// small consumers and the pro-rata guarantee: what `ped keys` solves.
+fn flat_month(np: usize, n: usize, seed: u64) -> AllocationProblem {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let production: Vec<f64> = (0..n)
+        .map(|t| {
+            let h = (t % 24) as f64;
+            if (7.0..19.0).contains(&h) {
+                np as f64 * 0.6 * (1.0 - ((h - 13.0) / 6.0).powi(2)) * (0.3 + rnd())
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let participants = (0..np)
+        .map(|i| {
+            let size = if i % 10 == 0 { 5.0 } else { 0.2 + rnd() };
+            AllocationParticipant {
+                id: format!("p{i}"),
+                consumption_kwh: (0..n)
+                    .map(|_| {
+                        if rnd() < 0.1 {
+                            0.0
+                        } else {
+                            size * (0.5 + rnd())
+                        }
+                    })
+                    .collect(),
+                tariff_eur_per_kwh: vec![0.18 + 0.1 * rnd(); n],
+                tier: 1,
+                subscription_share: Some(1.0 / np as f64),
+                month_to_date: MonthToDate::default(),
+            }
+        })
+        .collect();
+    AllocationProblem {
+        steps: n,
+        production_kwh: production,
+        participants,
+        local_price_eur_per_kwh: 0.10,
+        export_price_eur_per_kwh: vec![0.06; n],
+        month_to_date_production_kwh: 0.0,
+        fairness: Fairness {
+            floor_ratio: Some(0.5),
+            ..Fairness::default()
+        },
+    }
+}
+
+#[test]
+fn flat_months_are_solved_from_the_totals_as_the_flow_solves_them() {
+    for (np, n, seed) in [
+        (40, 48, 1),
+        (300, 96, 4),
+        (120, 480, 5),
+        (200, 240, 6),
+        (7, 24, 3),
+    ] {
+        let p = flat_month(np, n, seed);
+        let fast = solve_allocation(&p).unwrap();
+        assert_eq!(fast.method, "totals", "{np} x {n}");
+        let flow = solve_allocation_searching(&p).unwrap();
+        assert_eq!(flow.method, "flow", "{np} x {n}");
+        let scale = flow.score.abs().max(1.0);
+        assert!(
+            (fast.score - flow.score).abs() <= 1e-6 * scale,
+            "{np} x {n}: totals {} vs flow {}",
+            fast.score,
+            flow.score
+        );
+        // The same totals (the optimum's are unique here: distinct values),
+        // and the same split, since both end in the same balancing.
+        for i in 0..np {
+            let sum = |a: &[f64]| a.iter().sum::<f64>();
+            let (x, y) = (sum(&fast.allocated_kwh[i]), sum(&flow.allocated_kwh[i]));
+            assert!(
+                (x - y).abs() <= 1e-6 * y.max(1.0),
+                "{np} x {n}, p{i}: {x} vs {y}"
+            );
+            for t in 0..n {
+                let (x, y) = (fast.allocated_kwh[i][t], flow.allocated_kwh[i][t]);
+                assert!((x - y).abs() <= 1e-5, "{np} x {n}, p{i} at {t}: {x} vs {y}");
+            }
+        }
+        // Floors bind for the small consumers: the optimum is not pro rata.
+        let pr = pro_rata(&p);
+        assert!(
+            (0..np).any(|i| (fast.allocated_kwh[i].iter().sum::<f64>()
+                - pr[i].iter().sum::<f64>())
+            .abs()
+                > 1e-3),
+            "{np} x {n}: the floors did not bind"
+        );
+        if np <= 40 {
+            let o = solve_allocation_lp(&p).unwrap();
+            assert!(
+                (fast.score - o.score).abs() <= 1e-6 * o.score.abs().max(1.0),
+                "{np} x {n}: totals {} vs lp {}",
+                fast.score,
+                o.score
+            );
+        }
+    }
+}
+
+#[test]
+fn a_balance_that_does_not_settle_goes_to_the_flow() {
+    // Here the balance needs ~2,000 rounds (`SMOOTH_ROUNDS` is 200): the
+    // totals' path declines and the flow answers, with the same optimum.
+    let p = flat_month(200, 240, 2);
+    let s = solve_allocation(&p).unwrap();
+    assert_eq!(s.method, "flow");
+    assert_eq!(s, solve_allocation_searching(&p).unwrap());
+}
+
+#[test]
+fn totals_the_steps_cannot_carry_go_to_the_flow() {
+    // p0 consumes only at step 0 and p1 only at step 1, 1 kWh produced at
+    // each: p0's floor (0.75 of the 2 kWh pool) is worth 1.5 kWh to the
+    // relaxation, but step 0 can only give it 1.
+    let mut p = problem(
+        vec![1.0, 1.0],
+        vec![(vec![2.0, 0.0], 0.30, 1), (vec![0.0, 2.0], 0.30, 1)],
+    );
+    p.fairness.floor_ratio = Some(0.75);
+    p.participants[0].subscription_share = Some(1.0);
+    let s = solve_allocation(&p).unwrap();
+    assert_eq!(s.method, "flow");
+    assert_eq!(s.allocated_kwh, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+    assert_eq!(s.violations.len(), 1, "{:?}", s.violations);
+    assert!((s.violations[0].amount - 0.5).abs() < 1e-9);
 }
