@@ -525,7 +525,7 @@ pub struct Computed {
 /// How the month allocator reached its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonthNote {
-    /// `greedy`, `flow`, `sifted_lp`, `lp` (month solver) or the per-step policy's name.
+    /// `greedy`, `totals`, `flow`, `sifted_lp`, `lp` (month solver) or the per-step policy's name.
     pub method: String,
     /// Why the month solver's answer was not used (budget, solver failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
