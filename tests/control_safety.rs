@@ -6,7 +6,6 @@
 use ped::daemon::{Daemon, Options};
 use ped::modbus::server::{serve, Bank};
 use ped::registers::{ModelLibrary, Table};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,7 +83,7 @@ fn check(toml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("site.toml");
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site", path.to_str().unwrap_or_default()])
         .env_remove("RUST_LOG")
         .output()

@@ -126,7 +126,7 @@ fn simulate_dry_run_logs_the_curtailment_instead_of_writing_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = dir.path().join("site.toml");
     std::fs::write(&site, site_toml()).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["simulate", "--site"])
         .arg(&site)
         .args([

@@ -11,7 +11,7 @@ use ped::daemon::{DaemonError, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,7 @@ async fn a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(fault: &s
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let mut child = common::ped()
         .current_dir(dir.path())
         .args([
             "run",

@@ -258,7 +258,7 @@ fn ped_check_names_the_tracking_key_the_file_and_the_fix() {
     let site = dir.path().join("site.toml");
     let bad = site_toml(true).replace("tracking = true", "tracking = \"maybe\"");
     std::fs::write(&site, bad).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site"])
         .arg(&site)
         .output()
@@ -274,7 +274,7 @@ fn ped_check_names_the_tracking_key_the_file_and_the_fix() {
     }
     // And the good value passes.
     std::fs::write(&site, site_toml(false)).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site"])
         .arg(&site)
         .output()
