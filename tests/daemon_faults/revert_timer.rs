@@ -5,12 +5,11 @@
 //! to its own behaviour after that many seconds, not after the simulator's
 //! 15 s default.
 
+use crate::common;
 use ped::clock::Clock;
-use ped::config;
 use ped::daemon::{Daemon, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,8 @@ const TIMER_S: f64 = 2.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let toml = format!(
         r#"
 [site]
@@ -78,9 +77,7 @@ meter = "BAT"
 "#
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
     // An evening: the battery (a participant) discharges into the
     // household's load the PV no longer covers, so ped has it under control.
     // (At a sunny noon a participant battery has nothing to do: it earns the
