@@ -9,20 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn site_toml() -> String {
-    r#"
-[site]
-id = "curtail"
-name = "negative export price"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+    format!(
+        r#"
+{head}
 [plan]
 budget_ms = 10000
 export_price_eur_per_kwh = -0.05
@@ -56,8 +45,9 @@ kind = "household"
 prm = "99990000000011"
 meter = "M1"
 annual_kwh = 30000.0
-"#
-    .to_string()
+"#,
+        head = common::site_head("curtail", "negative export price")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

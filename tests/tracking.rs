@@ -12,19 +12,7 @@ use std::time::{Duration, Instant};
 fn site_toml(tracking: bool) -> String {
     format!(
         r#"
-[site]
-id = "tracking"
-name = "unforecast sun"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 tracking = {tracking}
@@ -67,7 +55,8 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("tracking", "unforecast sun")
     )
 }
 

@@ -334,3 +334,24 @@ pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn ok<T>(r: Result<T, ped::registers::RegisterError>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The head of a test site's config: `[site]` at Dijon's coordinates, polling
+/// every 100 ms with a 300 ms timeout, writes allowed. The test adds its
+/// `[plan]`, devices and participants after it.
+pub fn site_head(id: &str, name: &str) -> String {
+    format!(
+        r#"[site]
+id = "{id}"
+name = "{name}"
+latitude = 47.32
+longitude = 5.0
+
+[polling]
+interval_ms = 100
+timeout_ms = 300
+
+[control]
+writes_allowed = true
+"#
+    )
+}

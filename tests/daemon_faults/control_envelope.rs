@@ -120,19 +120,7 @@ async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
 
     let toml = format!(
         r#"
-[site]
-id = "control"
-name = "control envelope"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 
@@ -179,7 +167,8 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("control", "control envelope")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);

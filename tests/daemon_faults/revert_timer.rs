@@ -21,19 +21,7 @@ async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
     let toml = format!(
         r#"
-[site]
-id = "revert"
-name = "revert timer"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 
@@ -74,7 +62,8 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("revert", "revert timer")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);
