@@ -19,4 +19,4 @@ cmake --version | head -1
 # against its LP oracle, the fallback ladder.
 cargo test --features highs --lib plan::
 cargo test --features highs --test plan_allocate
-cargo test --features highs --test plan_cli
+cargo test --features highs --test offline -- plan_cli::

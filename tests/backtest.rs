@@ -3,7 +3,8 @@
 //! baseline is there, and the files are written and well-formed.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 fn data_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/district-2days")
@@ -99,7 +100,7 @@ fn xml_checker_rejects_broken_documents() {
 #[test]
 fn backtest_on_two_days_is_consistent_and_writes_its_files() {
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let run = common::ped()
         .args(["backtest", "--quiet", "--replan-every", "8", "--data"])
         .arg(data_dir())
         .arg("--out")
@@ -268,7 +269,7 @@ fn backtest_names_the_file_and_line_of_bad_data() {
         })
         .collect();
     std::fs::write(&p, broken.join("\n")).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let run = common::ped()
         .args(["backtest", "--quiet", "--data"])
         .arg(dir.path())
         .arg("--out")
@@ -293,7 +294,7 @@ fn backtest_names_the_file_and_line_of_bad_data() {
         s["data_quality"]
     );
     assert_eq!(s["data_quality"]["estimated_values"], 1);
-    let run = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let run = common::ped()
         .args(["backtest", "--quiet", "--strict", "--data"])
         .arg(dir.path())
         .arg("--out")
@@ -306,7 +307,7 @@ fn backtest_names_the_file_and_line_of_bad_data() {
     assert!(stderr.contains("consumption.csv:6:"), "{stderr}");
 
     std::fs::remove_file(dir.path().join("heat.csv")).unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let run = common::ped()
         .args(["backtest", "--quiet", "--data"])
         .arg(dir.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -324,7 +325,7 @@ fn backtest_names_the_file_and_line_of_bad_data() {
 fn tracking_stores_unforecast_sun_that_the_plan_as_it_stands_exports() {
     let run = |tracking: bool| -> serde_json::Value {
         let out = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ped"));
+        let mut cmd = common::ped();
         cmd.args(["backtest", "--quiet", "--data"])
             .arg(data_dir())
             .arg("--out")

@@ -7,9 +7,10 @@
 //! worse-off count follows exact pro rata.
 
 use std::path::Path;
-use std::process::Command;
 
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
+
+mod common;
 
 const DAYS: i64 = 10;
 /// The replayed range: local days 12 to 14 March 2026 (UTC+1).
@@ -106,7 +107,7 @@ fn fixture() -> Fixture {
 }
 
 fn backtest(dir: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ped"))
+    common::ped()
         .args(["backtest", "--quiet", "--replan-every", "8"])
         .args(["--from", FROM, "--to", TO, "--data"])
         .arg(dir)

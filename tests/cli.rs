@@ -1,10 +1,8 @@
 //! The binary's edge: `ped check` names every problem with its key and a fix.
 
-use std::process::Command;
+mod common;
 
-fn ped() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ped"))
-}
+use common::ped;
 
 fn manifest(p: &str) -> String {
     format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))

@@ -11,6 +11,8 @@ use ped::modbus::server::{serve, serve_rtu_over_tcp, serve_rtu_serial, Bank, Sha
 use ped::registers::{ModelLibrary, Table};
 use tokio::net::TcpListener;
 
+mod common;
+
 /// Common model 1 (manufacturer "ScanCo") and an inverter 103 at 8760 W, from
 /// register 0, with no end marker: the next header read gets exception 0x02.
 fn device() -> HashMap<u8, ped::modbus::server::SharedBank> {
@@ -39,15 +41,10 @@ fn device() -> HashMap<u8, ped::modbus::server::SharedBank> {
 }
 
 async fn scan(args: Vec<String>) -> String {
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
-            .arg("scan")
-            .args(&args)
-            .output()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = tokio::task::spawn_blocking(move || common::ped().arg("scan").args(&args).output())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -104,7 +101,7 @@ async fn scan_speaks_rtu_through_a_tcp_gateway_and_fails_without_the_flag() {
     // Modbus TCP framing to an RTU gateway finds nothing: the flag matters.
     let a = addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+        common::ped()
             .args(["scan", &a, "--unit", "2", "--timeout-ms", "300"])
             .output()
     })
@@ -147,7 +144,7 @@ async fn scan_reads_a_serial_port_by_its_path() {
     drop(slave);
 
     // A bad line setting names the flag and the values it takes.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["scan", &path, "--parity", "mark"])
         .output()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -6,32 +6,24 @@
 use ped::daemon::{Daemon, Options};
 use ped::modbus::server::{serve, Bank};
 use ped::registers::{ModelLibrary, Table};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-const HEAD: &str = r#"
-[site]
-id = "safety"
-name = "control safety"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+fn head() -> String {
+    format!(
+        r#"
+{head}
 [keys]
 operation_id = "ACC00000001"
 
 [plan]
 budget_ms = 500
-"#;
+"#,
+        head = common::site_head("safety", "control safety")
+    )
+}
 
 const PV_AND_HOUSEHOLD: &str = r#"
 [[devices]]
@@ -84,7 +76,7 @@ fn check(toml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("site.toml");
     std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site", path.to_str().unwrap_or_default()])
         .env_remove("RUST_LOG")
         .output()
@@ -101,7 +93,7 @@ fn check(toml: &str) -> (Option<i32>, String) {
 fn check_refuses_inverted_ranges_unbounded_durations_broadcast_units_and_nan() {
     let toml = format!(
         "{}\n[delivery]\nkind = \"folder\"\ndir = \"spool\"\nbackoff_base_s = 10000000000000\nbackoff_cap_s = 100000000000000000\n{PV_AND_HOUSEHOLD}{}",
-        HEAD.replace("[control]\n", "[control]\nplan_loss_steps = 0\n")
+        head().replace("[control]\n", "[control]\nplan_loss_steps = 0\n")
             .replace("interval_ms = 100", "interval_ms = 9223372036854775807"),
         battery(
             "127.0.0.1:3",
@@ -135,7 +127,7 @@ fn check_refuses_inverted_ranges_unbounded_durations_broadcast_units_and_nan() {
 /// revert timer is not in `writes` passes with a warning naming the point.
 #[test]
 fn check_accepts_an_ipv6_address_and_warns_about_an_unarmed_revert_timer() {
-    let toml = format!("{HEAD}{PV_AND_HOUSEHOLD}{}", battery("[::1]:502", ""));
+    let toml = format!("{}{PV_AND_HOUSEHOLD}{}", head(), battery("[::1]:502", ""));
     let (code, out) = check(&toml);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -156,7 +148,7 @@ fn check_accepts_an_ipv6_address_and_warns_about_an_unarmed_revert_timer() {
 /// sign of the plan's command inverted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_setpoint_range_leaves_the_battery_in_its_own_mode() {
-    let toml = format!("{HEAD}{PV_AND_HOUSEHOLD}{}", battery("127.0.0.1:3", ""));
+    let toml = format!("{}{PV_AND_HOUSEHOLD}{}", head(), battery("127.0.0.1:3", ""));
     // An evening: the plan discharges the battery into the household's load.
     let s = common::simulated(&toml, "2025-06-21T21:30:00+02:00", 60.0).await;
     let mut site = s.sim.site.clone();
@@ -241,12 +233,13 @@ async fn a_shorter_sunspec_model_is_neither_read_nor_written_past_its_declared_e
         },
     ));
 
-    let toml = format!("{HEAD}{PV_AND_HOUSEHOLD}{}", battery(&addr.to_string(), ""));
+    let toml = format!(
+        "{}{PV_AND_HOUSEHOLD}{}",
+        head(),
+        battery(&addr.to_string(), "")
+    );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let known = lib.keys().map(str::to_string).collect();
-    let site = ped::config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
     let clock = ped::clock::Clock::simulated(common::at("2025-06-21T21:30:00+02:00"), 60.0);
     let daemon = Daemon::start(
         site,

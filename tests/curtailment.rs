@@ -9,20 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn site_toml() -> String {
-    r#"
-[site]
-id = "curtail"
-name = "negative export price"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+    format!(
+        r#"
+{head}
 [plan]
 budget_ms = 10000
 export_price_eur_per_kwh = -0.05
@@ -56,8 +45,9 @@ kind = "household"
 prm = "99990000000011"
 meter = "M1"
 annual_kwh = 30000.0
-"#
-    .to_string()
+"#,
+        head = common::site_head("curtail", "negative export price")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +116,7 @@ fn simulate_dry_run_logs_the_curtailment_instead_of_writing_it() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = dir.path().join("site.toml");
     std::fs::write(&site, site_toml()).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["simulate", "--site"])
         .arg(&site)
         .args([

@@ -3,7 +3,7 @@
 //! never answers (read timeout). Each server serves a fixed number of
 //! connections and stops by itself.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use ped::dso::channels::{HttpPost, Retrying};
 use ped::dso::delivery::{Deliver, Delivery, DeliveryError};
+
+mod common;
 
 #[derive(Clone, Copy, Debug)]
 enum Reply {
@@ -34,37 +36,18 @@ fn server(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<Seen>>>, JoinHandle<()>)
     let log = seen.clone();
     let h = std::thread::spawn(move || {
         for reply in script {
-            let Ok((stream, _)) = l.accept() else { return };
+            let Ok((mut stream, _)) = l.accept() else {
+                return;
+            };
             stream
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
-            let mut r = BufReader::new(stream);
-            let mut s = Seen::default();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    let v = v.trim().to_string();
-                    match k.to_ascii_lowercase().as_str() {
-                        "content-length" => len = v.parse().unwrap_or(0),
-                        "idempotency-key" => s.idempotency_key = Some(v),
-                        "content-disposition" => s.content_disposition = Some(v),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            s.body = body;
-            log.lock().unwrap().push(s);
-            let mut stream = r.into_inner();
+            let req = common::read_request(&mut stream);
+            log.lock().unwrap().push(Seen {
+                idempotency_key: req.header("idempotency-key").map(String::from),
+                content_disposition: req.header("content-disposition").map(String::from),
+                body: req.body.clone(),
+            });
             match reply {
                 Reply::Status(code) => {
                     let text = format!("status {code}");

@@ -3,7 +3,8 @@
 //! checked by `systemd-analyze` in scripts/deploy-check.sh).
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -177,7 +178,7 @@ fn dockerfile_builds_with_highs_and_runs_unprivileged_with_volumes_and_a_health_
         .strip_prefix("/etc/ped/")
         .expect("config under /etc/ped");
     let local = Path::new(ROOT).join("site-configs").join(site);
-    let out = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(&entry[1..])
         .args(["check", "--site"])
         .arg(&local)
@@ -219,7 +220,7 @@ fn systemd_unit_is_hardened_and_its_command_line_is_accepted() {
     let args: Vec<&str> = exec.split_whitespace().collect();
     assert_eq!(args[0], "/usr/local/bin/ped");
     let run = args.iter().position(|a| *a == "run").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(&args[1..run])
         .args(["check", "--site"])
         .arg(Path::new(ROOT).join("site-configs/fontaine-douche.toml"))

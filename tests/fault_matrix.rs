@@ -15,9 +15,11 @@ use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 const FAULT_SITE: &str = "tests/data/fault-site.toml";
 
@@ -33,7 +35,7 @@ struct Run {
 
 /// Runs `ped` with a hard real-time limit, so a hung run fails the test instead of hanging CI.
 fn ped(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ped"));
+    let mut cmd = common::ped();
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)
         .env_remove("RUST_LOG")
@@ -344,7 +346,7 @@ fn whole_local_day(day: &str, start: &str, expected_rows: usize) -> Vec<DateTime
     // i.e. clock minutes, to start the daemon), so that 00:00 is a whole period, until
     // the next day's first period is closed: periods close in order, so the day is then
     // complete however far a loaded machine lets the closing lag behind the clock.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let mut child = common::ped()
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["simulate", "--site"])
         .arg(manifest(FAULT_SITE))

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ped::allocation::{apply_rule, apply_rule_full, Precision};
 use ped::dso::{enedis, spain};
 use ped::keys::{sha256_hex, Manifest};
 use ped::time::Grid;
+
+mod common;
 
 fn data(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,7 +24,7 @@ fn data(p: &str) -> PathBuf {
 
 fn keys(args: &[&str]) -> Output {
     let site = data("site.toml");
-    Command::new(env!("CARGO_BIN_EXE_ped"))
+    common::ped()
         .arg("keys")
         .arg("--site")
         .arg(&site)
@@ -36,7 +38,7 @@ fn keys_with_site(site: &Path, args: &[&str]) -> Output {
 }
 
 fn keys_with_site_env(site: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ped"))
+    common::ped()
         .arg("keys")
         .arg("--site")
         .arg(site)
@@ -882,7 +884,7 @@ fn key_files_are_archived_in_the_ledger_as_versions_never_overwritten() {
         .execute("UPDATE key_files SET content = x'00' WHERE version = 1", [])
         .is_err());
     drop(db);
-    let v = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let v = common::ped()
         .args(["audit", "verify", "--ledger", l])
         .output()
         .unwrap();

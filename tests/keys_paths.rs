@@ -2,7 +2,9 @@
 //! a manifest's participant ids or the CAU hold.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 fn data(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -11,7 +13,7 @@ fn data(p: &str) -> PathBuf {
 }
 
 fn keys(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ped"))
+    common::ped()
         .arg("keys")
         .arg("--site")
         .arg(data("site.toml"))

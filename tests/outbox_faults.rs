@@ -9,6 +9,8 @@ use ped::ledger::outbox::{self, AttemptResult, Backoff};
 use ped::ledger::Ledger;
 use std::io::{Read, Write};
 
+mod common;
+
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("timestamp")
@@ -25,25 +27,7 @@ fn receiver(
         for (code, body) in replies {
             let Ok((mut s, _)) = l.accept() else { return };
             let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match s.read(&mut b) {
-                    Ok(1) => head.push(b[0]),
-                    _ => break,
-                }
-            }
-            // Read the whole request before answering: closing a socket
-            // with unread bytes sends a reset, which can discard the answer
-            // before the client reads it.
-            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            let length = text
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut request_body = vec![0u8; length];
-            let _ = s.read_exact(&mut request_body);
+            common::read_request(&mut s);
             let _ = write!(
                 s,
                 "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

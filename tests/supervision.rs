@@ -6,12 +6,10 @@
 //! systemd or Docker restarts it.
 
 use ped::clock::Clock;
-use ped::config;
 use ped::daemon::{DaemonError, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
-use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,20 +20,10 @@ const FAULT: &str = "endpoint:BAT";
 /// An evening (the battery, a participant, discharges into the household's
 /// load) with no revert timer written: only ped can hand the battery back
 /// before the simulator's own 15 s default.
-const SITE: &str = r#"
-[site]
-id = "supervision"
-name = "supervision"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+fn site() -> String {
+    format!(
+        r#"
+{head}
 [plan]
 budget_ms = 500
 
@@ -75,7 +63,10 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#;
+"#,
+        head = common::site_head("supervision", "supervision")
+    )
+}
 
 const START: &str = "2025-06-21T21:30:00+02:00";
 
@@ -104,11 +95,8 @@ async fn a_panicking_planner_releases_the_battery_and_ped_exits_non_zero() {
 
 async fn a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(fault: &str) {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, SITE).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &site());
     let origin_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -124,7 +112,7 @@ async fn a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(fault: &s
     )
     .unwrap_or_else(|e| panic!("{e}"));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ped"))
+    let mut child = common::ped()
         .current_dir(dir.path())
         .args([
             "run",
@@ -217,7 +205,7 @@ async fn a_panicking_stage_releases_the_battery_and_ped_exits_non_zero(fault: &s
 async fn run_until_returns_the_failure_and_counts_it_and_the_release() {
     // The same value as the other test of this binary: the variable is read once.
     std::env::set_var("PED_FAULT_PANIC", FAULT);
-    let s = common::simulated(SITE, START, 60.0).await;
+    let s = common::simulated(&site(), START, 60.0).await;
     let daemon = ped::daemon::Daemon::start(
         s.sim.site.clone(),
         s.lib.clone(),

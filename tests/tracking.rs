@@ -12,19 +12,7 @@ use std::time::{Duration, Instant};
 fn site_toml(tracking: bool) -> String {
     format!(
         r#"
-[site]
-id = "tracking"
-name = "unforecast sun"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 tracking = {tracking}
@@ -67,7 +55,8 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("tracking", "unforecast sun")
     )
 }
 
@@ -258,7 +247,7 @@ fn ped_check_names_the_tracking_key_the_file_and_the_fix() {
     let site = dir.path().join("site.toml");
     let bad = site_toml(true).replace("tracking = true", "tracking = \"maybe\"");
     std::fs::write(&site, bad).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site"])
         .arg(&site)
         .output()
@@ -274,7 +263,7 @@ fn ped_check_names_the_tracking_key_the_file_and_the_fix() {
     }
     // And the good value passes.
     std::fs::write(&site, site_toml(false)).unwrap_or_else(|e| panic!("{e}"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ped"))
+    let out = common::ped()
         .args(["check", "--site"])
         .arg(&site)
         .output()

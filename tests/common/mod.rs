@@ -31,11 +31,8 @@ pub fn at(rfc3339: &str) -> chrono::DateTime<chrono::Utc> {
 /// starts its simulated devices.
 pub async fn simulated(toml: &str, origin: &str, speed: f64) -> Simulated {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = load_site(&lib, dir.path(), toml);
     let origin = at(origin);
     let clock = Clock::simulated(origin, speed);
     let sim = Simulator::start(&site, lib.clone(), clock, 3, true)
@@ -119,4 +116,242 @@ pub fn pace(
             }
         }
     })
+}
+
+/// The `ped` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_ped");
+
+/// `ped` as a command, to be given its arguments.
+pub fn ped() -> std::process::Command {
+    std::process::Command::new(BIN)
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failed
+/// assertion leaves no ped or simulator running behind the test.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `cmd` in `dir`, stdout discarded, stderr into `dir/log` (read it on
+/// a failure), under a [`Kill`] guard.
+pub fn spawn(cmd: &mut std::process::Command, dir: &std::path::Path, log: &str) -> Kill {
+    let log_file = std::fs::File::create(dir.join(log)).unwrap_or_else(|e| panic!("{log}: {e}"));
+    Kill(
+        cmd.current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+    )
+}
+
+/// Now as Unix seconds, for `--clock-origin`: a devices process and the
+/// daemons started on the same origin compute the same simulated time.
+pub fn clock_origin() -> String {
+    format!(
+        "{:.6}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    )
+}
+
+/// A shipped site config, by its path in the repository.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// `ped simulate --devices-only` serving `site`'s devices on ephemeral ports
+/// from `start` at `speed` on the shared clock `origin`, logging into
+/// `dir/devices.log`; returns once it has written the site with those ports as
+/// `dir/site.toml` (a failure after 30 s), and a little later, so that the
+/// file is read whole.
+pub fn devices(
+    dir: &std::path::Path,
+    site: &std::path::Path,
+    start: &str,
+    speed: &str,
+    origin: &str,
+) -> Kill {
+    let guard = spawn(
+        ped()
+            .args(["simulate", "--devices-only", "--ephemeral-ports", "--site"])
+            .arg(site)
+            .args(["--speed", speed, "--start", start, "--clock-origin", origin])
+            .args(["--write-site", "site.toml"]),
+        dir,
+        "devices.log",
+    );
+    let t0 = std::time::Instant::now();
+    while !dir.join("site.toml").exists() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "devices did not start: {}",
+            std::fs::read_to_string(dir.join("devices.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    guard
+}
+
+/// The arguments of `ped run` on `dir/site.toml` (written by [`devices`]),
+/// output into `out`, on the devices' clock; the caller adds the rest.
+pub fn run_args(origin: &str, start: &str, speed: &str) -> Vec<String> {
+    [
+        "run",
+        "--site",
+        "site.toml",
+        "--out",
+        "out",
+        "--clock-origin",
+        origin,
+        "--start",
+        start,
+        "--speed",
+        speed,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A port free at the time of the call on 127.0.0.1, for a child's listener
+/// whose address the test must know in advance.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port()
+}
+
+/// `GET path` over a fresh connection with `Connection: close`: the whole
+/// answer (status line, headers, body), or None when connecting, writing or
+/// reading fails, a read waiting longer than `wait` (None: no limit) included.
+pub fn http_get(
+    addr: impl std::net::ToSocketAddrs,
+    path: &str,
+    wait: Option<std::time::Duration>,
+) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(wait).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// An HTTP request as a test receiver read it.
+#[derive(Debug, Default, Clone)]
+pub struct Request {
+    /// Header names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request (head, then `Content-Length` bytes of body) from `s`,
+/// as far as it goes: a receiver must read the whole request before it
+/// answers, since closing a socket with unread bytes sends a reset, which can
+/// discard the answer before the client reads it.
+pub fn read_request(s: &mut std::net::TcpStream) -> Request {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    let headers: Vec<(String, String)> = String::from_utf8_lossy(&head)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut req = Request {
+        headers,
+        body: Vec::new(),
+    };
+    let length = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = s.read_exact(&mut body);
+    req.body = body;
+    req
+}
+
+/// Writes `toml` as `dir/site.toml` and loads it against the embedded maps.
+pub fn load_site(lib: &ModelLibrary, dir: &std::path::Path, toml: &str) -> Site {
+    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+    let path = dir.join("site.toml");
+    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
+    config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Held by each test of a binary whose tests time real seconds (processes at
+/// ×900, timers, ramps): they run one at a time, each with the machine to
+/// itself, rather than side by side on libtest's threads.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+/// [`serial`] for a test without a runtime.
+pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Locks `m`, whether or not a thread panicked while holding it: a register
+/// bank stays readable after a failed assertion elsewhere.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A register encoding that must succeed.
+pub fn ok<T>(r: Result<T, ped::registers::RegisterError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The head of a test site's config: `[site]` at Dijon's coordinates, polling
+/// every 100 ms with a 300 ms timeout, writes allowed. The test adds its
+/// `[plan]`, devices and participants after it.
+pub fn site_head(id: &str, name: &str) -> String {
+    format!(
+        r#"[site]
+id = "{id}"
+name = "{name}"
+latitude = 47.32
+longitude = 5.0
+
+[polling]
+interval_ms = 100
+timeout_ms = 300
+
+[control]
+writes_allowed = true
+"#
+    )
 }

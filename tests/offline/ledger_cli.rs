@@ -1,11 +1,9 @@
 //! `ped audit verify` as an operator runs it: exit 0 on an intact ledger,
 //! exit 1 naming the first broken link after a row is edited with plain SQL.
 
+use crate::common;
 use chrono::{DateTime, Utc};
 use ped::ledger::{ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, Owner, Quality};
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ped");
 
 fn period(start: DateTime<Utc>) -> ClosedPeriod {
     ClosedPeriod {
@@ -32,7 +30,7 @@ fn period(start: DateTime<Utc>) -> ClosedPeriod {
 }
 
 fn verify(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(BIN)
+    let out = common::ped()
         .args(["audit", "verify", "--ledger"])
         .arg(path)
         .env("RUST_BACKTRACE", "0")

@@ -11,23 +11,15 @@ use ped::dso::enedis;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to ped's HTTP server");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = common::http_get(addr, path, Some(Duration::from_secs(5)))
+        .unwrap_or_else(|| panic!("GET {path} from ped's HTTP server failed"));
     let code = out
         .split_whitespace()
         .nth(1)
@@ -45,6 +37,7 @@ fn metric_value(text: &str, name: &str, label: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_district_end_to_end() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap());
     let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");

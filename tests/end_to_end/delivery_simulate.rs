@@ -1,20 +1,18 @@
 //! `ped simulate` delivers through the site's `[delivery]` section as `ped
-//! run` does (`tests/delivery_daemon.rs` covers the run path over HTTP): a
+//! run` does (`delivery_daemon` covers the run path over HTTP): a
 //! simulated hour around local midnight completes a day, whose validated key
 //! files go through the outbox into the section's spool folder.
 
+use crate::common;
 use ped::ledger::{outbox, Ledger};
-use std::path::PathBuf;
-use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ped");
 
 #[test]
 fn ped_simulate_delivers_per_the_site_delivery_section() {
+    let _serial = common::serial_blocking();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let spool = dir.join("spool");
-    let site = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
+    let site = common::repo_path("site-configs/fontaine-douche.toml");
     let text = std::fs::read_to_string(&site).unwrap()
         + &format!(
             "\n[delivery]\nkind = \"folder\"\ndir = \"{}\"\nbackoff_base_s = 60\nbackoff_cap_s = 600\n",
@@ -23,7 +21,7 @@ fn ped_simulate_delivers_per_the_site_delivery_section() {
     std::fs::write(dir.join("site.toml"), text).unwrap();
     // Two simulated hours at ×900 (8 s): the day of 21 June closes at
     // midnight and the outbox has an hour of simulated time to deliver it.
-    let out = Command::new(BIN)
+    let out = common::ped()
         .current_dir(&dir)
         .args(["simulate", "--site", "site.toml", "--ephemeral-ports"])
         .args(["--listen", "127.0.0.1:0", "--out", "out"])

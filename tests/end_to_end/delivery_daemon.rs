@@ -6,27 +6,17 @@
 //! reaches the server with an `Idempotency-Key`, is accepted exactly once,
 //! and `ped_deliveries_total` counts the failures and the successes.
 
+use crate::common;
 use ped::ledger::{outbox, Ledger};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ped");
 const START: &str = "2025-06-21T22:30:00+02:00";
 const SPEED: &str = "900";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// (idempotency key, file name, status answered; None = dropped)
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>, Option<u16>)>>>;
@@ -48,34 +38,14 @@ fn server(stop: Arc<AtomicBool>) -> (String, Seen) {
                     continue;
                 }
             };
+            let mut stream = stream;
             stream.set_nonblocking(false).unwrap();
             stream
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
-            let mut r = BufReader::new(stream);
-            let (mut key, mut name, mut len) = (None, None, 0usize);
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':') {
-                    let v = v.trim().to_string();
-                    match k.to_ascii_lowercase().as_str() {
-                        "content-length" => len = v.parse().unwrap_or(0),
-                        "idempotency-key" => key = Some(v),
-                        "content-disposition" => name = Some(v),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let mut stream = r.into_inner();
+            let req = common::read_request(&mut stream);
+            let key = req.header("idempotency-key").map(String::from);
+            let name = req.header("content-disposition").map(String::from);
             let reply = match n {
                 0 | 2 => Some(503),
                 1 => None,
@@ -95,16 +65,7 @@ fn server(stop: Arc<AtomicBool>) -> (String, Seen) {
 }
 
 fn metrics(port: u16) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    common::http_get(("127.0.0.1", port), "/metrics", None).unwrap_or_default()
 }
 
 fn counter(text: &str, result: &str) -> f64 {
@@ -120,44 +81,12 @@ fn counter(text: &str, result: &str) -> f64 {
 
 #[test]
 fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
+    let _serial = common::serial_blocking();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let origin = format!(
-        "{:.6}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
-    let site = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let _devices = Kill(
-        Command::new(BIN)
-            .current_dir(&dir)
-            .args(["simulate", "--devices-only", "--ephemeral-ports", "--site"])
-            .arg(&site)
-            .args([
-                "--speed",
-                SPEED,
-                "--start",
-                START,
-                "--clock-origin",
-                &origin,
-            ])
-            .args(["--write-site", "site.toml"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("devices.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let t0 = Instant::now();
-    while !dir.join("site.toml").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "devices did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    let origin = common::clock_origin();
+    let site = common::repo_path("site-configs/fontaine-douche.toml");
+    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     let stop = Arc::new(AtomicBool::new(false));
     let (url, seen) = server(stop.clone());
     std::fs::write(dir.join("token"), "test-token\n").unwrap();
@@ -174,7 +103,7 @@ fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
             "\n[delivery]\nkind = \"https\"\nurl = \"{url}\"\ntoken_file = \"token\"\ntimeout_s = 2\nbackoff_base_s = 60\nbackoff_cap_s = 600\n"
         );
     std::fs::write(dir.join("site.toml"), text).unwrap();
-    let check = Command::new(BIN)
+    let check = common::ped()
         .current_dir(&dir)
         .args(["check", "--site", "site.toml"])
         .output()
@@ -185,30 +114,15 @@ fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
         String::from_utf8_lossy(&check.stdout)
     );
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _daemon = Kill(
-        Command::new(BIN)
-            .current_dir(&dir)
-            .args(["run", "--site", "site.toml", "--out", "out"])
+    let port = common::free_port();
+    let _daemon = common::spawn(
+        common::ped()
+            .args(common::run_args(&origin, START, SPEED))
             .args(["--ledger", "ledger.sqlite", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "--clock-origin",
-                &origin,
-                "--start",
-                START,
-                "--speed",
-                SPEED,
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
-            .spawn()
-            .unwrap(),
+            .env("RUST_LOG", "info"),
+        &dir,
+        "run.log",
     );
     let ledger = dir.join("ledger.sqlite");
     let t = Instant::now();

@@ -17,17 +17,15 @@
 //! polled again once it is back, and the period records hold no wrong number
 //! (a missing or reset counter flags the period and its energy is left out).
 
+use crate::common::{self, lock, ok};
 use ped::clock::Clock;
-use ped::config;
 use ped::daemon::{Daemon, Options};
 use ped::modbus::server::{serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
 use ped::registers::{ModelLibrary, RegisterMap, Table};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-mod common;
 
 const INTERVAL_MS: u64 = 100;
 /// A quarter-hour per real second when the machine keeps up.
@@ -38,14 +36,6 @@ const TICK: Duration = Duration::from_millis(10);
 const LEAD_S: i64 = 45;
 const METER_KW: f64 = 10.0;
 const PV_KW: f64 = 30.0;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ok<T>(r: Result<T, ped::registers::RegisterError>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A SunSpec device image at 40000: marker, model 1, `model`, end marker.
 /// Returns the bank and the address of `model`'s ID register.
@@ -168,6 +158,7 @@ fn metric(text: &str, name: &str, device: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_devices_degrade_alone_and_recover() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
 
     // Devices: (id, role). Gateway G carries a healthy meter and a dead unit.
@@ -259,10 +250,7 @@ kwp = 100.0
         ));
     }
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
 
     let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
         .unwrap_or_else(|e| panic!("{e}"))

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 fn reads(d: &Daemon) -> BTreeMap<String, u64> {
     d.shared
@@ -76,6 +76,7 @@ fn stored(path: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_ledger_writer_does_not_slow_polling_or_control() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
     let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");

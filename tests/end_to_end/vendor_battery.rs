@@ -3,11 +3,11 @@
 //! and controlled through the generic battery binding, over real Modbus TCP.
 //! No Rust code knows this map.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ped::config;
+use crate::common;
 use ped::devices::{self, Command};
 use ped::modbus::server::{serve, Bank, SharedBank};
 use ped::modbus::ModbusClient;
@@ -18,6 +18,7 @@ const UNIT: u8 = 3;
 
 #[tokio::test]
 async fn vendor_battery_map_is_read_and_controlled_without_code() {
+    let _serial = common::serial().await;
     let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
     let map = lib
         .get("vendor/sma_battery")
@@ -61,10 +62,10 @@ async fn vendor_battery_map_is_read_and_controlled_without_code() {
 
     // The site config names the map; `ped check`'s validation accepts it.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let site = common::load_site(
+        &lib,
+        dir.path(),
+        &format!(
             r#"
 [site]
 id = "vendor-battery"
@@ -104,10 +105,7 @@ prm = "99990000000009"
 meter = "BAT"
 "#
         ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    );
     let dev = &site.config.devices[0];
     assert_eq!(dev.id, "BAT");
 

@@ -1,11 +1,7 @@
 //! `ped plan`: a dumped instance replays to the same figures, and the fast
 //! allocation solver agrees with the LP oracle on it.
 
-use std::process::Command;
-
-fn ped() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ped"))
-}
+use crate::common::ped;
 
 #[test]
 fn dump_then_replay_an_allocation_and_a_plan() {

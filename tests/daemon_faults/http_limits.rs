@@ -5,13 +5,12 @@
 //! open, periods keep closing into `periods.jsonl`; `/health` waits rather
 //! than failing, and answers once the idle connections go.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use crate::common;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ped");
 const START: &str = "2025-06-21T10:00:00+02:00";
 const SPEED: &str = "900";
 /// File descriptors ped may open: enough for its devices, ledger and files,
@@ -22,25 +21,8 @@ const NOFILE: usize = 160;
 const IDLE: usize = 130;
 const SLOTS: usize = 8;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn health(port: u16, wait: Duration) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(wait)).ok()?;
-    write!(
-        s,
-        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+    common::http_get(("127.0.0.1", port), "/health", Some(wait))
 }
 
 fn lines(path: &Path) -> usize {
@@ -51,44 +33,12 @@ fn lines(path: &Path) -> usize {
 
 #[test]
 fn idle_connections_beyond_the_limit_starve_neither_files_nor_health() {
+    let _serial = common::serial_blocking();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let origin = format!(
-        "{:.6}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    );
-    let site = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let _devices = Kill(
-        Command::new(BIN)
-            .current_dir(&dir)
-            .args(["simulate", "--devices-only", "--ephemeral-ports", "--site"])
-            .arg(&site)
-            .args([
-                "--speed",
-                SPEED,
-                "--start",
-                START,
-                "--clock-origin",
-                &origin,
-            ])
-            .args(["--write-site", "site.toml"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("devices.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let t0 = Instant::now();
-    while !dir.join("site.toml").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "devices did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    let origin = common::clock_origin();
+    let site = common::repo_path("site-configs/fontaine-douche.toml");
+    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     let text = std::fs::read_to_string(dir.join("site.toml")).unwrap();
     // The written site carries every [http] key: lower two of them.
     let text: String = text
@@ -103,31 +53,17 @@ fn idle_connections_beyond_the_limit_starve_neither_files_nor_health() {
     assert!(text.contains("max_connections = 8"), "{text}");
     std::fs::write(dir.join("site.toml"), text).unwrap();
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let daemon = Kill(
+    let port = common::free_port();
+    let daemon = common::spawn(
         Command::new("sh")
-            .current_dir(&dir)
             .arg("-c")
             .arg(format!("ulimit -n {NOFILE} && exec \"$0\" \"$@\""))
-            .arg(BIN)
-            .args(["run", "--site", "site.toml", "--out", "out", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "--clock-origin",
-                &origin,
-                "--start",
-                START,
-                "--speed",
-                SPEED,
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
-            .spawn()
-            .unwrap(),
+            .arg(common::BIN)
+            .args(common::run_args(&origin, START, SPEED))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}")),
+        &dir,
+        "run.log",
     );
     let log = || std::fs::read_to_string(dir.join("run.log")).unwrap_or_default();
     let periods = dir.join("out/ledger/periods.jsonl");

@@ -5,12 +5,11 @@
 //! to its own behaviour after that many seconds, not after the simulator's
 //! 15 s default.
 
+use crate::common;
 use ped::clock::Clock;
-use ped::config;
 use ped::daemon::{Daemon, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,23 +17,11 @@ const TIMER_S: f64 = 2.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
     let toml = format!(
         r#"
-[site]
-id = "revert"
-name = "revert timer"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 
@@ -75,12 +62,11 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("revert", "revert timer")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
     // An evening: the battery (a participant) discharges into the
     // household's load the PV no longer covers, so ped has it under control.
     // (At a sunny noon a participant battery has nothing to do: it earns the

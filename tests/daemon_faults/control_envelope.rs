@@ -5,12 +5,12 @@
 //! configured bounds and ramp, count a device that ignores writes as read-back
 //! mismatches, and hand the battery back to its own control on stop.
 
+use crate::common::{self, lock, ok};
 use ped::clock::Clock;
-use ped::config;
 use ped::daemon::{Daemon, Options};
 use ped::modbus::server::{serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
 use ped::registers::{ModelLibrary, RegisterMap, Table};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -18,14 +18,6 @@ use tokio::net::TcpListener;
 const RAMP_KW_PER_S: f64 = 1.0;
 const MAX_KW: f64 = 3.0;
 const MIN_KW: f64 = -2.0;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ok<T>(r: Result<T, ped::registers::RegisterError>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn sunspec(lib: &ModelLibrary, model: u16, fill: impl Fn(&RegisterMap, &mut [u16])) -> Bank {
     let common = lib.sunspec(1).unwrap_or_else(|| panic!("1"));
@@ -80,6 +72,7 @@ fn i32_at(bank: &SharedBank, addr: u16) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
+    let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
 
     // PV: 40 kW, counter running; consumer meter: 5 kW. A big surplus to store.
@@ -127,19 +120,7 @@ async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
 
     let toml = format!(
         r#"
-[site]
-id = "control"
-name = "control envelope"
-latitude = 47.32
-longitude = 5.0
-
-[polling]
-interval_ms = 100
-timeout_ms = 300
-
-[control]
-writes_allowed = true
-
+{head}
 [plan]
 budget_ms = 10000
 
@@ -186,13 +167,11 @@ id = "BAT-P"
 kind = "battery"
 prm = "99990000000002"
 meter = "BAT"
-"#
+"#,
+        head = common::site_head("control", "control envelope")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
     let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T12:00:00+02:00")
         .unwrap_or_else(|e| panic!("{e}"))
         .with_timezone(&chrono::Utc);

@@ -13,23 +13,14 @@
 //! `cargo test` runs 3 kills; `scripts/crash-matrix.sh` runs 20 or more
 //! (`PED_CRASH_RUNS`, `PED_CRASH_SEED`).
 
+use crate::common::{self, Kill};
 use ped::ledger::{outbox, Ledger, Owner};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ped");
 const START: &str = "2025-06-21T22:30:00+02:00";
 const SPEED: &str = "900";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A small seeded generator: the kill moments must be reproducible from the seed.
 struct Lcg(u64);
@@ -44,34 +35,14 @@ impl Lcg {
 }
 
 fn daemon(dir: &Path, origin: &str, log: &str) -> Kill {
-    let log = std::fs::File::create(dir.join(log)).expect("daemon log");
-    Kill(
-        Command::new(BIN)
-            .current_dir(dir)
-            .args([
-                "run",
-                "--site",
-                "site.toml",
-                "--out",
-                "out",
-                "--ledger",
-                "ledger.sqlite",
-                "--listen",
-                "127.0.0.1:0",
-                "--deliver-dir",
-                "spool",
-                "--clock-origin",
-                origin,
-                "--start",
-                START,
-                "--speed",
-                SPEED,
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ped run"),
+    common::spawn(
+        common::ped()
+            .args(common::run_args(origin, START, SPEED))
+            .args(["--ledger", "ledger.sqlite", "--listen", "127.0.0.1:0"])
+            .args(["--deliver-dir", "spool"])
+            .env("RUST_LOG", "info"),
+        dir,
+        log,
     )
 }
 
@@ -90,44 +61,9 @@ fn read_periods(path: &Path) -> BTreeMap<i64, String> {
 fn run_matrix(runs: usize, seed: u64) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
-    let origin = format!(
-        "{:.6}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_secs_f64()
-    );
-    let site = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let dev_log = std::fs::File::create(dir.join("devices.log")).expect("log");
-    let _devices = Kill(
-        Command::new(BIN)
-            .current_dir(&dir)
-            .args(["simulate", "--devices-only", "--ephemeral-ports", "--site"])
-            .arg(&site)
-            .args([
-                "--speed",
-                SPEED,
-                "--start",
-                START,
-                "--clock-origin",
-                &origin,
-                "--write-site",
-                "site.toml",
-            ])
-            .stdout(Stdio::null())
-            .stderr(dev_log)
-            .spawn()
-            .expect("spawn devices"),
-    );
-    let t0 = Instant::now();
-    while !dir.join("site.toml").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "devices did not start: {}",
-            std::fs::read_to_string(dir.join("devices.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let origin = common::clock_origin();
+    let site = common::repo_path("site-configs/fontaine-douche.toml");
+    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     // Shorter timeouts: the close grace (3 polls + 2 timeouts) stays well under a period.
     let text = std::fs::read_to_string(dir.join("site.toml")).expect("site.toml");
     std::fs::write(
@@ -228,7 +164,7 @@ fn run_matrix(runs: usize, seed: u64) {
     }
     assert!(checked > 0, "no producer energy checked");
 
-    let verify = Command::new(BIN)
+    let verify = common::ped()
         .args(["audit", "verify", "--ledger"])
         .arg(&ledger)
         .output()
@@ -289,6 +225,7 @@ fn run_matrix(runs: usize, seed: u64) {
 
 #[test]
 fn kill9_at_seeded_moments_loses_and_repeats_nothing() {
+    let _serial = common::serial_blocking();
     let runs = std::env::var("PED_CRASH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
