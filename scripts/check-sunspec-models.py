@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The models ped ships (issue 3): every one must be present and match.
+# The models ped ships: every one must be present and match.
 REQUIRED = {1, 101, 102, 103, 111, 112, 113, 120, 121, 122, 123, 124, 160,
             201, 202, 203, 204, 701, 702, 703, 704, 705, 713, 714, 802}
 

@@ -57,7 +57,7 @@ pub struct Metrics {
     // Keys.
     pub key_files: IntCounterVec,
     pub key_sum_max_ratio: Gauge,
-    // Issue 6: what the dashboards and alerts need beyond the skeleton.
+    // What the dashboards and alerts read.
     pub plan_next_setpoint: GaugeVec,
     pub key_files_validated: IntCounterVec,
     pub key_files_last_written: Gauge,
@@ -70,27 +70,27 @@ pub struct Metrics {
     pub device_releases: IntCounterVec,
     pub device_consecutive_failures: IntGaugeVec,
     pub device_poll_reads: IntCounterVec,
-    // Ledger and outbox (issue 7).
+    // Ledger and outbox.
     pub ledger_write_errors: IntCounter,
     pub ledger_pending_periods: Gauge,
     pub outbox_files: IntGaugeVec,
     pub deliveries: IntCounterVec,
-    // Plan fallback ladder (issue 4).
+    // Plan fallback ladder.
     pub plan_fallback_level: Gauge,
     pub plan_soft_violations: Gauge,
     // Reconciliation with the DSO's settlement.
     pub reconciliation_difference: GaugeVec,
-    // Plan re-solves by trigger (issue 4).
+    // Plan re-solves by trigger.
     pub plan_resolves: IntCounterVec,
-    // Hand-off and gaps (issue 7, session 3).
+    // Hand-off between periods and gaps in the counters.
     pub handoff_samples_dropped: IntCounter,
     pub periods_estimated: IntCounter,
-    // Plan allocation per participant, devices included (issue 4).
+    // Plan allocation per participant, devices included.
     pub plan_allocation: GaugeVec,
     // Export prices over time (`[plan] export_prices_file`).
     pub export_price: Gauge,
     pub export_prices_errors: IntCounter,
-    // Plan tracking between re-solves (issue 4).
+    // Plan tracking between re-solves.
     pub tracking_watts: GaugeVec,
     pub tracking_skipped: IntCounterVec,
     // Supervision of the daemon's tasks.

@@ -356,7 +356,7 @@ impl crate::http::Backend for Shared {
     }
 }
 
-/// Where the ledger lives and where the outbox delivers (issue 7).
+/// Where the ledger lives and where the outbox delivers.
 #[derive(Clone, Default)]
 pub struct LedgerOptions {
     /// Overrides `ledger.path` (default `<output_dir>/ledger/ped.sqlite`).
@@ -367,7 +367,7 @@ pub struct LedgerOptions {
     pub backoff: Option<crate::ledger::outbox::Backoff>,
     /// Test-only knob: while it is set, the ledger writer commits nothing,
     /// standing in for a disk that hangs. Polling, control and the closing of
-    /// periods must not notice (`tests/slow_writer.rs`).
+    /// periods must not notice (`tests/daemon_faults/slow_writer.rs`).
     pub writer_hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
