@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod devices;
 pub mod dso;
+pub mod events;
 pub mod forecast;
 pub mod http;
 pub mod ids;

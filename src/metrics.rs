@@ -308,8 +308,8 @@ impl Metrics {
         controlled: impl IntoIterator<Item = &'a str>,
         delivery_channel: Option<&str>,
     ) {
-        for reason in ["step", "forecast_miss"] {
-            self.plan_resolves.with_label_values(&[reason]);
+        for trigger in Resolve::ALL {
+            self.plan_resolves.with_label_values(&[trigger.as_str()]);
         }
         for reason in TRACKING_SKIP_REASONS {
             self.tracking_skipped.with_label_values(&[reason]);
@@ -330,23 +330,108 @@ impl Metrics {
             for limit in ["bound", "ramp"] {
                 self.setpoint_clamped.with_label_values(&[d, limit]);
             }
-            for reason in RELEASE_REASONS {
-                self.device_releases.with_label_values(&[d, reason]);
+            for reason in ReleaseReason::ALL {
+                self.device_releases
+                    .with_label_values(&[d, reason.as_str()]);
             }
         }
     }
 }
 
-/// Why a controlled device is handed back to its own safe mode
-/// (`ped_device_releases_total`).
-pub const RELEASE_REASONS: [&str; 6] = [
-    "stop",
-    "plan_loss",
-    "contact_lost",
-    "task_failure",
-    "readback_mismatch",
-    "no_safe_range",
-];
+/// Why a controlled device was handed back to its own control
+/// (`ped_device_releases_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// ped was asked to stop.
+    Stop,
+    /// A daemon task failed; supervision releases every device.
+    TaskFailure,
+    /// No fresh plan for longer than the site allows.
+    PlanLoss,
+    /// The device stopped answering; its own watchdog has reverted it.
+    ContactLost,
+    /// The device does not take ped's setpoints (read-back differs).
+    ReadbackMismatch,
+    /// The configured setpoint range and the device's ratings do not overlap.
+    NoSafeRange,
+}
+
+impl ReleaseReason {
+    pub const ALL: [ReleaseReason; 6] = [
+        ReleaseReason::Stop,
+        ReleaseReason::TaskFailure,
+        ReleaseReason::PlanLoss,
+        ReleaseReason::ContactLost,
+        ReleaseReason::ReadbackMismatch,
+        ReleaseReason::NoSafeRange,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Stop => "stop",
+            ReleaseReason::TaskFailure => "task_failure",
+            ReleaseReason::PlanLoss => "plan_loss",
+            ReleaseReason::ContactLost => "contact_lost",
+            ReleaseReason::ReadbackMismatch => "readback_mismatch",
+            ReleaseReason::NoSafeRange => "no_safe_range",
+        }
+    }
+}
+
+/// How a setpoint write ended (`ped_setpoint_writes_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written and read back as written.
+    Ok,
+    /// Written, but the device reads back something else.
+    ReadbackMismatch,
+    /// The site is read-only: logged, not written.
+    DryRun,
+    /// The write itself failed.
+    Error,
+    /// The safety envelope refused the command.
+    Refused,
+}
+
+impl WriteResult {
+    pub const ALL: [WriteResult; 5] = [
+        WriteResult::Ok,
+        WriteResult::ReadbackMismatch,
+        WriteResult::DryRun,
+        WriteResult::Error,
+        WriteResult::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteResult::Ok => "ok",
+            WriteResult::ReadbackMismatch => "readback_mismatch",
+            WriteResult::DryRun => "dry_run",
+            WriteResult::Error => "error",
+            WriteResult::Refused => "refused",
+        }
+    }
+}
+
+/// What made the planner solve again (`ped_plan_resolves_total{trigger}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// The next plan step began.
+    Step,
+    /// Measured PV left the forecast behind.
+    ForecastMiss,
+}
+
+impl Resolve {
+    pub const ALL: [Resolve; 2] = [Resolve::Step, Resolve::ForecastMiss];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolve::Step => "step",
+            Resolve::ForecastMiss => "forecast_miss",
+        }
+    }
+}
 
 /// The daemon's supervised tasks (`ped_task_failures_total`).
 pub const TASKS: [&str; 6] = [

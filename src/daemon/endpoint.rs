@@ -14,6 +14,7 @@
 use super::{handoff::Handoff, Shared, Snapshot};
 use crate::config::{DeviceConfig, DeviceKind, Transport};
 use crate::devices::{self, Command, PollPlan};
+use crate::events::{self, ReleaseReason};
 use crate::modbus::{sunspec, Framing, Link, ModbusClient, ModbusError, SerialLine};
 use crate::registers::ModelLibrary;
 use std::collections::BTreeMap;
@@ -111,14 +112,20 @@ fn later(at: Instant, by: Duration) -> Instant {
         .unwrap_or(at)
 }
 
-/// A failed poll degrades its device: metrics, and the aggregator is told.
-async fn report_down(task: &EndpointTask, d: &DeviceConfig, e: &ModbusError) {
-    let m = &task.shared.metrics;
-    m.device_errors.with_label_values(&[&d.id, e.kind()]).inc();
-    m.device_up
-        .with_label_values(&[&d.id, d.kind.as_str()])
-        .set(0);
-    task.events.down(&d.id, e.kind());
+/// A failed poll degrades its device only: its metrics, and the aggregator
+/// is told.
+fn report_down(task: &EndpointTask, d: &DevState, e: &ModbusError, backoff: Duration) {
+    events::emit(
+        &task.shared.metrics,
+        events::PollFailed {
+            device: &d.cfg.id,
+            kind: d.cfg.kind.as_str(),
+            error: e,
+            failures: d.failures,
+            backoff,
+        },
+    );
+    task.events.down(&d.cfg.id, e.kind());
 }
 
 fn controlled(d: &DeviceConfig) -> bool {
@@ -182,13 +189,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                 tracing::warn!(endpoint = %task.addr, error = %e, backoff_ms = backoff.as_millis() as u64, "endpoint unreachable");
                 for d in devs.iter_mut() {
                     d.failures += 1;
-                    report_down(&task, &d.cfg, &e).await;
-                    m.device_backoff_seconds
-                        .with_label_values(&[&d.cfg.id])
-                        .set(backoff.as_secs_f64());
-                    m.device_consecutive_failures
-                        .with_label_values(&[&d.cfg.id])
-                        .set(i64::from(d.failures));
+                    report_down(&task, d, &e, backoff);
                     note_contact(&task, d);
                 }
                 tokio::select! {
@@ -208,7 +209,7 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => {
-                    let reason = if task.failing.load(Ordering::SeqCst) { "task_failure" } else { "stop" };
+                    let reason = if task.failing.load(Ordering::SeqCst) { ReleaseReason::TaskFailure } else { ReleaseReason::Stop };
                     release_all(&task, &mut client, &mut devs, reason).await;
                     break 'outer;
                 }
@@ -224,14 +225,19 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
             let mut setpoints = setpoints_rx.borrow().clone();
             if !setpoints.is_empty() && task.shared.clock.now() - plan_at > plan_loss {
                 if !plan_lost {
-                    tracing::warn!(endpoint = %task.addr, last_plan = %plan_at, "no fresh plan: releasing controlled devices to their safe mode");
-                    for d in &devs {
-                        if setpoints.contains_key(&d.cfg.id) {
-                            m.device_releases
-                                .with_label_values(&[&d.cfg.id, "plan_loss"])
-                                .inc();
-                        }
-                    }
+                    let released: Vec<&str> = devs
+                        .iter()
+                        .map(|d| d.cfg.id.as_str())
+                        .filter(|id| setpoints.contains_key(*id))
+                        .collect();
+                    events::emit(
+                        m,
+                        events::PlanLost {
+                            endpoint: &task.addr,
+                            last_plan: plan_at,
+                            devices: &released,
+                        },
+                    );
                 }
                 plan_lost = true;
                 for v in setpoints.values_mut() {
@@ -263,25 +269,12 @@ pub async fn run(task: EndpointTask, mut shutdown: watch::Receiver<bool>) {
                             // Late (a slow neighbour, a reconnect): keep the rate, skip the backlog.
                             d.next_due = later(now, d.interval);
                         }
-                        m.device_backoff_seconds
-                            .with_label_values(&[&d.cfg.id])
-                            .set(0.0);
-                        m.device_consecutive_failures
-                            .with_label_values(&[&d.cfg.id])
-                            .set(0);
                     }
                     Err(e) => {
                         d.failures += 1;
                         let wait = d.backoff(max_backoff);
                         d.next_due = later(Instant::now(), wait);
-                        tracing::debug!(device = %d.cfg.id, error = %e, failures = d.failures, backoff_ms = wait.as_millis() as u64, "poll failed");
-                        report_down(&task, &d.cfg, &e).await;
-                        m.device_backoff_seconds
-                            .with_label_values(&[&d.cfg.id])
-                            .set(wait.as_secs_f64());
-                        m.device_consecutive_failures
-                            .with_label_values(&[&d.cfg.id])
-                            .set(i64::from(d.failures));
+                        report_down(&task, d, &e, wait);
                         note_contact(&task, d);
                         // A broken link (the client refuses further requests) is re-opened; an
                         // exception or a decode error degrades this device only.
@@ -341,12 +334,10 @@ async fn link_of(task: &EndpointTask) -> Option<Link> {
 /// its safe mode (full write, ramp from 0) when it answers again.
 fn note_contact(task: &EndpointTask, d: &mut DevState) {
     if d.failures == CONTACT_LOST_AFTER && d.written.is_some() {
-        tracing::warn!(device = %d.cfg.id, "contact lost: the device falls back to its own safe mode");
-        task.shared
-            .metrics
-            .device_releases
-            .with_label_values(&[&d.cfg.id, "contact_lost"])
-            .inc();
+        events::emit(
+            &task.shared.metrics,
+            events::ContactLost { device: &d.cfg.id },
+        );
         d.written = None;
         d.last_kw = None;
     }
@@ -406,16 +397,14 @@ async fn poll_device(
         .map_err(|e| ModbusError::Decode(e.to_string()))?;
     d.last = read;
     let id = d.cfg.id.as_str();
-    m.device_read_seconds
-        .with_label_values(&[id])
-        .observe(started.elapsed().as_secs_f64());
-    m.device_reads.with_label_values(&[id]).inc();
-    m.device_up
-        .with_label_values(&[id, d.cfg.kind.as_str()])
-        .set(1);
-    m.device_last_success
-        .with_label_values(&[id])
-        .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    events::emit(
+        m,
+        events::PollSucceeded {
+            device: id,
+            kind: d.cfg.kind.as_str(),
+            elapsed: started.elapsed(),
+        },
+    );
     if let Some(st) = task.shared.status().devices.get_mut(id) {
         st.polled_ok = Some(Instant::now());
     }
@@ -466,22 +455,33 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
     };
     let Some((lo, hi)) = bounds(&d.cfg) else {
         if d.written.map_or(true, |(prev, _)| prev != cmd) {
-            m.device_releases
-                .with_label_values(&[&d.cfg.id, "no_safe_range"])
-                .inc();
-            tracing::error!(device = %d.cfg.id, asked_kw = kw, setpoint_min_kw = ?d.cfg.setpoint_min_kw, setpoint_max_kw = ?d.cfg.setpoint_max_kw, "no power setpoint is safe: the configured setpoint range and the device's ratings do not overlap; released to its own mode (fix the device's setpoint_min_kw/setpoint_max_kw, `ped check` names them)");
+            events::emit(
+                m,
+                events::NoSafeSetpoint {
+                    device: &d.cfg.id,
+                    asked_kw: kw,
+                    setpoint_min_kw: d.cfg.setpoint_min_kw,
+                    setpoint_max_kw: d.cfg.setpoint_max_kw,
+                },
+            );
         }
         return Command::Release;
     };
     let mut out = kw.clamp(lo, hi);
     if out != kw {
-        m.setpoint_clamped
-            .with_label_values(&[&d.cfg.id, "bound"])
-            .inc();
-        // Logged once per new plan value, not at every refresh of the same one.
-        if d.written.map_or(true, |(prev, _)| prev != cmd) {
-            tracing::info!(device = %d.cfg.id, asked_kw = kw, written_kw = out, min_kw = lo, max_kw = hi, "setpoint clamped to bounds");
-        }
+        events::emit(
+            m,
+            events::SetpointClamped {
+                device: &d.cfg.id,
+                clamp: events::Clamp::Bound {
+                    asked_kw: kw,
+                    written_kw: out,
+                    min_kw: lo,
+                    max_kw: hi,
+                    log: d.written.map_or(true, |(prev, _)| prev != cmd),
+                },
+            },
+        );
     }
     if let Some(rate) = d.cfg.ramp_kw_per_s {
         let (prev, at) = d.last_kw.unwrap_or((0.0, Instant::now()));
@@ -489,10 +489,17 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         let step = rate * at.elapsed().as_secs_f64();
         let ramped = out.clamp(prev - step, prev + step);
         if ramped != out {
-            m.setpoint_clamped
-                .with_label_values(&[&d.cfg.id, "ramp"])
-                .inc();
-            tracing::debug!(device = %d.cfg.id, target_kw = out, written_kw = ramped, ramp_kw_per_s = rate, "setpoint ramp-limited");
+            events::emit(
+                m,
+                events::SetpointClamped {
+                    device: &d.cfg.id,
+                    clamp: events::Clamp::Ramp {
+                        target_kw: out,
+                        written_kw: ramped,
+                        ramp_kw_per_s: rate,
+                    },
+                },
+            );
             out = ramped;
         }
     }
@@ -549,10 +556,13 @@ async fn actuate(
     let mut writes = match devices::command_writes(&d.cfg, &task.lib, &d.last, effective) {
         Ok(w) => w,
         Err(e) => {
-            m.setpoint_writes
-                .with_label_values(&[&d.cfg.id, "refused"])
-                .inc();
-            tracing::warn!(device = %d.cfg.id, error = %e, "setpoint refused by the safety envelope");
+            events::emit(
+                m,
+                events::SetpointRefused {
+                    device: &d.cfg.id,
+                    error: &e,
+                },
+            );
             d.written = Some((cmd, Instant::now()));
             return Ok(());
         }
@@ -569,9 +579,13 @@ async fn actuate(
         for w in &writes {
             tracing::info!(device = %d.cfg.id, point = %w.point, value = w.value, addr = w.addr, "dry run: would write");
         }
-        m.setpoint_writes
-            .with_label_values(&[&d.cfg.id, "dry_run"])
-            .inc();
+        events::emit(
+            m,
+            events::SetpointWritten {
+                device: &d.cfg.id,
+                result: events::WriteResult::DryRun,
+            },
+        );
         d.written = Some((cmd, Instant::now()));
         d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
         return Ok(());
@@ -581,10 +595,14 @@ async fn actuate(
             .write(d.cfg.unit, w.addr, &w.words, write_mode(task, w))
             .await
         {
-            m.setpoint_writes
-                .with_label_values(&[&d.cfg.id, "error"])
-                .inc();
-            tracing::warn!(device = %d.cfg.id, point = %w.point, error = %e, "setpoint write failed");
+            events::emit(
+                m,
+                events::SetpointWriteFailed {
+                    device: &d.cfg.id,
+                    point: &w.point,
+                    error: &e,
+                },
+            );
             return Err(e);
         }
     }
@@ -593,35 +611,38 @@ async fn actuate(
     m.setpoint.with_label_values(&[&d.cfg.id]).set(watts);
     d.written = Some((cmd, Instant::now()));
     d.last_kw = kw_written.map(|kw| (kw, Instant::now()));
+    // A release that does not read back is not repeated: the device's own
+    // revert timer is the last resort then. A setpoint the device did not
+    // take is a failed write, not a success.
+    events::emit(
+        m,
+        events::SetpointWritten {
+            device: &d.cfg.id,
+            result: if differ {
+                events::WriteResult::ReadbackMismatch
+            } else {
+                events::WriteResult::Ok
+            },
+        },
+    );
     if effective == Command::Release {
-        // A release that does not read back is not repeated: the device's own
-        // revert timer is the last resort then.
-        m.setpoint_writes
-            .with_label_values(&[
-                d.cfg.id.as_str(),
-                if differ { "readback_mismatch" } else { "ok" },
-            ])
-            .inc();
         return Ok(());
     }
     if !differ {
         d.mismatches = 0;
-        m.setpoint_writes
-            .with_label_values(&[&d.cfg.id, "ok"])
-            .inc();
         return Ok(());
     }
-    // The device did not take the setpoint: a failed write, not a success.
     d.mismatches += 1;
-    m.setpoint_writes
-        .with_label_values(&[&d.cfg.id, "readback_mismatch"])
-        .inc();
     if d.mismatches >= MISMATCHES_BEFORE_RELEASE {
-        tracing::warn!(device = %d.cfg.id, writes = d.mismatches, retry_s = d.refresh().as_secs_f64() / 2.0, "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
+        events::emit(
+            m,
+            events::SetpointsNotTaken {
+                device: &d.cfg.id,
+                writes: d.mismatches,
+                retry: d.refresh() / 2,
+            },
+        );
         d.held_until = Some(later(Instant::now(), d.refresh() / 2));
-        m.device_releases
-            .with_label_values(&[&d.cfg.id, "readback_mismatch"])
-            .inc();
         d.written = None;
         let release = devices::command_writes(&d.cfg, &task.lib, &d.last, Command::Release);
         match release {
@@ -670,21 +691,28 @@ async fn read_back(
             Ok(true) => {}
             Ok(false) => {
                 differ = true;
-                task.shared
-                    .metrics
-                    .setpoint_readback_mismatch
-                    .with_label_values(&[&d.cfg.id])
-                    .inc();
-                tracing::warn!(device = %d.cfg.id, point = %w.point, written = ?w.words, read_back = ?back, "setpoint read-back differs from what was written");
+                events::emit(
+                    &task.shared.metrics,
+                    events::ReadbackDiffers {
+                        device: &d.cfg.id,
+                        point: &w.point,
+                        read_back: events::ReadBack::Differs {
+                            written: &w.words,
+                            read: &back,
+                        },
+                    },
+                );
             }
             Err(e) => {
                 differ = true;
-                task.shared
-                    .metrics
-                    .setpoint_readback_mismatch
-                    .with_label_values(&[&d.cfg.id])
-                    .inc();
-                tracing::warn!(device = %d.cfg.id, point = %w.point, error = %e, "setpoint read-back cannot be decoded");
+                events::emit(
+                    &task.shared.metrics,
+                    events::ReadbackDiffers {
+                        device: &d.cfg.id,
+                        point: &w.point,
+                        read_back: events::ReadBack::Undecodable(&e),
+                    },
+                );
             }
         }
     }
@@ -726,7 +754,7 @@ pub async fn release_orphans(task: EndpointTask) {
             tracing::error!(device = %d.cfg.id, error = %e, "cannot read the device to release it; it falls back by its own revert timer");
             continue;
         }
-        release_one(&task, &mut client, d, "task_failure").await;
+        release_one(&task, &mut client, d, ReleaseReason::TaskFailure).await;
     }
 }
 
@@ -735,7 +763,7 @@ async fn release_all(
     task: &EndpointTask,
     client: &mut ModbusClient,
     devs: &mut [DevState],
-    reason: &str,
+    reason: ReleaseReason,
 ) {
     for d in devs.iter_mut() {
         if d.written.is_some() && controlled(&d.cfg) {
@@ -748,18 +776,19 @@ async fn release_one(
     task: &EndpointTask,
     client: &mut ModbusClient,
     d: &mut DevState,
-    reason: &str,
+    reason: ReleaseReason,
 ) {
     d.written = None;
     if let Err(e) = actuate(task, client, d, Command::Release).await {
-        tracing::warn!(device = %d.cfg.id, error = %e, reason, "could not release the device");
+        tracing::warn!(device = %d.cfg.id, error = %e, reason = reason.as_str(), "could not release the device");
     } else {
-        task.shared
-            .metrics
-            .device_releases
-            .with_label_values(&[&d.cfg.id, reason])
-            .inc();
-        tracing::info!(device = %d.cfg.id, reason, "released to its own control");
+        events::emit(
+            &task.shared.metrics,
+            events::Released {
+                device: &d.cfg.id,
+                reason,
+            },
+        );
     }
 }
 

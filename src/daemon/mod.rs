@@ -801,12 +801,14 @@ impl Daemon {
             Stage::Endpoint { addr, .. } => format!("endpoint {addr}"),
             Stage::Other(name) => (*name).to_string(),
         };
-        self.shared
-            .metrics
-            .task_failures
-            .with_label_values(&[task])
-            .inc();
-        tracing::error!(task = %what, why = %f.why, "a daemon task stopped: releasing every controlled device, then ped stops with an error so that its service manager restarts it");
+        crate::events::emit(
+            &self.shared.metrics,
+            crate::events::TaskFailed {
+                task,
+                what: &what,
+                why: &f.why,
+            },
+        );
         self.failing.store(true, Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         if let Stage::Endpoint { addr, devices } = f.stage {

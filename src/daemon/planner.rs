@@ -9,6 +9,7 @@
 use super::{PeriodRecord, PlanView, Shared};
 use crate::config::{DeviceKind, ParticipantKind};
 use crate::devices::Command;
+use crate::events::{self, Resolve};
 use crate::forecast::{self, SeriesHistory};
 use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput};
 use std::collections::{BTreeMap, HashMap};
@@ -49,9 +50,12 @@ pub async fn run(
     }
     // The step whose plan was already re-solved after a forecast miss.
     let mut missed_start = None;
-    for reason in ["step", "forecast_miss"] {
+    for trigger in Resolve::ALL {
         // Exported at 0 from the start, so a rate over it is defined.
-        shared.metrics.plan_resolves.with_label_values(&[reason]);
+        shared
+            .metrics
+            .plan_resolves
+            .with_label_values(&[trigger.as_str()]);
     }
     loop {
         while let Ok(rec) = periods.try_recv() {
@@ -126,7 +130,7 @@ pub async fn run(
         let reason = loop {
             let now = clock.now();
             if now >= next {
-                break "step";
+                break Resolve::Step;
             }
             let mut wake = miss_due.min(next);
             if tracking_on {
@@ -162,15 +166,11 @@ pub async fn run(
                         "plan: PV forecast miss, re-solving before the next step"
                     );
                     missed_start = Some(start);
-                    break "forecast_miss";
+                    break Resolve::ForecastMiss;
                 }
             }
         };
-        shared
-            .metrics
-            .plan_resolves
-            .with_label_values(&[reason])
-            .inc();
+        events::emit(&shared.metrics, events::PlanResolved { trigger: reason });
     }
 }
 
@@ -517,11 +517,15 @@ fn track_tick(
             super::tracking::tracked_setpoints(shared, input, p, planned, net)
         }
         Err(skip) => {
-            m.tracking_skipped.with_label_values(&[skip.reason]).inc();
-            if *skipped != Some(skip.reason) {
-                tracing::warn!(reason = skip.reason, device = %skip.device, "plan tracking paused: site surplus not measured, the plan's setpoints stand");
-                *skipped = Some(skip.reason);
-            }
+            events::emit(
+                m,
+                events::TrackingSkipped {
+                    reason: skip.reason,
+                    device: &skip.device,
+                    log: *skipped != Some(skip.reason),
+                },
+            );
+            *skipped = Some(skip.reason);
             let zero = sp_devices(planned).map(|d| (d, 0.0)).collect();
             (planned.clone(), zero)
         }
@@ -569,17 +573,6 @@ fn publish(
     elapsed: f64,
 ) -> BTreeMap<String, Command> {
     let m = &shared.metrics;
-    let status = p.status.label().to_string();
-    m.plan_fallback_level.set(f64::from(p.status.level()));
-    m.plan_soft_violations.set(p.violations.len() as f64);
-    for s in ["optimal", "relaxed", "shifted", "rule_based"] {
-        m.plan_status
-            .with_label_values(&[s])
-            .set(i64::from(s == status));
-    }
-    m.plans.with_label_values(&[&status]).inc();
-    m.plan_solve_seconds.observe(elapsed);
-    m.plan_objective.set(p.objective_eur);
     let mut sp = BTreeMap::new();
     for (b, kw) in input.batteries.iter().zip(&p.battery_kw) {
         let first = kw.first().copied().unwrap_or(0.0);
@@ -590,17 +583,14 @@ fn publish(
         sp.insert(h.id.clone(), Command::PowerToHeat(first));
     }
     sp.extend(curtailment_commands(shared, input, p));
-    for (dev, cmd) in &sp {
-        let kw = match cmd {
-            Command::BatteryPower(kw) | Command::PowerToHeat(kw) => *kw,
-            // A curtailment limit is a percentage, not a power: it has no place in a watts gauge.
-            Command::Release | Command::PvLimitPct(_) => continue,
-        };
-        m.plan_next_setpoint
-            .with_label_values(&[dev])
-            .set(kw * 1000.0);
-    }
-    tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{elapsed:.3}"), setpoints = crate::devices::setpoints_text(&sp), "plan published");
+    events::emit(
+        m,
+        events::PlanPublished {
+            plan: p,
+            solve_s: elapsed,
+            setpoints: &sp,
+        },
+    );
     // A fresh plan's setpoints stand until tracking moves them.
     for dev in sp_devices(&sp) {
         m.tracking_watts.with_label_values(&[&dev]).set(0.0);
@@ -633,7 +623,7 @@ fn publish(
         });
     }
     let view = PlanView {
-        status,
+        status: p.status.label().to_string(),
         computed_at: Some(shared.clock.now()),
         objective_eur: p.objective_eur,
         solve_seconds: elapsed,

@@ -1,0 +1,387 @@
+//! The daemon's internal events: one type per thing an energy manager may
+//! want to see, each writing its log line and its metric together, so that a
+//! metric's name, its label values and the wording of the log line cannot
+//! drift apart from one place in the code to another. Label values come from
+//! enums, never from bare strings at the call site.
+//!
+//! The pattern follows vector's `internal_events`: the code that notices
+//! something builds the event with what it knows and calls [`emit`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::devices::Command;
+use crate::plan::Plan;
+
+use crate::metrics::Metrics;
+pub use crate::metrics::{ReleaseReason, Resolve, WriteResult};
+use crate::modbus::ModbusError;
+
+/// An event that writes its own log line (if any) and metrics.
+pub trait InternalEvent {
+    fn emit(self, m: &Metrics);
+}
+
+/// Emits an event.
+pub fn emit(m: &Metrics, e: impl InternalEvent) {
+    e.emit(m);
+}
+
+// ---------------------------------------------------------------------------
+// Polling.
+
+/// A device answered its whole poll plan and its readings decoded.
+pub struct PollSucceeded<'a> {
+    pub device: &'a str,
+    pub kind: &'a str,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for PollSucceeded<'_> {
+    fn emit(self, m: &Metrics) {
+        m.device_read_seconds
+            .with_label_values(&[self.device])
+            .observe(self.elapsed.as_secs_f64());
+        m.device_reads.with_label_values(&[self.device]).inc();
+        m.device_up
+            .with_label_values(&[self.device, self.kind])
+            .set(1);
+        m.device_last_success
+            .with_label_values(&[self.device])
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        m.device_backoff_seconds
+            .with_label_values(&[self.device])
+            .set(0.0);
+        m.device_consecutive_failures
+            .with_label_values(&[self.device])
+            .set(0);
+    }
+}
+
+/// A device's poll failed (or its endpoint could not be reached); it is
+/// polled again after `backoff`.
+pub struct PollFailed<'a> {
+    pub device: &'a str,
+    pub kind: &'a str,
+    pub error: &'a ModbusError,
+    pub failures: u32,
+    pub backoff: Duration,
+}
+
+impl InternalEvent for PollFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::debug!(device = %self.device, error = %self.error, failures = self.failures, backoff_ms = self.backoff.as_millis() as u64, "poll failed");
+        m.device_errors
+            .with_label_values(&[self.device, self.error.kind()])
+            .inc();
+        m.device_up
+            .with_label_values(&[self.device, self.kind])
+            .set(0);
+        m.device_backoff_seconds
+            .with_label_values(&[self.device])
+            .set(self.backoff.as_secs_f64());
+        m.device_consecutive_failures
+            .with_label_values(&[self.device])
+            .set(i64::from(self.failures));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Control: setpoints and releases.
+
+/// ped released a device on stop or task failure.
+pub struct Released<'a> {
+    pub device: &'a str,
+    pub reason: ReleaseReason,
+}
+
+impl InternalEvent for Released<'_> {
+    fn emit(self, m: &Metrics) {
+        let reason = self.reason.as_str();
+        m.device_releases
+            .with_label_values(&[self.device, reason])
+            .inc();
+        tracing::info!(device = %self.device, reason, "released to its own control");
+    }
+}
+
+/// The plan is older than the site allows: the endpoint's controlled devices
+/// go back to their own safe mode until a fresh plan arrives.
+pub struct PlanLost<'a> {
+    pub endpoint: &'a str,
+    pub last_plan: chrono::DateTime<chrono::Utc>,
+    /// The endpoint's devices that had a setpoint.
+    pub devices: &'a [&'a str],
+}
+
+impl InternalEvent for PlanLost<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(endpoint = %self.endpoint, last_plan = %self.last_plan, "no fresh plan: releasing controlled devices to their safe mode");
+        for d in self.devices {
+            m.device_releases
+                .with_label_values(&[d, ReleaseReason::PlanLoss.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// A controlled device failed enough polls that its own watchdog has
+/// reverted it.
+pub struct ContactLost<'a> {
+    pub device: &'a str,
+}
+
+impl InternalEvent for ContactLost<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(device = %self.device, "contact lost: the device falls back to its own safe mode");
+        m.device_releases
+            .with_label_values(&[self.device, ReleaseReason::ContactLost.as_str()])
+            .inc();
+    }
+}
+
+/// No power setpoint is safe for a device: it is released instead.
+pub struct NoSafeSetpoint<'a> {
+    pub device: &'a str,
+    pub asked_kw: f64,
+    pub setpoint_min_kw: Option<f64>,
+    pub setpoint_max_kw: Option<f64>,
+}
+
+impl InternalEvent for NoSafeSetpoint<'_> {
+    fn emit(self, m: &Metrics) {
+        m.device_releases
+            .with_label_values(&[self.device, ReleaseReason::NoSafeRange.as_str()])
+            .inc();
+        tracing::error!(device = %self.device, asked_kw = self.asked_kw, setpoint_min_kw = ?self.setpoint_min_kw, setpoint_max_kw = ?self.setpoint_max_kw, "no power setpoint is safe: the configured setpoint range and the device's ratings do not overlap; released to its own mode (fix the device's setpoint_min_kw/setpoint_max_kw, `ped check` names them)");
+    }
+}
+
+/// A device read back something else than ped wrote too many times in a
+/// row: released, tried again after `retry`.
+pub struct SetpointsNotTaken<'a> {
+    pub device: &'a str,
+    pub writes: u32,
+    pub retry: Duration,
+}
+
+impl InternalEvent for SetpointsNotTaken<'_> {
+    fn emit(self, m: &Metrics) {
+        tracing::warn!(device = %self.device, writes = self.writes, retry_s = self.retry.as_secs_f64(), "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
+        m.device_releases
+            .with_label_values(&[self.device, ReleaseReason::ReadbackMismatch.as_str()])
+            .inc();
+    }
+}
+
+/// A setpoint was written (or, read-only, would have been) and checked.
+pub struct SetpointWritten<'a> {
+    pub device: &'a str,
+    pub result: WriteResult,
+}
+
+impl InternalEvent for SetpointWritten<'_> {
+    fn emit(self, m: &Metrics) {
+        m.setpoint_writes
+            .with_label_values(&[self.device, self.result.as_str()])
+            .inc();
+    }
+}
+
+/// The safety envelope refused a command for a device.
+pub struct SetpointRefused<'a> {
+    pub device: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for SetpointRefused<'_> {
+    fn emit(self, m: &Metrics) {
+        m.setpoint_writes
+            .with_label_values(&[self.device, WriteResult::Refused.as_str()])
+            .inc();
+        tracing::warn!(device = %self.device, error = %self.error, "setpoint refused by the safety envelope");
+    }
+}
+
+/// Writing a setpoint's point failed.
+pub struct SetpointWriteFailed<'a> {
+    pub device: &'a str,
+    pub point: &'a str,
+    pub error: &'a ModbusError,
+}
+
+impl InternalEvent for SetpointWriteFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.setpoint_writes
+            .with_label_values(&[self.device, WriteResult::Error.as_str()])
+            .inc();
+        tracing::warn!(device = %self.device, point = %self.point, error = %self.error, "setpoint write failed");
+    }
+}
+
+/// A power setpoint limited by the safety envelope.
+pub enum Clamp {
+    /// To the device's bounds; `log` once per new plan value, not at every
+    /// refresh of the same one.
+    Bound {
+        asked_kw: f64,
+        written_kw: f64,
+        min_kw: f64,
+        max_kw: f64,
+        log: bool,
+    },
+    /// By the ramp limit from the last power written.
+    Ramp {
+        target_kw: f64,
+        written_kw: f64,
+        ramp_kw_per_s: f64,
+    },
+}
+
+pub struct SetpointClamped<'a> {
+    pub device: &'a str,
+    pub clamp: Clamp,
+}
+
+impl InternalEvent for SetpointClamped<'_> {
+    fn emit(self, m: &Metrics) {
+        let d = self.device;
+        match self.clamp {
+            Clamp::Bound {
+                asked_kw,
+                written_kw,
+                min_kw,
+                max_kw,
+                log,
+            } => {
+                m.setpoint_clamped.with_label_values(&[d, "bound"]).inc();
+                if log {
+                    tracing::info!(device = %d, asked_kw, written_kw, min_kw, max_kw, "setpoint clamped to bounds");
+                }
+            }
+            Clamp::Ramp {
+                target_kw,
+                written_kw,
+                ramp_kw_per_s,
+            } => {
+                m.setpoint_clamped.with_label_values(&[d, "ramp"]).inc();
+                tracing::debug!(device = %d, target_kw, written_kw, ramp_kw_per_s, "setpoint ramp-limited");
+            }
+        }
+    }
+}
+
+/// What a written point read back as, when it is not what was written.
+pub enum ReadBack<'a> {
+    Differs { written: &'a [u16], read: &'a [u16] },
+    Undecodable(&'a dyn std::fmt::Display),
+}
+
+pub struct ReadbackDiffers<'a> {
+    pub device: &'a str,
+    pub point: &'a str,
+    pub read_back: ReadBack<'a>,
+}
+
+impl InternalEvent for ReadbackDiffers<'_> {
+    fn emit(self, m: &Metrics) {
+        m.setpoint_readback_mismatch
+            .with_label_values(&[self.device])
+            .inc();
+        match self.read_back {
+            ReadBack::Differs { written, read } => {
+                tracing::warn!(device = %self.device, point = %self.point, written = ?written, read_back = ?read, "setpoint read-back differs from what was written");
+            }
+            ReadBack::Undecodable(error) => {
+                tracing::warn!(device = %self.device, point = %self.point, error = %error, "setpoint read-back cannot be decoded");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The planner.
+
+pub struct PlanResolved {
+    pub trigger: Resolve,
+}
+
+impl InternalEvent for PlanResolved {
+    fn emit(self, m: &Metrics) {
+        m.plan_resolves
+            .with_label_values(&[self.trigger.as_str()])
+            .inc();
+    }
+}
+
+/// A plan was published: its first step's setpoints go to the devices.
+pub struct PlanPublished<'a> {
+    pub plan: &'a Plan,
+    pub solve_s: f64,
+    pub setpoints: &'a BTreeMap<String, Command>,
+}
+
+impl InternalEvent for PlanPublished<'_> {
+    fn emit(self, m: &Metrics) {
+        let p = self.plan;
+        let status = p.status.label();
+        m.plan_fallback_level.set(f64::from(p.status.level()));
+        m.plan_soft_violations.set(p.violations.len() as f64);
+        for s in ["optimal", "relaxed", "shifted", "rule_based"] {
+            m.plan_status
+                .with_label_values(&[s])
+                .set(i64::from(s == status));
+        }
+        m.plans.with_label_values(&[status]).inc();
+        m.plan_solve_seconds.observe(self.solve_s);
+        m.plan_objective.set(p.objective_eur);
+        for (dev, cmd) in self.setpoints {
+            let kw = match cmd {
+                Command::BatteryPower(kw) | Command::PowerToHeat(kw) => *kw,
+                // A curtailment limit is a percentage, not a power: it has no
+                // place in a watts gauge.
+                Command::Release | Command::PvLimitPct(_) => continue,
+            };
+            m.plan_next_setpoint
+                .with_label_values(&[dev])
+                .set(kw * 1000.0);
+        }
+        tracing::info!(status = %status, objective_eur = format!("{:.2}", p.objective_eur), solve_s = format!("{:.3}", self.solve_s), setpoints = crate::devices::setpoints_text(self.setpoints), "plan published");
+    }
+}
+
+/// Tracking between re-solves could not measure the site's surplus: the
+/// plan's setpoints stand. `log` when the reason changed.
+pub struct TrackingSkipped<'a> {
+    pub reason: &'static str,
+    pub device: &'a str,
+    pub log: bool,
+}
+
+impl InternalEvent for TrackingSkipped<'_> {
+    fn emit(self, m: &Metrics) {
+        m.tracking_skipped.with_label_values(&[self.reason]).inc();
+        if self.log {
+            tracing::warn!(reason = self.reason, device = %self.device, "plan tracking paused: site surplus not measured, the plan's setpoints stand");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Supervision.
+
+/// A daemon task ended or panicked before ped was asked to stop.
+pub struct TaskFailed<'a> {
+    /// The task's kind, a bounded label (`endpoint`, `planner`, …).
+    pub task: &'a str,
+    /// Which one, for the log (`endpoint 10.0.0.5:502`).
+    pub what: &'a str,
+    pub why: &'a str,
+}
+
+impl InternalEvent for TaskFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.task_failures.with_label_values(&[self.task]).inc();
+        tracing::error!(task = %self.what, why = %self.why, "a daemon task stopped: releasing every controlled device, then ped stops with an error so that its service manager restarts it");
+    }
+}
