@@ -385,3 +385,203 @@ impl InternalEvent for TaskFailed<'_> {
         tracing::error!(task = %self.what, why = %self.why, "a daemon task stopped: releasing every controlled device, then ped stops with an error so that its service manager restarts it");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new("s").unwrap()
+    }
+
+    #[test]
+    fn a_failed_poll_then_a_good_one_leave_the_device_state_consistent() {
+        let m = metrics();
+        let e = ModbusError::Timeout;
+        for failures in 1..=3 {
+            emit(
+                &m,
+                PollFailed {
+                    device: "BAT",
+                    kind: "battery",
+                    error: &e,
+                    failures,
+                    backoff: Duration::from_secs(4),
+                },
+            );
+        }
+        assert_eq!(
+            m.device_errors.with_label_values(&["BAT", "timeout"]).get(),
+            3
+        );
+        assert_eq!(m.device_up.with_label_values(&["BAT", "battery"]).get(), 0);
+        assert_eq!(
+            m.device_consecutive_failures
+                .with_label_values(&["BAT"])
+                .get(),
+            3
+        );
+        assert_eq!(
+            m.device_backoff_seconds.with_label_values(&["BAT"]).get(),
+            4.0
+        );
+        emit(
+            &m,
+            PollSucceeded {
+                device: "BAT",
+                kind: "battery",
+                elapsed: Duration::from_millis(20),
+            },
+        );
+        assert_eq!(m.device_up.with_label_values(&["BAT", "battery"]).get(), 1);
+        assert_eq!(m.device_reads.with_label_values(&["BAT"]).get(), 1);
+        assert_eq!(
+            m.device_consecutive_failures
+                .with_label_values(&["BAT"])
+                .get(),
+            0
+        );
+        assert_eq!(
+            m.device_backoff_seconds.with_label_values(&["BAT"]).get(),
+            0.0
+        );
+        assert!(m.device_last_success.with_label_values(&["BAT"]).get() > 0.0);
+    }
+
+    #[test]
+    fn each_release_is_counted_under_its_own_reason() {
+        let m = metrics();
+        let releases =
+            |d: &str, r: ReleaseReason| m.device_releases.with_label_values(&[d, r.as_str()]).get();
+        emit(
+            &m,
+            PlanLost {
+                endpoint: "10.0.0.5:502",
+                last_plan: chrono::Utc::now(),
+                devices: &["BAT", "P2H"],
+            },
+        );
+        emit(&m, ContactLost { device: "BAT" });
+        emit(
+            &m,
+            NoSafeSetpoint {
+                device: "P2H",
+                asked_kw: 5.0,
+                setpoint_min_kw: Some(10.0),
+                setpoint_max_kw: Some(2.0),
+            },
+        );
+        emit(
+            &m,
+            SetpointsNotTaken {
+                device: "BAT",
+                writes: 3,
+                retry: Duration::from_secs(30),
+            },
+        );
+        emit(
+            &m,
+            Released {
+                device: "BAT",
+                reason: ReleaseReason::Stop,
+            },
+        );
+        assert_eq!(releases("BAT", ReleaseReason::PlanLoss), 1);
+        assert_eq!(releases("P2H", ReleaseReason::PlanLoss), 1);
+        assert_eq!(releases("BAT", ReleaseReason::ContactLost), 1);
+        assert_eq!(releases("P2H", ReleaseReason::NoSafeRange), 1);
+        assert_eq!(releases("BAT", ReleaseReason::ReadbackMismatch), 1);
+        assert_eq!(releases("BAT", ReleaseReason::Stop), 1);
+        assert_eq!(releases("BAT", ReleaseReason::TaskFailure), 0);
+        assert_eq!(releases("P2H", ReleaseReason::ContactLost), 0);
+    }
+
+    #[test]
+    fn setpoint_outcomes_and_clamps_use_the_catalogue_labels() {
+        let m = metrics();
+        let writes = |r: WriteResult| {
+            m.setpoint_writes
+                .with_label_values(&["BAT", r.as_str()])
+                .get()
+        };
+        emit(
+            &m,
+            SetpointWritten {
+                device: "BAT",
+                result: WriteResult::Ok,
+            },
+        );
+        emit(
+            &m,
+            SetpointRefused {
+                device: "BAT",
+                error: &"above the device's rating",
+            },
+        );
+        emit(
+            &m,
+            SetpointWriteFailed {
+                device: "BAT",
+                point: "WSet",
+                error: &ModbusError::Timeout,
+            },
+        );
+        emit(
+            &m,
+            SetpointClamped {
+                device: "BAT",
+                clamp: Clamp::Ramp {
+                    target_kw: 10.0,
+                    written_kw: 2.0,
+                    ramp_kw_per_s: 1.0,
+                },
+            },
+        );
+        emit(
+            &m,
+            ReadbackDiffers {
+                device: "BAT",
+                point: "WSet",
+                read_back: ReadBack::Differs {
+                    written: &[1, 2],
+                    read: &[1, 3],
+                },
+            },
+        );
+        assert_eq!(writes(WriteResult::Ok), 1);
+        assert_eq!(writes(WriteResult::Refused), 1);
+        assert_eq!(writes(WriteResult::Error), 1);
+        assert_eq!(writes(WriteResult::DryRun), 0);
+        assert_eq!(
+            m.setpoint_clamped.with_label_values(&["BAT", "ramp"]).get(),
+            1
+        );
+        assert_eq!(
+            m.setpoint_clamped
+                .with_label_values(&["BAT", "bound"])
+                .get(),
+            0
+        );
+        assert_eq!(
+            m.setpoint_readback_mismatch
+                .with_label_values(&["BAT"])
+                .get(),
+            1
+        );
+        // Every label an event writes is one the catalogue pre-creates, so
+        // the dashboards' series exist before the first event.
+        let before = metrics();
+        before.precreate(["BAT"], None);
+        let text = before.render();
+        for r in ReleaseReason::ALL {
+            assert!(
+                text.contains(&format!("reason=\"{}\"", r.as_str())),
+                "{}",
+                r.as_str()
+            );
+        }
+        for t in Resolve::ALL {
+            assert!(text.contains(&format!("reason=\"{}\"", t.as_str())));
+        }
+    }
+}
