@@ -8,6 +8,7 @@
 mod check;
 pub mod limits;
 mod load;
+mod resolved;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -16,6 +17,7 @@ mod warnings;
 pub use check::check;
 pub use check::delivery::read_delivery_token;
 pub use load::load_unvalidated;
+pub use resolved::*;
 pub use schema::*;
 pub use warnings::warnings;
 

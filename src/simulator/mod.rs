@@ -444,8 +444,7 @@ impl Simulator {
 fn substation_annual_heat(site: &Site, d: &DeviceConfig) -> f64 {
     site.devices_of(DeviceKind::HeatSubstation)
         .find(|s| s.substation == d.substation)
-        .and_then(|s| s.annual_heat_kwh)
-        .unwrap_or(1.0e6)
+        .map_or(crate::config::ANNUAL_HEAT_KWH, |s| s.annual_heat())
 }
 
 /// Scale factors of the simulated AC meters (model 203). W in 10 W steps: the
@@ -506,7 +505,7 @@ fn build_device(
         DeviceKind::PvInverter => {
             let mut img = Image::sunspec(lib, &[1, 103, 120, 123, 160])?;
             common(&mut img, "PV inverter")?;
-            let kwp = d.kwp.unwrap_or(100.0);
+            let kwp = d.peak_kw();
             let (tilt, az) = d.pv_tilt_azimuth();
             set_sf(
                 &mut img,
@@ -620,22 +619,19 @@ fn build_device(
                 ],
             )?;
             set_sf(&mut img, "sunspec/203", METER_203_SF)?;
-            let cap = d.capacity_kwh.unwrap_or(100.0);
+            let bat = d.battery();
+            let cap = bat.capacity_kwh;
             let mut w = Writer {
                 lib,
                 image: &mut img,
                 device: &d.id,
             };
             w.f("sunspec/802", "WHRtg", cap * 1000.0);
-            w.f(
-                "sunspec/802",
-                "WChaRteMax",
-                d.max_charge_kw.unwrap_or(50.0) * 1000.0,
-            );
+            w.f("sunspec/802", "WChaRteMax", bat.max_charge_kw * 1000.0);
             w.f(
                 "sunspec/802",
                 "WDisChaRteMax",
-                d.max_discharge_kw.unwrap_or(50.0) * 1000.0,
+                bat.max_discharge_kw * 1000.0,
             );
             w.f("sunspec/802", "SoCMax", 100.0);
             w.f("sunspec/802", "SoCMin", 0.0);
@@ -653,9 +649,9 @@ fn build_device(
                 img,
                 State::Battery {
                     cap_kwh: cap,
-                    max_c: d.max_charge_kw.unwrap_or(50.0),
-                    max_d: d.max_discharge_kw.unwrap_or(50.0),
-                    min_soc: d.min_soc_ratio.unwrap_or(0.1),
+                    max_c: bat.max_charge_kw,
+                    max_d: bat.max_discharge_kw,
+                    min_soc: bat.min_soc_ratio,
                     soc_kwh: cap * 0.5,
                     kw: 0.0,
                     imp_wh: lifetime_wh,
@@ -683,7 +679,7 @@ fn build_device(
         DeviceKind::HeatSubstation => (
             vendor()?,
             State::Substation {
-                annual_heat: d.annual_heat_kwh.unwrap_or(1.0e6),
+                annual_heat: d.annual_heat(),
             },
         ),
         DeviceKind::HeatMeter => (
@@ -695,8 +691,9 @@ fn build_device(
         ),
         DeviceKind::PowerToHeat => {
             let mut img = vendor()?;
-            let max_kw = d.max_power_kw.unwrap_or(100.0);
-            let cap = d.capacity_kwh.unwrap_or(500.0);
+            let unit = d.heat_unit();
+            let max_kw = unit.rated_kw;
+            let cap = unit.store_kwh;
             let mut w = Writer {
                 lib,
                 image: &mut img,
@@ -756,7 +753,7 @@ fn step_all(
     let mut heat_by_sub: HashMap<String, (f64, f64)> = HashMap::new();
     for d in site.devices_of(DeviceKind::HeatSubstation) {
         if let Some(sub) = &d.substation {
-            let annual = d.annual_heat_kwh.unwrap_or(1.0e6);
+            let annual = d.annual_heat();
             heat_by_sub.insert(
                 sub.clone(),
                 (profiles::heat_kw(seed, t, annual), annual / 8760.0),
@@ -848,10 +845,10 @@ fn step_all(
                 // Integrate the power held since the last tick.
                 let e = *kw * dt_h;
                 if e > 0.0 {
-                    *soc_kwh += e * 0.95;
+                    *soc_kwh += e * crate::config::BATTERY_CHARGE_EFFICIENCY;
                     *imp_wh += e * 1000.0;
                 } else {
-                    *soc_kwh += e / 0.95;
+                    *soc_kwh += e / crate::config::BATTERY_DISCHARGE_EFFICIENCY;
                     *exp_wh += -e * 1000.0;
                 }
                 *soc_kwh = soc_kwh.clamp(0.0, *cap_kwh);
@@ -964,7 +961,7 @@ fn step_all(
                 let demand = profiles::heat_kw(seed, t, *annual_heat);
                 let out_kw = (demand * 0.5).min(*store_kwh / dt_h.max(1e-6)).max(0.0);
                 let loss = *store_kwh * 0.005 * dt_h;
-                *store_kwh += *kw * 0.98 * dt_h - out_kw * dt_h - loss;
+                *store_kwh += *kw * crate::config::P2H_EFFICIENCY * dt_h - out_kw * dt_h - loss;
                 *store_kwh = store_kwh.clamp(0.0, *cap_kwh);
                 *elec_wh += *kw * 1000.0 * dt_h;
                 *heat_wh += out_kw * 1000.0 * dt_h;
