@@ -7,11 +7,11 @@
 //! always a checked plan.
 
 use super::{PeriodRecord, PlanView, Shared};
-use crate::config::{DeviceKind, ParticipantKind};
+use crate::config::DeviceKind;
 use crate::devices::Command;
 use crate::events::{self, Resolve};
 use crate::forecast::{self, SeriesHistory};
-use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput};
+use crate::plan::{self, PlanInput};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,7 +67,16 @@ pub async fn run(
         }
         let now = clock.now();
         let start = grid.period_start(now);
-        let mut input = build_input(&shared, start, &load_hist);
+        let read = |device: &str, point: &str| reading(&shared, device, point);
+        let mut input = plan::site_input::site_input(
+            site,
+            &plan::site_input::SiteState {
+                now,
+                start,
+                reading: &read,
+                load_history: &load_hist,
+            },
+        );
         if let Err((e, new)) = export_prices.refresh() {
             if new {
                 tracing::warn!(error = %e, "plan: export prices not read; keeping the last good ones");
@@ -183,7 +192,7 @@ pub async fn run(
 /// planner spin.
 fn forecast_miss(shared: &Shared, input: &PlanInput) -> Option<(f64, f64)> {
     let plants: Vec<_> = shared.site.devices_of(DeviceKind::PvInverter).collect();
-    let kwp: f64 = plants.iter().map(|d| d.kwp.unwrap_or(0.0)).sum();
+    let kwp: f64 = plants.iter().map(|d| d.peak_kw()).sum();
     let mut got = 0.0;
     for d in &plants {
         got += reading(shared, &d.id, "production_kw")?;
@@ -215,214 +224,6 @@ fn reading(shared: &Shared, device: &str, name: &str) -> Option<f64> {
         .devices
         .get(device)
         .and_then(|d| d.readings.get(name).copied())
-}
-
-fn build_input(
-    shared: &Shared,
-    start: chrono::DateTime<chrono::Utc>,
-    load_hist: &HashMap<String, SeriesHistory>,
-) -> PlanInput {
-    let site = &shared.site;
-    let cfg = &site.config;
-    let grid = site.grid;
-    let steps = (cfg.plan.horizon_hours * 60 / grid.step_minutes()) as usize;
-    // Recent clearness: measured PV against the clear-sky estimate of the same plants.
-    let now = shared.clock.now();
-    let mut measured = 0.0;
-    let mut clear = 0.0;
-    let mut pv = vec![0.0; steps];
-    let plants: Vec<_> = site.devices_of(DeviceKind::PvInverter).collect();
-    for d in &plants {
-        let kwp = d.kwp.unwrap_or(0.0);
-        let (tilt, az) = d.pv_tilt_azimuth();
-        measured += reading(shared, &d.id, "production_kw").unwrap_or(0.0);
-        clear += forecast::clear_sky_kw(kwp, tilt, az, cfg.site.latitude, cfg.site.longitude, now);
-    }
-    let clearness = if clear > 0.05 * plants.len() as f64 {
-        (measured / clear).clamp(0.1, 1.2)
-    } else {
-        0.8
-    };
-    for d in &plants {
-        let (tilt, az) = d.pv_tilt_azimuth();
-        let f = forecast::pv_forecast(
-            d.kwp.unwrap_or(0.0),
-            tilt,
-            az,
-            cfg.site.latitude,
-            cfg.site.longitude,
-            start,
-            steps,
-            &grid,
-            clearness,
-        );
-        for (a, b) in pv.iter_mut().zip(f) {
-            *a += b;
-        }
-    }
-    // Time-of-use windows in the site's local time, one price per step.
-    let tariff_steps = |p: &crate::config::ParticipantConfig| -> Vec<f64> {
-        match cfg.site.timezone.parse::<chrono_tz::Tz>() {
-            Ok(tz) if !p.tou.is_empty() => (0..steps)
-                .map(|k| {
-                    let at =
-                        start + chrono::Duration::minutes((k as u32 * grid.step_minutes()) as i64);
-                    p.tariff_at(at, tz)
-                })
-                .collect(),
-            _ => vec![],
-        }
-    };
-    let is_device = |p: &crate::config::ParticipantConfig| {
-        matches!(
-            p.kind,
-            ParticipantKind::Battery | ParticipantKind::PowerToHeat
-        )
-    };
-    // A battery or P2H participant is the device that names it (`participant
-    // = ...` on the device), else the device its `meter` points at. Its load
-    // is the plan's own decision, so it is no forecast participant.
-    let device_participants = cfg
-        .participants
-        .iter()
-        .filter(|p| is_device(p))
-        .filter_map(|p| {
-            let kind = match p.kind {
-                ParticipantKind::Battery => DeviceKind::Battery,
-                _ => DeviceKind::PowerToHeat,
-            };
-            let device = site
-                .devices_of(kind)
-                .find(|d| d.participant.as_deref() == Some(p.id.as_str()))
-                .or_else(|| site.devices_of(kind).find(|d| d.id == p.meter))?;
-            Some(plan::DeviceParticipant {
-                id: p.id.clone(),
-                device: device.id.clone(),
-                tariff_eur_per_kwh: p.tariff_eur_per_kwh,
-                priority: p.priority,
-                tariff_steps_eur_per_kwh: tariff_steps(p),
-            })
-        })
-        .collect();
-    let participants = cfg
-        .participants
-        .iter()
-        .filter(|p| !is_device(p))
-        .map(|p| {
-            let hist = load_hist.get(&p.id);
-            let mut load = hist
-                .map(|h| h.forecast(start, steps, &grid))
-                .unwrap_or_else(|| vec![0.0; steps]);
-            if load.iter().all(|x| *x == 0.0) {
-                // No history yet: hold the current power.
-                let now_kw = reading(shared, &p.meter, "power_kw").unwrap_or(p.annual_kwh / 8760.0);
-                load = vec![now_kw.max(0.0); steps];
-            }
-            ParticipantForecast {
-                id: p.id.clone(),
-                load_kw: load,
-                tariff_eur_per_kwh: p.tariff_eur_per_kwh,
-                priority: p.priority,
-                tariff_steps_eur_per_kwh: tariff_steps(p),
-            }
-        })
-        .collect();
-    let batteries = site
-        .devices_of(DeviceKind::Battery)
-        .map(|d| {
-            let cap = d.capacity_kwh.unwrap_or(0.0);
-            let soc = reading(shared, &d.id, "soc_pct")
-                .map(|s| s / 100.0 * cap)
-                .unwrap_or(cap * 0.5);
-            BatteryModel {
-                id: d.id.clone(),
-                capacity_kwh: cap,
-                soc_kwh: soc.clamp(0.0, cap),
-                min_soc_kwh: cap * d.min_soc_ratio.unwrap_or(0.1),
-                max_charge_kw: d.max_charge_kw.unwrap_or(0.0),
-                max_discharge_kw: d.max_discharge_kw.unwrap_or(0.0),
-                charge_eff: 0.95,
-                discharge_eff: 0.95,
-                end_value_eur_per_kwh: cfg.plan.local_price_eur_per_kwh * 0.9,
-            }
-        })
-        .collect();
-    let heat = site
-        .devices_of(DeviceKind::PowerToHeat)
-        .map(|d| {
-            let demand_now = site
-                .devices_of(DeviceKind::HeatMeter)
-                .filter(|h| h.substation == d.substation)
-                .filter_map(|h| reading(shared, &h.id, "heat_kw"))
-                .sum::<f64>();
-            let cap = d.capacity_kwh.unwrap_or(0.0);
-            let rated_kw = d.max_power_kw.unwrap_or(0.0);
-            let efficiency = 0.98;
-            HeatUnitModel {
-                id: d.id.clone(),
-                p2h_max_kw: rated_kw,
-                efficiency,
-                max_heat_kw: d
-                    .max_supply_temp_c
-                    .map(|limit| {
-                        supply_temp_caps(
-                            &d.id,
-                            rated_kw * efficiency,
-                            reading(shared, &d.id, "store_c"),
-                            limit,
-                            steps,
-                        )
-                    })
-                    .unwrap_or_default(),
-                store_capacity_kwh: cap,
-                store_kwh: reading(shared, &d.id, "store_kwh")
-                    .unwrap_or(0.0)
-                    .clamp(0.0, cap),
-                loss_ratio_per_hour: 0.005,
-                // The store may feed up to half the substation's demand.
-                heat_demand_kw: vec![demand_now * 0.5; steps],
-                heat_price_eur_per_kwh: cfg.plan.heat_price_eur_per_kwh,
-            }
-        })
-        .collect();
-    PlanInput {
-        start,
-        step_hours: grid.step_hours(),
-        pv_kw: pv,
-        participants,
-        batteries,
-        heat,
-        local_price_eur_per_kwh: cfg.plan.local_price_eur_per_kwh,
-        export_price_eur_per_kwh: vec![cfg.plan.export_price_eur_per_kwh; steps],
-        import_price_eur_per_kwh: vec![cfg.plan.import_price_eur_per_kwh; steps],
-        device_participants,
-    }
-}
-
-/// Heat caps per step for a unit whose store feeds a network with a supply
-/// temperature limit: the current step's from the store temperature just
-/// measured ([`plan::supply_temp_heat_cap_kw`]); later steps are left to the
-/// store's energy bound, as there is no temperature forecast, and the cap
-/// is measured again at every re-plan.
-fn supply_temp_caps(
-    id: &str,
-    max_heat_kw: f64,
-    temp_c: Option<f64>,
-    limit_c: f64,
-    steps: usize,
-) -> Vec<f64> {
-    if temp_c.is_none() {
-        tracing::warn!(
-            device = id,
-            limit_c,
-            "plan: no store temperature read (map point store_temp); power-to-heat held off under its supply temperature limit"
-        );
-    }
-    let mut caps = vec![max_heat_kw; steps];
-    if let Some(first) = caps.first_mut() {
-        *first = plan::supply_temp_heat_cap_kw(max_heat_kw, temp_c, limit_c);
-    }
-    caps
 }
 
 /// PV limits for the current step from the plan's curtailment: each plant
@@ -461,7 +262,7 @@ fn curtailment_commands(
         .map(|d| {
             let (tilt, az) = d.pv_tilt_azimuth();
             forecast::clear_sky_kw(
-                d.kwp.unwrap_or(0.0),
+                d.peak_kw(),
                 tilt,
                 az,
                 cfg.site.latitude,
@@ -650,28 +451,4 @@ fn publish(
     }
     shared.status().plan = Some(view);
     sp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn supply_temp_caps_hold_the_first_step_from_the_measured_temperature() {
-        assert_eq!(
-            supply_temp_caps("P", 98.0, Some(70.0), 90.0, 3),
-            vec![98.0; 3]
-        );
-        assert_eq!(
-            supply_temp_caps("P", 98.0, Some(89.0), 90.0, 3),
-            vec![19.6, 98.0, 98.0]
-        );
-        assert_eq!(
-            supply_temp_caps("P", 98.0, Some(91.0), 90.0, 2),
-            vec![0.0, 98.0]
-        );
-        // Not read: held off now, planned again once the point is read.
-        assert_eq!(supply_temp_caps("P", 98.0, None, 90.0, 2), vec![0.0, 98.0]);
-        assert!(supply_temp_caps("P", 98.0, Some(80.0), 90.0, 0).is_empty());
-    }
 }

@@ -80,6 +80,7 @@ impl Backend {
     }
 }
 pub mod instance;
+pub mod site_input;
 pub mod synthetic;
 pub mod track;
 
