@@ -4,8 +4,9 @@
 //! `ids`), data in (`config`, `prices`, `registers`, `modbus`, `devices`),
 //! decisions, pure (`forecast`, `plan`: the dispatch LP, `allocation`: the
 //! ex-post keys and the month solver), data out (`ledger`, `dso`, `keys`,
-//! `metrics`, `http`), top (`simulator`, `daemon`, `backtest`). See README,
-//! "Architecture".
+//! `metrics`, `events`, `http`), top (`simulator`, `daemon`, `backtest`).
+//! See README, "Architecture", and its checklists for adding a device kind,
+//! a DSO format or a plan constraint.
 
 pub mod allocation;
 pub mod backtest;
