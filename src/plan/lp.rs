@@ -2,6 +2,49 @@
 //! or with soft reserves, per participant or decomposed by value class),
 //! solving it on a backend and reading back the raw decisions; plus the
 //! strict single solves exposed for the benchmarks and the oracle test.
+//!
+//! Why the model is exact, and why it is small:
+//!
+//! Curtailment: PV may be left unproduced (`curtail_t ≤ pv_t`), which only
+//! pays when the export price is negative. Simultaneous charge and discharge
+//! never pays when curtailment is possible: lowering charge by δ and
+//! discharge by η_c·η_d·δ keeps every SoC, frees δ(1 − η_c η_d) ≥ 0 kWh of
+//! local energy (exported if the price is ≥ 0, curtailed otherwise, never a
+//! loss) and saves the cycling cost on η_c η_d δ, which is > 0; so an optimum
+//! has min(charge, discharge) = 0, and `assemble` nets any residue a solver
+//! leaves (test `negative_export_price_curtails_and_never_cycles`). A battery
+//! that is a participant adds `−value·δ − credit·η_c η_d δ` to that change,
+//! where `value + η_c η_d · credit ≤ 0` by the cap in
+//! [`device_value`](super::device_value): the change still never loses, so
+//! the argument stands (test `battery_participant_is_allocated_its_charge_only`).
+//!
+//! Device participants ([`DeviceParticipant`](super::DeviceParticipant)) add no column: their
+//! allocation *is* the charge or P2H column, so they only add their value
+//! to its objective coefficient, and the decomposition below (which is about
+//! the ordinary participants) is unchanged by them.
+//!
+//! **Decomposition** (`aggregate`). The dispatch sees the participants only
+//! through the value of the pooled local energy at each step,
+//! `V_t(A) = max Σ_i w_it a_it  s.t. Σ_i a_it = A, 0 ≤ a_it ≤ l_it`, a
+//! concave piecewise-linear function whose segments are the participants
+//! sorted by value `w_it`, each as long as its load. Participants of exactly
+//! equal value at a step lie on one segment, so the LP may carry one variable
+//! `e_ct ∈ [0, Σ_{i∈c} l_it]` per value class `c` and step, worth `w_ct`:
+//! - any per-participant solution maps to class sums `e_ct = Σ_{i∈c} a_it`
+//!   that are feasible (each `a_it ≤ l_it`) with the same objective (all
+//!   members are worth `w_ct`), so the class LP's optimum is ≥ the full one;
+//! - any class solution splits back as `a_it = e_ct · l_it / Σ_{j∈c} l_jt`,
+//!   feasible (`a_it ≤ l_it` as `e_ct ≤ Σ l_jt`) with the same objective,
+//!   so the full LP's optimum is ≥ the class one.
+//!
+//! The optima are therefore equal, and the split (the DSO's default key
+//! restricted to the tie, the same rule as `allocation::solver`'s greedy) gives an
+//! optimal allocation of the full LP. The joint LP carries no month fairness
+//! rows (`PlanInput` holds no month-to-date state; the month rules belong to
+//! `allocation::solver::solve_allocation` on the keys' side), so the equivalence is
+//! exact; test `decomposed_matches_joint_lp` checks it within 1e-6 relative
+//! against [`solve_joint_lp`]. A site with a handful of retail offers has a
+//! handful of classes per step instead of one variable per participant.
 
 use std::time::{Duration, Instant};
 
@@ -76,47 +119,6 @@ enum AllocVars {
 /// The LP. `strict`: SoC ≥ reserve at every step (infeasible when a battery
 /// starts below its reserve and cannot climb back in one step); otherwise
 /// the reserve is soft, priced at [`RESERVE_PENALTY_EUR_PER_KWH`].
-///
-/// Curtailment: PV may be left unproduced (`curtail_t ≤ pv_t`), which only
-/// pays when the export price is negative. Simultaneous charge and discharge
-/// never pays when curtailment is possible: lowering charge by δ and
-/// discharge by η_c·η_d·δ keeps every SoC, frees δ(1 − η_c η_d) ≥ 0 kWh of
-/// local energy (exported if the price is ≥ 0, curtailed otherwise, never a
-/// loss) and saves the cycling cost on η_c η_d δ, which is > 0; so an optimum
-/// has min(charge, discharge) = 0, and `assemble` nets any residue a solver
-/// leaves (test `negative_export_price_curtails_and_never_cycles`). A battery
-/// that is a participant adds `−value·δ − credit·η_c η_d δ` to that change,
-/// where `value + η_c η_d · credit ≤ 0` by the cap in
-/// [`device_value`](super::device_value): the change still never loses, so
-/// the argument stands (test `battery_participant_is_allocated_its_charge_only`).
-///
-/// Device participants ([`DeviceParticipant`](super::DeviceParticipant)) add no column: their
-/// allocation *is* the charge or P2H column, so they only add their value
-/// to its objective coefficient, and the decomposition below (which is about
-/// the ordinary participants) is unchanged by them.
-///
-/// **Decomposition** (`aggregate`). The dispatch sees the participants only
-/// through the value of the pooled local energy at each step,
-/// `V_t(A) = max Σ_i w_it a_it  s.t. Σ_i a_it = A, 0 ≤ a_it ≤ l_it`, a
-/// concave piecewise-linear function whose segments are the participants
-/// sorted by value `w_it`, each as long as its load. Participants of exactly
-/// equal value at a step lie on one segment, so the LP may carry one variable
-/// `e_ct ∈ [0, Σ_{i∈c} l_it]` per value class `c` and step, worth `w_ct`:
-/// - any per-participant solution maps to class sums `e_ct = Σ_{i∈c} a_it`
-///   that are feasible (each `a_it ≤ l_it`) with the same objective (all
-///   members are worth `w_ct`), so the class LP's optimum is ≥ the full one;
-/// - any class solution splits back as `a_it = e_ct · l_it / Σ_{j∈c} l_jt`,
-///   feasible (`a_it ≤ l_it` as `e_ct ≤ Σ l_jt`) with the same objective,
-///   so the full LP's optimum is ≥ the class one.
-///
-/// The optima are therefore equal, and the split (the DSO's default key
-/// restricted to the tie, the same rule as `allocation::solver`'s greedy) gives an
-/// optimal allocation of the full LP. The joint LP carries no month fairness
-/// rows (`PlanInput` holds no month-to-date state; the month rules belong to
-/// `allocation::solver::solve_allocation` on the keys' side), so the equivalence is
-/// exact; test `decomposed_matches_joint_lp` checks it within 1e-6 relative
-/// against [`solve_joint_lp`]. A site with a handful of retail offers has a
-/// handful of classes per step instead of one variable per participant.
 pub(super) fn solve_lp_with(
     input: &PlanInput,
     budget: Duration,
