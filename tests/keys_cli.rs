@@ -1003,10 +1003,11 @@ fn assert_month_fair_or_reported(m: &Manifest) {
         if short <= 0.01 {
             continue;
         }
-        let reported = note.violations.iter().find_map(|v| {
-            let f: Vec<&str> = v.split(' ').collect();
-            (f[0] == "pro_rata" && f[1] == p.id).then(|| f[2].parse::<f64>().unwrap())
-        });
+        let reported = note
+            .violations
+            .iter()
+            .find(|v| v.rule == "pro_rata" && v.participant == p.id)
+            .map(|v| v.amount);
         assert!(
             reported.is_some_and(|r| (r - short).abs() < 0.05),
             "{} is {short} € below pro rata over the month, reported {reported:?} ({:?})",

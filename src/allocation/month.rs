@@ -44,8 +44,8 @@ pub struct MonthOutcome {
     pub method: String,
     /// Why the month solver's answer was not used, if it was not.
     pub fallback: Option<String>,
-    /// Fairness rules the solved month could not meet (`rule participant amount unit`).
-    pub violations: Vec<String>,
+    /// Fairness rules the solved month could not meet.
+    pub violations: Vec<solver::Violation>,
 }
 
 /// Step by step with one [`Policy`]; the month's fairness is whatever the
@@ -277,11 +277,7 @@ impl MonthAllocator for MonthSolverAllocator {
             intended_kwh: intended,
             method: sol.method,
             fallback: None,
-            violations: sol
-                .violations
-                .iter()
-                .map(|v| format!("{} {} {:.6} {}", v.rule, v.participant, v.amount, v.unit))
-                .collect(),
+            violations: sol.violations,
         })
     }
 }

@@ -212,7 +212,13 @@ fn a_step_in_the_month_gives_back_to_whoever_the_month_left_behind() {
     // C now needs (0.01 + 2/3 × 0.02) / 0.02 = 1.1667 kWh: it gets its
     // whole 1 kWh and the 0.0033 € it still lacks is reported.
     assert!(k.allocated_kwh[2] > 0.99, "{k:?}");
-    assert_eq!(out.violations, vec!["pro_rata C 0.003333 EUR".to_string()]);
+    assert_eq!(
+        out.violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["pro_rata C 0.003333 EUR".to_string()]
+    );
     validate_units(&k.units, p).unwrap();
     // Shapes are checked.
     assert!(behind.add_step(1.0, &[1.0], &[0.0; 3], &[0.1; 3]).is_err());

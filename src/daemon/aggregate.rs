@@ -1302,13 +1302,12 @@ fn operation_keys(
                     // carried from the last periods (at dawn a unit is worth
                     // little and the next periods make it good): debug, not
                     // a warning for the energy manager.
-                    let (real, rounding): (Vec<&String>, Vec<&String>) =
-                        outcome.violations.iter().partition(|v| {
-                            v.split(' ')
-                                .nth(2)
-                                .and_then(|a| a.parse::<f64>().ok())
-                                .map_or(true, |a| a >= 0.01)
-                        });
+                    let (real, rounding): (Vec<_>, Vec<_>) =
+                        outcome.violations.iter().partition(|v| v.amount >= 0.01);
+                    let text = |vs: Vec<&allocation::solver::Violation>| -> Vec<String> {
+                        vs.iter().map(ToString::to_string).collect()
+                    };
+                    let (real, rounding) = (text(real), text(rounding));
                     if !real.is_empty() {
                         tracing::warn!(operation = op.label(), period = %grid.format_local(start), violations = ?real, below_a_cent = rounding.len(), "the month's fairness rules cannot all be met so far");
                     } else if !rounding.is_empty() {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::KeyFileFormat;
+use crate::allocation::solver::{Rule, Violation};
 use crate::allocation::{
     self, AllocationError, FullStepInput, MonthAllocator, MonthInput, PerStepAllocator, Policy,
     Precision, StepInput,
@@ -531,8 +532,12 @@ pub struct MonthNote {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     /// Fairness rules the month could not meet.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub violations: Vec<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::allocation::solver::as_text"
+    )]
+    pub violations: Vec<Violation>,
 }
 
 /// Allocation and quantisation of every step.
@@ -1573,8 +1578,8 @@ const ROUNDING_SLACK_SHARE: f64 = 0.005;
 fn report_rounding_shortfalls(note: &mut MonthNote, figures: &MonthFigures) {
     for p in &figures.participants {
         let short = p.pro_rata_value_eur - p.value_eur;
-        let prefix = format!("pro_rata {} ", p.id);
-        note.violations.retain(|v| !v.starts_with(&prefix));
+        note.violations
+            .retain(|v| !(v.rule == Rule::ProRata && v.participant == p.id));
         let per_kwh = if p.allocated_kwh > 0.0 {
             (p.value_eur / p.allocated_kwh).abs()
         } else {
@@ -1585,10 +1590,10 @@ fn report_rounding_shortfalls(note: &mut MonthNote, figures: &MonthFigures) {
             // Below a thousandth of a cent the figure is float noise.
             .max(1e-5);
         if short > slack {
-            note.violations.push(format!(
-                "pro_rata {} {short:.6} EUR (over the month, on the rounded keys)",
-                p.id
-            ));
+            note.violations.push(Violation {
+                on_rounded_keys: true,
+                ..Violation::new(Rule::ProRata, p.id.clone(), short)
+            });
         }
     }
 }
@@ -1757,13 +1762,19 @@ mod tests {
         let mut note = MonthNote {
             method: "flow".into(),
             fallback: None,
-            violations: vec!["pro_rata B 0.500000 EUR".into(), "floor C 1.0 kWh".into()],
+            violations: vec![
+                Violation::new(Rule::ProRata, "B".into(), 0.5),
+                Violation::new(Rule::Floor, "C".into(), 1.0),
+            ],
         };
         report_rounding_shortfalls(&mut note, &figures);
         assert_eq!(
-            note.violations,
+            note.violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
             vec![
-                "floor C 1.0 kWh".to_string(),
+                "floor C 1.000000 kWh".to_string(),
                 "pro_rata A 0.100000 EUR (over the month, on the rounded keys)".to_string()
             ]
         );

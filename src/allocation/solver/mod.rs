@@ -80,11 +80,13 @@ mod smooth;
 #[cfg(test)]
 mod tests;
 mod totals;
+mod violation;
 
 pub use lp::*;
 use network::*;
 use smooth::*;
 use totals::*;
+pub use violation::*;
 
 fn default_tier() -> u8 {
     1
@@ -228,16 +230,6 @@ pub struct AllocationProblem {
     pub month_to_date_production_kwh: f64,
     #[serde(default)]
     pub fairness: Fairness,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Violation {
-    /// `floor` or `pro_rata`.
-    pub rule: String,
-    pub participant: String,
-    pub amount: f64,
-    /// `kWh` or `EUR`.
-    pub unit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -545,20 +537,10 @@ fn finish(
     let mut violations = Vec::new();
     for (i, q) in p.participants.iter().enumerate() {
         if fl[i] > 1e-6 {
-            violations.push(Violation {
-                rule: "floor".into(),
-                participant: q.id.clone(),
-                amount: fl[i],
-                unit: "kWh".into(),
-            });
+            violations.push(Violation::new(Rule::Floor, q.id.clone(), fl[i]));
         }
         if pr[i] > 1e-6 {
-            violations.push(Violation {
-                rule: "pro_rata".into(),
-                participant: q.id.clone(),
-                amount: pr[i],
-                unit: "EUR".into(),
-            });
+            violations.push(Violation::new(Rule::ProRata, q.id.clone(), pr[i]));
         }
     }
     AllocationSolution {
