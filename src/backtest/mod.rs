@@ -99,6 +99,8 @@ pub enum BacktestError {
     },
     #[error("plan input rejected at {at}: {source}")]
     Plan { at: String, source: plan::PlanError },
+    #[error(transparent)]
+    Chart(#[from] svg::ChartError),
     #[error("{} suspect value(s) in the data set, refused with --strict:\n{}", .0.total, .0)]
     Suspect(LineLog),
 }

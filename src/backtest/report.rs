@@ -100,8 +100,8 @@ pub(super) fn write_outputs(
             })
             .collect();
         let title = format!(
-            "ped backtest: the {label} week of the run, from {} (kW; SoC and heat store in %)",
-            ds.cal.grid.format_local(ds.cal.time(begin + a))
+            "ped backtest: the {label} week of the run, from {}",
+            ds.cal.grid.local_day(ds.cal.time(begin + a))
         );
         let svg = svg::line_panels(
             &title,
@@ -153,53 +153,54 @@ pub(super) fn write_outputs(
                 ),
             ],
             &ticks,
-        );
+        )?;
         write_file(&out.join(file), &svg)?;
     }
-    let labels: Vec<String> = s.participants.iter().map(|p| p.id.clone()).collect();
     let get = |n: &str| -> Vec<f64> {
         s.participants
             .iter()
             .map(|p| p.savings_eur.get(n).copied().unwrap_or(0.0))
             .collect()
     };
-    let ours = get("ped");
-    let dso = get("dso_prorata");
-    let svg = svg::grouped_bars(
-        &format!(
-            "Savings per participant against grid-only supply, {} to {}",
-            s.from, s.to
-        ),
-        "€",
-        &labels,
-        &[
-            svg::Series {
-                name: "ped",
-                color: "#1f77b4",
-                values: &ours,
-            },
-            svg::Series {
-                name: "DSO pro rata, no storage",
-                color: "#ff7f0e",
-                values: &dso,
-            },
-        ],
-    );
+    let gain: Vec<f64> = get("ped")
+        .iter()
+        .zip(get("dso_prorata"))
+        .map(|(ours, dso)| ours - dso)
+        .collect();
+    // Worse off as counted in the table: less money by more than a cent
+    // (the keys' rounding moves fractions of a cent and is not a loss).
+    let worse: Vec<bool> = gain.iter().map(|g| *g < -0.01).collect();
+    let marked_means = "save less than under the DSO's pro rata without storage";
+    // The charts name the local days only: a full timestamp would not fit
+    // their titles.
+    let day = |ts: &str| ts.get(..10).unwrap_or(ts).to_string();
+    let (from, to) = (day(&s.from), day(&s.to));
+    let title =
+        format!("Savings per participant, ped minus DSO pro rata without storage, {from} to {to}");
+    let svg = svg::Distribution {
+        title: &title,
+        x_label: "participants, sorted by that difference",
+        y_label: "EUR",
+        values: &gain,
+        marked: &worse,
+        marked_means,
+        reference: 0.0,
+    }
+    .render()?;
     write_file(&out.join("savings.svg"), &svg)?;
     let ratio: Vec<f64> = s.participants.iter().map(|p| p.ratio_to_prorata).collect();
-    let svg = svg::grouped_bars(
-        &format!(
-            "Savings under ped / savings under the DSO's pro rata without storage, per participant, {} to {} (1 = as well off)",
-            s.from, s.to
-        ),
-        "ratio",
-        &labels,
-        &[svg::Series {
-            name: "ped / DSO pro rata",
-            color: "#1f77b4",
-            values: &ratio,
-        }],
-    );
+    let title =
+        format!("Savings per participant, ped / DSO pro rata without storage, {from} to {to}");
+    let svg = svg::Distribution {
+        title: &title,
+        x_label: "participants, sorted by that ratio",
+        y_label: "ratio (1 = as well off)",
+        values: &ratio,
+        marked: &worse,
+        marked_means,
+        reference: 1.0,
+    }
+    .render()?;
     write_file(&out.join("savings-ratio.svg"), &svg)?;
     Ok(())
 }
