@@ -1,57 +1,52 @@
-//! Progress of the LP loop on stderr.
+//! Progress of the LP loop: an indicatif bar on stderr, drawn only when asked
+//! for and stderr is a terminal (logs and tests see nothing).
 
-use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub(super) struct Progress {
-    pub(super) enabled: bool,
-    pub(super) tty: bool,
-    pub(super) total: usize,
-    pub(super) shown: usize,
-    pub(super) began: Instant,
+    bar: ProgressBar,
+    total: u64,
+    /// The local day shown, changed only when the loop enters a new one.
+    label: String,
 }
 
 impl Progress {
     pub(super) fn new(enabled: bool, total: usize) -> Self {
+        let total = total.max(1) as u64;
+        let bar = if enabled && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            // The template is a constant: should indicatif refuse it, the
+            // default style still shows the count.
+            if let Ok(style) = ProgressStyle::with_template(
+                "backtest [{bar:30}] {percent:>3}% {pos}/{len} steps {msg} elapsed {elapsed} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("#>-"));
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
         Progress {
-            enabled,
-            tty: std::io::stderr().is_terminal(),
-            total: total.max(1),
-            shown: usize::MAX,
-            began: Instant::now(),
+            bar,
+            total,
+            label: String::new(),
         }
     }
 
+    /// `done` steps of the total are replayed, the last one in `label`'s day.
     pub(super) fn update(&mut self, done: usize, label: &str) {
-        if !self.enabled {
+        if self.bar.is_hidden() {
             return;
         }
-        // Per mille on a terminal, every 10 % in a log.
-        let unit = if self.tty { 1000 } else { 10 };
-        let now = done * unit / self.total;
-        if now == self.shown {
-            return;
+        if label != self.label {
+            self.label = label.to_string();
+            self.bar.set_message(self.label.clone());
         }
-        self.shown = now;
-        let frac = done as f64 / self.total as f64;
-        let el = self.began.elapsed().as_secs_f64();
-        let eta = if frac > 0.0 { el / frac - el } else { 0.0 };
-        let width = 30;
-        let fill = (frac * width as f64) as usize;
-        let bar: String = "#".repeat(fill) + &"-".repeat(width - fill.min(width));
-        let mut e = std::io::stderr().lock();
-        let line = format!(
-            "backtest [{bar}] {:5.1}% {done}/{} steps {label} elapsed {el:.0} s eta {eta:.0} s",
-            frac * 100.0,
-            self.total
-        );
-        let _ = if self.tty {
-            write!(e, "\r{line}")
-        } else {
-            writeln!(e, "{line}")
-        };
-        if self.tty && done >= self.total {
-            let _ = writeln!(e);
+        self.bar.set_position(done as u64);
+        if done as u64 >= self.total {
+            self.bar.finish();
         }
     }
 }
