@@ -241,8 +241,30 @@ fn backtest_on_two_days_is_consistent_and_writes_its_files() {
     ] {
         let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
         check_xml(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert!(text.contains("<polyline"), "{svg}: no curve");
+        // Axis ticks at round values: at most two significant digits.
+        let ticks: Vec<&str> = text
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim()))
+            .filter(|t| t.parse::<f64>().is_ok())
+            .collect();
+        assert!(ticks.len() >= 3, "{svg}: {ticks:?}");
+        for tick in &ticks {
+            let digits: String = tick.chars().filter(|c| c.is_ascii_digit()).collect();
+            let significant = digits.trim_start_matches('0').trim_end_matches('0');
+            assert!(significant.len() <= 2, "{svg}: tick {tick} in {ticks:?}");
+        }
+    }
+    // The savings charts count the participants worse off than under the
+    // DSO's pro rata as the summary does.
+    let worse = scen[0]["participants_saving_less_than_without_ped"]
+        .as_u64()
+        .unwrap();
+    for svg in ["savings.svg", "savings-ratio.svg"] {
+        let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
         assert!(
-            text.contains("<polyline") || text.contains("<rect x="),
+            text.contains(&format!("{worse} of 120 participants save less")),
             "{svg}"
         );
     }

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate};
+use plotters::prelude::*;
 
 use super::{Manifest, ALLOCATION_FILE, MANIFEST_FILE};
 
@@ -173,46 +174,76 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Daily consumption (grey) and allocated local energy (green) as bars.
+/// Daily consumption (grey) and allocated local energy (green) as bars,
+/// drawn with plotters' SVG backend.
 fn chart(s: &Statement) -> String {
-    let (w, h, pad) = (640.0, 220.0, 30.0);
-    let n = s.days.len().max(1) as f64;
+    let mut svg = String::new();
+    // Plotters draws into the string: it can only fail on a layout bug, and
+    // the statement is still worth writing without its chart.
+    if let Err(e) = draw_chart(s, &mut svg) {
+        return format!("<p>{}</p>", esc(&format!("chart not drawn: {e}")));
+    }
+    // The SVG inline in the page: its XML declaration-free root is enough,
+    // plus a label for screen readers.
+    svg.replacen(
+        "<svg ",
+        r#"<svg role="img" aria-label="daily consumption and local energy" "#,
+        1,
+    )
+}
+
+fn draw_chart(s: &Statement, out: &mut String) -> Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    let days: Vec<(&NaiveDate, &Day)> = s.days.iter().collect();
+    let n = days.len().max(1);
     let max = s
         .days
         .values()
         .map(|d| d.consumption_kwh.max(d.allocated_kwh))
         .fold(0.0, f64::max)
         .max(1e-9);
-    let bw = (w - 2.0 * pad) / n;
-    let mut svg = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="daily consumption and local energy">"##
-    );
-    let _ = write!(
-        svg,
-        r##"<line x1="{pad}" y1="{y}" x2="{x2}" y2="{y}" stroke="#333"/>"##,
-        y = h - pad,
-        x2 = w - pad
-    );
-    for (k, (day, d)) in s.days.iter().enumerate() {
-        let x = pad + k as f64 * bw;
-        let hc = (h - 2.0 * pad) * d.consumption_kwh / max;
-        let ha = (h - 2.0 * pad) * d.allocated_kwh / max;
-        let _ = write!(
-            svg,
-            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{hc:.1}" fill="#bbb"><title>{day}: {:.1} kWh consumed</title></rect><rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{ha:.1}" fill="#2a9d3f"><title>{day}: {:.1} kWh local</title></rect>"##,
-            h - pad - hc,
-            (bw * 0.8).max(1.0),
-            d.consumption_kwh,
-            h - pad - ha,
-            (bw * 0.8).max(1.0),
-            d.allocated_kwh
-        );
-    }
-    let _ = write!(
-        svg,
-        r##"<text x="{pad}" y="16" font-size="12">max {max:.1} kWh/day</text></svg>"##
-    );
-    svg
+    let root = SVGBackend::with_string(out, (680, 260)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..max * 1.05)?;
+    let label = |x: &f64| {
+        let k = x.round();
+        match days.get(k.max(0.0) as usize) {
+            Some((day, _)) if (x - k).abs() < 1e-9 && k >= 0.0 => day.format("%m-%d").to_string(),
+            _ => String::new(),
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.min(8))
+        .x_label_formatter(&label)
+        .y_desc("kWh/day")
+        .y_labels(5)
+        .max_light_lines(1)
+        .label_style(
+            ("sans-serif", 14)
+                .into_font()
+                .color(&RGBColor(0x44, 0x44, 0x44)),
+        )
+        .draw()?;
+    let bar = |k: usize, v: f64, color: RGBColor| {
+        let x = k as f64;
+        Rectangle::new([(x - 0.4, 0.0), (x + 0.4, v)], color.filled())
+    };
+    chart.draw_series(
+        days.iter()
+            .enumerate()
+            .map(|(k, (_, d))| bar(k, d.consumption_kwh, RGBColor(0xbb, 0xbb, 0xbb))),
+    )?;
+    chart.draw_series(
+        days.iter()
+            .enumerate()
+            .map(|(k, (_, d))| bar(k, d.allocated_kwh, RGBColor(0x2a, 0x9d, 0x3f))),
+    )?;
+    root.present()
 }
 
 pub fn render_html(s: &Statement) -> String {
@@ -280,4 +311,74 @@ pub fn write_all(out: &Path, statements: &[Statement]) -> Result<Vec<PathBuf>, S
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(days: u32) -> Statement {
+        let from = NaiveDate::from_ymd_opt(2025, 10, 1).unwrap();
+        let days: BTreeMap<NaiveDate, Day> = (0..days)
+            .map(|k| {
+                let c = 8.0 + 3.0 * f64::from(k % 7);
+                (
+                    from + chrono::Days::new(u64::from(k)),
+                    Day {
+                        consumption_kwh: c,
+                        allocated_kwh: c * 0.4,
+                        prorata_kwh: c * 0.35,
+                    },
+                )
+            })
+            .collect();
+        Statement {
+            id: "FLAT-1".into(),
+            prm: "20000000000001".into(),
+            from,
+            to: from + chrono::Days::new(u64::from(days.len() as u32)),
+            consumption_kwh: days.values().map(|d| d.consumption_kwh).sum(),
+            allocated_kwh: days.values().map(|d| d.allocated_kwh).sum(),
+            prorata_kwh: days.values().map(|d| d.prorata_kwh).sum(),
+            share_of_local: 0.1,
+            coverage: 0.4,
+            tariff_eur_per_kwh: 0.2,
+            local_price_eur_per_kwh: 0.1,
+            savings_vs_grid_eur: 1.0,
+            savings_vs_prorata_eur: 0.1,
+            days,
+        }
+    }
+
+    #[test]
+    fn chart_has_two_bars_a_day_and_round_ticks() {
+        let s = statement(31);
+        let svg = chart(&s);
+        assert!(svg.starts_with("<svg role=\"img\""), "{svg}");
+        let bars = |fill: &str| {
+            svg.lines()
+                .filter(|l| l.starts_with("<rect") && l.contains(fill))
+                .count()
+        };
+        assert_eq!(bars("fill=\"#BBBBBB\""), 31);
+        assert_eq!(bars("fill=\"#2A9D3F\""), 31);
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim()))
+            .collect();
+        // Round kWh ticks (the days peak at 26 kWh), dates as month-day.
+        for tick in ["0", "10", "20"] {
+            assert!(
+                texts.iter().any(|t| t.trim_end_matches(".0") == tick),
+                "{tick} in {texts:?}"
+            );
+        }
+        assert!(texts.contains(&"10-01"), "{texts:?}");
+        let html = render_html(&s);
+        assert!(html.contains("<svg role=\"img\"") && html.contains("</svg>"));
+        if let Some(dir) = std::env::var_os("PED_CHART_DIR") {
+            std::fs::write(std::path::Path::new(&dir).join("statement.svg"), &svg).unwrap();
+        }
+    }
 }
