@@ -3,8 +3,9 @@
 //! Rooms (lower never import higher): ground (`time`, `clock`, `units`,
 //! `ids`), data in (`config`, `prices`, `registers`, `modbus`, `devices`),
 //! decisions, pure (`forecast`, `plan`: the dispatch LP, `allocation`: the
-//! ex-post keys and the month solver), data out (`ledger`, `dso`, `keys`,
-//! `metrics`, `http`), top (`simulator`, `daemon`, `backtest`). See README,
+//! ex-post keys and the month solver, `settle`: counters, period energies,
+//! the period's keys and the month to date), data out (`ledger`, `dso`,
+//! `keys`, `metrics`, `http`), top (`simulator`, `daemon`, `backtest`). See README,
 //! "Architecture".
 
 pub mod allocation;
@@ -24,6 +25,7 @@ pub mod modbus;
 pub mod plan;
 pub mod prices;
 pub mod registers;
+pub mod settle;
 pub mod simulator;
 pub mod time;
 pub mod units;
