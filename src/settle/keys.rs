@@ -56,7 +56,7 @@ pub struct OperationKeys {
 }
 
 /// The values of `v` at `at` (a shorter `v` counts as zeros).
-pub fn pick(v: &[f64], at: &[usize]) -> Vec<f64> {
+fn pick(v: &[f64], at: &[usize]) -> Vec<f64> {
     at.iter()
         .map(|&i| v.get(i).copied().unwrap_or(0.0))
         .collect()
