@@ -14,7 +14,7 @@ use crate::devices::Command;
 use crate::plan::Plan;
 
 use crate::metrics::Metrics;
-pub use crate::metrics::{ReleaseReason, Resolve, WriteResult};
+pub use crate::metrics::{PeriodFallback, ReleaseReason, Resolve, WriteResult};
 use crate::modbus::ModbusError;
 
 /// An event that writes its own log line (if any) and metrics.
@@ -363,6 +363,82 @@ impl InternalEvent for TrackingSkipped<'_> {
         m.tracking_skipped.with_label_values(&[self.reason]).inc();
         if self.log {
             tracing::warn!(reason = self.reason, device = %self.device, "plan tracking paused: site surplus not measured, the plan's setpoints stand");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Settlement and key files.
+
+/// A closed period's keys fell back from the policy's own.
+pub struct PeriodFellBack {
+    pub reason: PeriodFallback,
+}
+
+impl InternalEvent for PeriodFellBack {
+    fn emit(self, m: &Metrics) {
+        m.period_fallbacks
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+    }
+}
+
+/// Key files passed their format's validator and were written.
+pub struct KeyFilesWritten {
+    pub files: u64,
+}
+
+impl InternalEvent for KeyFilesWritten {
+    fn emit(self, m: &Metrics) {
+        m.key_files
+            .with_label_values(&["enedis"])
+            .inc_by(self.files);
+        m.key_files_validated
+            .with_label_values(&["ok"])
+            .inc_by(self.files);
+        m.key_files_last_written
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+}
+
+/// A key file failed its format's validator and was not written.
+pub struct KeyFileInvalid;
+
+impl InternalEvent for KeyFileInvalid {
+    fn emit(self, m: &Metrics) {
+        m.key_files_validated.with_label_values(&["invalid"]).inc();
+    }
+}
+
+/// The aggregator fell days behind the pollers: the oldest counter samples
+/// were dropped.
+pub struct SamplesDropped {
+    pub dropped: u64,
+}
+
+impl InternalEvent for SamplesDropped {
+    fn emit(self, m: &Metrics) {
+        m.handoff_samples_dropped.inc_by(self.dropped);
+        tracing::warn!(
+            dropped = self.dropped,
+            "aggregator stalled for days: oldest counter samples dropped"
+        );
+    }
+}
+
+/// A ledger write failed; `first` when it is the first of a run of
+/// failures (logged once, counted each time).
+pub struct LedgerWriteFailed<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    pub pending: usize,
+    pub first: bool,
+}
+
+impl InternalEvent for LedgerWriteFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.ledger_write_errors.inc();
+        if self.first {
+            tracing::error!(error = %self.error, pending = self.pending, "ledger write failed; control goes on, closed periods wait in memory");
         }
     }
 }

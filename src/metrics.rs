@@ -433,6 +433,34 @@ impl Resolve {
     }
 }
 
+/// Why a closed period's keys are not the policy's own
+/// (`ped_period_fallbacks_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeriodFallback {
+    /// A counter went backwards (reset, rollover): the period's keys are pro rata.
+    CounterReset,
+    /// An energy is unknown: the period's keys are pro rata.
+    MissingData,
+    /// The month-aware solve failed: per-period optimised keys instead.
+    MonthSolver,
+}
+
+impl PeriodFallback {
+    pub const ALL: [PeriodFallback; 3] = [
+        PeriodFallback::CounterReset,
+        PeriodFallback::MissingData,
+        PeriodFallback::MonthSolver,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodFallback::CounterReset => "counter_reset",
+            PeriodFallback::MissingData => "missing_data",
+            PeriodFallback::MonthSolver => "month_solver",
+        }
+    }
+}
+
 /// The daemon's supervised tasks (`ped_task_failures_total`).
 pub const TASKS: [&str; 6] = [
     "http",

@@ -18,6 +18,7 @@
 use super::handoff::{Drained, Handoff, Latest};
 use super::{PeriodRecord, Shared};
 use crate::config::DeviceKind;
+use crate::events::{self, PeriodFallback};
 use crate::ledger::{ClosedPeriod, CounterSnapshot, EnergyRow, Ledger, Owner, Quality};
 use crate::settle::{self, Counters, Month};
 use crate::units::JOULES_PER_KWH;
@@ -190,11 +191,7 @@ fn resume(
 fn on_drained(shared: &Shared, counters: &mut Counters, d: Drained) {
     let m = &shared.metrics;
     if d.dropped > 0 {
-        m.handoff_samples_dropped.inc_by(d.dropped);
-        tracing::warn!(
-            dropped = d.dropped,
-            "aggregator stalled for days: oldest counter samples dropped"
-        );
+        events::emit(m, events::SamplesDropped { dropped: d.dropped });
     }
     for (device, samples) in d.samples {
         for s in samples {
@@ -341,11 +338,12 @@ fn close_period(
     let export_price = |at: DateTime<Utc>| export_price_at(&site.config, at);
     let keys = settle::keys(site, month, start, &en, &export_price, &mut problems);
     for _ in 0..keys.month_solver_fallbacks {
-        shared
-            .metrics
-            .period_fallbacks
-            .with_label_values(&["month_solver"])
-            .inc();
+        events::emit(
+            &shared.metrics,
+            events::PeriodFellBack {
+                reason: PeriodFallback::MonthSolver,
+            },
+        );
     }
     count_quality(shared, en.estimated, &problems);
     let quality = settle::quality(site, start, en.estimated, &problems);
@@ -375,13 +373,12 @@ fn count_quality(shared: &Shared, estimated: bool, problems: &[String]) {
         m.periods_estimated.inc();
     }
     if !problems.is_empty() {
-        m.period_fallbacks
-            .with_label_values(&[if problems.iter().any(|p| p.contains("reset")) {
-                "counter_reset"
-            } else {
-                "missing_data"
-            }])
-            .inc();
+        let reason = if problems.iter().any(|p| p.contains("reset")) {
+            PeriodFallback::CounterReset
+        } else {
+            PeriodFallback::MissingData
+        };
+        events::emit(m, events::PeriodFellBack { reason });
     }
 }
 

@@ -623,10 +623,13 @@ impl Daemon {
                 .inc_by(0);
         }
         metrics.key_files.with_label_values(&["enedis"]).inc_by(0);
-        for reason in ["counter_reset", "missing_data"] {
+        for reason in [
+            crate::metrics::PeriodFallback::CounterReset,
+            crate::metrics::PeriodFallback::MissingData,
+        ] {
             metrics
                 .period_fallbacks
-                .with_label_values(&[reason])
+                .with_label_values(&[reason.as_str()])
                 .inc_by(0);
         }
         for status in ["optimal", "rule_based"] {

@@ -10,6 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::allocation::Precision;
 use crate::daemon::Shared;
 use crate::dso::{enedis, KeyRow};
+use crate::events;
 use crate::ids::Prm;
 use crate::keys::KeyFileFormat;
 use crate::ledger::{ClosedPeriod, Ledger, LedgerError};
@@ -58,20 +59,7 @@ pub(super) fn write_day_files(
     if days_current.contains(&day) {
         match append_day_row(shared, p, day) {
             Ok(n) => {
-                shared
-                    .metrics
-                    .key_files
-                    .with_label_values(&["enedis"])
-                    .inc_by(n);
-                shared
-                    .metrics
-                    .key_files_validated
-                    .with_label_values(&["ok"])
-                    .inc_by(n);
-                shared
-                    .metrics
-                    .key_files_last_written
-                    .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                events::emit(&shared.metrics, events::KeyFilesWritten { files: n });
                 return;
             }
             Err(e) => {
@@ -115,7 +103,7 @@ pub(super) fn write_day_files(
                 )
                 .map_err(|e| {
                     if matches!(e, crate::dso::DsoError::Invalid { .. }) {
-                        m.key_files_validated.with_label_values(&["invalid"]).inc();
+                        events::emit(m, events::KeyFileInvalid);
                     }
                     format!("{}: {e}", slice.label)
                 })?;
@@ -125,14 +113,12 @@ pub(super) fn write_day_files(
         }) {
         Ok(files) => {
             days_current.insert(day);
-            m.key_files
-                .with_label_values(&["enedis"])
-                .inc_by(files.len() as u64);
-            m.key_files_validated
-                .with_label_values(&["ok"])
-                .inc_by(files.len() as u64);
-            m.key_files_last_written
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            events::emit(
+                m,
+                events::KeyFilesWritten {
+                    files: files.len() as u64,
+                },
+            );
         }
         Err(e) => tracing::error!(dir = %dir.display(), error = %e, "key files not written"),
     }

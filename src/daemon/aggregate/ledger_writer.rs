@@ -64,10 +64,14 @@ impl Sink {
     }
 
     fn write_error(&mut self, shared: &Shared, e: &LedgerError) {
-        shared.metrics.ledger_write_errors.inc();
-        if !self.failing {
-            tracing::error!(error = %e, pending = self.pending.len(), "ledger write failed; control goes on, closed periods wait in memory");
-        }
+        crate::events::emit(
+            &shared.metrics,
+            crate::events::LedgerWriteFailed {
+                error: e,
+                pending: self.pending.len(),
+                first: !self.failing,
+            },
+        );
         self.failing = true;
     }
 
