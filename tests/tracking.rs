@@ -11,52 +11,17 @@ use std::time::{Duration, Instant};
 
 fn site_toml(tracking: bool) -> String {
     format!(
-        r#"
-{head}
-[plan]
-budget_ms = 10000
-tracking = {tracking}
-
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "127.0.0.1:1"
-prm = "99990000000001"
-kwp = 60.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "127.0.0.1:2"
-participant = "P1"
-
-[[devices]]
-id = "BAT"
-kind = "battery"
-address = "127.0.0.1:3"
-writes = ["WSetEna", "WSet", "WSetRvrtTms"]
-prm = "99990000000002"
-capacity_kwh = 200.0
-max_charge_kw = 50.0
-max_discharge_kw = 50.0
-participant = "BAT-P"
-# SunSpec 704 WSet: positive = discharge.
-sign = "generation_positive"
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 20000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#,
-        head = common::site_head("tracking", "unforecast sun")
+        "{head}\n[plan]\nbudget_ms = 10000\ntracking = {tracking}\n{pv}{meter}{battery}{participants}",
+        head = common::site_head("tracking", "unforecast sun"),
+        pv = common::pv_toml("127.0.0.1:1", 60.0),
+        meter = common::meter_toml("127.0.0.1:2"),
+        battery = common::battery_toml(
+            "127.0.0.1:3",
+            r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
+            // SunSpec 704 WSet: positive = discharge.
+            r#"sign = "generation_positive""#
+        ),
+        participants = common::participants_toml(20000.0),
     )
 }
 

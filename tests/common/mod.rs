@@ -5,7 +5,8 @@
 
 use ped::clock::Clock;
 use ped::config::{self, Site};
-use ped::daemon::{Daemon, Options};
+use ped::daemon::{Daemon, DaemonError, LedgerOptions, Options};
+use ped::ledger::Ledger;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
 use std::collections::BTreeSet;
@@ -51,19 +52,111 @@ impl Simulated {
     /// ped on `site` (usually `self.sim.site`, maybe edited), writing under
     /// the temporary folder, its HTTP endpoint on an ephemeral port.
     pub async fn daemon(&self, site: Site) -> Daemon {
-        Daemon::start(
+        start_daemon(
             site,
             self.lib.clone(),
             self.clock,
-            Options {
-                dry_run: false,
-                output_dir: Some(self.dir.path().join("out")),
-                http_listen: Some("127.0.0.1:0".into()),
-            },
+            self.dir.path().join("out"),
+            false,
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// The options of a daemon writing into `out`, its HTTP endpoint on an
+/// ephemeral port of 127.0.0.1 (read it back from `Daemon::http_addr`).
+pub fn options(out: impl Into<std::path::PathBuf>, dry_run: bool) -> Options {
+    Options {
+        dry_run,
+        output_dir: Some(out.into()),
+        http_listen: Some("127.0.0.1:0".into()),
+    }
+}
+
+/// ped on `site` with [`options`]; a daemon that does not start fails the
+/// test.
+pub async fn start_daemon(
+    site: Site,
+    lib: Arc<ModelLibrary>,
+    clock: Clock,
+    out: impl Into<std::path::PathBuf>,
+    dry_run: bool,
+) -> Daemon {
+    Daemon::start(site, lib, clock, options(out, dry_run))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// ped on `site` with [`options`] and its ledger as `ledger` says.
+pub async fn start_with_ledger(
+    site: Site,
+    lib: Arc<ModelLibrary>,
+    clock: Clock,
+    out: impl Into<std::path::PathBuf>,
+    ledger: LedgerOptions,
+) -> Result<Daemon, DaemonError> {
+    Daemon::start_with_ledger(site, lib, clock, options(out, false), ledger).await
+}
+
+/// Checks that the ledger at `path` stores at least `closed` periods, each a
+/// quarter-hour after the one before, and that its audit chain verifies;
+/// returns the ledger for the caller's own checks.
+pub fn assert_ledger_whole(path: &std::path::Path, closed: u64) -> Ledger {
+    let l = Ledger::open_read_only(path).unwrap_or_else(|e| panic!("ledger: {e}"));
+    let periods = l.periods().unwrap_or_else(|e| panic!("periods: {e}"));
+    assert!(
+        periods.len() as u64 >= closed,
+        "{} periods stored, {closed} closed",
+        periods.len()
+    );
+    for w in periods.windows(2) {
+        assert_eq!(
+            (w[1].start - w[0].start).num_minutes(),
+            15,
+            "gap after {}",
+            w[0].start
+        );
+    }
+    let r = l.verify().unwrap_or_else(|e| panic!("verify: {e}"));
+    assert!(r.ok(), "{r:?}");
+    l
+}
+
+/// Runs `cmd` and fails the test, with its stderr, unless it exits 0;
+/// `why` tells what a failure may mean.
+pub fn output_ok(cmd: &mut std::process::Command, why: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed{why}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A shipped site config (by its path in the repository) loaded against
+/// `lib`, polled every 100 ms with a 300 ms timeout, so that each simulated
+/// quarter-hour sees several samples.
+pub fn shipped_site(lib: &ModelLibrary, rel: &str) -> Site {
+    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
+    let mut site = config::load(&repo_path(rel), &known).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    site.config.polling.interval_ms = 100;
+    site.config.polling.timeout_ms = 300;
+    site
+}
+
+/// The setpoint writes the daemon counts as done on `devices`, summed.
+pub fn setpoints_ok(d: &Daemon, devices: &[&str]) -> u64 {
+    devices
+        .iter()
+        .map(|b| {
+            d.shared
+                .metrics
+                .setpoint_writes
+                .with_label_values(&[b, "ok"])
+                .get()
+        })
+        .sum()
 }
 
 /// The sum of a metric's samples in the text exposition whose line
@@ -352,6 +445,78 @@ timeout_ms = 300
 
 [control]
 writes_allowed = true
+"#
+    )
+}
+
+/// `[[devices]]` of a test site's PV inverter `PV` (PRM 99990000000001) of
+/// `kwp` at `address`.
+pub fn pv_toml(address: &str, kwp: f64) -> String {
+    format!(
+        r#"
+[[devices]]
+id = "PV"
+kind = "pv_inverter"
+address = "{address}"
+prm = "99990000000001"
+kwp = {kwp:?}
+"#
+    )
+}
+
+/// `[[devices]]` of a test site's meter `M1` at `address`, the household
+/// `P1`'s.
+pub fn meter_toml(address: &str) -> String {
+    format!(
+        r#"
+[[devices]]
+id = "M1"
+kind = "meter"
+address = "{address}"
+participant = "P1"
+"#
+    )
+}
+
+/// `[[devices]]` of a test site's 200 kWh, ±50 kW battery `BAT` (PRM
+/// 99990000000002, the participant `BAT-P`) at `address`, writing `writes`
+/// (a TOML array), with `extra` keys.
+pub fn battery_toml(address: &str, writes: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[devices]]
+id = "BAT"
+kind = "battery"
+address = "{address}"
+writes = {writes}
+prm = "99990000000002"
+participant = "BAT-P"
+capacity_kwh = 200.0
+max_charge_kw = 50.0
+max_discharge_kw = 50.0
+{extra}
+"#
+    )
+}
+
+/// `[[participants]]` of a test site: the household `P1` (PRM
+/// 99990000000011, metered by `M1`) using `annual_kwh` a year, and the
+/// battery `BAT-P` (PRM 99990000000002, metered by `BAT`).
+pub fn participants_toml(annual_kwh: f64) -> String {
+    format!(
+        r#"
+[[participants]]
+id = "P1"
+kind = "household"
+prm = "99990000000011"
+meter = "M1"
+annual_kwh = {annual_kwh:?}
+
+[[participants]]
+id = "BAT-P"
+kind = "battery"
+prm = "99990000000002"
+meter = "BAT"
 "#
     )
 }
