@@ -10,20 +10,15 @@ fn manifest(p: &str) -> String {
 
 #[test]
 fn check_accepts_the_fontaine_douche_site() {
-    let out = ped()
-        .args([
+    let out = common::output_ok(
+        ped().args([
             "check",
             "--site",
             &manifest("site-configs/fontaine-douche.toml"),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "",
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("135 devices, 120 participants"), "{stdout}");
 }
 

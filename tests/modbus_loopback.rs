@@ -5,31 +5,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ped::modbus::server::{serve, serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
+use ped::modbus::server::{serve, Bank, Faults, SharedBank, SharedFaults};
 use ped::modbus::{discover, DiscoveredModel, ModbusClient, ModbusError};
 use ped::registers::{ModelLibrary, RegisterMap, Table, WriteMode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod common;
+
 const TIMEOUT: Duration = Duration::from_secs(2);
 const UNIT: u8 = 1;
 
-/// A running server; it stops when this is dropped (the sender closes).
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(units: HashMap<u8, SharedBank>, faults: SharedFaults) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(serve_with_faults(listener, units, faults, async move {
-        let _ = rx.await;
-    }));
-    Running { addr, _stop: tx }
+async fn start(units: HashMap<u8, SharedBank>, faults: SharedFaults) -> common::Served {
+    common::serve_local(units, faults).await
 }
 
 fn library() -> ModelLibrary {

@@ -122,13 +122,14 @@ pub fn assert_ledger_whole(path: &std::path::Path, closed: u64) -> Ledger {
     l
 }
 
-/// Runs `cmd` and fails the test, with its stderr, unless it exits 0;
+/// Runs `cmd` and fails the test, with its output, unless it exits 0;
 /// `why` tells what a failure may mean.
 pub fn output_ok(cmd: &mut std::process::Command, why: &str) -> std::process::Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed{why}: {}",
+        "{cmd:?} failed{why}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
@@ -519,4 +520,81 @@ prm = "99990000000002"
 meter = "BAT"
 "#
     )
+}
+
+/// A delivery channel whose every attempt fails with `error()`.
+pub struct Failing {
+    pub channel: &'static str,
+    pub error: fn() -> ped::dso::delivery::DeliveryError,
+}
+
+impl ped::dso::delivery::Deliver for Failing {
+    fn channel(&self) -> &'static str {
+        self.channel
+    }
+    fn deliver(
+        &self,
+        _: &ped::dso::delivery::Delivery,
+    ) -> Result<String, ped::dso::delivery::DeliveryError> {
+        Err((self.error)())
+    }
+}
+
+/// A fresh ledger at `path` holding one key file to deliver, `F.csv` for
+/// 2025-06-21, recorded at 2025-06-22T00:05Z; that time is returned too.
+pub fn ledger_with_one_key_file(path: &std::path::Path) -> (Ledger, chrono::DateTime<chrono::Utc>) {
+    let mut l = Ledger::open(path).unwrap_or_else(|e| panic!("ledger: {e}"));
+    let now = at("2025-06-22T00:05:00Z");
+    let day = chrono::NaiveDate::from_ymd_opt(2025, 6, 21).unwrap_or_else(|| panic!("day"));
+    l.record_key_file("F.csv", day, day, b"rows", "[]", "prorata", now)
+        .unwrap_or_else(|e| panic!("record: {e}"));
+    (l, now)
+}
+
+/// A fresh temporary folder in which [`devices`] serves the Fontaine d'Ouche
+/// site's devices from `start` at `speed`, on a clock origin of now: the
+/// folder, that origin, and the devices' guard (dropped first).
+pub fn fontaine_devices(start: &str, speed: &str) -> (tempfile::TempDir, String, Kill) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let origin = clock_origin();
+    let site = repo_path("site-configs/fontaine-douche.toml");
+    let guard = devices(tmp.path(), &site, start, speed, &origin);
+    (tmp, origin, guard)
+}
+
+/// A Modbus TCP server of test devices; it stops when this is dropped.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves `units` on `listener`, answering with `faults`, until the returned
+/// [`Served`] is dropped.
+pub fn serve_faulty(
+    listener: tokio::net::TcpListener,
+    units: std::collections::HashMap<u8, ped::modbus::server::SharedBank>,
+    faults: ped::modbus::server::SharedFaults,
+) -> Served {
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(ped::modbus::server::serve_with_faults(
+        listener,
+        units,
+        faults,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Served { addr, _stop: tx }
+}
+
+/// [`serve_faulty`] on an ephemeral port of 127.0.0.1.
+pub async fn serve_local(
+    units: std::collections::HashMap<u8, ped::modbus::server::SharedBank>,
+    faults: ped::modbus::server::SharedFaults,
+) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    serve_faulty(listener, units, faults)
 }

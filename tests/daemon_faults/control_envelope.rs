@@ -7,12 +7,11 @@
 
 use crate::common::{self, lock, ok};
 use ped::clock::Clock;
-use ped::modbus::server::{serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
+use ped::modbus::server::{Bank, Faults, SharedBank, SharedFaults};
 use ped::registers::{ModelLibrary, RegisterMap, Table};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 const RAMP_KW_PER_S: f64 = 1.0;
 const MAX_KW: f64 = 3.0;
@@ -40,28 +39,9 @@ fn sunspec(lib: &ModelLibrary, model: u16, fill: impl Fn(&RegisterMap, &mut [u16
     bank
 }
 
-async fn serve_one(
-    bank: SharedBank,
-    unit: u8,
-    faults: SharedFaults,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with_faults(
-        listener,
-        HashMap::from([(unit, bank)]),
-        faults,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
+async fn serve_one(bank: SharedBank, unit: u8, faults: SharedFaults) -> (String, common::Served) {
+    let served = common::serve_local(HashMap::from([(unit, bank)]), faults).await;
+    (served.addr.to_string(), served)
 }
 
 fn i32_at(bank: &SharedBank, addr: u16) -> i32 {
