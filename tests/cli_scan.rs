@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ped::modbus::server::{serve, serve_rtu_over_tcp, serve_rtu_serial, Bank, SharedFaults};
+use ped::modbus::server::{serve_rtu_over_tcp, serve_rtu_serial, Bank, SharedFaults};
 use ped::registers::{ModelLibrary, Table};
 use tokio::net::TcpListener;
 
@@ -63,14 +63,8 @@ fn assert_found(stdout: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_base_0_and_stops_at_the_exception() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, device(), async move {
-        let _ = rx.await;
-    }));
+    let served = common::serve_local(device(), SharedFaults::default()).await;
+    let addr = served.addr;
     let stdout = scan(vec![addr.to_string(), "--unit".into(), "2".into()]).await;
     assert_found(&stdout);
 }

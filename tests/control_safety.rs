@@ -3,7 +3,7 @@
 //! Each test went through ped as an installer meets it: `ped check` (the real
 //! binary), or the daemon against devices on real sockets.
 
-use ped::modbus::server::{serve, Bank};
+use ped::modbus::server::Bank;
 use ped::registers::{ModelLibrary, Table};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,14 +137,7 @@ async fn an_empty_setpoint_range_leaves_the_battery_in_its_own_mode() {
     let mut worst: f64 = 0.0;
     while started.elapsed() < Duration::from_secs(6) {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let kw = s
-            .sim
-            .truth
-            .borrow()
-            .battery_kw
-            .get("BAT")
-            .copied()
-            .unwrap_or(0.0);
+        let kw = common::battery_kw(&s.sim, "BAT");
         worst = worst.max(kw.abs());
     }
     let text = daemon.shared.metrics.render();
@@ -199,18 +192,12 @@ async fn a_shorter_sunspec_model_is_neither_read_nor_written_past_its_declared_e
     bank.map_range(Table::Holding, 40000, words.len() as u16, true);
     bank.set(Table::Holding, 40000, &words);
     let bank = Arc::new(std::sync::Mutex::new(bank));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
+    let served = common::serve_local(
         std::collections::HashMap::from([(1u8, bank.clone())]),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+        Default::default(),
+    )
+    .await;
+    let addr = served.addr;
 
     let toml = format!(
         "{}{}{}",

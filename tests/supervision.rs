@@ -21,25 +21,19 @@ const FAULT: &str = "endpoint:BAT";
 /// load) with no revert timer written: only ped can hand the battery back
 /// before the simulator's own 15 s default.
 fn site() -> String {
-    format!(
-        "{head}\n[plan]\nbudget_ms = 500\n{pv}{meter}{battery}{participants}",
-        head = common::site_head("supervision", "supervision"),
-        pv = common::pv_toml("127.0.0.1:1", 80.0),
-        meter = common::meter_toml("127.0.0.1:2"),
-        battery = common::battery_toml("127.0.0.1:3", r#"["WSetEna", "WSet"]"#, ""),
-        participants = common::participants_toml(20000.0),
+    common::control_site(
+        &common::site_head("supervision", "supervision"),
+        "budget_ms = 500",
+        80.0,
+        r#"["WSetEna", "WSet"]"#,
+        "",
     )
 }
 
 const START: &str = "2025-06-21T21:30:00+02:00";
 
 fn bat_kw(sim: &Simulator) -> f64 {
-    sim.truth
-        .borrow()
-        .battery_kw
-        .get("BAT")
-        .copied()
-        .unwrap_or(0.0)
+    common::battery_kw(sim, "BAT")
 }
 
 /// The real binary: `ped run` against devices served by this process on the

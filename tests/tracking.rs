@@ -10,18 +10,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn site_toml(tracking: bool) -> String {
-    format!(
-        "{head}\n[plan]\nbudget_ms = 10000\ntracking = {tracking}\n{pv}{meter}{battery}{participants}",
-        head = common::site_head("tracking", "unforecast sun"),
-        pv = common::pv_toml("127.0.0.1:1", 60.0),
-        meter = common::meter_toml("127.0.0.1:2"),
-        battery = common::battery_toml(
-            "127.0.0.1:3",
-            r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
-            // SunSpec 704 WSet: positive = discharge.
-            r#"sign = "generation_positive""#
-        ),
-        participants = common::participants_toml(20000.0),
+    common::control_site(
+        &common::site_head("tracking", "unforecast sun"),
+        &format!("budget_ms = 10000\ntracking = {tracking}"),
+        60.0,
+        r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
+        // SunSpec 704 WSet: positive = discharge.
+        r#"sign = "generation_positive""#,
     )
 }
 

@@ -598,3 +598,47 @@ pub async fn serve_local(
         .unwrap_or_else(|e| panic!("bind: {e}"));
     serve_faulty(listener, units, faults)
 }
+
+/// A control test site: `head` (see [`site_head`]) and `plan` (the `[plan]`
+/// keys), then PV `PV` of `kwp`, meter `M1`, battery `BAT` writing `writes`
+/// with `battery_extra` keys (all at placeholder addresses the simulator
+/// replaces), and the participants of a 20 MWh household.
+pub fn control_site(head: &str, plan: &str, kwp: f64, writes: &str, battery_extra: &str) -> String {
+    format!(
+        "{head}\n[plan]\n{plan}\n{}{}{}{}",
+        pv_toml("127.0.0.1:1", kwp),
+        meter_toml("127.0.0.1:2"),
+        battery_toml("127.0.0.1:3", writes, battery_extra),
+        participants_toml(20000.0),
+    )
+}
+
+/// The simulated battery `id`'s power (kW, 0 when it has none).
+pub fn battery_kw(sim: &Simulator, id: &str) -> f64 {
+    sim.truth
+        .borrow()
+        .battery_kw
+        .get(id)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// A register bank of a device described by a register map: only the
+/// registers of `map`'s points exist, holding `block` (the map's image, from
+/// its base), writable where the point is.
+pub fn map_bank(map: &ped::registers::RegisterMap, block: &[u16]) -> ped::modbus::server::Bank {
+    use ped::registers::Table;
+    let mut bank = ped::modbus::server::Bank::new();
+    for p in &map.points {
+        let addr = map.base + p.offset;
+        bank.map_range(
+            Table::Holding,
+            addr,
+            p.size,
+            p.access == ped::registers::Access::Rw,
+        );
+        let o = usize::from(p.offset);
+        bank.set(Table::Holding, addr, &block[o..o + usize::from(p.size)]);
+    }
+    bank
+}

@@ -78,19 +78,7 @@ async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
     ok(map.encode_f64(&mut block, "import_kwh", 100.0));
     ok(map.encode_f64(&mut block, "export_kwh", 90.0));
     ok(map.encode_raw(&mut block, "mode", 803));
-    let mut bat = Bank::new();
-    for p in &map.points {
-        let addr = map.base + p.offset;
-        bat.map_range(
-            Table::Holding,
-            addr,
-            p.size,
-            p.access == ped::registers::Access::Rw,
-        );
-        let o = usize::from(p.offset);
-        bat.set(Table::Holding, addr, &block[o..o + usize::from(p.size)]);
-    }
-    let bat = Arc::new(Mutex::new(bat));
+    let bat = Arc::new(Mutex::new(common::map_bank(map, &block)));
     let none = || -> SharedFaults { Arc::new(Mutex::new(Faults::default())) };
     let bat_faults = none();
     let (pv_addr, _s1) = serve_one(pv.clone(), 1, none()).await;

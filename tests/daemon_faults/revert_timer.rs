@@ -18,17 +18,12 @@ const TIMER_S: f64 = 2.0;
 async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
     let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let toml = format!(
-        "{head}\n[plan]\nbudget_ms = 10000\n{pv}{meter}{battery}{participants}",
-        head = common::site_head("revert", "revert timer"),
-        pv = common::pv_toml("127.0.0.1:1", 80.0),
-        meter = common::meter_toml("127.0.0.1:2"),
-        battery = common::battery_toml(
-            "127.0.0.1:3",
-            r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
-            &format!("revert_timeout_s = {TIMER_S}")
-        ),
-        participants = common::participants_toml(20000.0),
+    let toml = common::control_site(
+        &common::site_head("revert", "revert timer"),
+        "budget_ms = 10000",
+        80.0,
+        r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
+        &format!("revert_timeout_s = {TIMER_S}"),
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);
@@ -75,14 +70,7 @@ async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
 
     // ped takes control: the battery moves and stays under control for longer
     // than its own timer, because ped refreshes the setpoint inside it.
-    let bat_kw = |sim: &Simulator| {
-        sim.truth
-            .borrow()
-            .battery_kw
-            .get("BAT")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let bat_kw = |sim: &Simulator| common::battery_kw(sim, "BAT");
     let started = Instant::now();
     let mut moving_since: Option<Instant> = None;
     while started.elapsed() < Duration::from_secs(20) {
