@@ -37,6 +37,19 @@ fn keys_with_site(site: &Path, args: &[&str]) -> Output {
     keys_with_site_env(site, args, &[])
 }
 
+/// `ped keys` on `site` with `args`, which must succeed: what it printed,
+/// stdout then stderr.
+fn keys_ok(site: &Path, args: &[&str]) -> String {
+    let o = keys_with_site(site, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    text
+}
+
 fn keys_with_site_env(site: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     common::ped()
         .arg("keys")
@@ -1050,13 +1063,7 @@ fn a_run_from_mid_month_carries_the_month_from_the_ledger_or_the_load_curves() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = keys_with_site(&site, &args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{text}");
+        let text = keys_ok(&site, &args);
         (manifest(&out), text)
     };
     let l = ledger.to_str().unwrap();
@@ -1205,16 +1212,10 @@ fn operation_layout_with_suspect_values_and_a_member_who_left() {
     let tmp = tempfile::tempdir().unwrap();
     let (site, curves) = operation_fixture(tmp.path());
     let out = tmp.path().join("oct");
-    let o = keys_with_site(
+    let text = keys_ok(
         &site,
         &day_args("2025-10-26", &curves, &out, &["--policy", "prorata"]),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
     assert!(
         text.contains("2 suspect value(s) treated as missing"),
         "{text}"
@@ -1597,16 +1598,10 @@ fn each_operation_gets_its_own_keys_from_its_own_producers() {
     let site = two_operations_site(tmp.path());
     let curves = data("curves-2025-10-26");
     let out = tmp.path().join("oct");
-    let o = keys_with_site(
+    let text = keys_ok(
         &site,
         &day_args("2025-10-26", &curves, &out, &["--policy", "prorata"]),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
     // The other operation's curves are in the same export: no warning.
     assert!(!text.contains("neither a producer nor a member"), "{text}");
 

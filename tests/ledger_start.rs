@@ -12,7 +12,7 @@ mod common;
 
 use ped::clock::Clock;
 use ped::config;
-use ped::daemon::{Daemon, DaemonError, LedgerOptions};
+use ped::daemon::{Daemon, DaemonError};
 use ped::ledger::Ledger;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
@@ -36,10 +36,8 @@ async fn start(site: config::Site, out: &Path, ledger: &Path) -> Result<Daemon, 
         lib,
         Clock::simulated(origin(), 900.0),
         out,
-        LedgerOptions {
-            path: Some(ledger.to_path_buf()),
-            ..Default::default()
-        },
+        ledger,
+        None,
     )
     .await
 }

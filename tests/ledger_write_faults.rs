@@ -12,7 +12,7 @@
 mod common;
 
 use ped::clock::Clock;
-use ped::daemon::{Daemon, LedgerOptions};
+use ped::daemon::Daemon;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
 use std::path::{Path, PathBuf};
@@ -73,18 +73,9 @@ async fn run_with_fault(ledger: PathBuf, inject: impl FnOnce(&Path), heal: impl 
     let sim = Simulator::start(&site, lib.clone(), clock, 2025, true)
         .await
         .expect("simulator");
-    let d = common::start_with_ledger(
-        sim.site.clone(),
-        lib,
-        clock,
-        out.path(),
-        LedgerOptions {
-            path: Some(ledger.clone()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("daemon");
+    let d = common::start_with_ledger(sim.site.clone(), lib, clock, out.path(), &ledger, None)
+        .await
+        .expect("daemon");
     let m = d.shared.metrics.clone();
     wait_until("2 periods closed", 30, || m.periods_closed.get() >= 2).await;
     assert_eq!(m.ledger_write_errors.get(), 0);

@@ -87,15 +87,39 @@ pub async fn start_daemon(
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// ped on `site` with [`options`] and its ledger as `ledger` says.
+/// ped on `site` with [`options`], its ledger at `ledger`, its writer held
+/// while `writer_hold` is set (see `LedgerOptions::writer_hold`).
 pub async fn start_with_ledger(
     site: Site,
     lib: Arc<ModelLibrary>,
     clock: Clock,
     out: impl Into<std::path::PathBuf>,
-    ledger: LedgerOptions,
+    ledger: &std::path::Path,
+    writer_hold: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<Daemon, DaemonError> {
+    let ledger = LedgerOptions {
+        path: Some(ledger.to_path_buf()),
+        writer_hold,
+        ..Default::default()
+    };
     Daemon::start_with_ledger(site, lib, clock, options(out, false), ledger).await
+}
+
+/// Drives `clock` (see [`pace`]) every 10 ms of real time, as long as each of
+/// `site`'s devices has a reading at most five simulated minutes old.
+pub fn pace_site(
+    clock: Clock,
+    shared: Arc<ped::daemon::Shared>,
+    site: &Site,
+) -> tokio::task::JoinHandle<()> {
+    let devices = site.config.devices.iter().map(|d| d.id.clone()).collect();
+    pace(
+        clock,
+        shared,
+        devices,
+        std::time::Duration::from_millis(10),
+        chrono::Duration::minutes(5),
+    )
 }
 
 /// Checks that the ledger at `path` stores at least `closed` periods, each a

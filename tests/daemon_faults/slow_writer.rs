@@ -14,7 +14,7 @@
 //!   contiguous, and the audit chain verifies.
 
 use ped::clock::Clock;
-use ped::daemon::{Daemon, LedgerOptions};
+use ped::daemon::Daemon;
 use ped::ledger::Ledger;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
@@ -84,23 +84,13 @@ async fn a_slow_ledger_writer_does_not_slow_polling_or_control() {
         lib,
         clock,
         out.path(),
-        LedgerOptions {
-            path: Some(ledger.clone()),
-            writer_hold: Some(hold.clone()),
-            ..Default::default()
-        },
+        &ledger,
+        Some(hold.clone()),
     )
     .await
     .expect("daemon");
     let m = d.shared.metrics.clone();
-    let devices = site.config.devices.iter().map(|c| c.id.clone()).collect();
-    let pacer = common::pace(
-        clock,
-        d.shared.clone(),
-        devices,
-        Duration::from_millis(10),
-        chrono::Duration::minutes(5),
-    );
+    let pacer = common::pace_site(clock, d.shared.clone(), &site);
 
     // Reads and setpoint writes when the 1st, 4th and 8th periods have closed.
     let mut at_closed: Vec<(BTreeMap<String, u64>, u64)> = Vec::new();

@@ -50,14 +50,7 @@ async fn simulated_district_end_to_end() {
     // Simulated time moves only while every device has been read in the last
     // five simulated minutes: however loaded the machine, each period is
     // measured from samples inside it.
-    let devices = site.config.devices.iter().map(|d| d.id.clone()).collect();
-    let pacer = common::pace(
-        clock,
-        daemon.shared.clone(),
-        devices,
-        Duration::from_millis(10),
-        chrono::Duration::minutes(5),
-    );
+    let pacer = common::pace_site(clock, daemon.shared.clone(), &site);
 
     // Three simulated hours and a bit for the last period to close.
     let until = origin + chrono::Duration::minutes(195);
