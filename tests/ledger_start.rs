@@ -42,6 +42,14 @@ async fn start(site: config::Site, out: &Path, ledger: &Path) -> Result<Daemon, 
     .await
 }
 
+/// A new, empty ledger `ped.sqlite` in a temporary folder of its own.
+fn fresh_ledger() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ped.sqlite");
+    drop(Ledger::open(&ledger).expect("ledger"));
+    (dir, ledger)
+}
+
 /// Every file whose name starts with the ledger's, with its length and SHA-256.
 fn snapshot(ledger: &Path) -> Vec<(PathBuf, usize, String)> {
     let dir = ledger.parent().expect("folder");
@@ -91,10 +99,8 @@ async fn refused(ledger: &Path, cause: &str, fix: &str) {
 
 #[tokio::test]
 async fn a_corrupt_ledger_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
     // A real ledger whose first page was overwritten (as a bad disk would).
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let mut bytes = std::fs::read(&ledger).expect("read");
     bytes[..32].copy_from_slice(&[0x5a; 32]);
     std::fs::write(&ledger, &bytes).expect("write");
@@ -108,9 +114,7 @@ async fn a_corrupt_ledger_stops_the_start_untouched() {
 
 #[tokio::test]
 async fn a_truncated_ledger_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let bytes = std::fs::read(&ledger).expect("read");
     // The header survives, the schema pages do not.
     std::fs::write(&ledger, &bytes[..100]).expect("write");
@@ -119,9 +123,7 @@ async fn a_truncated_ledger_stops_the_start_untouched() {
 
 #[tokio::test]
 async fn a_ledger_from_a_newer_ped_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let conn = rusqlite::Connection::open(&ledger).expect("sqlite");
     conn.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (99, 'future')",
@@ -164,9 +166,7 @@ impl Drop for Mutable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_ledger_at_start_controls_and_catches_up() {
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     // No -wal or -shm left beside it: SQLite would create them, and cannot.
     chattr("+i", &ledger);
     let guard = Mutable(ledger.clone());

@@ -162,6 +162,17 @@ async fn unforecast_sun_charges_the_battery_above_the_plan() {
     }
 }
 
+/// The sun is well above the forecast at `s`, yet the battery is not above
+/// the plan's setpoint (`why` it should not be).
+fn within_plan(s: &Sample, samples: &[Sample], why: &str) {
+    assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(samples));
+    assert!(
+        s.battery_kw <= s.plan_kw + 1.0,
+        "{why}, yet the battery went above the plan:\n{}",
+        show(samples)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Long enough for tracking to have acted (it does within ~3 s above).
@@ -169,12 +180,7 @@ async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Once the battery has reached the plan's setpoint, the last 2 s.
     let settled = settled(&samples);
     for s in &settled {
-        assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
-        assert!(
-            s.battery_kw <= s.plan_kw + 1.0,
-            "tracking is off but the battery went above the plan:\n{}",
-            show(&samples)
-        );
+        within_plan(s, &samples, "tracking is off");
         assert!(s.added_kw.unwrap_or(0.0) == 0.0, "{}", show(&samples));
         assert_eq!(s.skipped_missing, 0.0);
     }
@@ -185,12 +191,7 @@ async fn a_meter_never_read_means_no_tracking_and_is_counted() {
     let samples = run(true, true, Duration::from_secs(8), |_| false).await;
     let settled = settled(&samples);
     for s in &settled {
-        assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
-        assert!(
-            s.battery_kw <= s.plan_kw + 1.0,
-            "no consumption measured, yet the battery went above the plan:\n{}",
-            show(&samples)
-        );
+        within_plan(s, &samples, "no consumption measured");
         assert_eq!(s.added_kw, Some(0.0), "{}", show(&samples));
     }
     let last = settled[0];
