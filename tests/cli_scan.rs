@@ -55,10 +55,10 @@ async fn scan(args: Vec<String>) -> String {
 }
 
 fn assert_found(stdout: &str) {
-    assert!(stdout.contains("2 SunSpec model(s)"), "{stdout}");
-    assert!(stdout.contains("model  103"), "{stdout}");
-    assert!(stdout.contains("ScanCo"), "{stdout}");
-    assert!(stdout.contains("8760 W"), "{stdout}");
+    common::assert_contains(
+        stdout,
+        &["2 SunSpec model(s)", "model  103", "ScanCo", "8760 W"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -666,3 +666,10 @@ pub fn map_bank(map: &ped::registers::RegisterMap, block: &[u16]) -> ped::modbus
     }
     bank
 }
+
+/// Fails the test, showing `text`, unless `text` contains each of `needles`.
+pub fn assert_contains(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "{n:?} not in:\n{text}");
+    }
+}
