@@ -195,6 +195,7 @@ async fn a_shorter_sunspec_model_is_neither_read_nor_written_past_its_declared_e
     let served = common::serve_local(
         std::collections::HashMap::from([(1u8, bank.clone())]),
         Default::default(),
+        false,
     )
     .await;
     let addr = served.addr;

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const UNIT: u8 = 1;
 
 async fn start(units: HashMap<u8, SharedBank>, faults: SharedFaults) -> common::Served {
-    common::serve_local(units, faults).await
+    common::serve_local(units, faults, false).await
 }
 
 fn library() -> ModelLibrary {

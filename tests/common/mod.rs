@@ -599,28 +599,41 @@ pub fn serve_faulty(
     units: std::collections::HashMap<u8, ped::modbus::server::SharedBank>,
     faults: ped::modbus::server::SharedFaults,
 ) -> Served {
+    serve_framed(listener, units, faults, false)
+}
+
+/// [`serve_faulty`], in RTU framing over TCP when `rtu`.
+fn serve_framed(
+    listener: tokio::net::TcpListener,
+    units: std::collections::HashMap<u8, ped::modbus::server::SharedBank>,
+    faults: ped::modbus::server::SharedFaults,
+    rtu: bool,
+) -> Served {
+    use ped::modbus::server::{serve_rtu_over_tcp, serve_with_faults};
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(ped::modbus::server::serve_with_faults(
-        listener,
-        units,
-        faults,
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let stop = async move {
+        let _ = rx.await;
+    };
+    if rtu {
+        tokio::spawn(serve_rtu_over_tcp(listener, units, faults, stop));
+    } else {
+        tokio::spawn(serve_with_faults(listener, units, faults, stop));
+    }
     Served { addr, _stop: tx }
 }
 
-/// [`serve_faulty`] on an ephemeral port of 127.0.0.1.
+/// [`serve_faulty`] on an ephemeral port of 127.0.0.1, in RTU framing over
+/// TCP (as a transparent serial gateway speaks) when `rtu`.
 pub async fn serve_local(
     units: std::collections::HashMap<u8, ped::modbus::server::SharedBank>,
     faults: ped::modbus::server::SharedFaults,
+    rtu: bool,
 ) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
-    serve_faulty(listener, units, faults)
+    serve_framed(listener, units, faults, rtu)
 }
 
 /// A control test site: `head` (see [`site_head`]) and `plan` (the `[plan]`

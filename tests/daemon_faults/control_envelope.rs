@@ -40,7 +40,7 @@ fn sunspec(lib: &ModelLibrary, model: u16, fill: impl Fn(&RegisterMap, &mut [u16
 }
 
 async fn serve_one(bank: SharedBank, unit: u8, faults: SharedFaults) -> (String, common::Served) {
-    let served = common::serve_local(HashMap::from([(unit, bank)]), faults).await;
+    let served = common::serve_local(HashMap::from([(unit, bank)]), faults, false).await;
     (served.addr.to_string(), served)
 }
 

@@ -34,8 +34,12 @@ async fn vendor_battery_map_is_read_and_controlled_without_code() {
     // The setpoint that has it discharge 12.5 kW, also in the device's convention.
     ok(map.encode_f64(&mut block, "power_setpoint_kw", 12.5));
     let bank: SharedBank = Arc::new(Mutex::new(common::map_bank(map, &block)));
-    let served =
-        common::serve_local(HashMap::from([(UNIT, bank.clone())]), Default::default()).await;
+    let served = common::serve_local(
+        HashMap::from([(UNIT, bank.clone())]),
+        Default::default(),
+        false,
+    )
+    .await;
     let addr = served.addr;
 
     // The site config names the map; `ped check`'s validation accepts it.
