@@ -10,20 +10,15 @@ fn manifest(p: &str) -> String {
 
 #[test]
 fn check_accepts_the_fontaine_douche_site() {
-    let out = ped()
-        .args([
+    let out = common::output_ok(
+        ped().args([
             "check",
             "--site",
             &manifest("site-configs/fontaine-douche.toml"),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "",
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("135 devices, 120 participants"), "{stdout}");
 }
 
@@ -109,8 +104,7 @@ fn simulate_runs_the_demo_and_stops_by_itself() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("135 devices"), "{stderr}");
-    assert!(stderr.contains("period closed"), "{stderr}");
+    common::assert_contains(&stderr, &["135 devices", "period closed"]);
     assert!(!stderr.contains('\x1b'), "colour codes in a log file");
     // Setpoints read as an energy manager would: `BAT-01=+12.5 kW`, not Rust values.
     let plan_line = stderr

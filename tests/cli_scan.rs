@@ -7,9 +7,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ped::modbus::server::{serve, serve_rtu_over_tcp, serve_rtu_serial, Bank, SharedFaults};
+use ped::modbus::server::{serve_rtu_serial, Bank, SharedFaults};
 use ped::registers::{ModelLibrary, Table};
-use tokio::net::TcpListener;
 
 mod common;
 
@@ -55,41 +54,24 @@ async fn scan(args: Vec<String>) -> String {
 }
 
 fn assert_found(stdout: &str) {
-    assert!(stdout.contains("2 SunSpec model(s)"), "{stdout}");
-    assert!(stdout.contains("model  103"), "{stdout}");
-    assert!(stdout.contains("ScanCo"), "{stdout}");
-    assert!(stdout.contains("8760 W"), "{stdout}");
+    common::assert_contains(
+        stdout,
+        &["2 SunSpec model(s)", "model  103", "ScanCo", "8760 W"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_base_0_and_stops_at_the_exception() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, device(), async move {
-        let _ = rx.await;
-    }));
+    let served = common::serve_local(device(), SharedFaults::default(), false).await;
+    let addr = served.addr;
     let stdout = scan(vec![addr.to_string(), "--unit".into(), "2".into()]).await;
     assert_found(&stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_speaks_rtu_through_a_tcp_gateway_and_fails_without_the_flag() {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_rtu_over_tcp(
-        listener,
-        device(),
-        SharedFaults::default(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let served = common::serve_local(device(), SharedFaults::default(), true).await;
+    let addr = served.addr;
     let stdout = scan(vec![
         addr.to_string(),
         "--unit".into(),

@@ -3,8 +3,7 @@
 //! Each test went through ped as an installer meets it: `ped check` (the real
 //! binary), or the daemon against devices on real sockets.
 
-use ped::daemon::{Daemon, Options};
-use ped::modbus::server::{serve, Bank};
+use ped::modbus::server::Bank;
 use ped::registers::{ModelLibrary, Table};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,51 +24,20 @@ budget_ms = 500
     )
 }
 
-const PV_AND_HOUSEHOLD: &str = r#"
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "127.0.0.1:1"
-prm = "99990000000001"
-kwp = 80.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "127.0.0.1:2"
-participant = "P1"
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 20000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#;
+/// The PV, the household's meter and both participants: the battery's
+/// device comes after them.
+fn pv_and_household() -> String {
+    format!(
+        "{}{}{}",
+        common::pv_toml("127.0.0.1:1", 80.0),
+        common::meter_toml("127.0.0.1:2"),
+        common::participants_toml(20000.0)
+    )
+}
 
 /// A 50 kW battery at `address`, with `extra` keys.
 fn battery(address: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[devices]]
-id = "BAT"
-kind = "battery"
-address = "{address}"
-writes = ["WSetEna", "WSet"]
-prm = "99990000000002"
-participant = "BAT-P"
-capacity_kwh = 200.0
-max_charge_kw = 50.0
-max_discharge_kw = 50.0
-{extra}
-"#
-    )
+    common::battery_toml(address, r#"["WSetEna", "WSet"]"#, extra)
 }
 
 fn check(toml: &str) -> (Option<i32>, String) {
@@ -92,9 +60,10 @@ fn check(toml: &str) -> (Option<i32>, String) {
 #[test]
 fn check_refuses_inverted_ranges_unbounded_durations_broadcast_units_and_nan() {
     let toml = format!(
-        "{}\n[delivery]\nkind = \"folder\"\ndir = \"spool\"\nbackoff_base_s = 10000000000000\nbackoff_cap_s = 100000000000000000\n{PV_AND_HOUSEHOLD}{}",
+        "{}\n[delivery]\nkind = \"folder\"\ndir = \"spool\"\nbackoff_base_s = 10000000000000\nbackoff_cap_s = 100000000000000000\n{}{}",
         head().replace("[control]\n", "[control]\nplan_loss_steps = 0\n")
             .replace("interval_ms = 100", "interval_ms = 9223372036854775807"),
+        pv_and_household(),
         battery(
             "127.0.0.1:3",
             "setpoint_min_kw = 60.0\nrevert_timeout_s = 1e20\nunit = 0\ntilt_deg = nan"
@@ -127,7 +96,12 @@ fn check_refuses_inverted_ranges_unbounded_durations_broadcast_units_and_nan() {
 /// revert timer is not in `writes` passes with a warning naming the point.
 #[test]
 fn check_accepts_an_ipv6_address_and_warns_about_an_unarmed_revert_timer() {
-    let toml = format!("{}{PV_AND_HOUSEHOLD}{}", head(), battery("[::1]:502", ""));
+    let toml = format!(
+        "{}{}{}",
+        head(),
+        pv_and_household(),
+        battery("[::1]:502", "")
+    );
     let (code, out) = check(&toml);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -148,7 +122,12 @@ fn check_accepts_an_ipv6_address_and_warns_about_an_unarmed_revert_timer() {
 /// sign of the plan's command inverted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_setpoint_range_leaves_the_battery_in_its_own_mode() {
-    let toml = format!("{}{PV_AND_HOUSEHOLD}{}", head(), battery("127.0.0.1:3", ""));
+    let toml = format!(
+        "{}{}{}",
+        head(),
+        pv_and_household(),
+        battery("127.0.0.1:3", "")
+    );
     // An evening: the plan discharges the battery into the household's load.
     let s = common::simulated(&toml, "2025-06-21T21:30:00+02:00", 60.0).await;
     let mut site = s.sim.site.clone();
@@ -158,14 +137,7 @@ async fn an_empty_setpoint_range_leaves_the_battery_in_its_own_mode() {
     let mut worst: f64 = 0.0;
     while started.elapsed() < Duration::from_secs(6) {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let kw = s
-            .sim
-            .truth
-            .borrow()
-            .battery_kw
-            .get("BAT")
-            .copied()
-            .unwrap_or(0.0);
+        let kw = common::battery_kw(&s.sim, "BAT");
         worst = worst.max(kw.abs());
     }
     let text = daemon.shared.metrics.render();
@@ -220,39 +192,25 @@ async fn a_shorter_sunspec_model_is_neither_read_nor_written_past_its_declared_e
     bank.map_range(Table::Holding, 40000, words.len() as u16, true);
     bank.set(Table::Holding, 40000, &words);
     let bank = Arc::new(std::sync::Mutex::new(bank));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
+    let served = common::serve_local(
         std::collections::HashMap::from([(1u8, bank.clone())]),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+        Default::default(),
+        false,
+    )
+    .await;
+    let addr = served.addr;
 
     let toml = format!(
-        "{}{PV_AND_HOUSEHOLD}{}",
+        "{}{}{}",
         head(),
+        pv_and_household(),
         battery(&addr.to_string(), "")
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);
     let clock = ped::clock::Clock::simulated(common::at("2025-06-21T21:30:00+02:00"), 60.0);
-    let daemon = Daemon::start(
-        site,
-        lib.clone(),
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon =
+        common::start_daemon(site, lib.clone(), clock, dir.path().join("out"), false).await;
     let started = Instant::now();
     let readings = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;

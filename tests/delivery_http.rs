@@ -99,8 +99,7 @@ fn retries_503s_and_a_dropped_connection_then_delivers_once_keyed() {
         Duration::from_millis(100),
     );
     let receipt = ch.deliver(&delivery()).unwrap();
-    assert!(receipt.contains("HTTP 201"), "{receipt}");
-    assert!(receipt.contains("after 4 tries"), "{receipt}");
+    common::assert_contains(&receipt, &["HTTP 201", "after 4 tries"]);
     h.join().unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 4);

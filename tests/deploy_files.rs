@@ -178,16 +178,12 @@ fn dockerfile_builds_with_highs_and_runs_unprivileged_with_volumes_and_a_health_
         .strip_prefix("/etc/ped/")
         .expect("config under /etc/ped");
     let local = Path::new(ROOT).join("site-configs").join(site);
-    let out = common::ped()
-        .args(&entry[1..])
-        .args(["check", "--site"])
-        .arg(&local)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        common::ped()
+            .args(&entry[1..])
+            .args(["check", "--site"])
+            .arg(&local),
+        "",
     );
 }
 
@@ -220,15 +216,11 @@ fn systemd_unit_is_hardened_and_its_command_line_is_accepted() {
     let args: Vec<&str> = exec.split_whitespace().collect();
     assert_eq!(args[0], "/usr/local/bin/ped");
     let run = args.iter().position(|a| *a == "run").unwrap();
-    let out = common::ped()
-        .args(&args[1..run])
-        .args(["check", "--site"])
-        .arg(Path::new(ROOT).join("site-configs/fontaine-douche.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        common::ped()
+            .args(&args[1..run])
+            .args(["check", "--site"])
+            .arg(Path::new(ROOT).join("site-configs/fontaine-douche.toml")),
+        "",
     );
 }

@@ -59,17 +59,7 @@ fn check_golden(name: &str, step: u32, day: &str, precision: Precision, expected
     let rows = rows_for_day(&grid, day, precision);
     assert_eq!(rows.len(), expected_rows);
     let text = enedis::render(&grid, &consumers(), &rows, precision).unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("PED_BLESS_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let golden = std::fs::read(&path).unwrap();
-    assert!(
-        golden == text.as_bytes(),
-        "{name} differs from the rendered file"
-    );
+    assert_golden(name, &text);
     let report = enedis::validate(&text, &grid, precision).unwrap();
     assert_eq!(report.rows, rows);
 
@@ -85,7 +75,10 @@ fn check_golden(name: &str, step: u32, day: &str, precision: Precision, expected
         precision,
     )
     .unwrap();
-    assert_eq!(std::fs::read(&paths[0]).unwrap(), golden);
+    assert_eq!(
+        std::fs::read(&paths[0]).unwrap(),
+        std::fs::read(golden_path(name)).unwrap()
+    );
 }
 
 #[test]
@@ -150,17 +143,7 @@ fn check_operation_golden(day: &str, expected_rows: usize) {
             d.format("%d%m%Y")
         )
     );
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(&name);
-    if std::env::var_os("PED_BLESS_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let golden = std::fs::read(&path).unwrap();
-    assert!(
-        golden == text.as_bytes(),
-        "{name} differs from the rendered file"
-    );
+    assert_golden(&name, &text);
     assert!(!text.ends_with('\n') && !text.contains('\r'));
     let report = enedis::validate_with(&layout, &text, &grid, precision).unwrap();
     assert_eq!(report.rows, rows);
@@ -168,14 +151,35 @@ fn check_operation_golden(day: &str, expected_rows: usize) {
     assert_eq!((found, p), (layout, precision));
 }
 
+/// A golden file of `tests/golden/`.
+fn golden(name: &str) -> String {
+    std::fs::read_to_string(golden_path(name)).unwrap()
+}
+
+fn golden_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// `text` is the golden file `name`, byte for byte; with `PED_BLESS_GOLDEN`
+/// set, it is written there first.
+fn assert_golden(name: &str, text: &str) {
+    let path = golden_path(name);
+    if std::env::var_os("PED_BLESS_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap();
+    assert!(
+        golden == text.as_bytes(),
+        "{name} differs from the rendered file"
+    );
+}
+
 #[test]
 fn operation_file_on_the_spring_dst_day() {
     check_operation_golden("2025-03-30", 92);
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/ACC00000001_15_30032025_30032025.txt"),
-    )
-    .unwrap();
+    let text = golden("ACC00000001_15_30032025_30032025.txt");
     assert!(text.contains("\n30/03/2025 01:45;") && text.contains("\n30/03/2025 03:00;"));
     assert!(!text.contains("30/03/2025 02:"));
 }
@@ -183,11 +187,7 @@ fn operation_file_on_the_spring_dst_day() {
 #[test]
 fn operation_file_on_the_autumn_dst_day() {
     check_operation_golden("2025-10-26", 100);
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/ACC00000001_15_26102025_26102025.txt"),
-    )
-    .unwrap();
+    let text = golden("ACC00000001_15_26102025_26102025.txt");
     assert_eq!(text.matches("\n26/10/2025 02:15;").count(), 2);
     assert_eq!(text.matches("\n26/10/2025 03:00;").count(), 1);
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ped::allocation::Precision;
 use ped::clock::Clock;
 use ped::config;
-use ped::daemon::{Daemon, Options};
+use ped::daemon::Daemon;
 use ped::dso::enedis;
 use ped::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput, PlanStatus};
 use ped::registers::ModelLibrary;
@@ -458,18 +458,7 @@ async fn clock_jumps_lose_no_period_and_count_none_twice() {
     let sim = Simulator::start(&site, lib.clone(), truth_clock, 7, true)
         .await
         .unwrap();
-    let daemon = Daemon::start(
-        sim.site.clone(),
-        lib,
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(out.path().to_path_buf()),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap();
+    let daemon = common::start_daemon(sim.site.clone(), lib, clock, out.path(), false).await;
     let closed = |d: &Daemon| d.shared.status().periods_closed;
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let before_forward = closed(&daemon);

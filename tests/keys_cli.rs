@@ -37,6 +37,19 @@ fn keys_with_site(site: &Path, args: &[&str]) -> Output {
     keys_with_site_env(site, args, &[])
 }
 
+/// `ped keys` on `site` with `args`, which must succeed: what it printed,
+/// stdout then stderr.
+fn keys_ok(site: &Path, args: &[&str]) -> String {
+    let o = keys_with_site(site, args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{text}");
+    text
+}
+
 fn keys_with_site_env(site: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     common::ped()
         .arg("keys")
@@ -468,15 +481,14 @@ fn validate_names_file_line_and_column_and_fails() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        stdout.contains("30000000000001_20251026_20251026.csv: ok"),
-        "{stdout}"
+    common::assert_contains(
+        &stdout,
+        &[
+            "30000000000001_20251026_20251026.csv: ok",
+            "30000000000001_bad.csv: line 60, column 1: keys sum to",
+            "x.txt: line 1, column 3",
+        ],
     );
-    assert!(
-        stdout.contains("30000000000001_bad.csv: line 60, column 1: keys sum to"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("x.txt: line 1, column 3"), "{stdout}");
 }
 
 /// A DSO settlement file made from a run's own allocation, as the DSO would
@@ -779,15 +791,14 @@ fn validate_decides_by_content_and_skips_the_files_beside_the_keys() {
         "{stdout}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(
-        stdout.contains("allocation.csv: skipped (ped's per-step allocation"),
-        "{stdout}"
+    common::assert_contains(
+        &stdout,
+        &[
+            "allocation.csv: skipped (ped's per-step allocation",
+            "manifest.json: skipped (a JSON document",
+            "coeficientes.csv: ok (spain: ",
+        ],
     );
-    assert!(
-        stdout.contains("manifest.json: skipped (a JSON document"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("coeficientes.csv: ok (spain: "), "{stdout}");
     assert_eq!(stdout.matches(": ok (enedis_iso: ").count(), 3, "{stdout}");
 
     // Content that names no format is checked as its extension says, and fails.
@@ -1051,13 +1062,7 @@ fn a_run_from_mid_month_carries_the_month_from_the_ledger_or_the_load_curves() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = keys_with_site(&site, &args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{text}");
+        let text = keys_ok(&site, &args);
         (manifest(&out), text)
     };
     let l = ledger.to_str().unwrap();
@@ -1206,16 +1211,10 @@ fn operation_layout_with_suspect_values_and_a_member_who_left() {
     let tmp = tempfile::tempdir().unwrap();
     let (site, curves) = operation_fixture(tmp.path());
     let out = tmp.path().join("oct");
-    let o = keys_with_site(
+    let text = keys_ok(
         &site,
         &day_args("2025-10-26", &curves, &out, &["--policy", "prorata"]),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
     assert!(
         text.contains("2 suspect value(s) treated as missing"),
         "{text}"
@@ -1598,16 +1597,10 @@ fn each_operation_gets_its_own_keys_from_its_own_producers() {
     let site = two_operations_site(tmp.path());
     let curves = data("curves-2025-10-26");
     let out = tmp.path().join("oct");
-    let o = keys_with_site(
+    let text = keys_ok(
         &site,
         &day_args("2025-10-26", &curves, &out, &["--policy", "prorata"]),
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{text}");
     // The other operation's curves are in the same export: no warning.
     assert!(!text.contains("neither a producer nor a member"), "{text}");
 

@@ -10,6 +10,8 @@ use ped::ledger::Ledger;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod common;
+
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .expect("timestamp")
@@ -177,29 +179,19 @@ fn a_crash_between_ack_and_commit_repeats_with_the_same_key() {
     assert!(l.verify().expect("verify").ok());
 }
 
-struct Refuses;
-impl Deliver for Refuses {
-    fn channel(&self) -> &'static str {
-        "refuses"
-    }
-    fn deliver(&self, _: &Delivery) -> Result<String, DeliveryError> {
-        Err(DeliveryError::Permanent("HTTP 400: unknown PRM".into()))
-    }
-}
-
 #[test]
 fn a_permanent_refusal_is_failed_and_not_retried() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut l = Ledger::open(&tmp.path().join("l.sqlite")).expect("ledger");
-    let now = t("2025-06-22T00:05:00Z");
-    let day = NaiveDate::from_ymd_opt(2025, 6, 21).expect("day");
-    l.record_key_file("F.csv", day, day, b"rows", "[]", "prorata", now)
-        .expect("record");
-    let a = outbox::deliver_due(&mut l, &Refuses, now, &Backoff::default()).expect("outbox");
+    let (mut l, now) = common::ledger_with_one_key_file(&tmp.path().join("l.sqlite"));
+    const REFUSES: common::Failing = common::Failing {
+        channel: "refuses",
+        error: || DeliveryError::Permanent("HTTP 400: unknown PRM".into()),
+    };
+    let a = outbox::deliver_due(&mut l, &REFUSES, now, &Backoff::default()).expect("outbox");
     assert_eq!(a[0].result, AttemptResult::Failed);
     let a = outbox::deliver_due(
         &mut l,
-        &Refuses,
+        &REFUSES,
         now + Duration::days(1),
         &Backoff::default(),
     )

@@ -8,50 +8,46 @@
 //! root), as `tests/ledger_write_faults.rs` does: it needs root and fails
 //! loudly otherwise.
 
+mod common;
+
 use ped::clock::Clock;
 use ped::config;
-use ped::daemon::{Daemon, DaemonError, LedgerOptions, Options};
+use ped::daemon::{Daemon, DaemonError};
 use ped::ledger::Ledger;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn site(lib: &ModelLibrary) -> config::Site {
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let mut site = config::load(&path, &known).expect("site");
-    site.config.polling.interval_ms = 100;
-    site.config.polling.timeout_ms = 300;
-    site
+    common::shipped_site(lib, "site-configs/fontaine-douche.toml")
 }
 
 fn origin() -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
-        .expect("origin")
-        .with_timezone(&chrono::Utc)
+    common::at("2025-06-21T11:00:00+02:00")
 }
 
 async fn start(site: config::Site, out: &Path, ledger: &Path) -> Result<Daemon, DaemonError> {
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
-    Daemon::start_with_ledger(
+    common::start_with_ledger(
         site,
         lib,
         Clock::simulated(origin(), 900.0),
-        Options {
-            dry_run: false,
-            output_dir: Some(out.to_path_buf()),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-        LedgerOptions {
-            path: Some(ledger.to_path_buf()),
-            ..Default::default()
-        },
+        out,
+        ledger,
+        None,
     )
     .await
+}
+
+/// A new, empty ledger `ped.sqlite` in a temporary folder of its own.
+fn fresh_ledger() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ped.sqlite");
+    drop(Ledger::open(&ledger).expect("ledger"));
+    (dir, ledger)
 }
 
 /// Every file whose name starts with the ledger's, with its length and SHA-256.
@@ -103,10 +99,8 @@ async fn refused(ledger: &Path, cause: &str, fix: &str) {
 
 #[tokio::test]
 async fn a_corrupt_ledger_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
     // A real ledger whose first page was overwritten (as a bad disk would).
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let mut bytes = std::fs::read(&ledger).expect("read");
     bytes[..32].copy_from_slice(&[0x5a; 32]);
     std::fs::write(&ledger, &bytes).expect("write");
@@ -120,9 +114,7 @@ async fn a_corrupt_ledger_stops_the_start_untouched() {
 
 #[tokio::test]
 async fn a_truncated_ledger_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let bytes = std::fs::read(&ledger).expect("read");
     // The header survives, the schema pages do not.
     std::fs::write(&ledger, &bytes[..100]).expect("write");
@@ -131,9 +123,7 @@ async fn a_truncated_ledger_stops_the_start_untouched() {
 
 #[tokio::test]
 async fn a_ledger_from_a_newer_ped_stops_the_start_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     let conn = rusqlite::Connection::open(&ledger).expect("sqlite");
     conn.execute(
         "INSERT INTO schema_version (version, applied_at) VALUES (99, 'future')",
@@ -160,14 +150,9 @@ async fn an_unreadable_ledger_stops_the_start_untouched() {
 }
 
 fn chattr(flag: &str, f: &Path) {
-    let out = Command::new("chattr")
-        .args([flag, &f.display().to_string()])
-        .output()
-        .unwrap_or_else(|e| panic!("chattr: {e}"));
-    assert!(
-        out.status.success(),
-        "chattr {flag} failed (this test needs root): {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new("chattr").args([flag, &f.display().to_string()]),
+        " (this test needs root)",
     );
 }
 
@@ -181,9 +166,7 @@ impl Drop for Mutable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_ledger_at_start_controls_and_catches_up() {
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ped.sqlite");
-    drop(Ledger::open(&ledger).expect("ledger"));
+    let (_dir, ledger) = fresh_ledger();
     // No -wal or -shm left beside it: SQLite would create them, and cannot.
     chattr("+i", &ledger);
     let guard = Mutable(ledger.clone());
@@ -199,12 +182,7 @@ async fn a_read_only_ledger_at_start_controls_and_catches_up() {
         .await
         .expect("ped starts on a read-only ledger");
     let m = d.shared.metrics.clone();
-    let setpoints = || {
-        ["BAT-01", "BAT-02"]
-            .iter()
-            .map(|b| m.setpoint_writes.with_label_values(&[b, "ok"]).get())
-            .sum::<u64>()
-    };
+    let setpoints = || common::setpoints_ok(&d, &["BAT-01", "BAT-02"]);
     let t = Instant::now();
     while !(m.periods_closed.get() >= 3 && setpoints() > 0) {
         assert!(
@@ -233,15 +211,5 @@ async fn a_read_only_ledger_at_start_controls_and_catches_up() {
     let closed = m.periods_closed.get();
     d.shutdown().await;
     drop(sim);
-    let l = Ledger::open_read_only(&ledger).expect("ledger");
-    let periods = l.periods().expect("periods");
-    assert!(
-        periods.len() as u64 >= closed,
-        "{} stored, {closed} closed",
-        periods.len()
-    );
-    for w in periods.windows(2) {
-        assert_eq!((w[1].start - w[0].start).num_minutes(), 15);
-    }
-    assert!(l.verify().expect("verify").ok());
+    common::assert_ledger_whole(&ledger, closed);
 }

@@ -9,28 +9,19 @@
 //! on a small tmpfs that a filler file fills up (ENOSPC). Both need root (the
 //! CI and dev machines run as root) and fail loudly otherwise.
 
+mod common;
+
 use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, LedgerOptions, Options};
-use ped::ledger::Ledger;
+use ped::daemon::Daemon;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn sh(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed (this test needs root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::output_ok(Command::new(cmd).args(args), " (this test needs root)");
 }
 
 /// Undoes a fault even if the test panics.
@@ -62,16 +53,7 @@ fn reads(d: &Daemon) -> u64 {
         .get()
 }
 fn setpoints_ok(d: &Daemon) -> u64 {
-    ["BAT-01", "BAT-02"]
-        .iter()
-        .map(|b| {
-            d.shared
-                .metrics
-                .setpoint_writes
-                .with_label_values(&[b, "ok"])
-                .get()
-        })
-        .sum()
+    common::setpoints_ok(d, &["BAT-01", "BAT-02"])
 }
 
 fn plans(d: &Daemon) -> u64 {
@@ -85,35 +67,15 @@ fn plans(d: &Daemon) -> u64 {
 /// heals it with `heal`, checks it catches up.
 async fn run_with_fault(ledger: PathBuf, inject: impl FnOnce(&Path), heal: impl FnOnce(&Path)) {
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let mut site = config::load(&path, &known).expect("site");
-    site.config.polling.interval_ms = 100;
-    site.config.polling.timeout_ms = 300;
+    let site = common::shipped_site(&lib, "site-configs/fontaine-douche.toml");
     let out = tempfile::tempdir().expect("out");
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
-        .expect("origin")
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 900.0);
+    let clock = Clock::simulated(common::at("2025-06-21T11:00:00+02:00"), 900.0);
     let sim = Simulator::start(&site, lib.clone(), clock, 2025, true)
         .await
         .expect("simulator");
-    let d = Daemon::start_with_ledger(
-        sim.site.clone(),
-        lib,
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(out.path().to_path_buf()),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-        LedgerOptions {
-            path: Some(ledger.clone()),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("daemon");
+    let d = common::start_with_ledger(sim.site.clone(), lib, clock, out.path(), &ledger, None)
+        .await
+        .expect("daemon");
     let m = d.shared.metrics.clone();
     wait_until("2 periods closed", 30, || m.periods_closed.get() >= 2).await;
     assert_eq!(m.ledger_write_errors.get(), 0);
@@ -153,23 +115,7 @@ async fn run_with_fault(ledger: PathBuf, inject: impl FnOnce(&Path), heal: impl 
     d.shutdown().await;
     drop(sim);
 
-    let l = Ledger::open_read_only(&ledger).expect("ledger");
-    let periods = l.periods().expect("periods");
-    assert!(
-        periods.len() as u64 >= closed,
-        "{} periods stored, {closed} closed",
-        periods.len()
-    );
-    for w in periods.windows(2) {
-        assert_eq!(
-            (w[1].start - w[0].start).num_minutes(),
-            15,
-            "gap after {}",
-            w[0].start
-        );
-    }
-    let r = l.verify().expect("verify");
-    assert!(r.ok(), "{r:?}");
+    let l = common::assert_ledger_whole(&ledger, closed);
     let (plans, setpoints) = l.dispatch_counts().expect("dispatch");
     assert!(
         plans > 0 && setpoints > 0,

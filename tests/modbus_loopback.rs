@@ -5,31 +5,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ped::modbus::server::{serve, serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
+use ped::modbus::server::{serve, Bank, Faults, SharedBank, SharedFaults};
 use ped::modbus::{discover, DiscoveredModel, ModbusClient, ModbusError};
 use ped::registers::{ModelLibrary, RegisterMap, Table, WriteMode};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+mod common;
+
 const TIMEOUT: Duration = Duration::from_secs(2);
 const UNIT: u8 = 1;
 
-/// A running server; it stops when this is dropped (the sender closes).
-struct Running {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start(units: HashMap<u8, SharedBank>, faults: SharedFaults) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(serve_with_faults(listener, units, faults, async move {
-        let _ = rx.await;
-    }));
-    Running { addr, _stop: tx }
+async fn start(units: HashMap<u8, SharedBank>, faults: SharedFaults) -> common::Served {
+    common::serve_local(units, faults, false).await
 }
 
 fn library() -> ModelLibrary {
@@ -81,6 +69,15 @@ fn units(bank: Bank) -> (HashMap<u8, SharedBank>, SharedBank) {
     (HashMap::from([(UNIT, Arc::clone(&shared))]), shared)
 }
 
+/// `bank` served as unit [`UNIT`], with the bank as it changes and a client
+/// connected to it.
+async fn client_of(bank: Bank) -> (common::Served, SharedBank, ModbusClient) {
+    let (u, shared) = units(bank);
+    let server = start(u, SharedFaults::default()).await;
+    let client = connect(server.addr).await;
+    (server, shared, client)
+}
+
 async fn connect(addr: SocketAddr) -> ModbusClient {
     ModbusClient::connect(addr, TIMEOUT)
         .await
@@ -89,9 +86,7 @@ async fn connect(addr: SocketAddr) -> ModbusClient {
 
 #[tokio::test]
 async fn discover_and_decode_inverter() {
-    let (u, _) = units(sunspec_bank(40000, true));
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, _, mut client) = client_of(sunspec_bank(40000, true)).await;
 
     let models = discover(&mut client, UNIT)
         .await
@@ -138,9 +133,7 @@ async fn discover_and_decode_inverter() {
 #[tokio::test]
 async fn discovery_falls_back_to_base_0_and_ends_at_exception() {
     // Nothing mapped at 40000, and the chain stops without an end marker.
-    let (u, _) = units(sunspec_bank(0, false));
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, _, mut client) = client_of(sunspec_bank(0, false)).await;
     let models = discover(&mut client, UNIT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -153,9 +146,7 @@ async fn discovery_falls_back_to_base_0_and_ends_at_exception() {
 async fn discovery_without_marker_is_a_protocol_error() {
     let mut bank = Bank::new();
     bank.map_range(Table::Holding, 40000, 10, false);
-    let (u, _) = units(bank);
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, _, mut client) = client_of(bank).await;
     let err = discover(&mut client, UNIT).await.err();
     assert!(matches!(err, Some(ModbusError::Protocol(_))), "{err:?}");
 }
@@ -166,9 +157,7 @@ async fn long_reads_are_split_into_125_word_requests() {
     let words: Vec<u16> = (0..300u16).map(|i| i.wrapping_mul(7)).collect();
     bank.map_range(Table::Input, 1000, 300, false);
     bank.set(Table::Input, 1000, &words);
-    let (u, _) = units(bank);
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, _, mut client) = client_of(bank).await;
     let got = client
         .read(UNIT, Table::Input, 1000, 300)
         .await
@@ -190,9 +179,7 @@ async fn writes_with_function_16_and_06_reach_the_bank() {
     let mut bank = Bank::new();
     bank.map_range(Table::Holding, 100, 10, true);
     bank.map_range(Table::Holding, 110, 2, false);
-    let (u, shared) = units(bank);
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, shared, mut client) = client_of(bank).await;
 
     client
         .write(UNIT, 100, &[1, 2, 3], WriteMode::Multiple)
@@ -255,9 +242,7 @@ async fn writes_with_function_16_and_06_reach_the_bank() {
 
 #[tokio::test]
 async fn unmapped_reads_and_unknown_units_are_exceptions() {
-    let (u, _) = units(sunspec_bank(40000, true));
-    let server = start(u, SharedFaults::default()).await;
-    let mut client = connect(server.addr).await;
+    let (_server, _, mut client) = client_of(sunspec_bank(40000, true)).await;
     let err = client.read(UNIT, Table::Holding, 30000, 2).await.err();
     assert_eq!(
         err,
@@ -420,9 +405,7 @@ async fn runaway_chains_are_protocol_errors() {
     past.set(Table::Holding, 50000, &[0x5375, 0x6E53, 1, 20000]);
 
     for bank in [long, past] {
-        let (u, _) = units(bank);
-        let server = start(u, SharedFaults::default()).await;
-        let mut client = connect(server.addr).await;
+        let (_server, _, mut client) = client_of(bank).await;
         let err = discover(&mut client, UNIT).await.err();
         assert!(matches!(err, Some(ModbusError::Protocol(_))), "{err:?}");
     }

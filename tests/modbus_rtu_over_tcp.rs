@@ -2,27 +2,21 @@
 //! tokio-modbus's RTU-over-TCP server carrying the same register bank, over
 //! real sockets. A serial port cannot be tested here; the frames are the same.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ped::modbus::server::{serve_rtu_over_tcp, Bank, Faults, SharedFaults};
+use ped::modbus::server::{Bank, Faults, SharedFaults};
 use ped::modbus::{discover, Framing, ModbusClient, ModbusError};
 use ped::registers::{ModelLibrary, Table, WriteMode};
-use tokio::net::TcpListener;
 
-async fn rtu_server(bank: Bank) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+async fn rtu_server(bank: Bank) -> (std::net::SocketAddr, common::Served) {
     let units = HashMap::from([(7u8, Arc::new(Mutex::new(bank)))]);
     let faults: SharedFaults = Arc::new(Mutex::new(Faults::default()));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_rtu_over_tcp(listener, units, faults, async move {
-        let _ = rx.await;
-    }));
-    (addr, tx)
+    let served = common::serve_local(units, faults, true).await;
+    (served.addr, served)
 }
 
 fn inverter_bank() -> Bank {

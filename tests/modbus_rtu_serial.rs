@@ -10,14 +10,14 @@
 //!   simulated line read the values the simulator intends, while a dead unit
 //!   on the same line degrades only itself.
 
+mod common;
+
 use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, Options};
 use ped::modbus::server::{serve_rtu_serial, Bank, SharedBank, SharedFaults};
 use ped::modbus::{ModbusClient, ModbusError, SerialLine};
 use ped::registers::{ModelLibrary, Table, WriteMode};
 use ped::simulator::Simulator;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_serial::SerialPort as _;
@@ -124,8 +124,16 @@ async fn one_serial_line_serves_several_units_and_a_silent_one_costs_only_its_ti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_reads_simulated_devices_on_a_serial_line_and_a_dead_unit_degrades_alone() {
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let toml = r#"
+    // Both meters on the line, at their units, with the line's settings.
+    let meter = |id: &str, unit: u8, participant: &str| {
+        format!(
+            "[[devices]]\nid = \"{id}\"\nkind = \"meter\"\naddress = \"/dev/ped-test-rs485\"\n\
+             transport = \"rtu\"\nunit = {unit}\nparticipant = \"{participant}\"\n\
+             serial = {{ baud = 115200, parity = \"none\", stop_bits = 2 }}\n"
+        )
+    };
+    let toml = format!(
+        r#"
 [site]
 id = "serial"
 name = "one RS-485 line"
@@ -144,26 +152,10 @@ transport = "rtu"
 unit = 1
 prm = "99990000000001"
 kwp = 30.0
-serial = { baud = 115200, parity = "none", stop_bits = 2 }
+serial = {{ baud = 115200, parity = "none", stop_bits = 2 }}
 
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "/dev/ped-test-rs485"
-transport = "rtu"
-unit = 2
-participant = "P1"
-serial = { baud = 115200, parity = "none", stop_bits = 2 }
-
-[[devices]]
-id = "M2"
-kind = "meter"
-address = "/dev/ped-test-rs485"
-transport = "rtu"
-unit = 3
-participant = "P2"
-serial = { baud = 115200, parity = "none", stop_bits = 2 }
-
+{m1}
+{m2}
 [[participants]]
 id = "P1"
 kind = "household"
@@ -177,17 +169,15 @@ kind = "office"
 prm = "99990000000012"
 meter = "M2"
 annual_kwh = 90000.0
-"#;
+"#,
+        m1 = meter("M1", 2, "P1"),
+        m2 = meter("M2", 3, "P2"),
+    );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, toml).unwrap_or_else(|e| panic!("{e}"));
-    let site = config::load(&path, &known).unwrap_or_else(|e| panic!("{e}"));
+    let site = common::load_site(&lib, dir.path(), &toml);
     // Simulated time all but stands still (a microsecond per second), so the
     // values the simulator intends do not move while the daemon reads them.
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T13:00:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 1e-6);
+    let clock = Clock::simulated(common::at("2025-06-21T13:00:00+02:00"), 1e-6);
     let sim = Simulator::start(&site, lib.clone(), clock, 11, true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -202,18 +192,14 @@ annual_kwh = 90000.0
     dead.prm = Some("99990000000002".parse().unwrap_or_else(|e| panic!("{e:?}")));
     daemon_site.config.devices.push(dead);
 
-    let daemon = Daemon::start(
+    let daemon = common::start_daemon(
         daemon_site,
         lib.clone(),
         clock,
-        Options {
-            dry_run: true,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
+        dir.path().join("out"),
+        true,
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .await;
     let shared = daemon.shared.clone();
     let reads = |text: &str, id: &str| -> f64 {
         text.lines()

@@ -2,20 +2,13 @@
 //! carries credentials, and against settings at the edge of what a duration
 //! holds. Checked on the values the ledger stores.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::Duration;
 use ped::dso::channels::HttpPost;
 use ped::dso::delivery::{Deliver, Delivery, DeliveryError};
 use ped::ledger::outbox::{self, AttemptResult, Backoff};
-use ped::ledger::Ledger;
 use std::io::{Read, Write};
 
 mod common;
-
-fn t(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("timestamp")
-        .with_timezone(&Utc)
-}
 
 /// Answers the i-th connection with `replies[i]` (status, body), then stops.
 fn receiver(
@@ -53,11 +46,7 @@ fn credentials_in_the_delivery_url_never_reach_the_outbox() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let db = tmp.path().join("ledger");
     std::fs::create_dir(&db).expect("mkdir");
-    let mut l = Ledger::open(&db.join("l.sqlite")).expect("ledger");
-    let now = t("2025-06-22T00:05:00Z");
-    let day = NaiveDate::from_ymd_opt(2025, 6, 21).expect("day");
-    l.record_key_file("F.csv", day, day, b"rows", "[]", "prorata", now)
-        .expect("record");
+    let (mut l, now) = common::ledger_with_one_key_file(&db.join("l.sqlite"));
     let (addr, h) = receiver(vec![(503, "busy"), (403, "no such operation")]);
     let url = format!("http://ped-user:s3cr3t-pw@{addr}/keys");
     let s = std::time::Duration::from_secs(5);
@@ -87,38 +76,28 @@ fn credentials_in_the_delivery_url_never_reach_the_outbox() {
     );
 }
 
-struct Busy;
-impl Deliver for Busy {
-    fn channel(&self) -> &'static str {
-        "busy"
-    }
-    fn deliver(&self, _: &Delivery) -> Result<String, DeliveryError> {
-        Err(DeliveryError::Transient("HTTP 503: busy".into()))
-    }
-}
-
 /// `backoff_base_s = backoff_cap_s = 1e13`: the next try is beyond any
 /// date, so the failure is recorded and the file waits for a person (or a
 /// restart with sane settings) instead of being retried every second.
 #[test]
 fn a_backoff_beyond_any_date_records_the_failure() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut l = Ledger::open(&tmp.path().join("l.sqlite")).expect("ledger");
-    let now = t("2025-06-22T00:05:00Z");
-    let day = NaiveDate::from_ymd_opt(2025, 6, 21).expect("day");
-    l.record_key_file("F.csv", day, day, b"rows", "[]", "prorata", now)
-        .expect("record");
+    let (mut l, now) = common::ledger_with_one_key_file(&tmp.path().join("l.sqlite"));
+    const BUSY: common::Failing = common::Failing {
+        channel: "busy",
+        error: || DeliveryError::Transient("HTTP 503: busy".into()),
+    };
     let backoff = Backoff {
         base: Duration::seconds(10_000_000_000_000),
         cap: Duration::seconds(10_000_000_000_000),
     };
-    let a = outbox::deliver_due(&mut l, &Busy, now, &backoff).expect("outbox");
+    let a = outbox::deliver_due(&mut l, &BUSY, now, &backoff).expect("outbox");
     assert_eq!(a[0].result, AttemptResult::Retry);
     let e = outbox::entries(&mut l).expect("entries");
     assert_eq!((e[0].attempts, e[0].state.as_str()), (1, "pending"));
     assert_eq!(e[0].last_error.as_deref(), Some("HTTP 503: busy"));
     let later =
-        outbox::deliver_due(&mut l, &Busy, now + Duration::seconds(1), &backoff).expect("outbox");
+        outbox::deliver_due(&mut l, &BUSY, now + Duration::seconds(1), &backoff).expect("outbox");
     assert!(later.is_empty(), "retried a second later: {later:?}");
 }
 

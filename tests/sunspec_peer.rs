@@ -11,8 +11,9 @@ use std::time::Duration;
 use ped::modbus::{discover, ModbusClient};
 use ped::registers::{ModelLibrary, Table, WriteMode};
 
-#[tokio::test]
-async fn scan_external_sunspec_peer() {
+/// The peer's address (`PED_SUNSPEC_PEER`), the embedded maps and a client
+/// of the peer.
+async fn peer() -> (SocketAddr, ModelLibrary, ModbusClient) {
     let Some(addr) = std::env::var("PED_SUNSPEC_PEER")
         .ok()
         .and_then(|s| s.parse::<SocketAddr>().ok())
@@ -20,9 +21,15 @@ async fn scan_external_sunspec_peer() {
         panic!("set PED_SUNSPEC_PEER=host:port");
     };
     let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
-    let mut client = ModbusClient::connect(addr, Duration::from_secs(3))
+    let client = ModbusClient::connect(addr, Duration::from_secs(3))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    (addr, lib, client)
+}
+
+#[tokio::test]
+async fn scan_external_sunspec_peer() {
+    let (_, lib, mut client) = peer().await;
     let models = discover(&mut client, 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -102,16 +109,7 @@ async fn block(client: &mut ModbusClient, addr: u16, len: u16) -> Vec<u16> {
 #[tokio::test]
 async fn poll_plan_and_control_against_external_peer() {
     use ped::devices::{self, Command};
-    let Some(addr) = std::env::var("PED_SUNSPEC_PEER")
-        .ok()
-        .and_then(|s| s.parse::<SocketAddr>().ok())
-    else {
-        panic!("set PED_SUNSPEC_PEER=host:port");
-    };
-    let lib = ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}"));
-    let mut client = ModbusClient::connect(addr, Duration::from_secs(3))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (addr, lib, mut client) = peer().await;
     let found: Vec<(u16, u16)> = discover(&mut client, 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"))

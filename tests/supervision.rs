@@ -6,7 +6,7 @@
 //! systemd or Docker restarts it.
 
 use ped::clock::Clock;
-use ped::daemon::{DaemonError, Options};
+use ped::daemon::DaemonError;
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
 use std::process::Stdio;
@@ -21,62 +21,19 @@ const FAULT: &str = "endpoint:BAT";
 /// load) with no revert timer written: only ped can hand the battery back
 /// before the simulator's own 15 s default.
 fn site() -> String {
-    format!(
-        r#"
-{head}
-[plan]
-budget_ms = 500
-
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "127.0.0.1:1"
-prm = "99990000000001"
-kwp = 80.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "127.0.0.1:2"
-participant = "P1"
-
-[[devices]]
-id = "BAT"
-kind = "battery"
-address = "127.0.0.1:3"
-writes = ["WSetEna", "WSet"]
-prm = "99990000000002"
-participant = "BAT-P"
-capacity_kwh = 200.0
-max_charge_kw = 50.0
-max_discharge_kw = 50.0
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 20000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#,
-        head = common::site_head("supervision", "supervision")
+    common::control_site(
+        &common::site_head("supervision", "supervision"),
+        "budget_ms = 500",
+        80.0,
+        r#"["WSetEna", "WSet"]"#,
+        "",
     )
 }
 
 const START: &str = "2025-06-21T21:30:00+02:00";
 
 fn bat_kw(sim: &Simulator) -> f64 {
-    sim.truth
-        .borrow()
-        .battery_kw
-        .get("BAT")
-        .copied()
-        .unwrap_or(0.0)
+    common::battery_kw(sim, "BAT")
 }
 
 /// The real binary: `ped run` against devices served by this process on the
@@ -206,18 +163,7 @@ async fn run_until_returns_the_failure_and_counts_it_and_the_release() {
     // The same value as the other test of this binary: the variable is read once.
     std::env::set_var("PED_FAULT_PANIC", FAULT);
     let s = common::simulated(&site(), START, 60.0).await;
-    let daemon = ped::daemon::Daemon::start(
-        s.sim.site.clone(),
-        s.lib.clone(),
-        s.clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(s.dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let daemon = s.daemon(s.sim.site.clone()).await;
     let shared = daemon.shared.clone();
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),

@@ -10,53 +10,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 fn site_toml(tracking: bool) -> String {
-    format!(
-        r#"
-{head}
-[plan]
-budget_ms = 10000
-tracking = {tracking}
-
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "127.0.0.1:1"
-prm = "99990000000001"
-kwp = 60.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "127.0.0.1:2"
-participant = "P1"
-
-[[devices]]
-id = "BAT"
-kind = "battery"
-address = "127.0.0.1:3"
-writes = ["WSetEna", "WSet", "WSetRvrtTms"]
-prm = "99990000000002"
-capacity_kwh = 200.0
-max_charge_kw = 50.0
-max_discharge_kw = 50.0
-participant = "BAT-P"
-# SunSpec 704 WSet: positive = discharge.
-sign = "generation_positive"
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 20000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#,
-        head = common::site_head("tracking", "unforecast sun")
+    common::control_site(
+        &common::site_head("tracking", "unforecast sun"),
+        &format!("budget_ms = 10000\ntracking = {tracking}"),
+        60.0,
+        r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
+        // SunSpec 704 WSet: positive = discharge.
+        r#"sign = "generation_positive""#,
     )
 }
 
@@ -202,6 +162,17 @@ async fn unforecast_sun_charges_the_battery_above_the_plan() {
     }
 }
 
+/// The sun is well above the forecast at `s`, yet the battery is not above
+/// the plan's setpoint (`why` it should not be).
+fn within_plan(s: &Sample, samples: &[Sample], why: &str) {
+    assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(samples));
+    assert!(
+        s.battery_kw <= s.plan_kw + 1.0,
+        "{why}, yet the battery went above the plan:\n{}",
+        show(samples)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Long enough for tracking to have acted (it does within ~3 s above).
@@ -209,12 +180,7 @@ async fn with_tracking_off_the_battery_holds_the_plans_setpoint() {
     // Once the battery has reached the plan's setpoint, the last 2 s.
     let settled = settled(&samples);
     for s in &settled {
-        assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
-        assert!(
-            s.battery_kw <= s.plan_kw + 1.0,
-            "tracking is off but the battery went above the plan:\n{}",
-            show(&samples)
-        );
+        within_plan(s, &samples, "tracking is off");
         assert!(s.added_kw.unwrap_or(0.0) == 0.0, "{}", show(&samples));
         assert_eq!(s.skipped_missing, 0.0);
     }
@@ -225,12 +191,7 @@ async fn a_meter_never_read_means_no_tracking_and_is_counted() {
     let samples = run(true, true, Duration::from_secs(8), |_| false).await;
     let settled = settled(&samples);
     for s in &settled {
-        assert!(s.pv_kw > s.forecast_pv_kw + 15.0, "{}", show(&samples));
-        assert!(
-            s.battery_kw <= s.plan_kw + 1.0,
-            "no consumption measured, yet the battery went above the plan:\n{}",
-            show(&samples)
-        );
+        within_plan(s, &samples, "no consumption measured");
         assert_eq!(s.added_kw, Some(0.0), "{}", show(&samples));
     }
     let last = settled[0];
@@ -263,14 +224,5 @@ fn ped_check_names_the_tracking_key_the_file_and_the_fix() {
     }
     // And the good value passes.
     std::fs::write(&site, site_toml(false)).unwrap_or_else(|e| panic!("{e}"));
-    let out = common::ped()
-        .args(["check", "--site"])
-        .arg(&site)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::output_ok(common::ped().args(["check", "--site"]).arg(&site), "");
 }

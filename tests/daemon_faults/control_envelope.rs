@@ -7,13 +7,11 @@
 
 use crate::common::{self, lock, ok};
 use ped::clock::Clock;
-use ped::daemon::{Daemon, Options};
-use ped::modbus::server::{serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
+use ped::modbus::server::{Bank, Faults, SharedBank, SharedFaults};
 use ped::registers::{ModelLibrary, RegisterMap, Table};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 const RAMP_KW_PER_S: f64 = 1.0;
 const MAX_KW: f64 = 3.0;
@@ -41,28 +39,9 @@ fn sunspec(lib: &ModelLibrary, model: u16, fill: impl Fn(&RegisterMap, &mut [u16
     bank
 }
 
-async fn serve_one(
-    bank: SharedBank,
-    unit: u8,
-    faults: SharedFaults,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with_faults(
-        listener,
-        HashMap::from([(unit, bank)]),
-        faults,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (addr, tx)
+async fn serve_one(bank: SharedBank, unit: u8, faults: SharedFaults) -> (String, common::Served) {
+    let served = common::serve_local(HashMap::from([(unit, bank)]), faults, false).await;
+    (served.addr.to_string(), served)
 }
 
 fn i32_at(bank: &SharedBank, addr: u16) -> i32 {
@@ -99,19 +78,7 @@ async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
     ok(map.encode_f64(&mut block, "import_kwh", 100.0));
     ok(map.encode_f64(&mut block, "export_kwh", 90.0));
     ok(map.encode_raw(&mut block, "mode", 803));
-    let mut bat = Bank::new();
-    for p in &map.points {
-        let addr = map.base + p.offset;
-        bat.map_range(
-            Table::Holding,
-            addr,
-            p.size,
-            p.access == ped::registers::Access::Rw,
-        );
-        let o = usize::from(p.offset);
-        bat.set(Table::Holding, addr, &block[o..o + usize::from(p.size)]);
-    }
-    let bat = Arc::new(Mutex::new(bat));
+    let bat = Arc::new(Mutex::new(common::map_bank(map, &block)));
     let none = || -> SharedFaults { Arc::new(Mutex::new(Faults::default())) };
     let bat_faults = none();
     let (pv_addr, _s1) = serve_one(pv.clone(), 1, none()).await;
@@ -123,20 +90,7 @@ async fn setpoints_stay_inside_bounds_and_ramp_and_are_released_on_stop() {
 {head}
 [plan]
 budget_ms = 10000
-
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "{pv_addr}"
-prm = "99990000000001"
-kwp = 60.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "{meter_addr}"
-participant = "P1"
-
+{pv}{meter}
 [[devices]]
 id = "BAT"
 kind = "battery"
@@ -154,40 +108,17 @@ setpoint_min_kw = {MIN_KW}
 setpoint_max_kw = {MAX_KW}
 ramp_kw_per_s = {RAMP_KW_PER_S}
 revert_timeout_s = 1.5
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 40000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#,
-        head = common::site_head("control", "control envelope")
+{participants}"#,
+        head = common::site_head("control", "control envelope"),
+        pv = common::pv_toml(&pv_addr, 60.0),
+        meter = common::meter_toml(&meter_addr),
+        participants = common::participants_toml(40000.0),
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T12:00:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 60.0);
-    let daemon = Daemon::start(
-        site,
-        lib.clone(),
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(dir.path().join("out")),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let clock = Clock::simulated(common::at("2025-06-21T12:00:00+02:00"), 60.0);
+    let daemon =
+        common::start_daemon(site, lib.clone(), clock, dir.path().join("out"), false).await;
     let shared = daemon.shared.clone();
 
     // Record every setpoint written, with the real time it was seen.

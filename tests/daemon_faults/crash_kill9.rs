@@ -59,11 +59,8 @@ fn read_periods(path: &Path) -> BTreeMap<i64, String> {
 }
 
 fn run_matrix(runs: usize, seed: u64) {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, origin, _devices) = common::fontaine_devices(START, SPEED);
     let dir = tmp.path().to_path_buf();
-    let origin = common::clock_origin();
-    let site = common::repo_path("site-configs/fontaine-douche.toml");
-    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     // Shorter timeouts: the close grace (3 polls + 2 timeouts) stays well under a period.
     let text = std::fs::read_to_string(dir.join("site.toml")).expect("site.toml");
     std::fs::write(
@@ -164,15 +161,11 @@ fn run_matrix(runs: usize, seed: u64) {
     }
     assert!(checked > 0, "no producer energy checked");
 
-    let verify = common::ped()
-        .args(["audit", "verify", "--ledger"])
-        .arg(&ledger)
-        .output()
-        .expect("ped audit verify");
-    assert!(
-        verify.status.success(),
-        "audit verify: {}",
-        String::from_utf8_lossy(&verify.stdout)
+    common::output_ok(
+        common::ped()
+            .args(["audit", "verify", "--ledger"])
+            .arg(&ledger),
+        "",
     );
 
     // Restarts went on from the ledger (not from scratch).

@@ -20,7 +20,7 @@
 use crate::common::{self, lock, ok};
 use ped::clock::Clock;
 use ped::daemon::{Daemon, Options};
-use ped::modbus::server::{serve_with_faults, Bank, Faults, SharedBank, SharedFaults};
+use ped::modbus::server::{Bank, Faults, SharedBank, SharedFaults};
 use ped::registers::{ModelLibrary, RegisterMap, Table};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,7 @@ fn sunspec_device(lib: &ModelLibrary, model: u16) -> (Bank, u16) {
 struct Endpoint {
     addr: String,
     faults: SharedFaults,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _served: common::Served,
 }
 
 async fn serve_on(
@@ -76,23 +76,11 @@ async fn serve_on(
     units: HashMap<u8, SharedBank>,
     faults: SharedFaults,
 ) -> Endpoint {
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .to_string();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_with_faults(
-        listener,
-        units,
-        faults.clone(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let served = common::serve_faulty(listener, units, faults.clone());
     Endpoint {
-        addr,
+        addr: served.addr.to_string(),
         faults,
-        _stop: tx,
+        _served: served,
     }
 }
 

@@ -34,11 +34,8 @@ fn lines(path: &Path) -> usize {
 #[test]
 fn idle_connections_beyond_the_limit_starve_neither_files_nor_health() {
     let _serial = common::serial_blocking();
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, origin, _devices) = common::fontaine_devices(START, SPEED);
     let dir = tmp.path().to_path_buf();
-    let origin = common::clock_origin();
-    let site = common::repo_path("site-configs/fontaine-douche.toml");
-    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     let text = std::fs::read_to_string(dir.join("site.toml")).unwrap();
     // The written site carries every [http] key: lower two of them.
     let text: String = text

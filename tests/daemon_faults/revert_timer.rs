@@ -7,7 +7,6 @@
 
 use crate::common;
 use ped::clock::Clock;
-use ped::daemon::{Daemon, Options};
 use ped::registers::ModelLibrary;
 use ped::simulator::{Simulator, REVERT_AFTER};
 use std::sync::Arc;
@@ -19,51 +18,12 @@ const TIMER_S: f64 = 2.0;
 async fn a_battery_reverts_on_the_timer_ped_wrote_when_ped_dies() {
     let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap_or_else(|e| panic!("{e}")));
-    let toml = format!(
-        r#"
-{head}
-[plan]
-budget_ms = 10000
-
-[[devices]]
-id = "PV"
-kind = "pv_inverter"
-address = "127.0.0.1:1"
-prm = "99990000000001"
-kwp = 80.0
-
-[[devices]]
-id = "M1"
-kind = "meter"
-address = "127.0.0.1:2"
-participant = "P1"
-
-[[devices]]
-id = "BAT"
-kind = "battery"
-address = "127.0.0.1:3"
-writes = ["WSetEna", "WSet", "WSetRvrtTms"]
-prm = "99990000000002"
-participant = "BAT-P"
-capacity_kwh = 200.0
-max_charge_kw = 50.0
-max_discharge_kw = 50.0
-revert_timeout_s = {TIMER_S}
-
-[[participants]]
-id = "P1"
-kind = "household"
-prm = "99990000000011"
-meter = "M1"
-annual_kwh = 20000.0
-
-[[participants]]
-id = "BAT-P"
-kind = "battery"
-prm = "99990000000002"
-meter = "BAT"
-"#,
-        head = common::site_head("revert", "revert timer")
+    let toml = common::control_site(
+        &common::site_head("revert", "revert timer"),
+        "budget_ms = 10000",
+        80.0,
+        r#"["WSetEna", "WSet", "WSetRvrtTms"]"#,
+        &format!("revert_timeout_s = {TIMER_S}"),
     );
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let site = common::load_site(&lib, dir.path(), &toml);
@@ -72,10 +32,7 @@ meter = "BAT"
     // (At a sunny noon a participant battery has nothing to do: it earns the
     // local price only on discharge that serves load, and charging costs it
     // the local price, see `plan::credit_cap_kw`.)
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T21:30:00+02:00")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::simulated(origin, 60.0);
+    let clock = Clock::simulated(common::at("2025-06-21T21:30:00+02:00"), 60.0);
     let sim = Simulator::start(&site, lib.clone(), clock, 5, true)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -94,20 +51,13 @@ meter = "BAT"
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let daemon = rt.block_on(async {
-            Daemon::start(
-                daemon_site,
-                daemon_lib,
-                clock,
-                Options {
-                    dry_run: false,
-                    output_dir: Some(out),
-                    http_listen: Some("127.0.0.1:0".into()),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-        });
+        let daemon = rt.block_on(common::start_daemon(
+            daemon_site,
+            daemon_lib,
+            clock,
+            out,
+            false,
+        ));
         let _ = ready_tx.send(());
         let _ = kill_rx.recv();
         // Leak the daemon: dropping it could run clean-up; a killed process runs none.
@@ -120,14 +70,7 @@ meter = "BAT"
 
     // ped takes control: the battery moves and stays under control for longer
     // than its own timer, because ped refreshes the setpoint inside it.
-    let bat_kw = |sim: &Simulator| {
-        sim.truth
-            .borrow()
-            .battery_kw
-            .get("BAT")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let bat_kw = |sim: &Simulator| common::battery_kw(sim, "BAT");
     let started = Instant::now();
     let mut moving_since: Option<Instant> = None;
     while started.elapsed() < Duration::from_secs(20) {

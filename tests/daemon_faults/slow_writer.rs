@@ -14,12 +14,11 @@
 //!   contiguous, and the audit chain verifies.
 
 use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, LedgerOptions, Options};
+use ped::daemon::Daemon;
 use ped::ledger::Ledger;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,16 +46,7 @@ fn reads(d: &Daemon) -> BTreeMap<String, u64> {
 }
 
 fn setpoints_ok(d: &Daemon) -> u64 {
-    ["BAT-01", "BAT-02"]
-        .iter()
-        .map(|b| {
-            d.shared
-                .metrics
-                .setpoint_writes
-                .with_label_values(&[b, "ok"])
-                .get()
-        })
-        .sum()
+    common::setpoints_ok(d, &["BAT-01", "BAT-02"])
 }
 
 struct Release(Arc<AtomicBool>);
@@ -78,17 +68,10 @@ fn stored(path: &Path) -> usize {
 async fn a_slow_ledger_writer_does_not_slow_polling_or_control() {
     let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().expect("maps"));
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let mut site = config::load(&path, &known).expect("site");
-    site.config.polling.interval_ms = 100;
-    site.config.polling.timeout_ms = 300;
+    let site = common::shipped_site(&lib, "site-configs/fontaine-douche.toml");
     let out = tempfile::tempdir().expect("out");
     let ledger = out.path().join("ledger.sqlite");
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
-        .expect("origin")
-        .with_timezone(&chrono::Utc);
-    let clock = Clock::paced(origin, 900.0);
+    let clock = Clock::paced(common::at("2025-06-21T11:00:00+02:00"), 900.0);
     let sim = Simulator::start(&site, lib.clone(), clock, 2025, true)
         .await
         .expect("simulator");
@@ -96,32 +79,18 @@ async fn a_slow_ledger_writer_does_not_slow_polling_or_control() {
     // A failed assertion must release the writer too, or the runtime's
     // shutdown would wait for it forever.
     let _release = Release(hold.clone());
-    let d = Daemon::start_with_ledger(
+    let d = common::start_with_ledger(
         sim.site.clone(),
         lib,
         clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(out.path().to_path_buf()),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-        LedgerOptions {
-            path: Some(ledger.clone()),
-            writer_hold: Some(hold.clone()),
-            ..Default::default()
-        },
+        out.path(),
+        &ledger,
+        Some(hold.clone()),
     )
     .await
     .expect("daemon");
     let m = d.shared.metrics.clone();
-    let devices = site.config.devices.iter().map(|c| c.id.clone()).collect();
-    let pacer = common::pace(
-        clock,
-        d.shared.clone(),
-        devices,
-        Duration::from_millis(10),
-        chrono::Duration::minutes(5),
-    );
+    let pacer = common::pace_site(clock, d.shared.clone(), &site);
 
     // Reads and setpoint writes when the 1st, 4th and 8th periods have closed.
     let mut at_closed: Vec<(BTreeMap<String, u64>, u64)> = Vec::new();
@@ -175,16 +144,5 @@ async fn a_slow_ledger_writer_does_not_slow_polling_or_control() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let l = Ledger::open_read_only(&ledger).expect("ledger");
-    let periods = l.periods().expect("periods");
-    for w in periods.windows(2) {
-        assert_eq!(
-            (w[1].start - w[0].start).num_minutes(),
-            15,
-            "gap after {}",
-            w[0].start
-        );
-    }
-    let r = l.verify().expect("verify");
-    assert!(r.ok(), "{r:?}");
+    common::assert_ledger_whole(&ledger, closed);
 }

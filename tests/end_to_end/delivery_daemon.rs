@@ -82,11 +82,8 @@ fn counter(text: &str, result: &str) -> f64 {
 #[test]
 fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
     let _serial = common::serial_blocking();
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, origin, _devices) = common::fontaine_devices(START, SPEED);
     let dir = tmp.path().to_path_buf();
-    let origin = common::clock_origin();
-    let site = common::repo_path("site-configs/fontaine-douche.toml");
-    let _devices = common::devices(&dir, &site, START, SPEED, &origin);
     let stop = Arc::new(AtomicBool::new(false));
     let (url, seen) = server(stop.clone());
     std::fs::write(dir.join("token"), "test-token\n").unwrap();
@@ -103,15 +100,11 @@ fn ped_run_delivers_over_http_from_the_site_section_despite_failures() {
             "\n[delivery]\nkind = \"https\"\nurl = \"{url}\"\ntoken_file = \"token\"\ntimeout_s = 2\nbackoff_base_s = 60\nbackoff_cap_s = 600\n"
         );
     std::fs::write(dir.join("site.toml"), text).unwrap();
-    let check = common::ped()
-        .current_dir(&dir)
-        .args(["check", "--site", "site.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "ped check: {}",
-        String::from_utf8_lossy(&check.stdout)
+    common::output_ok(
+        common::ped()
+            .current_dir(&dir)
+            .args(["check", "--site", "site.toml"]),
+        "",
     );
 
     let port = common::free_port();

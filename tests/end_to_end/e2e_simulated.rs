@@ -5,13 +5,9 @@
 
 use ped::allocation::{apply_rule, Precision};
 use ped::clock::Clock;
-use ped::config;
-use ped::daemon::{Daemon, Options};
 use ped::dso::enedis;
 use ped::registers::ModelLibrary;
 use ped::simulator::Simulator;
-use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,47 +35,22 @@ fn metric_value(text: &str, name: &str, label: &str) -> Option<f64> {
 async fn simulated_district_end_to_end() {
     let _serial = common::serial().await;
     let lib = Arc::new(ModelLibrary::embedded().unwrap());
-    let known: BTreeSet<String> = lib.keys().map(str::to_string).collect();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("site-configs/fontaine-douche.toml");
-    let mut site = config::load(&path, &known).unwrap();
-    // Fast polling so that each simulated quarter-hour sees several samples.
-    site.config.polling.interval_ms = 100;
-    site.config.polling.timeout_ms = 300;
+    let site = common::shipped_site(&lib, "site-configs/fontaine-douche.toml");
     let out = tempfile::tempdir().unwrap();
 
     // 11:00 local on midsummer day: PV surplus, so batteries charge and keys matter.
-    let origin = chrono::DateTime::parse_from_rfc3339("2025-06-21T11:00:00+02:00")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    let origin = common::at("2025-06-21T11:00:00+02:00");
     let speed = 900.0; // a quarter-hour per second, when the machine keeps up
     let clock = Clock::paced(origin, speed);
     let sim = Simulator::start(&site, lib.clone(), clock, 2025, true)
         .await
         .unwrap();
-    let daemon = Daemon::start(
-        sim.site.clone(),
-        lib,
-        clock,
-        Options {
-            dry_run: false,
-            output_dir: Some(out.path().to_path_buf()),
-            http_listen: Some("127.0.0.1:0".into()),
-        },
-    )
-    .await
-    .unwrap();
+    let daemon = common::start_daemon(sim.site.clone(), lib, clock, out.path(), false).await;
     let http = daemon.http_addr;
     // Simulated time moves only while every device has been read in the last
     // five simulated minutes: however loaded the machine, each period is
     // measured from samples inside it.
-    let devices = site.config.devices.iter().map(|d| d.id.clone()).collect();
-    let pacer = common::pace(
-        clock,
-        daemon.shared.clone(),
-        devices,
-        Duration::from_millis(10),
-        chrono::Duration::minutes(5),
-    );
+    let pacer = common::pace_site(clock, daemon.shared.clone(), &site);
 
     // Three simulated hours and a bit for the last period to close.
     let until = origin + chrono::Duration::minutes(195);

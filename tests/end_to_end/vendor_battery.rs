@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use crate::common;
 use ped::devices::{self, Command};
-use ped::modbus::server::{serve, Bank, SharedBank};
+use ped::modbus::server::SharedBank;
 use ped::modbus::ModbusClient;
 use ped::registers::{ModelLibrary, Table};
-use tokio::net::TcpListener;
 
 const UNIT: u8 = 3;
 
@@ -34,31 +33,14 @@ async fn vendor_battery_map_is_read_and_controlled_without_code() {
     ok(map.encode_raw(&mut block, "mode", 803));
     // The setpoint that has it discharge 12.5 kW, also in the device's convention.
     ok(map.encode_f64(&mut block, "power_setpoint_kw", 12.5));
-    let mut bank = Bank::new();
-    for p in &map.points {
-        let addr = map.base + p.offset;
-        bank.map_range(
-            Table::Holding,
-            addr,
-            p.size,
-            p.access == ped::registers::Access::Rw,
-        );
-        let o = usize::from(p.offset);
-        bank.set(Table::Holding, addr, &block[o..o + usize::from(p.size)]);
-    }
-    let bank: SharedBank = Arc::new(Mutex::new(bank));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
+    let bank: SharedBank = Arc::new(Mutex::new(common::map_bank(map, &block)));
+    let served = common::serve_local(
         HashMap::from([(UNIT, bank.clone())]),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+        Default::default(),
+        false,
+    )
+    .await;
+    let addr = served.addr;
 
     // The site config names the map; `ped check`'s validation accepts it.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

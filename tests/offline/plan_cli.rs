@@ -1,21 +1,17 @@
 //! `ped plan`: a dumped instance replays to the same figures, and the fast
 //! allocation solver agrees with the LP oracle on it.
 
-use crate::common::ped;
+use crate::common::{self, ped};
 
 #[test]
 fn dump_then_replay_an_allocation_and_a_plan() {
     let dir = tempfile::tempdir().unwrap();
     let alloc = dir.path().join("alloc.json");
-    let out = ped()
-        .args(["plan", "--synthetic", "12x48", "--allocation", "--dump"])
-        .arg(&alloc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        ped()
+            .args(["plan", "--synthetic", "12x48", "--allocation", "--dump"])
+            .arg(&alloc),
+        "",
     );
     let json = std::fs::read_to_string(&alloc).unwrap();
     assert!(
@@ -23,17 +19,8 @@ fn dump_then_replay_an_allocation_and_a_plan() {
         "{}",
         &json[..40]
     );
-    let out = ped()
-        .args(["plan", "--oracle", "--replay"])
-        .arg(&alloc)
-        .output()
-        .unwrap();
+    let out = common::output_ok(ped().args(["plan", "--oracle", "--replay"]).arg(&alloc), "");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let gap: f64 = stdout
         .split("relative score gap ")
         .nth(1)
