@@ -8,7 +8,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# The suites the README's table names. A suite is a test binary, tests/NAME.rs, or a module
+# The suites the README's table names. A suite is a test binary, tests/NAME.rs or
+# tests/NAME/main.rs, or a module
 # of a binary that groups several, tests/THEME/NAME.rs beside tests/THEME/main.rs (its tests
 # are named NAME::…). `prefix_*` needs at least one match. A missing suite, or one that runs
 # no test, is a failure, never a skip: the table would lie.
@@ -25,11 +26,17 @@ add_binary() {
 }
 for want in "${EXPECTED[@]}"; do
     found=0
-    for f in tests/${want}.rs tests/*/${want}.rs; do
+    for f in tests/${want}.rs tests/${want}/main.rs tests/*/${want}.rs; do
         [[ -e "$f" ]] || continue
         dir=$(dirname "$f")
         if [[ "$dir" == tests ]]; then
             add_binary "$(basename "$f" .rs)"
+        elif [[ "$f" == "tests/${want}/main.rs" ]]; then
+            # A whole binary split into modules (tests/NAME/main.rs).
+            add_binary "$want"
+            suites+=("$want")
+            found=1
+            continue
         elif [[ -e "$dir/main.rs" && "$(basename "$f")" != main.rs ]]; then
             add_binary "$(basename "$dir")"
             only[$(basename "$dir")]+=" $(basename "$f" .rs)::"
@@ -61,14 +68,18 @@ for b in "${binaries[@]}"; do
 done
 
 # libtest prints "Running tests/NAME.rs (...)" or "Running tests/THEME/main.rs (...)" before
-# each binary, and "test NAME ... ok". A row's suite is its binary's NAME, or in a THEME
-# binary its test name's first segment (the module); rows of other modules are not the
-# matrix's and are left out.
+# each binary, and "test NAME ... ok". A row's suite is its binary's NAME (tests/NAME/main.rs
+# included), or in a THEME binary its test name's first segment (the module); rows of other
+# modules are not the matrix's and are left out.
 awk -v want="${suites[*]}" '
     BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) matrix[w[i]] = 1 }
     /Running tests\// {
         path = $2; sub(/^tests\//, "", path)
-        if (path ~ /\/main\.rs$/) { binary = ""; } else { binary = path; sub(/\.rs$/, "", binary) }
+        if (path ~ /\/main\.rs$/) {
+            # A whole binary split into modules is its own suite; in a THEME binary, suites are modules.
+            binary = path; sub(/\/main\.rs$/, "", binary)
+            if (!(binary in matrix)) binary = ""
+        } else { binary = path; sub(/\.rs$/, "", binary) }
     }
     /^test .* \.\.\. (ok|FAILED|ignored)/ {
         name = $2; res = $NF
