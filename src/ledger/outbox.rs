@@ -158,7 +158,7 @@ pub fn deliver_due(
                     params![id, attempts, receipt, now.to_rfc3339()],
                 )
                 .map_err(e)?;
-                super::append_audit(
+                super::audit::append_audit(
                     &tx,
                     "delivered",
                     &format!("{file_name} via {}", deliver.channel()),

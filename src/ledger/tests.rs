@@ -1,4 +1,5 @@
 use super::*;
+use chrono::NaiveDate;
 
 fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
