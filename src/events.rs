@@ -89,6 +89,18 @@ impl InternalEvent for PollFailed<'_> {
 // ---------------------------------------------------------------------------
 // Control: setpoints and releases.
 
+fn count_release(m: &Metrics, device: &str, reason: ReleaseReason) {
+    m.device_releases
+        .with_label_values(&[device, reason.as_str()])
+        .inc();
+}
+
+fn count_write(m: &Metrics, device: &str, result: WriteResult) {
+    m.setpoint_writes
+        .with_label_values(&[device, result.as_str()])
+        .inc();
+}
+
 /// ped released a device on stop or task failure.
 pub struct Released<'a> {
     pub device: &'a str,
@@ -97,11 +109,8 @@ pub struct Released<'a> {
 
 impl InternalEvent for Released<'_> {
     fn emit(self, m: &Metrics) {
-        let reason = self.reason.as_str();
-        m.device_releases
-            .with_label_values(&[self.device, reason])
-            .inc();
-        tracing::info!(device = %self.device, reason, "released to its own control");
+        count_release(m, self.device, self.reason);
+        tracing::info!(device = %self.device, reason = self.reason.as_str(), "released to its own control");
     }
 }
 
@@ -118,9 +127,7 @@ impl InternalEvent for PlanLost<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(endpoint = %self.endpoint, last_plan = %self.last_plan, "no fresh plan: releasing controlled devices to their safe mode");
         for d in self.devices {
-            m.device_releases
-                .with_label_values(&[d, ReleaseReason::PlanLoss.as_str()])
-                .inc();
+            count_release(m, d, ReleaseReason::PlanLoss);
         }
     }
 }
@@ -134,9 +141,7 @@ pub struct ContactLost<'a> {
 impl InternalEvent for ContactLost<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(device = %self.device, "contact lost: the device falls back to its own safe mode");
-        m.device_releases
-            .with_label_values(&[self.device, ReleaseReason::ContactLost.as_str()])
-            .inc();
+        count_release(m, self.device, ReleaseReason::ContactLost);
     }
 }
 
@@ -150,9 +155,7 @@ pub struct NoSafeSetpoint<'a> {
 
 impl InternalEvent for NoSafeSetpoint<'_> {
     fn emit(self, m: &Metrics) {
-        m.device_releases
-            .with_label_values(&[self.device, ReleaseReason::NoSafeRange.as_str()])
-            .inc();
+        count_release(m, self.device, ReleaseReason::NoSafeRange);
         tracing::error!(device = %self.device, asked_kw = self.asked_kw, setpoint_min_kw = ?self.setpoint_min_kw, setpoint_max_kw = ?self.setpoint_max_kw, "no power setpoint is safe: the configured setpoint range and the device's ratings do not overlap; released to its own mode (fix the device's setpoint_min_kw/setpoint_max_kw, `ped check` names them)");
     }
 }
@@ -168,9 +171,7 @@ pub struct SetpointsNotTaken<'a> {
 impl InternalEvent for SetpointsNotTaken<'_> {
     fn emit(self, m: &Metrics) {
         tracing::warn!(device = %self.device, writes = self.writes, retry_s = self.retry.as_secs_f64(), "the device does not take ped's setpoints (read-back differs): releasing it to its own mode, trying again later");
-        m.device_releases
-            .with_label_values(&[self.device, ReleaseReason::ReadbackMismatch.as_str()])
-            .inc();
+        count_release(m, self.device, ReleaseReason::ReadbackMismatch);
     }
 }
 
@@ -182,9 +183,7 @@ pub struct SetpointWritten<'a> {
 
 impl InternalEvent for SetpointWritten<'_> {
     fn emit(self, m: &Metrics) {
-        m.setpoint_writes
-            .with_label_values(&[self.device, self.result.as_str()])
-            .inc();
+        count_write(m, self.device, self.result);
     }
 }
 
@@ -196,9 +195,7 @@ pub struct SetpointRefused<'a> {
 
 impl InternalEvent for SetpointRefused<'_> {
     fn emit(self, m: &Metrics) {
-        m.setpoint_writes
-            .with_label_values(&[self.device, WriteResult::Refused.as_str()])
-            .inc();
+        count_write(m, self.device, WriteResult::Refused);
         tracing::warn!(device = %self.device, error = %self.error, "setpoint refused by the safety envelope");
     }
 }
@@ -212,9 +209,7 @@ pub struct SetpointWriteFailed<'a> {
 
 impl InternalEvent for SetpointWriteFailed<'_> {
     fn emit(self, m: &Metrics) {
-        m.setpoint_writes
-            .with_label_values(&[self.device, WriteResult::Error.as_str()])
-            .inc();
+        count_write(m, self.device, WriteResult::Error);
         tracing::warn!(device = %self.device, point = %self.point, error = %self.error, "setpoint write failed");
     }
 }

@@ -467,21 +467,24 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         }
         return Command::Release;
     };
-    let mut out = kw.clamp(lo, hi);
-    if out != kw {
+    let clamped = |clamp| {
         events::emit(
             m,
             events::SetpointClamped {
                 device: &d.cfg.id,
-                clamp: events::Clamp::Bound {
-                    asked_kw: kw,
-                    written_kw: out,
-                    min_kw: lo,
-                    max_kw: hi,
-                    log: d.written.map_or(true, |(prev, _)| prev != cmd),
-                },
+                clamp,
             },
-        );
+        )
+    };
+    let mut out = kw.clamp(lo, hi);
+    if out != kw {
+        clamped(events::Clamp::Bound {
+            asked_kw: kw,
+            written_kw: out,
+            min_kw: lo,
+            max_kw: hi,
+            log: d.written.map_or(true, |(prev, _)| prev != cmd),
+        });
     }
     if let Some(rate) = d.cfg.ramp_kw_per_s {
         let (prev, at) = d.last_kw.unwrap_or((0.0, Instant::now()));
@@ -489,17 +492,11 @@ fn envelope(task: &EndpointTask, d: &DevState, cmd: Command) -> Command {
         let step = rate * at.elapsed().as_secs_f64();
         let ramped = out.clamp(prev - step, prev + step);
         if ramped != out {
-            events::emit(
-                m,
-                events::SetpointClamped {
-                    device: &d.cfg.id,
-                    clamp: events::Clamp::Ramp {
-                        target_kw: out,
-                        written_kw: ramped,
-                        ramp_kw_per_s: rate,
-                    },
-                },
-            );
+            clamped(events::Clamp::Ramp {
+                target_kw: out,
+                written_kw: ramped,
+                ramp_kw_per_s: rate,
+            });
             out = ramped;
         }
     }
