@@ -180,6 +180,22 @@ pub fn clear_sky_kw(
     (kwp * poa / 1000.0 * PERFORMANCE_RATIO).max(0.0)
 }
 
+/// The clearness assumed when the plants make too little to measure it
+/// (night, dawn).
+pub const DEFAULT_CLEARNESS: f64 = 0.8;
+
+/// The clearness a PV forecast scales clear sky by: the plants' measured
+/// output over their clear-sky output at the same time, clamped to 0.1..=1.2,
+/// or [`DEFAULT_CLEARNESS`] when clear sky is under 0.05 kW a plant (the sun
+/// too low to judge).
+pub fn measured_clearness(measured_kw: f64, clear_kw: f64, plants: usize) -> f64 {
+    if clear_kw > 0.05 * plants as f64 {
+        (measured_kw / clear_kw).clamp(0.1, 1.2)
+    } else {
+        DEFAULT_CLEARNESS
+    }
+}
+
 /// PV forecast (kW averaged over each period) from the period containing
 /// `from`: clear-sky output averaged over three instants of each period,
 /// scaled by the recent clearness (measured / clear-sky, clamped to 0..1.2:

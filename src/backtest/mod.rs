@@ -4,11 +4,15 @@
 //! same run.
 //!
 //! What is simulated and how:
-//! - Forecasts are issued from the data before the replan step only (PV from
-//!   each plant's measured output, loads per participant, heat per
-//!   substation). The heat forecast uses the data set's temperature of the
-//!   forecast days as a perfect weather forecast: the data set has no
-//!   archived weather forecasts.
+//! - Forecasts are the daemon's (`plan::site_input`), issued from the data
+//!   before the replan step only: PV is [`crate::forecast::pv_forecast`] for
+//!   every plane of every plant, scaled by
+//!   [`crate::forecast::measured_clearness`] of the last step's measured
+//!   output against its clear sky; each participant's load is
+//!   [`crate::forecast::SeriesHistory::forecast`] on three days of measured
+//!   steps (the last step's load held flat while that is all zero); each
+//!   substation's heat demand is the last step's, held flat. No weather
+//!   (temperature, irradiance forecast) enters the plan, as in the daemon.
 //! - The plan's setpoints of each step are applied to the **actual** data by
 //!   an in-process device model: batteries (power and energy limits, charge
 //!   and discharge efficiency, SoC floor) and the heat store (P2H with its
@@ -61,6 +65,9 @@ use chrono::NaiveDate;
 use crate::config::SiteConfig;
 use crate::dso::loadcurve::LineLog;
 use crate::plan;
+use crate::plan::site_input::{
+    BATTERY_END_VALUE_RATIO, STORE_LOSS_PER_HOUR, STORE_SHARE_OF_DEMAND,
+};
 
 pub use dataset::{Checks, DataQuality, Dataset, ParticipantCheck, Problem, ProblemKind};
 pub use report::table;
@@ -105,16 +112,13 @@ pub enum BacktestError {
     Suspect(LineLog),
 }
 
-/// Battery charge/discharge efficiency and P2H efficiency the planner assumes
-/// (see `daemon::planner`), used by both the plan and the device model.
-const BATTERY_EFF: f64 = 0.95;
-const P2H_EFF: f64 = 0.98;
-const STORE_LOSS_PER_HOUR: f64 = 0.005;
-/// Share of the local price a kWh left in a battery is worth to the plan
-/// (`BatteryModel::end_value_eur_per_kwh`, as the daemon's planner sets it).
-const BATTERY_END_VALUE_RATIO: f64 = 0.9;
-/// Part of its substation's demand a heat store may cover.
-const STORE_SHARE_OF_DEMAND: f64 = 0.5;
+/// The device model's battery efficiency each way and its P2H efficiency:
+/// the daemon's defaults for a device that names none (`config::resolved`),
+/// which the plan assumes too. The model has one battery efficiency for
+/// both ways, so the two defaults must agree.
+const BATTERY_EFF: f64 = crate::config::BATTERY_CHARGE_EFFICIENCY;
+const _: () = assert!(BATTERY_EFF == crate::config::BATTERY_DISCHARGE_EFFICIENCY);
+const P2H_EFF: f64 = crate::config::P2H_EFFICIENCY;
 /// A PV miss triggers a re-solve when it exceeds this share of the installed
 /// peak and [`MISS_REPLAN_SHARE_OF_PV`] of the larger of actual and forecast
 /// PV: the daemon's rule (`daemon::planner`). A fifth of the peak alone never

@@ -2,22 +2,21 @@
 //! step by step), the baselines that need no plan (greedy battery, idle
 //! storage), and the list of scenarios (dispatch × key policy) scored on them.
 
-use std::collections::BTreeMap;
-
-use chrono::NaiveDate;
-
 use super::progress::Progress;
 use super::scoring::percentile;
 use super::site::{static_policy, Site};
 use super::storage::{device_step, tracking_input, DeviceState, Dispatch, StepFlows};
 use super::{
-    BacktestError, Dataset, ForecastErrors, Options, SolveStats, TrackingDiagnosis, BATTERY_EFF,
-    BATTERY_END_VALUE_RATIO, MISS_REPLAN_SHARE_OF_PEAK, MISS_REPLAN_SHARE_OF_PV, P2H_EFF,
-    STORE_LOSS_PER_HOUR, STORE_SHARE_OF_DEMAND,
+    BacktestError, Dataset, ForecastErrors, Options, SolveStats, TrackingDiagnosis,
+    MISS_REPLAN_SHARE_OF_PEAK, MISS_REPLAN_SHARE_OF_PV,
 };
 use crate::allocation::{self, Policy};
 use crate::config::KeyPolicy;
-use crate::forecast::{self, DegreeDayModel, ErrorAccumulator, LoadAnalogs};
+use crate::config::{BATTERY_CHARGE_EFFICIENCY, BATTERY_DISCHARGE_EFFICIENCY, P2H_EFFICIENCY};
+use crate::forecast::{self, ErrorAccumulator, SeriesHistory};
+use crate::plan::site_input::{
+    BATTERY_END_VALUE_RATIO, STORE_LOSS_PER_HOUR, STORE_SHARE_OF_DEMAND,
+};
 use crate::plan::{self, BatteryModel, HeatUnitModel, ParticipantForecast, PlanInput, PlanStatus};
 
 /// What every dispatch of the run reads: the data set, the site, the replayed
@@ -106,42 +105,96 @@ struct Current {
     planned_net: Vec<f64>,
 }
 
-/// The forecasts issued at each replan, and their errors against the data.
-#[derive(Default)]
+/// The daemon's forecasts (`plan::site_input`) issued at each replan, and
+/// their errors against the data: PV is clear sky per plant scaled by the
+/// clearness measured on the last step, each load comes from a
+/// [`SeriesHistory`] fed step by step as the replay advances, and heat demand
+/// is the last step's held flat.
 struct Forecaster {
-    /// Per substation: the local day of the fit and the fitted model.
-    heat_models: BTreeMap<usize, (NaiveDate, Option<DegreeDayModel>)>,
+    /// Each participant's measured load, as the daemon's planner keeps it.
+    load_history: Vec<SeriesHistory>,
+    /// The steps before this one are in `load_history`.
+    fed_to: usize,
     err_pv: ErrorAccumulator,
     err_load: ErrorAccumulator,
     err_heat: ErrorAccumulator,
 }
 
 impl Forecaster {
-    /// Heat demand forecast of each heat unit's substation from step `t`.
+    fn new(r: &Replay) -> Self {
+        // The daemon's planner keeps three days of settlement periods.
+        let capacity = 3 * 24 * 60 / r.ds.cal.grid.step_minutes() as usize;
+        Forecaster {
+            load_history: vec![SeriesHistory::new(capacity); r.ds.participants.len()],
+            // The daemon would have been running before the range: its history
+            // holds the days before it.
+            fed_to: r.begin.saturating_sub(capacity),
+            err_pv: ErrorAccumulator::default(),
+            err_load: ErrorAccumulator::default(),
+            err_heat: ErrorAccumulator::default(),
+        }
+    }
+
+    /// Records the measured loads of the steps before `t`.
+    fn feed(&mut self, r: &Replay, t: usize) {
+        let ds = r.ds;
+        for k in self.fed_to..t {
+            let at = ds.cal.time(k);
+            for (h, l) in self.load_history.iter_mut().zip(&ds.load_kw) {
+                h.push(at, l[k]);
+            }
+        }
+        self.fed_to = self.fed_to.max(t);
+    }
+
+    /// Heat demand forecast of each heat unit's substation from step `t`:
+    /// what its heat meters read at the start of the step, held flat.
     fn heat(&mut self, r: &Replay, t: usize) -> Vec<Vec<f64>> {
         let ds = r.ds;
-        let day = ds.cal.grid.local_day(ds.cal.time(t));
-        let mut demand_fc = Vec::with_capacity(r.site.heat.len());
-        for u in &r.site.heat {
-            let entry = self.heat_models.entry(u.substation).or_insert((day, None));
-            if entry.1.is_none() || entry.0 != day {
-                // Refit once a local day on all history before it.
-                *entry = (
-                    day,
-                    DegreeDayModel::fit(&ds.cal, &ds.temp_c, &ds.heat_kw[u.substation], 0, t),
-                );
-            }
-            let f = match &entry.1 {
-                Some(m) => m.forecast(&ds.cal, &ds.temp_c, t, r.horizon),
-                None => {
-                    let last = ds.heat_kw[u.substation][t.saturating_sub(1)];
-                    vec![last; r.horizon]
-                }
-            };
-            score(&mut self.err_heat, &f, &ds.heat_kw[u.substation], t);
-            demand_fc.push(f);
+        let last = t.saturating_sub(1);
+        r.site
+            .heat
+            .iter()
+            .map(|u| {
+                let now = ds.heat_kw[u.substation][last];
+                let f = vec![if now.is_finite() { now } else { 0.0 }; r.horizon];
+                score(&mut self.err_heat, &f, &ds.heat_kw[u.substation], t);
+                f
+            })
+            .collect()
+    }
+
+    /// The district's PV forecast from step `t`: every plane of every plant
+    /// through [`forecast::pv_forecast`], scaled by the clearness of the last
+    /// step ([`forecast::measured_clearness`]).
+    fn pv(&mut self, r: &Replay, t: usize) -> Vec<f64> {
+        let (ds, site) = (r.ds, r.site);
+        let last = t.saturating_sub(1);
+        let measured: f64 = ds
+            .pv_kw
+            .iter()
+            .map(|p| p[last])
+            .filter(|x| x.is_finite())
+            .sum();
+        let clear: f64 = r.clear.iter().map(|c| c[last]).sum();
+        let clearness = forecast::measured_clearness(measured, clear, ds.plants.len());
+        let mut pv = vec![0.0; r.horizon];
+        for plane in ds.plants.iter().flat_map(|p| &p.planes) {
+            let f = forecast::pv_forecast(
+                plane.kwp,
+                plane.tilt_deg,
+                plane.azimuth_deg,
+                site.lat,
+                site.lon,
+                ds.cal.time(t),
+                r.horizon,
+                &ds.cal.grid,
+                clearness,
+            );
+            pv.iter_mut().zip(&f).for_each(|(a, b)| *a += b);
         }
-        demand_fc
+        score(&mut self.err_pv, &pv, &r.total_pv, t);
+        pv
     }
 
     /// The plan input at step `t` from the forecasts and the storage state,
@@ -149,21 +202,22 @@ impl Forecaster {
     fn plan_input(&mut self, r: &Replay, st: &DeviceState, t: usize) -> (PlanInput, Vec<f64>) {
         let (ds, site, h, horizon) = (r.ds, r.site, r.h, r.horizon);
         let demand_fc = self.heat(r, t);
-        let mut pv = vec![0.0; horizon];
-        let mut planned_net = vec![0.0; horizon];
-        for (p, c) in ds.pv_kw.iter().zip(&r.clear) {
-            let f = forecast::pv_blend_forecast(p, c, t, horizon, h);
-            pv.iter_mut().zip(&f).for_each(|(a, b)| *a += b);
-        }
-        score(&mut self.err_pv, &pv, &r.total_pv, t);
-        planned_net.copy_from_slice(&pv);
-        let analogs = LoadAnalogs::new(&ds.cal, t, horizon);
+        let pv = self.pv(r, t);
+        let mut planned_net = pv.clone();
+        self.feed(r, t);
+        let last = t.saturating_sub(1);
         let participants = ds
             .participants
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let f = forecast::load_forecast(&ds.load_kw[i], &analogs, h);
+                let mut f = self.load_history[i].forecast(ds.cal.time(t), horizon, &ds.cal.grid);
+                if f.iter().all(|x| *x == 0.0) {
+                    // No history yet: hold the last step's load, as the daemon
+                    // holds the meter's current power.
+                    let now = ds.load_kw[i][last];
+                    f = vec![if now.is_finite() { now.max(0.0) } else { 0.0 }; horizon];
+                }
                 score(&mut self.err_load, &f, &ds.load_kw[i], t);
                 planned_net.iter_mut().zip(&f).for_each(|(a, b)| *a -= b);
                 ParticipantForecast {
@@ -192,8 +246,8 @@ impl Forecaster {
                     min_soc_kwh: b.floor,
                     max_charge_kw: b.max_charge,
                     max_discharge_kw: b.max_discharge,
-                    charge_eff: BATTERY_EFF,
-                    discharge_eff: BATTERY_EFF,
+                    charge_eff: BATTERY_CHARGE_EFFICIENCY,
+                    discharge_eff: BATTERY_DISCHARGE_EFFICIENCY,
                     end_value_eur_per_kwh: site.local_price * BATTERY_END_VALUE_RATIO,
                 })
                 .collect(),
@@ -205,7 +259,7 @@ impl Forecaster {
                 .map(|((u, &store), d)| HeatUnitModel {
                     id: u.id.clone(),
                     p2h_max_kw: u.max_kw,
-                    efficiency: P2H_EFF,
+                    efficiency: P2H_EFFICIENCY,
                     store_capacity_kwh: u.capacity,
                     store_kwh: store.clamp(0.0, u.capacity),
                     loss_ratio_per_hour: STORE_LOSS_PER_HOUR,
@@ -355,7 +409,7 @@ pub(super) fn lp_dispatch(r: &Replay, opts: &Options) -> Result<LpOutcome, Backt
     let mut progress = Progress::new(opts.progress, r.end - r.begin);
     let mut solve_times = Vec::new();
     let mut stats = SolveStats::default();
-    let mut forecaster = Forecaster::default();
+    let mut forecaster = Forecaster::new(r);
     let mut st = r.init.clone();
     let mut flows = Vec::with_capacity(r.end - r.begin);
     let mut current: Option<Current> = None;

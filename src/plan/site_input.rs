@@ -18,9 +18,7 @@ pub const BATTERY_END_VALUE_RATIO: f64 = 0.9;
 pub const STORE_LOSS_PER_HOUR: f64 = 0.005;
 /// The share of its substation's demand a heat store may serve.
 pub const STORE_SHARE_OF_DEMAND: f64 = 0.5;
-/// The clearness assumed when the plants make too little to measure it
-/// (night, dawn).
-pub const DEFAULT_CLEARNESS: f64 = 0.8;
+pub use crate::forecast::DEFAULT_CLEARNESS;
 
 /// The site's state when a plan is built.
 pub struct SiteState<'a> {
@@ -59,11 +57,7 @@ pub fn site_input(site: &Site, state: &SiteState<'_>) -> PlanInput {
         measured += reading(&d.id, "production_kw").unwrap_or(0.0);
         clear += forecast::clear_sky_kw(kwp, tilt, az, cfg.site.latitude, cfg.site.longitude, now);
     }
-    let clearness = if clear > 0.05 * plants.len() as f64 {
-        (measured / clear).clamp(0.1, 1.2)
-    } else {
-        DEFAULT_CLEARNESS
-    };
+    let clearness = forecast::measured_clearness(measured, clear, plants.len());
     for d in &plants {
         let (tilt, az) = d.pv_tilt_azimuth();
         let f = forecast::pv_forecast(
