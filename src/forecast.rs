@@ -184,6 +184,22 @@ pub fn clear_sky_kw(
 /// (night, dawn).
 pub const DEFAULT_CLEARNESS: f64 = 0.8;
 
+/// A PV miss: measured PV that differs from the plan's forecast for the
+/// current step by more than this share of the larger of the two …
+pub const MISS_SHARE_OF_PV: f64 = 0.25;
+/// … and by more than this share of the installed peak (so that dawn and a
+/// winter day's small values do not count).
+pub const MISS_SHARE_OF_PEAK: f64 = 0.05;
+
+/// Whether measured PV has left the forecast far enough behind that the
+/// plan, which would under- or over-charge for the rest of the day, is
+/// solved again with the clearness just measured. The daemon's planner and
+/// the backtest's replay decide with this one rule.
+pub fn pv_missed(measured_kw: f64, forecast_kw: f64, peak_kw: f64) -> bool {
+    let gap = (measured_kw - forecast_kw).abs();
+    gap > MISS_SHARE_OF_PV * measured_kw.max(forecast_kw) && gap > MISS_SHARE_OF_PEAK * peak_kw
+}
+
 /// The clearness a PV forecast scales clear sky by: the plants' measured
 /// output over their clear-sky output at the same time, clamped to 0.1..=1.2,
 /// or [`DEFAULT_CLEARNESS`] when clear sky is under 0.05 kW a plant (the sun

@@ -360,3 +360,20 @@ fn degree_day_fit_recovers_a_synthetic_law() {
     }
     assert!(DegreeDayModel::fit(&c, &temp, &heat, 0, 48).is_none());
 }
+
+#[test]
+fn a_pv_miss_needs_a_quarter_of_the_larger_and_a_twentieth_of_the_peak() {
+    // 1 MWp: the miss must exceed 50 kW and a quarter of the larger value.
+    assert!(pv_missed(400.0, 250.0, 1000.0));
+    assert!(!pv_missed(400.0, 320.0, 1000.0));
+    assert!(!pv_missed(40.0, 0.0, 1000.0));
+    assert!(pv_missed(0.0, 60.0, 1000.0));
+}
+
+#[test]
+fn clearness_is_measured_when_the_sun_is_up_and_assumed_before() {
+    assert_eq!(measured_clearness(50.0, 100.0, 2), 0.5);
+    assert_eq!(measured_clearness(500.0, 100.0, 2), 1.2);
+    assert_eq!(measured_clearness(0.0, 100.0, 2), 0.1);
+    assert_eq!(measured_clearness(0.0, 0.05, 2), DEFAULT_CLEARNESS);
+}

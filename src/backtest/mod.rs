@@ -119,12 +119,6 @@ pub enum BacktestError {
 const BATTERY_EFF: f64 = crate::config::BATTERY_CHARGE_EFFICIENCY;
 const _: () = assert!(BATTERY_EFF == crate::config::BATTERY_DISCHARGE_EFFICIENCY);
 const P2H_EFF: f64 = crate::config::P2H_EFFICIENCY;
-/// A PV miss triggers a re-solve when it exceeds this share of the installed
-/// peak and [`MISS_REPLAN_SHARE_OF_PV`] of the larger of actual and forecast
-/// PV: the daemon's rule (`daemon::planner`). A fifth of the peak alone never
-/// fired in winter, when a day's PV stays below that.
-const MISS_REPLAN_SHARE_OF_PEAK: f64 = 0.05;
-const MISS_REPLAN_SHARE_OF_PV: f64 = 0.25;
 
 #[derive(Debug, Clone)]
 pub struct Options {

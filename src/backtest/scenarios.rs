@@ -6,10 +6,7 @@ use super::progress::Progress;
 use super::scoring::percentile;
 use super::site::{static_policy, Site};
 use super::storage::{device_step, tracking_input, DeviceState, Dispatch, StepFlows};
-use super::{
-    BacktestError, Dataset, ForecastErrors, Options, SolveStats, TrackingDiagnosis,
-    MISS_REPLAN_SHARE_OF_PEAK, MISS_REPLAN_SHARE_OF_PV,
-};
+use super::{BacktestError, Dataset, ForecastErrors, Options, SolveStats, TrackingDiagnosis};
 use crate::allocation::{self, Policy};
 use crate::config::KeyPolicy;
 use crate::config::{BATTERY_CHARGE_EFFICIENCY, BATTERY_DISCHARGE_EFFICIENCY, P2H_EFFICIENCY};
@@ -303,12 +300,9 @@ fn replan_due(
         r.total_pv[t - 1],
         forecast_pv_at(&c.plan, k.saturating_sub(1)),
     );
-    let miss = (got - want).abs();
     if k >= replan_every || k >= plan_len {
         (true, false)
-    } else if miss > MISS_REPLAN_SHARE_OF_PEAK * r.peak_kw
-        && miss > MISS_REPLAN_SHARE_OF_PV * got.max(want)
-    {
+    } else if forecast::pv_missed(got, want, r.peak_kw) {
         (true, true)
     } else {
         (false, false)

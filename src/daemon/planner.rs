@@ -183,13 +183,11 @@ pub async fn run(
     }
 }
 
-/// Measured PV against the plan's forecast for the current step, when they
-/// differ by more than a quarter of the larger and 5 % of the installed peak:
-/// the plan then under- or over-charges for the rest of the day (it charged
-/// too little on mornings that turned out sunnier than forecast), so it is
-/// solved again with the clearness just measured instead of waiting for the
-/// next step. At most once per step, so a flickering sky cannot make the
-/// planner spin.
+/// Measured PV against the plan's forecast for the current step, when it is
+/// a miss ([`forecast::pv_missed`]: the plan charged too little on mornings
+/// that turned out sunnier than forecast): solved again instead of waiting
+/// for the next step. At most once per step, so a flickering sky cannot make
+/// the planner spin.
 fn forecast_miss(shared: &Shared, input: &PlanInput) -> Option<(f64, f64)> {
     let plants: Vec<_> = shared.site.devices_of(DeviceKind::PvInverter).collect();
     let kwp: f64 = plants.iter().map(|d| d.peak_kw()).sum();
@@ -198,8 +196,7 @@ fn forecast_miss(shared: &Shared, input: &PlanInput) -> Option<(f64, f64)> {
         got += reading(shared, &d.id, "production_kw")?;
     }
     let want = input.pv_kw.first().copied()?;
-    let gap = (got - want).abs();
-    (gap > 0.25 * got.max(want) && gap > 0.05 * kwp).then_some((got, want))
+    forecast::pv_missed(got, want, kwp).then_some((got, want))
 }
 
 /// Lower rungs of the ladder when the solver thread itself failed or was
