@@ -2,7 +2,7 @@
 //! handed to the devices' endpoints with their results, recorded one by one
 //! or as a dispatch decision in one transaction, and counted.
 
-use super::{ts, Ledger, LedgerError};
+use super::{sqlite_error, ts, Ledger, LedgerError};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
@@ -50,10 +50,7 @@ impl Ledger {
         setpoints: &[(String, f64, &str)],
     ) -> Result<(), LedgerError> {
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         if let Some((computed_at, status, objective, json)) = plan {
             tx.execute(
