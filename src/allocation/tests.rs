@@ -796,6 +796,30 @@ proptest! {
     }
 }
 
+/// The month solver's outcome with no fairness floor and no subscription
+/// shares, checked to break no rule.
+fn solve_without_floor(
+    prod: &[f64],
+    cons: &[Vec<f64>],
+    tariffs: &[f64],
+    prio: &[u8],
+) -> MonthOutcome {
+    let n = tariffs.len();
+    let mut solver = month_solver(n, None);
+    solver.fairness.floor_ratio = None;
+    solver.subscription_share = vec![None; n];
+    let out = solver
+        .allocate_month(&MonthInput {
+            production_kwh: prod,
+            consumption_kwh: cons,
+            tariffs_eur_per_kwh: tariffs,
+            priority: prio,
+        })
+        .unwrap();
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    out
+}
+
 /// Most participants on one tariff, as in a housing operation: the month
 /// solver's optimum is pro rata in total for each of them, and any split
 /// of it between steps is worth the same. Rounded, a split that serves
@@ -811,18 +835,7 @@ fn optimised_month_on_one_tariff_rounds_like_pro_rata() {
         .map(|i| if i % 10 == 0 { 0.20 } else { 0.2516 })
         .collect();
     let prio = vec![1u8; n];
-    let mut solver = month_solver(n, None);
-    solver.fairness.floor_ratio = None;
-    solver.subscription_share = vec![None; n];
-    let out = solver
-        .allocate_month(&MonthInput {
-            production_kwh: &prod,
-            consumption_kwh: &cons,
-            tariffs_eur_per_kwh: &tariffs,
-            priority: &prio,
-        })
-        .unwrap();
-    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    let out = solve_without_floor(&prod, &cons, &tariffs, &prio);
     let prec = Precision::new(10_000).unwrap();
     let mut carry = Remainders::new(n);
     let (mut got, mut exact) = (vec![0.0; n], vec![0.0; n]);
@@ -861,18 +874,7 @@ fn optimised_month_keeps_pro_rata_after_rounding() {
     let tariffs: Vec<f64> = (0..n).map(|i| 0.16 + 0.01 * (i % 7) as f64).collect();
     let prio: Vec<u8> = (0..n).map(|i| 1 + (i % 3) as u8).collect();
     // Priority tiers and tariffs, nobody worse off than pro rata, no floor.
-    let mut solver = month_solver(n, None);
-    solver.fairness.floor_ratio = None;
-    solver.subscription_share = vec![None; n];
-    let out = solver
-        .allocate_month(&MonthInput {
-            production_kwh: &prod,
-            consumption_kwh: &cons,
-            tariffs_eur_per_kwh: &tariffs,
-            priority: &prio,
-        })
-        .unwrap();
-    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    let out = solve_without_floor(&prod, &cons, &tariffs, &prio);
     let prec = Precision::new(10_000).unwrap();
     let mut carry = Remainders::new(n);
     let (mut value, mut pr_value) = (vec![0.0; n], vec![0.0; n]);
