@@ -407,6 +407,26 @@ fn arb_step() -> impl Strategy<Value = (f64, Vec<f64>)> {
     )
 }
 
+/// Ten-thousandths if `fine`, else tenths.
+fn precision(fine: bool) -> Precision {
+    if fine {
+        Precision {
+            units_per_one: 10_000,
+        }
+    } else {
+        TENTH
+    }
+}
+
+/// A step, a policy for its consumers, and whether keys are fine
+/// (ten-thousandths) rather than tenths.
+fn arb_step_with_policy() -> impl Strategy<Value = ((f64, Vec<f64>), Policy, bool)> {
+    arb_step().prop_flat_map(|(p, c)| {
+        let n = c.len();
+        (Just((p, c)), arb_policy(n), any::<bool>())
+    })
+}
+
 fn arb_policy(n: usize) -> impl Strategy<Value = Policy> {
     prop_oneof![
         Just(Policy::ProRata),
@@ -457,7 +477,7 @@ proptest! {
         fine in any::<bool>(),
         warp in 0.0..1.0f64,
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let s = step(p, &c);
         let pr = keys_for_step(&s, &Policy::ProRata, prec).unwrap();
         let opt = keys_for_step(
@@ -489,12 +509,9 @@ proptest! {
 
     #[test]
     fn invariants_hold(
-        ((p, c), pol, fine) in arb_step().prop_flat_map(|(p, c)| {
-            let n = c.len();
-            (Just((p, c)), arb_policy(n), any::<bool>())
-        })
+        ((p, c), pol, fine) in arb_step_with_policy()
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
         prop_assert!(validate_units(&k.units, prec).is_ok());
         let again = apply_rule(&k.units, prec, p, &c);
@@ -534,12 +551,9 @@ proptest! {
     /// production, never more than it consumed, never negative.
     #[test]
     fn simple_rule_on_exported_keys_meets_intended(
-        ((p, c), pol, fine) in arb_step().prop_flat_map(|(p, c)| {
-            let n = c.len();
-            (Just((p, c)), arb_policy(n), any::<bool>())
-        })
+        ((p, c), pol, fine) in arb_step_with_policy()
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
         let got = apply_rule(&k.units, prec, p, &c);
         let bound = p / f64::from(prec.units_per_one) + 1e-9;
@@ -565,7 +579,7 @@ proptest! {
             (Just((ps, c)), arb_policy(n), any::<bool>())
         })
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let p: f64 = ps.iter().sum();
         let intended = intended_for_step(p, &c, &pol).unwrap();
         let input = FullStepInput { production_kwh: ps.clone(), consumption_kwh: c.clone() };
