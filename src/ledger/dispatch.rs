@@ -15,13 +15,10 @@ impl Ledger {
         objective_eur: f64,
         plan_json: &str,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO plans (computed_at, status, objective_eur, plan_json) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(computed_at), status, objective_eur, plan_json],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.execute(
+            "INSERT INTO plans (computed_at, status, objective_eur, plan_json) VALUES (?1, ?2, ?3, ?4)",
+            params![ts(computed_at), status, objective_eur, plan_json],
+        )
     }
 
     /// A setpoint write and its result (`ok`, `error`, `refused`, `dry_run`).
@@ -32,13 +29,10 @@ impl Ledger {
         watts: f64,
         result: &str,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO setpoints (at, device, watts, result) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(at), device, watts, result],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.execute(
+            "INSERT INTO setpoints (at, device, watts, result) VALUES (?1, ?2, ?3, ?4)",
+            params![ts(at), device, watts, result],
+        )
     }
 
     /// A dispatch decision in one transaction: the plan behind it (if new)

@@ -237,6 +237,14 @@ impl Ledger {
         Ok((pages * q("PRAGMA page_size")?).max(0) as u64)
     }
 
+    /// Runs one statement outside a transaction.
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<(), LedgerError> {
+        self.conn
+            .execute(sql, params)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Every row of `sql` with `params`, mapped by `row`.
     fn query_rows<T, P: rusqlite::Params>(
         &self,
