@@ -16,27 +16,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+from sunspec_points import fixed_points
+
 ROOT = Path(__file__).resolve().parent.parent
 # The models ped ships: every one must be present and match.
 REQUIRED = {1, 101, 102, 103, 111, 112, 113, 120, 121, 122, 123, 124, 160,
             201, 202, 203, 204, 701, 702, 703, 704, 705, 713, 714, 802}
-
-
-def reference_points(group):
-    """(name, offset, size, type, sf, access) for the fixed block of a model."""
-    out = []
-    offset = 0
-    for p in group["points"]:
-        out.append((p["name"], offset, p))
-        offset += p["size"]
-    for sub in group.get("groups", []):
-        # count 0 (or a point name) means repeating: not part of the fixed block.
-        if sub.get("count", 1) != 1:
-            continue
-        for p in sub["points"]:
-            out.append((f'{sub["name"]}_{p["name"]}', offset, p))
-            offset += p["size"]
-    return out, offset - 2
 
 
 def main():
@@ -59,7 +44,7 @@ def main():
             problems.append(f"no reference {ref_path.name}")
         else:
             group = json.loads(ref_path.read_text())["group"]
-            ref, length = reference_points(group)
+            ref, length = fixed_points(group)
             if ours.get("length") != length:
                 problems.append(f"length {ours.get('length')} != L {length}")
             if ours.get("name") != group["name"]:

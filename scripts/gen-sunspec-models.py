@@ -14,21 +14,9 @@ import json
 import sys
 from pathlib import Path
 
+from sunspec_points import fixed_points
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def fixed_points(group):
-    out, offset = [], 0
-    for p in group["points"]:
-        out.append((p["name"], offset, p))
-        offset += p["size"]
-    for sub in group.get("groups", []):
-        if sub.get("count", 1) != 1:
-            continue
-        for p in sub["points"]:
-            out.append((f'{sub["name"]}_{p["name"]}', offset, p))
-            offset += p["size"]
-    return out, offset - 2
 
 
 def q(s):

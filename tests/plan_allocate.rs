@@ -289,29 +289,54 @@ fn flow_matches_the_lp_on_flat_synthetic_districts() {
     assert!(by_totals >= 1, "{by_totals} of 3 solved from the totals");
 }
 
-#[test]
-fn both_paths_are_exercised() {
-    // A greedy-optimal instance and one where a fairness row binds.
-    let mk = |no_worse: bool| AllocationProblem {
-        steps: 2,
-        production_kwh: vec![2.0, 2.0],
-        participants: (0..2)
-            .map(|i| AllocationParticipant {
-                id: format!("p{i}"),
-                consumption_kwh: vec![2.0, 2.0],
-                tariff_eur_per_kwh: vec![0.3 - 0.1 * i as f64; 2],
-                tier: 1,
-                subscription_share: None,
-                month_to_date: MonthToDate::default(),
-            })
-            .collect(),
+/// A month with nothing allocated yet, local energy at 0.10 €/kWh and no
+/// export price, one step per production value.
+fn fresh_month(
+    production_kwh: Vec<f64>,
+    participants: Vec<AllocationParticipant>,
+    fairness: Fairness,
+) -> AllocationProblem {
+    AllocationProblem {
+        steps: production_kwh.len(),
+        production_kwh,
+        participants,
         local_price_eur_per_kwh: 0.1,
         export_price_eur_per_kwh: vec![],
         month_to_date_production_kwh: 0.0,
-        fairness: Fairness {
-            no_worse_than_pro_rata: no_worse,
-            ..Fairness::default()
-        },
+        fairness,
+    }
+}
+
+/// Participant `p{i}`: tier 1, no subscription share, nothing allocated yet.
+fn fresh_participant(
+    i: usize,
+    consumption_kwh: Vec<f64>,
+    tariff_eur_per_kwh: Vec<f64>,
+) -> AllocationParticipant {
+    AllocationParticipant {
+        id: format!("p{i}"),
+        consumption_kwh,
+        tariff_eur_per_kwh,
+        tier: 1,
+        subscription_share: None,
+        month_to_date: MonthToDate::default(),
+    }
+}
+
+#[test]
+fn both_paths_are_exercised() {
+    // A greedy-optimal instance and one where a fairness row binds.
+    let mk = |no_worse: bool| {
+        fresh_month(
+            vec![2.0, 2.0],
+            (0..2)
+                .map(|i| fresh_participant(i, vec![2.0, 2.0], vec![0.3 - 0.1 * i as f64; 2]))
+                .collect(),
+            Fairness {
+                no_worse_than_pro_rata: no_worse,
+                ..Fairness::default()
+            },
+        )
     };
     assert_eq!(solve_allocation(&mk(false)).unwrap().method, "greedy");
     let s = solve_allocation(&mk(true)).unwrap();
@@ -324,24 +349,16 @@ fn both_paths_are_exercised() {
     // with one time-of-use participant sifting must find the energy to move
     // and prove it.
     let n = 10;
-    let flat = AllocationProblem {
-        steps: n,
-        production_kwh: (0..n).map(|t| if t == 0 { 5.0 } else { 10.0 }).collect(),
-        participants: (0..10)
-            .map(|i| AllocationParticipant {
-                id: format!("p{i}"),
-                consumption_kwh: vec![1.0; n],
-                tariff_eur_per_kwh: vec![if i == 9 { 0.15 } else { 0.2 + 0.01 * i as f64 }; n],
-                tier: 1,
-                subscription_share: None,
-                month_to_date: MonthToDate::default(),
+    let flat = fresh_month(
+        (0..n).map(|t| if t == 0 { 5.0 } else { 10.0 }).collect(),
+        (0..10)
+            .map(|i| {
+                let tariff = if i == 9 { 0.15 } else { 0.2 + 0.01 * i as f64 };
+                fresh_participant(i, vec![1.0; n], vec![tariff; n])
             })
             .collect(),
-        local_price_eur_per_kwh: 0.1,
-        export_price_eur_per_kwh: vec![],
-        month_to_date_production_kwh: 0.0,
-        fairness: Fairness::default(),
-    };
+        Fairness::default(),
+    );
     // Flat: every participant's value is one, so the optimum is read from
     // the totals. One participant's tariff differs at an uncongested step: its
     // variables there are private to it, maximised out of its penalty

@@ -69,19 +69,7 @@ pub(super) fn keys_for_step_with(
     precision: Precision,
     carry: Option<&mut Remainders>,
 ) -> Result<StepKeys, AllocationError> {
-    if precision.units_per_one == 0 {
-        return Err(AllocationError::BadPrecision(0));
-    }
-    let p = input.production_kwh;
-    if !p.is_finite() || p < 0.0 {
-        return Err(AllocationError::BadProduction(p));
-    }
-    for (index, &value) in input.consumption_kwh.iter().enumerate() {
-        if !value.is_finite() || value < 0.0 {
-            return Err(AllocationError::BadConsumption { index, value });
-        }
-    }
-    let c = &input.consumption_kwh;
+    let (p, c) = checked(input, precision)?;
     let n = c.len();
 
     let (intended, redistribute, fallback) = match policy {

@@ -407,6 +407,26 @@ fn arb_step() -> impl Strategy<Value = (f64, Vec<f64>)> {
     )
 }
 
+/// Ten-thousandths if `fine`, else tenths.
+fn precision(fine: bool) -> Precision {
+    if fine {
+        Precision {
+            units_per_one: 10_000,
+        }
+    } else {
+        TENTH
+    }
+}
+
+/// A step, a policy for its consumers, and whether keys are fine
+/// (ten-thousandths) rather than tenths.
+fn arb_step_with_policy() -> impl Strategy<Value = ((f64, Vec<f64>), Policy, bool)> {
+    arb_step().prop_flat_map(|(p, c)| {
+        let n = c.len();
+        (Just((p, c)), arb_policy(n), any::<bool>())
+    })
+}
+
 fn arb_policy(n: usize) -> impl Strategy<Value = Policy> {
     prop_oneof![
         Just(Policy::ProRata),
@@ -457,7 +477,7 @@ proptest! {
         fine in any::<bool>(),
         warp in 0.0..1.0f64,
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let s = step(p, &c);
         let pr = keys_for_step(&s, &Policy::ProRata, prec).unwrap();
         let opt = keys_for_step(
@@ -489,12 +509,9 @@ proptest! {
 
     #[test]
     fn invariants_hold(
-        ((p, c), pol, fine) in arb_step().prop_flat_map(|(p, c)| {
-            let n = c.len();
-            (Just((p, c)), arb_policy(n), any::<bool>())
-        })
+        ((p, c), pol, fine) in arb_step_with_policy()
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
         prop_assert!(validate_units(&k.units, prec).is_ok());
         let again = apply_rule(&k.units, prec, p, &c);
@@ -534,12 +551,9 @@ proptest! {
     /// production, never more than it consumed, never negative.
     #[test]
     fn simple_rule_on_exported_keys_meets_intended(
-        ((p, c), pol, fine) in arb_step().prop_flat_map(|(p, c)| {
-            let n = c.len();
-            (Just((p, c)), arb_policy(n), any::<bool>())
-        })
+        ((p, c), pol, fine) in arb_step_with_policy()
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let k = keys_for_step(&step(p, &c), &pol, prec).unwrap();
         let got = apply_rule(&k.units, prec, p, &c);
         let bound = p / f64::from(prec.units_per_one) + 1e-9;
@@ -565,7 +579,7 @@ proptest! {
             (Just((ps, c)), arb_policy(n), any::<bool>())
         })
     ) {
-        let prec = if fine { Precision { units_per_one: 10_000 } } else { TENTH };
+        let prec = precision(fine);
         let p: f64 = ps.iter().sum();
         let intended = intended_for_step(p, &c, &pol).unwrap();
         let input = FullStepInput { production_kwh: ps.clone(), consumption_kwh: c.clone() };
@@ -796,6 +810,30 @@ proptest! {
     }
 }
 
+/// The month solver's outcome with no fairness floor and no subscription
+/// shares, checked to break no rule.
+fn solve_without_floor(
+    prod: &[f64],
+    cons: &[Vec<f64>],
+    tariffs: &[f64],
+    prio: &[u8],
+) -> MonthOutcome {
+    let n = tariffs.len();
+    let mut solver = month_solver(n, None);
+    solver.fairness.floor_ratio = None;
+    solver.subscription_share = vec![None; n];
+    let out = solver
+        .allocate_month(&MonthInput {
+            production_kwh: prod,
+            consumption_kwh: cons,
+            tariffs_eur_per_kwh: tariffs,
+            priority: prio,
+        })
+        .unwrap();
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    out
+}
+
 /// Most participants on one tariff, as in a housing operation: the month
 /// solver's optimum is pro rata in total for each of them, and any split
 /// of it between steps is worth the same. Rounded, a split that serves
@@ -811,18 +849,7 @@ fn optimised_month_on_one_tariff_rounds_like_pro_rata() {
         .map(|i| if i % 10 == 0 { 0.20 } else { 0.2516 })
         .collect();
     let prio = vec![1u8; n];
-    let mut solver = month_solver(n, None);
-    solver.fairness.floor_ratio = None;
-    solver.subscription_share = vec![None; n];
-    let out = solver
-        .allocate_month(&MonthInput {
-            production_kwh: &prod,
-            consumption_kwh: &cons,
-            tariffs_eur_per_kwh: &tariffs,
-            priority: &prio,
-        })
-        .unwrap();
-    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    let out = solve_without_floor(&prod, &cons, &tariffs, &prio);
     let prec = Precision::new(10_000).unwrap();
     let mut carry = Remainders::new(n);
     let (mut got, mut exact) = (vec![0.0; n], vec![0.0; n]);
@@ -861,18 +888,7 @@ fn optimised_month_keeps_pro_rata_after_rounding() {
     let tariffs: Vec<f64> = (0..n).map(|i| 0.16 + 0.01 * (i % 7) as f64).collect();
     let prio: Vec<u8> = (0..n).map(|i| 1 + (i % 3) as u8).collect();
     // Priority tiers and tariffs, nobody worse off than pro rata, no floor.
-    let mut solver = month_solver(n, None);
-    solver.fairness.floor_ratio = None;
-    solver.subscription_share = vec![None; n];
-    let out = solver
-        .allocate_month(&MonthInput {
-            production_kwh: &prod,
-            consumption_kwh: &cons,
-            tariffs_eur_per_kwh: &tariffs,
-            priority: &prio,
-        })
-        .unwrap();
-    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    let out = solve_without_floor(&prod, &cons, &tariffs, &prio);
     let prec = Precision::new(10_000).unwrap();
     let mut carry = Remainders::new(n);
     let (mut value, mut pr_value) = (vec![0.0; n], vec![0.0; n]);

@@ -105,31 +105,13 @@ pub(super) async fn run(a: RunArgs) -> Result<()> {
         (None, None, None) => Clock::System,
         _ => bail!("--start and --speed go with --clock-origin UNIX_TS (a simulated clock shared with `simulate --devices-only`)"),
     };
-    let (deliver, backoff) = match deliver_dir {
-        Some(dir) => (
-            Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
-                as Arc<dyn ped::dso::delivery::Deliver>),
-            None,
-        ),
-        None => site_delivery(&site)?,
+    let ledger = ledger_options(&site, ledger, deliver_dir)?;
+    let options = Options {
+        dry_run,
+        output_dir: out,
+        http_listen: listen,
     };
-    let daemon = Daemon::start_with_ledger(
-        site,
-        lib,
-        clock,
-        Options {
-            dry_run,
-            output_dir: out,
-            http_listen: listen,
-        },
-        ped::daemon::LedgerOptions {
-            path: ledger,
-            deliver,
-            backoff,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let daemon = Daemon::start_with_ledger(site, lib, clock, options, ledger).await?;
     // A task that fails stops ped with an error (exit 1) once every
     // controlled device is released: systemd or Docker restarts it.
     daemon.run_until(wait_for_stop(clock, None)).await?;
@@ -201,30 +183,13 @@ pub(super) async fn simulate(a: SimulateArgs) -> Result<()> {
         return Ok(());
     }
     // Delivered as `ped run` delivers: --deliver-dir, else [delivery].
-    let (deliver, backoff) = match deliver_dir {
-        Some(dir) => (
-            Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
-                as Arc<dyn ped::dso::delivery::Deliver>),
-            None,
-        ),
-        None => site_delivery(&sim.site)?,
+    let ledger = ledger_options(&sim.site, None, deliver_dir)?;
+    let options = Options {
+        dry_run,
+        output_dir: out,
+        http_listen: listen,
     };
-    let daemon = Daemon::start_with_ledger(
-        sim.site.clone(),
-        lib,
-        clock,
-        Options {
-            dry_run,
-            output_dir: out,
-            http_listen: listen,
-        },
-        ped::daemon::LedgerOptions {
-            deliver,
-            backoff,
-            ..Default::default()
-        },
-    )
-    .await?;
+    let daemon = Daemon::start_with_ledger(sim.site.clone(), lib, clock, options, ledger).await?;
     eprintln!(
         "  metrics  http://{0}/metrics\n  status   http://{0}/\n  keys     {1}/keys/<day>/  records {1}/ledger/periods.jsonl",
         daemon.http_addr,
@@ -291,6 +256,30 @@ async fn wait_for_stop(clock: Clock, until: Option<chrono::DateTime<chrono::Utc>
         _ = term => tracing::info!("terminated"),
         _ = end => tracing::info!("simulated duration reached"),
     }
+}
+
+/// The ledger of `ped run` and `ped simulate` at `path` (`None`: the
+/// default), delivering to `--deliver-dir` if given, else as the site's
+/// `[delivery]` says.
+fn ledger_options(
+    site: &ped::config::Site,
+    path: Option<PathBuf>,
+    deliver_dir: Option<PathBuf>,
+) -> Result<ped::daemon::LedgerOptions> {
+    let (deliver, backoff) = match deliver_dir {
+        Some(dir) => (
+            Some(Arc::new(ped::ledger::outbox::SpoolDir { dir })
+                as Arc<dyn ped::dso::delivery::Deliver>),
+            None,
+        ),
+        None => site_delivery(site)?,
+    };
+    Ok(ped::daemon::LedgerOptions {
+        path,
+        deliver,
+        backoff,
+        ..Default::default()
+    })
 }
 
 type SiteDelivery = (

@@ -47,6 +47,12 @@ fn minimal_config_loads_with_defaults() {
     assert_eq!(site.producers().len(), 1);
 }
 
+/// Why `text`, written as a site file, does not load.
+fn load_err(text: &str) -> String {
+    let (_d, path) = write(text);
+    load(&path, &maps()).unwrap_err().to_string()
+}
+
 fn embedded_maps() -> BTreeSet<String> {
     let lib = crate::registers::ModelLibrary::embedded().unwrap();
     lib.keys().map(str::to_string).collect()
@@ -242,8 +248,7 @@ fn membership_dates_and_operation_id_are_checked_with_key_and_fix() {
             "not an Enedis operation id",
         ),
     ] {
-        let (_d, path) = write(&with(entry, exit, op));
-        let err = load(&path, &maps()).unwrap_err().to_string();
+        let err = load_err(&with(entry, exit, op));
         assert!(
             err.contains(key) && err.contains(says) && err.contains("fix:"),
             "{err}"
@@ -275,8 +280,7 @@ fn an_export_prices_file_is_checked_for_what_it_holds() {
             "{err}"
         );
     }
-    let (_d, path) = write(&with(&dir.path().join("missing.csv")));
-    let err = load(&path, &maps()).unwrap_err().to_string();
+    let err = load_err(&with(&dir.path().join("missing.csv")));
     assert!(
         err.contains("missing.csv") && err.contains("cannot read"),
         "{err}"
@@ -370,8 +374,7 @@ fn a_serial_line_is_accepted_and_its_bad_keys_are_named() {
 
 #[test]
 fn unknown_key_is_a_parse_error_naming_it() {
-    let (_d, path) = write(&MINIMAL.replace("latitude = 47.3", "latitude = 47.3\nlattitude = 1"));
-    let err = load(&path, &maps()).unwrap_err().to_string();
+    let err = load_err(&MINIMAL.replace("latitude = 47.3", "latitude = 47.3\nlattitude = 1"));
     assert!(err.contains("lattitude"), "{err}");
 }
 
@@ -411,15 +414,13 @@ fn http_is_local_by_default_and_a_missing_token_file_is_named() {
 fn a_ledger_path_that_cannot_be_a_file_is_named() {
     let (d, path) = write(MINIMAL);
     let as_folder = format!("\n[ledger]\npath = \"{}\"\n", d.path().display());
-    let (_d2, bad) = write(&(MINIMAL.to_string() + &as_folder));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + &as_folder));
     assert!(
         err.contains("ledger.path") && err.contains("is a folder"),
         "{err}"
     );
     let under_file = format!("\n[ledger]\npath = \"{}/ped.sqlite\"\n", path.display());
-    let (_d3, bad) = write(&(MINIMAL.to_string() + &under_file));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + &under_file));
     assert!(
         err.contains("ledger.path") && err.contains("is a file"),
         "{err}"
@@ -483,8 +484,7 @@ fn delivery_section_names_key_and_fix() {
 
     let remote =
         "\n[delivery]\nkind = \"https\"\nurl = \"http://ped:s3cr3t-pw@dso.example/keys\"\n";
-    let (_d2, bad) = write(&(MINIMAL.to_string() + remote));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + remote));
     assert!(
         err.contains("delivery.url") && err.contains("in clear"),
         "{err}"
@@ -498,8 +498,7 @@ fn delivery_section_names_key_and_fix() {
         "\n[delivery]\nkind = \"https\"\nurl = \"https://dso.example/keys\"\ntoken_file = \"{}/absent\"\n",
         d.path().display()
     );
-    let (_d3, bad) = write(&(MINIMAL.to_string() + &missing));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + &missing));
     assert!(
         err.contains("delivery.token_file")
             && err.contains("absent")
@@ -527,13 +526,11 @@ fn delivery_section_names_key_and_fix() {
     assert_eq!(read_delivery_token(&secret).unwrap(), "s3cr3t-token");
 
     let folder = "\n[delivery]\nkind = \"folder\"\n";
-    let (_d5, bad) = write(&(MINIMAL.to_string() + folder));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + folder));
     assert!(err.contains("delivery.dir"), "{err}");
 
     let backoff = "\n[delivery]\nkind = \"folder\"\ndir = \"spool\"\nbackoff_base_s = 0\n";
-    let (_d6, bad) = write(&(MINIMAL.to_string() + backoff));
-    let err = load(&bad, &maps()).unwrap_err().to_string();
+    let err = load_err(&(MINIMAL.to_string() + backoff));
     assert!(err.contains("delivery.backoff_base_s"), "{err}");
 }
 

@@ -73,6 +73,11 @@ fn small(kind: KeyKind) -> (KeysJob, Measured) {
     (job, m)
 }
 
+/// The keys of `m` allocated step by step under `policy`.
+fn per_step(job: &KeysJob, m: &Measured, policy: Policy) -> Computed {
+    compute(job, m, &PerStepAllocator { policy }).expect("keys")
+}
+
 #[test]
 fn gaps_are_estimated_from_the_curve_itself_not_left_at_zero() {
     let grid = Grid::new(30, chrono_tz::Europe::Paris).expect("grid");
@@ -144,14 +149,7 @@ fn non_members_get_no_key_and_no_column() {
             m.consumption_kwh[t][4] = 0.0;
         }
     }
-    let k = compute(
-        &job,
-        &m,
-        &PerStepAllocator {
-            policy: job.policy(),
-        },
-    )
-    .expect("keys");
+    let k = per_step(&job, &m, job.policy());
     let day_two: Vec<usize> = (0..n_t).filter(|&t| !m.members[4][t]).collect();
     assert_eq!(day_two.len(), 100, "2025-10-26 has 100 quarter-hours");
     assert!(day_two.iter().all(|&t| k.rows[0][t].units[4] == 0));
@@ -170,14 +168,7 @@ fn streamed_files_are_the_rendered_files_byte_for_byte() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for kind in [KeyKind::Simple, KeyKind::Full] {
         let (job, m) = small(kind);
-        let k = compute(
-            &job,
-            &m,
-            &PerStepAllocator {
-                policy: job.policy(),
-            },
-        )
-        .expect("keys");
+        let k = per_step(&job, &m, job.policy());
         let files = render_files(&job, &m, &k).expect("render");
         let want = manifest(&job, &m, &k, &files).expect("manifest");
         let out = tmp.path().join(format!("{kind:?}"));
@@ -196,14 +187,7 @@ fn streamed_files_are_the_rendered_files_byte_for_byte() {
         let again = write_streamed(&job, &m, &k, &out, |_| {}).expect("rerun");
         assert!(matches!(again, Written::Unchanged(_)), "{kind:?}");
         // Other keys into the same directory: refused, nothing left behind.
-        let other = compute(
-            &job,
-            &m,
-            &PerStepAllocator {
-                policy: Policy::ProRata,
-            },
-        )
-        .expect("keys");
+        let other = per_step(&job, &m, Policy::ProRata);
         let err = write_streamed(&job, &m, &other, &out, |_| {}).unwrap_err();
         assert!(matches!(err, KeysError::Differs(_)), "{err}");
         let stray: Vec<_> = std::fs::read_dir(tmp.path())

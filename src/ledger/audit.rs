@@ -3,7 +3,7 @@
 //! recomputes the chain and checks every stored period against its audit
 //! entry, reporting the first broken link in a [`VerifyReport`].
 
-use super::{sha256_hex, Ledger, LedgerError};
+use super::{sha256_hex, sqlite_error, Ledger, LedgerError};
 use chrono::Utc;
 use rusqlite::{params, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
@@ -14,10 +14,7 @@ impl Ledger {
     /// Appends an audit entry on its own (e.g. `start`, `resume`).
     pub fn audit(&mut self, kind: &str, subject: &str, detail: &str) -> Result<(), LedgerError> {
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         append_audit(&tx, kind, subject, detail).map_err(e)?;
         tx.commit().map_err(e)

@@ -2,7 +2,7 @@
 //! handed to the devices' endpoints with their results, recorded one by one
 //! or as a dispatch decision in one transaction, and counted.
 
-use super::{ts, Ledger, LedgerError};
+use super::{sqlite_error, ts, Ledger, LedgerError};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
 
@@ -15,13 +15,10 @@ impl Ledger {
         objective_eur: f64,
         plan_json: &str,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO plans (computed_at, status, objective_eur, plan_json) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(computed_at), status, objective_eur, plan_json],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.execute(
+            "INSERT INTO plans (computed_at, status, objective_eur, plan_json) VALUES (?1, ?2, ?3, ?4)",
+            params![ts(computed_at), status, objective_eur, plan_json],
+        )
     }
 
     /// A setpoint write and its result (`ok`, `error`, `refused`, `dry_run`).
@@ -32,13 +29,10 @@ impl Ledger {
         watts: f64,
         result: &str,
     ) -> Result<(), LedgerError> {
-        self.conn
-            .execute(
-                "INSERT INTO setpoints (at, device, watts, result) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(at), device, watts, result],
-            )
-            .map(|_| ())
-            .map_err(|e| self.err(e))
+        self.execute(
+            "INSERT INTO setpoints (at, device, watts, result) VALUES (?1, ?2, ?3, ?4)",
+            params![ts(at), device, watts, result],
+        )
     }
 
     /// A dispatch decision in one transaction: the plan behind it (if new)
@@ -50,10 +44,7 @@ impl Ledger {
         setpoints: &[(String, f64, &str)],
     ) -> Result<(), LedgerError> {
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         if let Some((computed_at, status, objective, json)) = plan {
             tx.execute(

@@ -4,7 +4,7 @@
 //! periods earlier versions were built from.
 
 use super::audit::append_audit;
-use super::{sha256_hex, ts, KeyFileVersion, Ledger, LedgerError};
+use super::{sha256_hex, sqlite_error, ts, KeyFileVersion, Ledger, LedgerError};
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, OptionalExtension};
 
@@ -26,10 +26,7 @@ impl Ledger {
     ) -> Result<KeyFileVersion, LedgerError> {
         let sha = sha256_hex(content);
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         let latest: Option<(i64, String)> = tx
             .query_row(
@@ -75,14 +72,11 @@ impl Ledger {
     /// The `inputs` of every key-file version whose range ends on
     /// `last_day`, newest first.
     pub fn key_file_inputs_ending(&self, last_day: NaiveDate) -> Result<Vec<String>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT inputs FROM key_files WHERE last_day = ?1 ORDER BY created_at DESC, rowid DESC")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([last_day.to_string()], |r| r.get::<_, String>(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        self.query_rows(
+            "SELECT inputs FROM key_files WHERE last_day = ?1 ORDER BY created_at DESC, rowid DESC",
+            [last_day.to_string()],
+            |r| r.get::<_, String>(0),
+        )
     }
 
     /// Number of versions recorded for a key file.

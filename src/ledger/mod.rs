@@ -237,8 +237,37 @@ impl Ledger {
         Ok((pages * q("PRAGMA page_size")?).max(0) as u64)
     }
 
+    /// Runs one statement outside a transaction.
+    fn execute<P: rusqlite::Params>(&self, sql: &str, params: P) -> Result<(), LedgerError> {
+        self.conn
+            .execute(sql, params)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every row of `sql` with `params`, mapped by `row`.
+    fn query_rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let mut st = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = st.query_map(params, row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     pub(crate) fn conn(&mut self) -> &mut Connection {
         &mut self.conn
+    }
+}
+
+/// Maps a SQLite error to the ledger error naming `path`; `Copy`, so one
+/// binding serves every `map_err` of a transaction.
+pub(crate) fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> LedgerError + Copy + '_ {
+    move |source| LedgerError::Sqlite {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

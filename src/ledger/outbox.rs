@@ -10,7 +10,7 @@
 //! drop the repeat; one that does not will see the same bytes twice, never
 //! different ones.
 
-use super::{Ledger, LedgerError};
+use super::{sqlite_error, Ledger, LedgerError};
 use crate::dso::delivery::{Deliver, Delivery, DeliveryError};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -118,10 +118,7 @@ pub fn deliver_due(
     backoff: &Backoff,
 ) -> Result<Vec<Attempt>, LedgerError> {
     let path = ledger.path().to_path_buf();
-    let e = |source| LedgerError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let e = sqlite_error(&path);
     let due: Vec<(i64, String, String, u32, Vec<u8>)> = {
         let conn = ledger.conn();
         let mut st = conn
@@ -208,21 +205,13 @@ pub fn deliver_due(
 }
 
 pub fn counts(ledger: &mut Ledger) -> Result<OutboxCounts, LedgerError> {
-    let path = ledger.path().to_path_buf();
-    let e = |source| LedgerError::Sqlite {
-        path: path.clone(),
-        source,
-    };
-    let conn = ledger.conn();
-    let mut st = conn
-        .prepare("SELECT state, count(*) FROM outbox GROUP BY state")
-        .map_err(e)?;
-    let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
-        .map_err(e)?;
+    let rows = ledger.query_rows(
+        "SELECT state, count(*) FROM outbox GROUP BY state",
+        [],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)),
+    )?;
     let mut c = OutboxCounts::default();
-    for r in rows {
-        let (s, n) = r.map_err(e)?;
+    for (s, n) in rows {
         match s.as_str() {
             "pending" => c.pending = n,
             "sent" => c.sent = n,
@@ -233,17 +222,10 @@ pub fn counts(ledger: &mut Ledger) -> Result<OutboxCounts, LedgerError> {
 }
 
 pub fn entries(ledger: &mut Ledger) -> Result<Vec<OutboxEntry>, LedgerError> {
-    let path = ledger.path().to_path_buf();
-    let e = |source| LedgerError::Sqlite {
-        path: path.clone(),
-        source,
-    };
-    let conn = ledger.conn();
-    let mut st = conn
-        .prepare("SELECT id, file_name, version, idempotency_key, state, attempts, last_error FROM outbox ORDER BY id")
-        .map_err(e)?;
-    let rows = st
-        .query_map([], |r| {
+    ledger.query_rows(
+        "SELECT id, file_name, version, idempotency_key, state, attempts, last_error FROM outbox ORDER BY id",
+        [],
+        |r| {
             Ok(OutboxEntry {
                 id: r.get(0)?,
                 file_name: r.get(1)?,
@@ -253,9 +235,8 @@ pub fn entries(ledger: &mut Ledger) -> Result<Vec<OutboxEntry>, LedgerError> {
                 attempts: r.get(5)?,
                 last_error: r.get(6)?,
             })
-        })
-        .map_err(e)?;
-    rows.collect::<Result<_, _>>().map_err(e)
+        },
+    )
 }
 
 /// A local spool folder as a destination: each delivery is written

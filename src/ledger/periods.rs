@@ -6,8 +6,8 @@
 
 use super::audit::append_audit;
 use super::{
-    from_ts, sha256_hex, ts, ClosedPeriod, CounterSnapshot, EnergyRow, KeyUnitsRow, Ledger,
-    LedgerError, Owner, PeriodWrite, Quality, StoredPeriod,
+    from_ts, sha256_hex, sqlite_error, ts, ClosedPeriod, CounterSnapshot, EnergyRow, KeyUnitsRow,
+    Ledger, LedgerError, Owner, PeriodWrite, Quality, StoredPeriod,
 };
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
@@ -31,10 +31,7 @@ impl Ledger {
             });
         }
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         let now = Utc::now().to_rfc3339();
         tx.execute(
@@ -82,14 +79,7 @@ impl Ledger {
             .query_row(
                 "SELECT start, quality, content_hash, record_json FROM periods WHERE start = ?1",
                 [ts(start)],
-                |r| {
-                    Ok(StoredPeriod {
-                        start: from_ts(r.get(0)?),
-                        quality: r.get(1)?,
-                        content_hash: r.get(2)?,
-                        record_json: r.get(3)?,
-                    })
-                },
+                stored_period,
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -97,21 +87,11 @@ impl Ledger {
 
     /// Every stored period, oldest first.
     pub fn periods(&self) -> Result<Vec<StoredPeriod>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT start, quality, content_hash, record_json FROM periods ORDER BY start")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(StoredPeriod {
-                    start: from_ts(r.get(0)?),
-                    quality: r.get(1)?,
-                    content_hash: r.get(2)?,
-                    record_json: r.get(3)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        self.query_rows(
+            "SELECT start, quality, content_hash, record_json FROM periods ORDER BY start",
+            [],
+            stored_period,
+        )
     }
 
     /// Stored periods with a start in `[from, to)`, oldest first.
@@ -120,21 +100,11 @@ impl Ledger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StoredPeriod>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT start, quality, content_hash, record_json FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([ts(from), ts(to)], |r| {
-                Ok(StoredPeriod {
-                    start: from_ts(r.get(0)?),
-                    quality: r.get(1)?,
-                    content_hash: r.get(2)?,
-                    record_json: r.get(3)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        self.query_rows(
+            "SELECT start, quality, content_hash, record_json FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start",
+            [ts(from), ts(to)],
+            stored_period,
+        )
     }
 
     /// Start of the latest closed period.
@@ -149,12 +119,10 @@ impl Ledger {
 
     /// Energy rows of one period.
     pub fn energies(&self, start: DateTime<Utc>) -> Result<Vec<EnergyRow>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT owner, id, reading, kwh, quality FROM energies WHERE period = ?1 ORDER BY owner, id, reading")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([ts(start)], |r| {
+        self.query_rows(
+            "SELECT owner, id, reading, kwh, quality FROM energies WHERE period = ?1 ORDER BY owner, id, reading",
+            [ts(start)],
+            |r| {
                 let owner: String = r.get(0)?;
                 let q: String = r.get(4)?;
                 Ok(EnergyRow {
@@ -168,9 +136,8 @@ impl Ledger {
                     kwh: r.get(3)?,
                     quality: Quality::parse(&q).unwrap_or(Quality::Missing),
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// Key rows (`start`, units in participant order) of periods in `[from, to)`.
@@ -206,35 +173,27 @@ impl Ledger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, String)>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT start, content_hash FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([ts(from), ts(to)], |r| Ok((from_ts(r.get(0)?), r.get(1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        self.query_rows(
+            "SELECT start, content_hash FROM periods WHERE start >= ?1 AND start < ?2 ORDER BY start",
+            [ts(from), ts(to)],
+            |r| Ok((from_ts(r.get(0)?), r.get(1)?)),
+        )
     }
 
     /// The latest boundary snapshot of every counter.
     pub fn latest_snapshots(&self) -> Result<Vec<CounterSnapshot>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT device, reading, max(at), value FROM counter_snapshots GROUP BY device, reading",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
+        self.query_rows(
+            "SELECT device, reading, max(at), value FROM counter_snapshots GROUP BY device, reading",
+            [],
+            |r| {
                 Ok(CounterSnapshot {
                     device: r.get(0)?,
                     reading: r.get(1)?,
                     at: from_ts(r.get(2)?),
                     value: r.get(3)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// A counter's stored boundary value.
@@ -264,10 +223,7 @@ impl Ledger {
     /// Returns the number of snapshots removed.
     pub fn prune_snapshots(&mut self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         let tx = self.conn.transaction().map_err(e)?;
         let n = tx
             .execute(
@@ -290,4 +246,14 @@ impl Ledger {
         tx.commit().map_err(e)?;
         Ok(n as u64)
     }
+}
+
+/// A `periods` row selected as `start, quality, content_hash, record_json`.
+fn stored_period(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPeriod> {
+    Ok(StoredPeriod {
+        start: from_ts(r.get(0)?),
+        quality: r.get(1)?,
+        content_hash: r.get(2)?,
+        record_json: r.get(3)?,
+    })
 }

@@ -3,7 +3,7 @@
 //! connection gets (WAL, `synchronous=FULL`, foreign keys) and the ordered
 //! schema migrations that bring any older file up to [`SCHEMA_VERSION`].
 
-use super::{Ledger, LedgerError};
+use super::{sqlite_error, Ledger, LedgerError};
 use chrono::Utc;
 use rusqlite::{params, Connection, OpenFlags};
 use std::path::Path;
@@ -292,10 +292,7 @@ impl Ledger {
             });
         }
         let path = self.path.clone();
-        let e = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let e = sqlite_error(&path);
         for v in found..target.min(SCHEMA_VERSION) {
             let tx = self.conn.transaction().map_err(e)?;
             tx.execute_batch(

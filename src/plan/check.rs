@@ -19,6 +19,19 @@ fn fail(step: usize, what: String) -> PlanError {
     PlanError::Check { step, what }
 }
 
+/// The plan's per-unit rows of one value a step (batteries, heat units,
+/// stores, participants and devices).
+fn step_rows(plan: &Plan) -> impl Iterator<Item = &Vec<f64>> {
+    plan.battery_kw
+        .iter()
+        .chain(&plan.battery_soc_kwh)
+        .chain(&plan.p2h_kw)
+        .chain(&plan.heat_served_kw)
+        .chain(&plan.store_kwh)
+        .chain(&plan.allocation_kwh)
+        .chain(&plan.device_allocation_kwh)
+}
+
 /// Checks a plan against its input: shapes, energy balance per step, SoC and
 /// store dynamics and bounds, allocation ≤ load and ≤ local production.
 pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
@@ -34,28 +47,11 @@ pub fn check(plan: &Plan, input: &PlanInput) -> Result<(), PlanError> {
         && plan.device_allocation_kwh.len() == input.device_participants.len()
         && plan.import_kwh.len() == n
         && plan.export_kwh.len() == n
-        && plan
-            .battery_kw
-            .iter()
-            .chain(&plan.battery_soc_kwh)
-            .chain(&plan.p2h_kw)
-            .chain(&plan.heat_served_kw)
-            .chain(&plan.store_kwh)
-            .chain(&plan.allocation_kwh)
-            .chain(&plan.device_allocation_kwh)
-            .all(|r| r.len() == n);
+        && step_rows(plan).all(|r| r.len() == n);
     if !shape_ok {
         return Err(fail(0, "plan and input shapes differ".into()));
     }
-    let all_finite = plan
-        .battery_kw
-        .iter()
-        .chain(&plan.battery_soc_kwh)
-        .chain(&plan.p2h_kw)
-        .chain(&plan.heat_served_kw)
-        .chain(&plan.store_kwh)
-        .chain(&plan.allocation_kwh)
-        .chain(&plan.device_allocation_kwh)
+    let all_finite = step_rows(plan)
         .flatten()
         .chain(&plan.import_kwh)
         .chain(&plan.export_kwh)

@@ -104,6 +104,16 @@ fn push_month_end(sh: &Shared, sink: &mut Sink, units: &[u32]) {
     }
 }
 
+/// The file names in the sink's outbox, in queue order.
+fn outbox_names(sink: &mut Sink) -> Vec<String> {
+    let l = sink.ledger.as_mut().expect("ledger");
+    crate::ledger::outbox::entries(l)
+        .expect("outbox")
+        .into_iter()
+        .map(|e| e.file_name)
+        .collect()
+}
+
 #[test]
 fn the_last_day_of_a_month_queues_daily_and_monthly_files() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -131,12 +141,8 @@ fn the_last_day_of_a_month_queues_daily_and_monthly_files() {
     push_month_end(&sh, &mut sink, &[5; 5]);
     let participants = &sh.site.config.participants;
     assert!(sink.pending.is_empty() && sink.to_finalise.is_empty());
+    let names = outbox_names(&mut sink);
     let l = sink.ledger.as_mut().expect("ledger");
-    let names: Vec<String> = crate::ledger::outbox::entries(l)
-        .expect("outbox")
-        .into_iter()
-        .map(|e| e.file_name)
-        .collect();
     let producers = sh.site.producers().len();
     assert_eq!(names.len(), 2 * producers + 1, "{names:?}");
     for suffix in ["_20250629_20250629.csv", "_20250630_20250630.csv"] {
@@ -311,12 +317,8 @@ fn each_operation_gets_its_own_month_file() {
     let mut sink = Sink::open(tmp.path().join("l.sqlite"));
     push_month_end(&sh, &mut sink, &[10, 20, 30, 40]);
     let participants = &sh.site.config.participants;
+    let names = outbox_names(&mut sink);
     let l = sink.ledger.as_mut().expect("ledger");
-    let names: Vec<String> = crate::ledger::outbox::entries(l)
-        .expect("outbox")
-        .into_iter()
-        .map(|e| e.file_name)
-        .collect();
     // Two days of working files for each plant, one month file per operation.
     assert_eq!(names.len(), 2 * 2 + 2, "{names:?}");
     for (op, members, first) in [
