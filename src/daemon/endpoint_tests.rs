@@ -220,8 +220,8 @@ async fn plan_loss_releases_and_a_fresh_plan_resumes() {
 
 /// A configured minimum above the charge rating (a site edited after
 /// `check`, or a rating lowered): the range is empty, so the battery is
-/// released and no power setpoint is ever written, where the range used to
-/// be forced open to the minimum and a discharge written as +8 kW charge.
+/// released and no power setpoint is ever written (a range forced open to
+/// the minimum would write a discharge as +8 kW of charge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_setpoint_range_releases_and_never_writes_a_setpoint() {
     let rig = Rig::start(|b| b.setpoint_min_kw = Some(8.0)).await;
