@@ -37,14 +37,7 @@ impl Checks {
     /// The checks of `ped keys` for this site (see `KeysJob::from_site`).
     pub fn from_site(cfg: &SiteConfig) -> Self {
         Checks {
-            plausibility: Plausibility {
-                max_watts: cfg.keys.max_load_curve_kw * 1000.0,
-                per_prm: cfg
-                    .participants
-                    .iter()
-                    .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
-                    .collect(),
-            },
+            plausibility: Plausibility::for_site(cfg),
             participants: cfg
                 .participants
                 .iter()

@@ -85,6 +85,20 @@ impl Default for Plausibility {
 }
 
 impl Plausibility {
+    /// The site's limits: `keys.max_load_curve_kw` for every meter, and twice
+    /// its subscribed power for a participant that gives one. `ped keys` and
+    /// the backtest's data checks read load curves with the same limits.
+    pub fn for_site(cfg: &crate::config::SiteConfig) -> Plausibility {
+        Plausibility {
+            max_watts: cfg.keys.max_load_curve_kw * 1000.0,
+            per_prm: cfg
+                .participants
+                .iter()
+                .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
+                .collect(),
+        }
+    }
+
     /// The ceiling for `prm`, and where it comes from.
     pub fn ceiling(&self, prm: Option<&Prm>) -> (f64, &'static str) {
         match prm.and_then(|p| self.per_prm.get(p)) {

@@ -195,14 +195,7 @@ impl KeysJob {
             site_file: Some(site.source.clone()),
             operation_id: cfg.keys.operation_id.clone(),
             layout: Layout::of(cfg.keys.layout).with(&cfg.keys.file),
-            plausibility: Plausibility {
-                max_watts: cfg.keys.max_load_curve_kw * 1000.0,
-                per_prm: cfg
-                    .participants
-                    .iter()
-                    .filter_map(|p| Some((p.prm.clone(), p.subscribed_kva? * 2000.0)))
-                    .collect(),
-            },
+            plausibility: Plausibility::for_site(cfg),
             strict: false,
             other_operations: BTreeSet::new(),
         }
